@@ -1,0 +1,231 @@
+//! The parameter table: every configuration key Sloop knows, declared once.
+//!
+//! Each entry names the dotted key, its kind (which fixes how a value is parsed and
+//! what bounds apply), its default (written in TOML syntax, parsed by the same code as
+//! an operator's value, and checked by a unit test), and a one-line description. The
+//! packaged `etc/sloop.toml` and `docs/configuration.md` are rendered from this table
+//! (`sloop config sample`), and a test checks they are fresh (STYLE.md point 4).
+
+/// How a parameter's value is parsed and bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A DNS host name (letters, digits, `-`, `.`).
+    Hostname,
+    /// Free text on one line (no CR, LF or NUL), at most `max` octets.
+    Text {
+        max: usize,
+    },
+    /// A filesystem path; relative paths are taken relative to the config file.
+    /// `must_exist` paths are checked at load when non-empty.
+    Path {
+        must_exist: bool,
+    },
+    /// A user name (empty allowed).
+    User,
+    Bool,
+    /// An integer in `[min, max]`.
+    Int {
+        min: u64,
+        max: u64,
+    },
+    /// A size in bytes with an optional unit (`K`, `M`, `G`), in `[min, max]`.
+    Size {
+        min: u64,
+        max: u64,
+    },
+    /// A duration with a unit (`ms`, `s`, `m`, `h`, `d`), in `[min, max]` milliseconds.
+    Duration {
+        min: u64,
+        max: u64,
+    },
+    /// One of a fixed list of words.
+    Choice(&'static [&'static str]),
+    /// A list of `addr:port` socket addresses.
+    ListenList,
+    /// A list of CIDR networks (`10.0.0.0/8`, `::1/128`, or a bare address).
+    CidrList,
+    /// A list of domain names.
+    DomainList,
+    /// A list of addresses (`user@domain`) or `@domain` wildcards.
+    MailboxList,
+    /// A list of client access rules, each `"CIDR action"` with action
+    /// `allow`, `reject` or `tempfail`.
+    AccessList,
+    /// `host:port` or empty.
+    HostPort,
+    /// A table of domain -> `host:port`.
+    RouteTable,
+    /// A log level: error, warn, info, debug, trace.
+    LogLevel,
+}
+
+/// One declared parameter.
+#[derive(Debug, Clone, Copy)]
+pub struct Param {
+    pub key: &'static str,
+    pub kind: Kind,
+    /// Default value in TOML syntax. `@hostname` stands for the machine's name.
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+const SEC: u64 = 1000;
+const MIN: u64 = 60 * SEC;
+const HOUR: u64 = 60 * MIN;
+const DAY: u64 = 24 * HOUR;
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * KIB;
+const GIB: u64 = 1024 * MIB;
+
+/// The sections, in the order they are documented.
+pub const SECTIONS: &[(&str, &str)] = &[
+    ("server", "Identity and directories of this Sloop node."),
+    (
+        "smtpd",
+        "The SMTP receiver (sloop-smtpd) and its prefork pool.",
+    ),
+    ("domains", "Which domains this node delivers locally."),
+    (
+        "local",
+        "Local delivery: virtual Maildirs, mailboxes and aliases.",
+    ),
+    ("relay", "Who may relay through this node."),
+    ("remote", "Remote delivery over SMTP."),
+    (
+        "queue",
+        "The queue manager (sloop-qmgr): retries, lifetimes, concurrency.",
+    ),
+    (
+        "supervisor",
+        "The supervisor (sloopd): restarts and shutdown.",
+    ),
+    ("log", "Logging."),
+];
+
+/// Every parameter, grouped by section in `SECTIONS` order.
+pub const PARAMS: &[Param] = &[
+    // server
+    Param { key: "server.hostname", kind: Kind::Hostname, default: "\"@hostname\"",
+        doc: "Fully qualified name of this host, used in the greeting, Received headers and bounces. Default: the machine's name." },
+    Param { key: "server.spool_dir", kind: Kind::Path { must_exist: false }, default: "\"/var/spool/sloop\"",
+        doc: "The queue: one directory tree owned by Sloop (created at start if missing)." },
+    Param { key: "server.run_dir", kind: Kind::Path { must_exist: false }, default: "\"/run/sloop\"",
+        doc: "Where sloopd writes its pid file (sloopd.pid)." },
+    Param { key: "server.user", kind: Kind::User, default: "\"\"",
+        doc: "Unprivileged user the daemons run as after binding ports. Empty: do not drop privileges." },
+    Param { key: "server.bin_dir", kind: Kind::Path { must_exist: false }, default: "\"\"",
+        doc: "Directory holding the sloop-* programs. Empty: the directory of the running program." },
+    // smtpd
+    Param { key: "smtpd.listen", kind: Kind::ListenList, default: "[\"0.0.0.0:25\"]",
+        doc: "Addresses the SMTP receiver listens on (addr:port)." },
+    Param { key: "smtpd.greeting", kind: Kind::Text { max: 400 }, default: "\"{hostname} ESMTP Sloop\"",
+        doc: "Text of the 220 banner; {hostname} is replaced by server.hostname. One line, no CR/LF." },
+    Param { key: "smtpd.max_message_size", kind: Kind::Size { min: 1024, max: 4 * GIB }, default: "\"25M\"",
+        doc: "Largest message accepted (SIZE), in bytes; units K, M, G." },
+    Param { key: "smtpd.max_recipients", kind: Kind::Int { min: 1, max: 100_000 }, default: "1000",
+        doc: "Most recipients in one transaction; more get 452 4.5.3." },
+    Param { key: "smtpd.max_line_length", kind: Kind::Int { min: 1000, max: 1_000_000 }, default: "1000",
+        doc: "Longest text line in DATA, in octets including CRLF (RFC 5321: 1000)." },
+    Param { key: "smtpd.max_errors", kind: Kind::Int { min: 1, max: 1000 }, default: "10",
+        doc: "Client errors after which the session is ended with 421." },
+    Param { key: "smtpd.max_received_headers", kind: Kind::Int { min: 10, max: 1000 }, default: "100",
+        doc: "Received headers beyond which a message is a mail loop (554 5.4.6)." },
+    Param { key: "smtpd.bare_newline", kind: Kind::Choice(&["reject", "normalize"]), default: "\"reject\"",
+        doc: "Bare CR or LF inside DATA: reject (554 5.6.x) or normalize to CRLF." },
+    Param { key: "smtpd.min_idle", kind: Kind::Int { min: 1, max: 1000 }, default: "4",
+        doc: "SMTP worker processes kept idle and ready." },
+    Param { key: "smtpd.max_processes", kind: Kind::Int { min: 1, max: 10_000 }, default: "100",
+        doc: "Most SMTP worker processes (one session each)." },
+    Param { key: "smtpd.max_use", kind: Kind::Int { min: 1, max: 1_000_000 }, default: "100",
+        doc: "Sessions a worker serves before it is replaced." },
+    Param { key: "smtpd.max_per_client", kind: Kind::Int { min: 1, max: 10_000 }, default: "20",
+        doc: "Concurrent sessions one client address may hold; more get 421 4.7.0." },
+    Param { key: "smtpd.connect_timeout", kind: Kind::Duration { min: 100, max: 10 * MIN }, default: "\"10s\"",
+        doc: "Budget from accept to greeting (reverse DNS, connect checks, banner)." },
+    Param { key: "smtpd.reverse_dns", kind: Kind::Bool, default: "false",
+        doc: "Look up the client's name (PTR, forward-confirmed) before the greeting." },
+    Param { key: "smtpd.dns_timeout", kind: Kind::Duration { min: 100, max: MIN }, default: "\"5s\"",
+        doc: "Budget of the reverse DNS lookup inside connect_timeout." },
+    Param { key: "smtpd.command_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"30s\"",
+        doc: "Budget of one command's checks." },
+    Param { key: "smtpd.idle_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"300s\"",
+        doc: "Client silence after which the session ends with 421 4.4.2." },
+    Param { key: "smtpd.data_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"300s\"",
+        doc: "Budget of end-of-data checks and queueing." },
+    Param { key: "smtpd.session_timeout", kind: Kind::Duration { min: SEC, max: DAY }, default: "\"1h\"",
+        doc: "Longest a whole session may last." },
+    Param { key: "smtpd.watchdog_grace", kind: Kind::Duration { min: 100, max: MIN }, default: "\"5s\"",
+        doc: "Grace past a deadline after which the watchdog writes 421 4.4.2 and exits." },
+    Param { key: "smtpd.access", kind: Kind::AccessList, default: "[]",
+        doc: "Client access rules checked at connect, first match wins: \"CIDR allow|reject|tempfail\"." },
+    Param { key: "smtpd.queue_program", kind: Kind::Path { must_exist: true }, default: "\"\"",
+        doc: "qmail-queue compatible program run per message. Empty: sloop-queue from server.bin_dir." },
+    Param { key: "smtpd.queue_timeout", kind: Kind::Duration { min: SEC, max: HOUR }, default: "\"120s\"",
+        doc: "The queue program is killed (451 4.3.0) if it runs longer than this." },
+    // domains
+    Param { key: "domains.local", kind: Kind::DomainList, default: "[]",
+        doc: "Domains whose mail is delivered on this node (to local.mailboxes and local.aliases)." },
+    // local
+    Param { key: "local.mailbox_root", kind: Kind::Path { must_exist: false }, default: "\"/var/mail/sloop\"",
+        doc: "Virtual Maildirs live at <mailbox_root>/<domain>/<local-part>/Maildir." },
+    Param { key: "local.mailboxes", kind: Kind::MailboxList, default: "[]",
+        doc: "Accepted local addresses; \"@domain\" accepts every local-part of that domain." },
+    Param { key: "local.aliases", kind: Kind::Path { must_exist: true }, default: "\"\"",
+        doc: "Aliases file in the classic /etc/aliases syntax. Empty: no aliases." },
+    Param { key: "local.recipient_delimiter", kind: Kind::Text { max: 1 }, default: "\"+\"",
+        doc: "Separates a local-part from its extension (user+tag delivers to user). Empty: none." },
+    Param { key: "local.mailbox_format", kind: Kind::Choice(&["maildir", "mbox"]), default: "\"maildir\"",
+        doc: "maildir: <root>/<domain>/<user>/Maildir/; mbox: <root>/<domain>/<user>.mbox with fcntl and dot-lock locking." },
+    // relay
+    Param { key: "relay.networks", kind: Kind::CidrList, default: "[\"127.0.0.0/8\", \"::1/128\"]",
+        doc: "Clients allowed to relay to non-local domains." },
+    // remote
+    Param { key: "remote.smarthost", kind: Kind::HostPort, default: "\"\"",
+        doc: "Send all non-local mail through this host:port. Empty: look up MX records." },
+    Param { key: "remote.routes", kind: Kind::RouteTable, default: "{}",
+        doc: "Per-domain next hops, domain = \"host:port\"; checked before smarthost and MX." },
+    Param { key: "remote.connect_timeout", kind: Kind::Duration { min: 100, max: 10 * MIN }, default: "\"30s\"",
+        doc: "Budget of the TCP connect and the server greeting." },
+    Param { key: "remote.command_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"5m\"",
+        doc: "Budget of one SMTP command to a remote server (RFC 5321 4.5.3.2)." },
+    Param { key: "remote.data_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"10m\"",
+        doc: "Budget of the final reply after the message body." },
+    // queue
+    Param { key: "queue.retry_min", kind: Kind::Duration { min: 100, max: DAY }, default: "\"5m\"",
+        doc: "First retry delay after a temporary failure; doubles each attempt." },
+    Param { key: "queue.retry_max", kind: Kind::Duration { min: 100, max: 7 * DAY }, default: "\"4h\"",
+        doc: "Longest delay between two attempts." },
+    Param { key: "queue.max_lifetime", kind: Kind::Duration { min: SEC, max: 60 * DAY }, default: "\"5d\"",
+        doc: "After this long in the queue, remaining recipients bounce." },
+    Param { key: "queue.delay_warning", kind: Kind::Duration { min: 0, max: 60 * DAY }, default: "\"0s\"",
+        doc: "Send the sender a delay warning after this long; 0s: never." },
+    Param { key: "queue.scan_interval", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"60s\"",
+        doc: "How often the queue manager rescans the spool besides its trigger." },
+    Param { key: "queue.max_active", kind: Kind::Int { min: 1, max: 1_000_000 }, default: "5000",
+        doc: "Most messages the queue manager holds in memory at once." },
+    Param { key: "queue.local_concurrency", kind: Kind::Int { min: 1, max: 1000 }, default: "4",
+        doc: "Local delivery worker processes." },
+    Param { key: "queue.remote_concurrency", kind: Kind::Int { min: 1, max: 1000 }, default: "20",
+        doc: "Remote delivery worker processes." },
+    Param { key: "queue.destination_concurrency", kind: Kind::Int { min: 1, max: 1000 }, default: "10",
+        doc: "Most parallel deliveries to one destination domain." },
+    Param { key: "queue.delivery_timeout", kind: Kind::Duration { min: SEC, max: DAY }, default: "\"15m\"",
+        doc: "A delivery worker that takes longer on one job is killed and its recipients deferred." },
+    // supervisor
+    Param { key: "supervisor.stop_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"30s\"",
+        doc: "On SIGTERM, how long sessions may finish before children are killed." },
+    Param { key: "supervisor.restart_min", kind: Kind::Duration { min: 10, max: HOUR }, default: "\"100ms\"",
+        doc: "First delay before restarting a crashed child; doubles on each crash in a row." },
+    Param { key: "supervisor.restart_max", kind: Kind::Duration { min: 10, max: DAY }, default: "\"60s\"",
+        doc: "Longest delay before restarting a crashed child." },
+    Param { key: "supervisor.startup_crash_pause", kind: Kind::Duration { min: 10, max: DAY }, default: "\"5s\"",
+        doc: "Least delay before restarting a child that died before it served once." },
+    // log
+    Param { key: "log.level", kind: Kind::LogLevel, default: "\"info\"",
+        doc: "Least severity logged: error, warn, info, debug, trace." },
+];
+
+/// The declaration of `key`, if there is one.
+pub fn find(key: &str) -> Option<&'static Param> {
+    PARAMS.iter().find(|p| p.key == key)
+}

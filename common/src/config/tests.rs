@@ -1,0 +1,126 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/sloop/test.toml"), text)
+}
+
+fn issues(text: &str) -> Vec<ConfigIssue> {
+    match parse(text) {
+        Err(ConfigError::Invalid(v)) => v,
+        other => panic!("expected invalid config, got {other:?}"),
+    }
+}
+
+#[test]
+fn empty_file_takes_every_default() {
+    let cfg = parse("").expect("empty config is valid");
+    assert_eq!(
+        cfg.smtpd.greeting,
+        format!("{} ESMTP Sloop", machine_hostname())
+    );
+    assert_eq!(cfg.smtpd.max_message_size, 25 * 1024 * 1024);
+    assert_eq!(cfg.queue.retry_min, Duration::from_secs(300));
+    assert_eq!(cfg.defaulted.len(), PARAMS.len());
+    assert_eq!(
+        cfg.effective.len(),
+        PARAMS.len(),
+        "every declared key is read by Config::parse"
+    );
+}
+
+#[test]
+fn every_default_parses() {
+    for p in PARAMS {
+        let (section, key) = p.key.split_once('.').expect("dotted key");
+        let text = format!(
+            "[{section}]\n{key} = {}\n",
+            p.default.replace("@hostname", "example.com")
+        );
+        if let Err(e) = parse(&text) {
+            panic!("default of {} does not validate: {e}", p.key);
+        }
+    }
+}
+
+#[test]
+fn greeting_is_rendered_once_with_hostname() {
+    let cfg = parse(
+        "[server]\nhostname = \"mx.example.com\"\n[smtpd]\ngreeting = \"{hostname} hello\"\n",
+    )
+    .expect("valid");
+    assert_eq!(cfg.smtpd.greeting, "mx.example.com hello");
+}
+
+#[test]
+fn all_six_errors_reported_at_once() {
+    let text = "[smtpd]\nlisten = [\"127.0.0.1:99999\"]\ngreeting = \"hi\\r\\nthere\"\nmax_message_size = \"25X\"\nbogus = 1\n[relay]\nnetworks = [\"10.0.0.0/33\"]\n[local]\naliases = \"/nonexistent/aliases\"\n";
+    let found = issues(text);
+    let keys: Vec<&str> = found.iter().map(|i| i.key.as_str()).collect();
+    for k in [
+        "smtpd.listen",
+        "smtpd.greeting",
+        "smtpd.max_message_size",
+        "smtpd.bogus",
+        "relay.networks",
+        "local.aliases",
+    ] {
+        assert!(keys.contains(&k), "missing {k} in {keys:?}");
+    }
+    assert_eq!(found.len(), 6, "{found:?}");
+    let bogus = found
+        .iter()
+        .find(|i| i.key == "smtpd.bogus")
+        .expect("bogus");
+    assert_eq!(bogus.line, Some(5));
+    let msg = ConfigError::Invalid(found).to_string();
+    assert!(
+        msg.contains("/etc/sloop/test.toml:4: smtpd.max_message_size: found \"25X\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn syntax_error_names_line() {
+    let found = issues("[smtpd]\nmax_recipients = = 3\n");
+    assert_eq!(found[0].line, Some(2));
+}
+
+#[test]
+fn unknown_section_and_type_errors() {
+    let found = issues("[smtp]\nx = 1\n[queue]\nretry_min = 5\n");
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0].key, "smtp");
+}
+
+#[test]
+fn cross_key_rules() {
+    let found = issues("[queue]\nretry_min = \"2h\"\nretry_max = \"1h\"\n");
+    assert_eq!(found[0].key, "queue.retry_min");
+    let found = issues("[domains]\nlocal = [\"a.test\"]\n[local]\nmailboxes = [\"x@b.test\"]\n");
+    assert_eq!(found[0].key, "local.mailboxes");
+}
+
+#[test]
+fn relative_paths_follow_the_file() {
+    let cfg = Config::parse(
+        Path::new("/srv/sloop/etc/dev.toml"),
+        "[server]\nspool_dir = \"../run/spool\"\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        cfg.server.spool_dir,
+        PathBuf::from("/srv/sloop/etc/../run/spool")
+    );
+}
+
+#[test]
+fn sample_renders_valid_config() {
+    let cfg = parse(&render_sample()).expect("sample validates");
+    assert_eq!(cfg.server.spool_dir, PathBuf::from("/var/spool/sloop"));
+    assert_eq!(
+        cfg.defaulted.len(),
+        1,
+        "every key but hostname is present: {:?}",
+        cfg.defaulted
+    );
+}

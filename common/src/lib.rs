@@ -1,0 +1,14 @@
+//! `sloop-common`: what every Sloop program shares.
+//!
+//! - [`config`]: the one validated configuration (SEED.md G6).
+//! - [`spool`]: the queue's on-disk layout, queue IDs, envelopes, commit and recovery.
+//! - [`exitcode`]: qmail-queue and sysexits exit codes, one mapping per boundary.
+//! - [`logging`]: one line per event, program name and pid first.
+
+pub mod config;
+pub mod delivery_proto;
+pub mod exitcode;
+pub mod logging;
+pub mod spool;
+
+pub use config::Config;

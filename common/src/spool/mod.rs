@@ -1,0 +1,284 @@
+//! The spool: one directory tree, one file per message, and the state of a message is
+//! the directory its file is in (qmail INTERNALS; ARCHITECTURE.md §3).
+//!
+//! ```text
+//! spool/
+//!   tmp/        queue files being written by sloop-queue (removed at qmgr start once
+//!               their writer is dead)
+//!   incoming/   committed, not yet picked up; the rename into here is the commit point
+//!   active/     the queue manager is working on these
+//!   deferred/   waiting for their next attempt (the file's mtime is that time)
+//!   hold/       put on hold by an operator
+//!   status/     per-recipient results of each message, an append-only log (status.rs)
+//!   trigger     FIFO: a byte after each commit wakes the queue manager
+//! ```
+//!
+//! A queue file is the message followed by its envelope (envelope.rs), written and
+//! fsync'd once, so a commit costs one file fsync and one directory fsync. Every move
+//! between states is one `rename(2)` followed by an fsync of the target directory.
+
+pub mod envelope;
+pub mod inject;
+pub mod queue_id;
+pub mod status;
+
+pub use envelope::{Envelope, EnvelopeError, Recipient, Ret};
+pub use inject::{commit, InjectError};
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The states a committed message can be in, one directory each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueState {
+    Incoming,
+    Active,
+    Deferred,
+    Hold,
+}
+
+impl QueueState {
+    pub const ALL: [QueueState; 4] = [
+        QueueState::Incoming,
+        QueueState::Active,
+        QueueState::Deferred,
+        QueueState::Hold,
+    ];
+
+    /// The directory name under the spool.
+    pub fn dir(self) -> &'static str {
+        match self {
+            QueueState::Incoming => "incoming",
+            QueueState::Active => "active",
+            QueueState::Deferred => "deferred",
+            QueueState::Hold => "hold",
+        }
+    }
+}
+
+impl fmt::Display for QueueState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.dir())
+    }
+}
+
+/// An error touching the spool, with the path involved.
+#[derive(Debug)]
+pub struct SpoolError {
+    pub path: PathBuf,
+    pub action: &'static str,
+    pub source: io::Error,
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot {} {}: {}",
+            self.action,
+            self.path.display(),
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for SpoolError {}
+
+/// Attaches a path and an action to an I/O error.
+pub(crate) fn ctx<T>(r: io::Result<T>, action: &'static str, path: &Path) -> Result<T, SpoolError> {
+    r.map_err(|source| SpoolError {
+        path: path.to_path_buf(),
+        action,
+        source,
+    })
+}
+
+/// A handle on a spool directory.
+#[derive(Debug, Clone)]
+pub struct Spool {
+    root: PathBuf,
+}
+
+impl Spool {
+    pub fn new(root: impl Into<PathBuf>) -> Spool {
+        Spool { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn status_dir(&self) -> PathBuf {
+        self.root.join("status")
+    }
+
+    pub fn state_dir(&self, state: QueueState) -> PathBuf {
+        self.root.join(state.dir())
+    }
+
+    /// Path of message `id` in `state`.
+    pub fn path(&self, state: QueueState, id: &str) -> PathBuf {
+        self.state_dir(state).join(id)
+    }
+
+    pub fn trigger_path(&self) -> PathBuf {
+        self.root.join("trigger")
+    }
+
+    /// Creates the directories and the trigger FIFO where missing (idempotent).
+    pub fn ensure_layout(&self) -> Result<(), SpoolError> {
+        let mut dirs = vec![self.root.clone(), self.tmp_dir(), self.status_dir()];
+        dirs.extend(QueueState::ALL.iter().map(|s| self.state_dir(*s)));
+        for d in &dirs {
+            ctx(fs::create_dir_all(d), "create directory", d)?;
+        }
+        let trigger = self.trigger_path();
+        if fs::symlink_metadata(&trigger).is_err() {
+            let made =
+                nix::unistd::mkfifo(&trigger, nix::sys::stat::Mode::from_bits_truncate(0o622));
+            match made {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return ctx(Err(io::Error::from(e)), "create FIFO", &trigger),
+            }
+        }
+        fsync_dir(&self.root)
+    }
+
+    /// True when the layout exists (used by tools to give a clear error).
+    pub fn exists(&self) -> bool {
+        QueueState::ALL.iter().all(|s| self.state_dir(*s).is_dir())
+    }
+
+    /// Where message `id` is now, if anywhere.
+    pub fn find(&self, id: &str) -> Option<(QueueState, PathBuf)> {
+        if !queue_id::is_valid(id) {
+            return None;
+        }
+        QueueState::ALL
+            .iter()
+            .map(|s| (*s, self.path(*s, id)))
+            .find(|(_, p)| p.exists())
+    }
+
+    /// IDs in `state`, sorted (so oldest first).
+    pub fn list(&self, state: QueueState) -> Result<Vec<String>, SpoolError> {
+        let dir = self.state_dir(state);
+        let mut ids = Vec::new();
+        for entry in ctx(fs::read_dir(&dir), "read directory", &dir)? {
+            let entry = ctx(entry, "read directory", &dir)?;
+            if let Some(name) = entry.file_name().to_str() {
+                if queue_id::is_valid(name) {
+                    ids.push(name.to_string());
+                }
+            }
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Moves `id` from one state to another: rename, then fsync the target directory.
+    pub fn move_to(&self, id: &str, from: QueueState, to: QueueState) -> Result<(), SpoolError> {
+        let src = self.path(from, id);
+        let dst = self.path(to, id);
+        ctx(fs::rename(&src, &dst), "rename", &src)?;
+        fsync_dir(&self.state_dir(to))
+    }
+
+    /// Reads the envelope of the queue file at `path`.
+    pub fn read_envelope(path: &Path) -> Result<Envelope, EnvelopeError> {
+        let mut f =
+            File::open(path).map_err(|e| EnvelopeError::Io(format!("{}: {e}", path.display())))?;
+        Envelope::read_from(&mut f)
+    }
+
+    /// Removes a message for good: the queue file first (the message is gone once it is),
+    /// then its status log.
+    pub fn remove(&self, state: QueueState, id: &str) -> Result<(), SpoolError> {
+        let path = self.path(state, id);
+        ctx(fs::remove_file(&path), "remove", &path)?;
+        fsync_dir(&self.state_dir(state))?;
+        status::remove(self, id)
+    }
+
+    /// Writes one byte to the trigger FIFO without blocking. No reader, a full FIFO or a
+    /// missing FIFO are not errors: the queue manager also scans periodically.
+    pub fn poke(&self) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(self.trigger_path());
+        if let Ok(mut f) = opened {
+            let _ = f.write(b"!");
+        }
+    }
+
+    /// Removes `tmp/` files whose writer is no longer running, or that are older than
+    /// `max_age` whatever their writer. Returns how many were removed.
+    pub fn clean_tmp(&self, max_age: std::time::Duration) -> Result<usize, SpoolError> {
+        let dir = self.tmp_dir();
+        let mut removed = 0;
+        for entry in ctx(fs::read_dir(&dir), "read directory", &dir)? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let writer_alive = queue_id::creator_pid(&name).map(pid_alive).unwrap_or(false);
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .map(|age| age > max_age)
+                .unwrap_or(false);
+            if !writer_alive || old {
+                if fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// True when a process with this pid exists.
+fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+/// fsyncs a directory so renames and creations in it are durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
+    let f = ctx(File::open(dir), "open directory", dir)?;
+    ctx(f.sync_all(), "fsync directory", dir)
+}
+
+/// The message content of a queue file: a reader limited to the message octets.
+pub fn open_message(path: &Path) -> Result<(Envelope, io::Take<File>), EnvelopeError> {
+    use std::io::{Seek, SeekFrom};
+    let mut f =
+        File::open(path).map_err(|e| EnvelopeError::Io(format!("{}: {e}", path.display())))?;
+    let env = Envelope::read_from(&mut f)?;
+    f.seek(SeekFrom::Start(0))
+        .map_err(|e| EnvelopeError::Io(e.to_string()))?;
+    let size = env.size;
+    Ok((env, io::Read::take(f, size)))
+}
+
+#[cfg(test)]
+mod tests;

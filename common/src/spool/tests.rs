@@ -1,0 +1,82 @@
+use super::*;
+use std::io::Read;
+
+fn temp_spool(name: &str) -> Spool {
+    let dir = std::env::temp_dir().join(format!("sloop-spool-test-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let spool = Spool::new(dir);
+    spool.ensure_layout().expect("layout");
+    spool
+}
+
+#[test]
+fn commit_then_read_back() {
+    let spool = temp_spool("commit");
+    let msg = b"Subject: hi\r\n\r\nbody\r\n".to_vec();
+    let env = Envelope::new("a@b.test", vec![Recipient::new("c@d.test")]);
+    let id = commit(&spool, &mut msg.as_slice(), env, 0).expect("commit");
+    let (state, path) = spool.find(&id).expect("found");
+    assert_eq!(state, QueueState::Incoming);
+    let (env, mut body) = open_message(&path).expect("open");
+    assert_eq!(env.id, id);
+    assert_eq!(env.sender, "a@b.test");
+    let mut content = Vec::new();
+    body.read_to_end(&mut content).expect("read");
+    assert_eq!(content, msg);
+    assert!(
+        fs::read_dir(spool.tmp_dir()).expect("tmp").next().is_none(),
+        "tmp is empty after commit"
+    );
+    spool
+        .move_to(&id, QueueState::Incoming, QueueState::Hold)
+        .expect("move");
+    assert_eq!(
+        spool.list(QueueState::Hold).expect("list"),
+        vec![id.clone()]
+    );
+    spool.remove(QueueState::Hold, &id).expect("remove");
+    assert!(spool.find(&id).is_none());
+    let _ = fs::remove_dir_all(spool.root());
+}
+
+#[test]
+fn oversize_and_bad_envelope_leave_nothing() {
+    let spool = temp_spool("refuse");
+    let big = vec![b'x'; 5000];
+    let env = Envelope::new("a@b", vec![Recipient::new("c@d")]);
+    let err = commit(&spool, &mut big.as_slice(), env, 4096).expect_err("too large");
+    assert!(err.is_permanent());
+    let env = Envelope::new("a@b\r\n", vec![Recipient::new("c@d")]);
+    let err = commit(&spool, &mut b"x".as_slice(), env, 0).expect_err("bad envelope");
+    assert!(err.is_permanent());
+    for s in QueueState::ALL {
+        assert!(spool.list(s).expect("list").is_empty());
+    }
+    assert!(fs::read_dir(spool.tmp_dir()).expect("tmp").next().is_none());
+    let _ = fs::remove_dir_all(spool.root());
+}
+
+#[test]
+fn clean_tmp_removes_files_of_dead_writers_only() {
+    let spool = temp_spool("clean");
+    let mine = spool.tmp_dir().join(queue_id::new_id());
+    fs::write(&mine, b"partial").expect("write");
+    // pid 0x3FFFFF is above the default pid_max of most systems: a dead writer.
+    let dead = spool
+        .tmp_dir()
+        .join("0000000000001".to_string() + "3FFFFF" + "000");
+    fs::write(&dead, b"partial").expect("write");
+    let n = spool
+        .clean_tmp(std::time::Duration::from_secs(3600))
+        .expect("clean");
+    assert_eq!(n, 1);
+    assert!(mine.exists() && !dead.exists());
+    let _ = fs::remove_dir_all(spool.root());
+}
+
+#[test]
+fn find_rejects_path_tricks() {
+    let spool = temp_spool("find");
+    assert!(spool.find("../../../../etc/passwd").is_none());
+    let _ = fs::remove_dir_all(spool.root());
+}
