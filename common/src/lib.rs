@@ -9,6 +9,7 @@ pub mod config;
 pub mod delivery_proto;
 pub mod exitcode;
 pub mod logging;
+pub mod pool_proto;
 pub mod spool;
 
 pub use config::Config;
