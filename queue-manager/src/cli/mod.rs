@@ -1,0 +1,1 @@
+//! Operator and injection tools: sloop, sloop-sendmail, sloop-queue.

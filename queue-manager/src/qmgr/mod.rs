@@ -1,0 +1,1 @@
+//! The queue manager: schedules, retries and bounces (see sloop-qmgr).
