@@ -2,7 +2,9 @@
 //!
 //! 1. create `tmp/<id>` with `O_EXCL` (a clash takes a new ID);
 //! 2. stream the message into it, refusing more than the size limit;
-//! 3. append the envelope trailer, then `fsync` the file;
+//! 3. obtain the envelope (given up front by [`commit`], or read only now by
+//!    [`commit_streaming`], as qmail-queue reads fd 1 after fd 0), append it as the
+//!    trailer, then `fsync` the file;
 //! 4. `rename` it to `incoming/<id>` and `fsync` `incoming/`: **the commit point**;
 //! 5. poke the trigger FIFO.
 //!
@@ -68,12 +70,31 @@ impl From<SpoolError> for InjectError {
 pub fn commit<R: Read>(
     spool: &Spool,
     message: &mut R,
-    mut envelope: Envelope,
+    envelope: Envelope,
     max_size: u64,
 ) -> Result<String, InjectError> {
     envelope.validate().map_err(InjectError::Envelope)?;
-    let (id, tmp_path, file) = create_tmp(spool)?;
-    let result = write_and_sync(file, message, &mut envelope, &id, max_size, &tmp_path);
+    commit_streaming(spool, message, || Ok(envelope), max_size, None)
+}
+
+/// The commit for callers whose envelope arrives after the message (the qmail-queue
+/// contract: message on fd 0 read to EOF first, then the envelope on fd 1).
+///
+/// The message streams into `tmp/`; then `envelope_fn` is called (its error, or an
+/// envelope that fails validation, removes the temporary file and is returned as
+/// [`InjectError::Envelope`]); then the trailer is appended, the file fsync'd, renamed
+/// into `incoming/` and the directory fsync'd. `preset_id`, when it is a valid queue ID
+/// not already in the spool, is used as the ID (the smtpd names the message in its
+/// `Received` header before queueing); otherwise a new ID is taken.
+pub fn commit_streaming<R: Read>(
+    spool: &Spool,
+    message: &mut R,
+    envelope_fn: impl FnOnce() -> Result<Envelope, EnvelopeError>,
+    max_size: u64,
+    preset_id: Option<&str>,
+) -> Result<String, InjectError> {
+    let (id, tmp_path, file) = create_tmp(spool, preset_id)?;
+    let result = write_and_sync(file, message, envelope_fn, &id, max_size, &tmp_path);
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp_path);
         return Err(e);
@@ -88,10 +109,17 @@ pub fn commit<R: Read>(
     Ok(id)
 }
 
-fn create_tmp(spool: &Spool) -> Result<(String, std::path::PathBuf, File), InjectError> {
+/// Creates `tmp/<id>` exclusively. A preset ID is tried once, and only when no queue
+/// file of that name exists in any state (so a rename can never replace one).
+fn create_tmp(
+    spool: &Spool,
+    preset_id: Option<&str>,
+) -> Result<(String, std::path::PathBuf, File), InjectError> {
+    let preset = preset_id
+        .filter(|id| queue_id::is_valid(id) && spool.find(id).is_none())
+        .map(str::to_string);
     let mut last_err = None;
-    for _ in 0..16 {
-        let id = queue_id::new_id();
+    for id in preset.into_iter().chain((0..16).map(|_| queue_id::new_id())) {
         let path = spool.tmp_dir().join(&id);
         match OpenOptions::new()
             .write(true)
@@ -111,27 +139,15 @@ fn create_tmp(spool: &Spool) -> Result<(String, std::path::PathBuf, File), Injec
 fn write_and_sync<R: Read>(
     file: File,
     message: &mut R,
-    env: &mut Envelope,
+    envelope_fn: impl FnOnce() -> Result<Envelope, EnvelopeError>,
     id: &str,
     max_size: u64,
     path: &std::path::Path,
 ) -> Result<(), InjectError> {
     let mut out = BufWriter::with_capacity(64 * 1024, file);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut size: u64 = 0;
-    loop {
-        let n = match message.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(InjectError::ReadMessage(e)),
-        };
-        size += n as u64;
-        if max_size > 0 && size > max_size {
-            return Err(InjectError::TooLarge { limit: max_size });
-        }
-        ctx(out.write_all(&buf[..n]), "write", path)?;
-    }
+    let size = copy_limited(message, &mut out, max_size, path)?;
+    let mut env = envelope_fn().map_err(InjectError::Envelope)?;
+    env.validate().map_err(InjectError::Envelope)?;
     env.id = id.to_string();
     env.arrival = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -148,4 +164,30 @@ fn write_and_sync<R: Read>(
     })?;
     ctx(file.sync_all(), "fsync", path)?;
     Ok(())
+}
+
+/// Copies `message` to `out`, refusing more than `max_size` octets (0: no limit).
+/// Returns the number of octets copied.
+fn copy_limited<R: Read, W: Write>(
+    message: &mut R,
+    out: &mut W,
+    max_size: u64,
+    path: &std::path::Path,
+) -> Result<u64, InjectError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size: u64 = 0;
+    loop {
+        let n = match message.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(InjectError::ReadMessage(e)),
+        };
+        size += n as u64;
+        if max_size > 0 && size > max_size {
+            return Err(InjectError::TooLarge { limit: max_size });
+        }
+        ctx(out.write_all(&buf[..n]), "write", path)?;
+    }
+    Ok(size)
 }

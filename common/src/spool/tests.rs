@@ -80,3 +80,26 @@ fn find_rejects_path_tricks() {
     assert!(spool.find("../../../../etc/passwd").is_none());
     let _ = fs::remove_dir_all(spool.root());
 }
+
+#[test]
+fn streaming_commit_uses_preset_id_and_cleans_up_on_envelope_error() {
+    let spool = temp_spool("streaming");
+    let preset = queue_id::new_id();
+    let msg = b"Subject: s\r\n\r\nbody\r\n".to_vec();
+    let env = || Ok(Envelope::new("a@b", vec![Recipient::new("c@d")]));
+    let id = inject::commit_streaming(&spool, &mut msg.as_slice(), env, 0, Some(&preset))
+        .expect("commit");
+    assert_eq!(id, preset);
+    // The same preset again is taken already: a fresh ID, never a replaced file.
+    let env = || Ok(Envelope::new("a@b", vec![Recipient::new("c@d")]));
+    let id2 = inject::commit_streaming(&spool, &mut msg.as_slice(), env, 0, Some(&preset))
+        .expect("commit");
+    assert_ne!(id2, preset);
+    let bad = || Err(EnvelopeError::Format("test".into()));
+    let err = inject::commit_streaming(&spool, &mut msg.as_slice(), bad, 0, None)
+        .expect_err("bad envelope");
+    assert!(err.is_permanent());
+    assert_eq!(spool.list(QueueState::Incoming).expect("list").len(), 2);
+    assert!(fs::read_dir(spool.tmp_dir()).expect("tmp").next().is_none());
+    let _ = fs::remove_dir_all(spool.root());
+}
