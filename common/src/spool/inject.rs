@@ -119,7 +119,10 @@ fn create_tmp(
         .filter(|id| queue_id::is_valid(id) && spool.find(id).is_none())
         .map(str::to_string);
     let mut last_err = None;
-    for id in preset.into_iter().chain((0..16).map(|_| queue_id::new_id())) {
+    for id in preset
+        .into_iter()
+        .chain((0..16).map(|_| queue_id::new_id()))
+    {
         let path = spool.tmp_dir().join(&id);
         match OpenOptions::new()
             .write(true)
