@@ -5,9 +5,11 @@
 //! - [`exitcode`]: qmail-queue and sysexits exit codes, one mapping per boundary.
 //! - [`logging`]: one line per event, program name and pid first.
 
+pub mod aliases;
 pub mod config;
 pub mod delivery_proto;
 pub mod exitcode;
+pub mod local_recipient;
 pub mod logging;
 pub mod pool_proto;
 pub mod spool;

@@ -237,10 +237,8 @@ impl Spool {
                 .and_then(|t| t.elapsed().ok())
                 .map(|age| age > max_age)
                 .unwrap_or(false);
-            if !writer_alive || old {
-                if fs::remove_file(entry.path()).is_ok() {
-                    removed += 1;
-                }
+            if (!writer_alive || old) && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
             }
         }
         Ok(removed)

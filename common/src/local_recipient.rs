@@ -1,0 +1,158 @@
+//! Which local mailbox, alias or nothing a recipient address means.
+//!
+//! One function, [`classify`], used by the smtpd at RCPT time (accept or `550 5.1.1`,
+//! so nothing is bounced later: no backscatter) and by `sloop-deliver local` to find
+//! the mailbox. Domains compare case-insensitively; local-parts are folded to lower
+//! case; `user+tag` falls back to `user` (`local.recipient_delimiter`). Aliases apply to
+//! every local domain, as in the classic `/etc/aliases`.
+//!
+//! Local-parts become directory names, so [`safe_local_part`] refuses anything that
+//! could leave the mailbox root (`/`, `..`, leading dot, NUL, control characters).
+
+use crate::aliases::Aliases;
+use crate::Config;
+
+/// What a recipient address is to this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalVerdict {
+    /// The domain is not one of `domains.local`.
+    NotLocal,
+    /// An alias (`name` is the matching alias name, lower case).
+    Alias { name: String },
+    /// A virtual mailbox: `<mailbox_root>/<domain>/<user>/Maildir`.
+    Mailbox { domain: String, user: String },
+    /// A local domain, but no such mailbox or alias (550 5.1.1).
+    Unknown,
+    /// A local-part that cannot name a mailbox safely (550 5.1.3).
+    Invalid(String),
+}
+
+/// Classifies `address` (`local@domain`, without angle brackets).
+pub fn classify(cfg: &Config, aliases: &Aliases, address: &str) -> LocalVerdict {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        // A bare local-part (from an alias) means the first local domain.
+        return match cfg.local_domains.first() {
+            Some(d) => classify(cfg, aliases, &format!("{address}@{d}")),
+            None => LocalVerdict::NotLocal,
+        };
+    };
+    let domain = domain.to_ascii_lowercase();
+    if !cfg.is_local_domain(&domain) {
+        return LocalVerdict::NotLocal;
+    }
+    let local = local.to_lowercase();
+    let base = strip_extension(&local, cfg.local.recipient_delimiter);
+    for name in [local.as_str(), base] {
+        if aliases.contains(name) {
+            return LocalVerdict::Alias {
+                name: name.to_string(),
+            };
+        }
+    }
+    let known = |user: &str| {
+        cfg.local
+            .mailboxes
+            .iter()
+            .any(|m| match m.rsplit_once('@') {
+                Some(("", d)) => d == domain,
+                Some((u, d)) => d == domain && u.to_lowercase() == user,
+                None => false,
+            })
+    };
+    for user in [local.as_str(), base] {
+        if known(user) {
+            return match safe_local_part(user) {
+                Ok(user) => LocalVerdict::Mailbox { domain, user },
+                Err(e) => LocalVerdict::Invalid(e),
+            };
+        }
+    }
+    LocalVerdict::Unknown
+}
+
+/// `user+tag` -> `user` (the whole part when there is no delimiter or nothing before it).
+pub fn strip_extension(local: &str, delimiter: Option<char>) -> &str {
+    match delimiter.and_then(|d| local.find(d)) {
+        Some(i) if i > 0 => &local[..i],
+        _ => local,
+    }
+}
+
+/// The local-part as a safe directory name (lower case), or why it is not one.
+pub fn safe_local_part(local: &str) -> Result<String, String> {
+    if local.is_empty() {
+        return Err("empty local-part".into());
+    }
+    if local.len() > 64 {
+        return Err("local-part longer than 64 octets".into());
+    }
+    if local.starts_with('.') {
+        return Err("local-part starts with a dot".into());
+    }
+    if local.contains(['/', '\\', '\0']) || local.chars().any(char::is_control) {
+        return Err("local-part contains '/', '\\', NUL or a control character".into());
+    }
+    Ok(local.to_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::path::Path;
+
+    fn cfg() -> Config {
+        let text = "[domains]\nlocal = [\"example.test\", \"catch.test\"]\n[local]\nmailboxes = [\"alice@example.test\", \"@catch.test\"]\n";
+        Config::parse(Path::new("/t.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn verdicts() {
+        let cfg = cfg();
+        let aliases = Aliases::parse("postmaster: alice\n", Path::new("/a")).unwrap();
+        let c = |a: &str| classify(&cfg, &aliases, a);
+        assert_eq!(
+            c("Alice@EXAMPLE.test"),
+            LocalVerdict::Mailbox {
+                domain: "example.test".into(),
+                user: "alice".into()
+            }
+        );
+        assert_eq!(
+            c("alice+news@example.test"),
+            LocalVerdict::Mailbox {
+                domain: "example.test".into(),
+                user: "alice".into()
+            }
+        );
+        assert_eq!(c("bob@example.test"), LocalVerdict::Unknown);
+        assert_eq!(
+            c("PostMaster@catch.test"),
+            LocalVerdict::Alias {
+                name: "postmaster".into()
+            }
+        );
+        assert_eq!(
+            c("anyone@catch.test"),
+            LocalVerdict::Mailbox {
+                domain: "catch.test".into(),
+                user: "anyone".into()
+            }
+        );
+        assert_eq!(c("x@elsewhere.test"), LocalVerdict::NotLocal);
+        assert!(matches!(
+            c("../../etc@catch.test"),
+            LocalVerdict::Invalid(_)
+        ));
+        assert!(matches!(c("a/b@catch.test"), LocalVerdict::Invalid(_)));
+        assert!(matches!(c(".hidden@catch.test"), LocalVerdict::Invalid(_)));
+    }
+
+    #[test]
+    fn safe_names() {
+        assert!(safe_local_part("a\0b").is_err());
+        assert!(safe_local_part("a\nb").is_err());
+        assert!(safe_local_part(&"x".repeat(65)).is_err());
+        assert_eq!(safe_local_part("Üser"), Ok("üser".into()));
+    }
+}
