@@ -1,1 +1,109 @@
-fn main() {}
+//! `sloopd [-c FILE] [--daemon] [--check]`: the supervisor's command line and start-up.
+//!
+//! Order matters: load and validate the config (exit 78 with every error on stderr
+//! before anything is bound), set up logging, create directories, bind every listener
+//! (so bind errors reach the terminal), detach if `--daemon`, write the pid file, then
+//! run the event loop until a stop finishes. Exit codes follow sysexits(3).
+
+use clap::Parser;
+use sloop_common::exitcode::{EX_CANTCREAT, EX_CONFIG, EX_OK, EX_OSERR, EX_UNAVAILABLE};
+use sloop_common::Config;
+use sloop_supervisor::listeners::Listeners;
+use sloop_supervisor::setup::{self, PidFile};
+use sloop_supervisor::status_pipe::StatusPipe;
+use sloop_supervisor::supervisor::Supervisor;
+use std::path::{Path, PathBuf};
+
+/// Sloop's supervisor: binds the SMTP listeners and runs the smtpd pool and the queue
+/// manager.
+#[derive(Debug, Parser)]
+#[command(name = "sloopd", version)]
+struct Args {
+    /// Config file (default: $SLOOP_CONFIG, else /etc/sloop/sloop.toml).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Detach from the terminal (for SysV init); stderr stays where it was pointed.
+    #[arg(long)]
+    daemon: bool,
+    /// Validate the config, print the result and exit (0 valid, 78 invalid).
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    std::process::exit(run(&args));
+}
+
+fn run(args: &Args) -> i32 {
+    let path = absolute(&sloop_common::config::resolve_path(args.config.as_deref()));
+    let cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sloopd: {e}");
+            return EX_CONFIG;
+        }
+    };
+    if args.check {
+        println!("sloopd: {}: configuration is valid", path.display());
+        return EX_OK;
+    }
+    sloop_common::logging::init("sloopd", cfg.log_level);
+    log::debug!("keys left at their default: {}", cfg.defaulted.join(", "));
+    log::info!(
+        "starting with {}: hostname {}, greeting \"{}\"",
+        path.display(),
+        cfg.server.hostname,
+        cfg.smtpd.greeting
+    );
+    match start(cfg, args.daemon) {
+        Ok(()) => {
+            log::info!("stopped");
+            EX_OK
+        }
+        Err((code, why)) => {
+            log::error!("{why}");
+            code
+        }
+    }
+}
+
+/// Everything after validation; an error carries the exit code and the reason.
+fn start(cfg: Config, daemon: bool) -> Result<(), (i32, String)> {
+    let creds = setup::credentials(&cfg).map_err(|e| (EX_CONFIG, e.to_string()))?;
+    setup::prepare_dirs(&cfg, creds).map_err(|e| (EX_CANTCREAT, e.to_string()))?;
+    let listeners =
+        Listeners::bind_all(&cfg.smtpd.listen).map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
+    log::info!("listening on {:?}", listeners.addrs());
+    if daemon {
+        detach().map_err(|e| (EX_OSERR, format!("cannot detach: {}", e.desc())))?;
+    }
+    let pid_file =
+        PidFile::create(&cfg.server.run_dir).map_err(|e| (EX_CANTCREAT, e.to_string()))?;
+    log::debug!("pid file {}", pid_file.path().display());
+    let status = StatusPipe::new().map_err(|e| {
+        (
+            EX_OSERR,
+            format!("cannot create the status pipe: {}", e.desc()),
+        )
+    })?;
+    let mut sup = Supervisor::new(cfg, creds, listeners, status);
+    let result = sloop_supervisor::event_loop::run(&mut sup);
+    drop(pid_file);
+    result.map_err(|e| (EX_OSERR, format!("event loop failed: {e}")))
+}
+
+/// Detaches from the terminal: fork, setsid, chdir /, stdin from /dev/null. stdout and
+/// stderr are kept, so the init script decides where the log goes.
+fn detach() -> nix::Result<()> {
+    use std::os::fd::AsRawFd;
+    let null = std::fs::File::open("/dev/null").map_err(|_| nix::errno::Errno::ENOENT)?;
+    nix::unistd::dup2(null.as_raw_fd(), 0)?;
+    nix::unistd::daemon(false, true)
+}
+
+/// The config path as an absolute path, so children and reloads find the same file
+/// whatever the working directory becomes.
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}

@@ -1,0 +1,201 @@
+//! Starting, signalling and reaping `sloopd`'s children.
+//!
+//! A child is one of the programs next to `sloopd` (`server.bin_dir`): an smtpd worker
+//! or the queue manager. It gets `-c <config>` and `SLOOP_CONFIG`; an smtpd worker also
+//! gets `SLOOP_LISTEN_FDS` and `SLOOP_STATUS_FD` (pool_proto.rs), whose descriptors the
+//! caller has made inheritable for the duration of the spawn. Children inherit
+//! `sloopd`'s stderr, so their log lines go where the supervisor's go, and run as
+//! `server.user` when one is configured and `sloopd` runs as root.
+//!
+//! Reaping is a `waitpid(WNOHANG)` loop ([`reap`]), since SIGCHLD deliveries collate.
+//! What can go wrong: the program is missing or not executable (spawn fails; the
+//! caller backs off and retries); a signal to a process that is already gone (ignored).
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{Gid, Pid, Uid};
+use sloop_common::pool_proto::{ENV_LISTEN_FDS, ENV_STATUS_FD};
+use std::fmt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The kinds of child `sloopd` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChildKind {
+    Smtpd,
+    Qmgr,
+}
+
+impl ChildKind {
+    /// The program's file name in the bin dir.
+    pub fn program(self) -> &'static str {
+        match self {
+            ChildKind::Smtpd => "sloop-smtpd",
+            ChildKind::Qmgr => "sloop-qmgr",
+        }
+    }
+
+    /// How long a child must live before it counts as having started properly, for
+    /// kinds without status records. `None`: the kind reports on the status pipe.
+    pub fn startup_window(self) -> Option<Duration> {
+        match self {
+            ChildKind::Smtpd => None,
+            ChildKind::Qmgr => Some(Duration::from_secs(1)),
+        }
+    }
+}
+
+impl fmt::Display for ChildKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.program())
+    }
+}
+
+/// What a spawn needs besides the kind.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec<'a> {
+    pub bin_dir: &'a Path,
+    pub config: &'a Path,
+    /// `Some((listen fds, status fd))` for smtpd workers.
+    pub pool_fds: Option<(String, i32)>,
+    /// Run as this user (only when `sloopd` is root and `server.user` is set).
+    pub creds: Option<(Uid, Gid)>,
+}
+
+/// What the supervisor remembers about a running child.
+#[derive(Debug, Clone, Copy)]
+pub struct Running {
+    pub kind: ChildKind,
+    pub started: Instant,
+    /// The crash streak of its kind when it started (backoff.rs).
+    pub spawn_streak: u32,
+    /// We asked it to exit (reload or shutdown).
+    pub retiring: bool,
+}
+
+/// A failed spawn.
+#[derive(Debug)]
+pub struct SpawnError {
+    pub program: PathBuf,
+    pub source: std::io::Error,
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot start {}: {}",
+            self.program.display(),
+            self.source
+        )
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// Starts a child; returns its pid. The `Child` handle is dropped: [`reap`] collects
+/// the exit status.
+pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
+    let program = spec.bin_dir.join(kind.program());
+    let mut cmd = Command::new(&program);
+    cmd.arg("-c")
+        .arg(spec.config)
+        .env("SLOOP_CONFIG", spec.config)
+        .env_remove(ENV_LISTEN_FDS)
+        .env_remove(ENV_STATUS_FD)
+        .stdin(Stdio::null());
+    if let Some((listen, status)) = &spec.pool_fds {
+        cmd.env(ENV_LISTEN_FDS, listen)
+            .env(ENV_STATUS_FD, status.to_string());
+    }
+    if let Some((uid, gid)) = spec.creds {
+        cmd.uid(uid.as_raw()).gid(gid.as_raw());
+    }
+    match cmd.spawn() {
+        Ok(child) => Ok(Pid::from_raw(child.id() as i32)),
+        Err(source) => Err(SpawnError { program, source }),
+    }
+}
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Status(i32),
+    Signal(Signal),
+}
+
+impl Exit {
+    /// A clean `exit(0)`.
+    pub fn is_clean(self) -> bool {
+        self == Exit::Status(0)
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Status(code) => write!(f, "exited status={code}"),
+            Exit::Signal(sig) => write!(f, "killed by signal {}", sig.as_str()),
+        }
+    }
+}
+
+/// Collects every child that has ended, without blocking.
+pub fn reap() -> Vec<(Pid, Exit)> {
+    let mut out = Vec::new();
+    loop {
+        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => out.push((pid, Exit::Status(code))),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => out.push((pid, Exit::Signal(sig))),
+            Ok(WaitStatus::StillAlive) => break,
+            // Stopped/continued: not an exit; keep looking.
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            // ECHILD: no children at all.
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Sends `sig` to `pid`; a process that is already gone is not an error.
+pub fn signal(pid: Pid, sig: Signal) {
+    match kill(pid, sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => log::warn!("cannot send {} to pid={pid}: {}", sig.as_str(), e.desc()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn exits_are_described_in_the_log_vocabulary() {
+        assert_eq!(Exit::Status(1).to_string(), "exited status=1");
+        assert_eq!(
+            Exit::Signal(Signal::SIGKILL).to_string(),
+            "killed by signal SIGKILL"
+        );
+        assert!(Exit::Status(0).is_clean());
+        assert!(!Exit::Signal(Signal::SIGTERM).is_clean());
+    }
+
+    #[test]
+    fn a_missing_program_is_a_spawn_error_naming_it() {
+        let spec = SpawnSpec {
+            bin_dir: Path::new("/nonexistent/sloop-bin"),
+            config: Path::new("/nonexistent/sloop.toml"),
+            pool_fds: None,
+            creds: None,
+        };
+        let e = spawn(ChildKind::Qmgr, &spec).unwrap_err();
+        assert!(
+            e.to_string().contains("/nonexistent/sloop-bin/sloop-qmgr"),
+            "{e}"
+        );
+    }
+}

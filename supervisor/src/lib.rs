@@ -1,0 +1,26 @@
+//! `sloopd`, Sloop's supervisor (ARCHITECTURE.md §2, in the Postfix `master` model).
+//!
+//! It validates the config (refusing to start on an invalid one, SEED.md G6), binds
+//! every listener before any child exists, starts the smtpd prefork pool and the queue
+//! manager, keeps `smtpd.min_idle` workers idle from their status records, restarts
+//! crashed children with exponential backoff, reloads on SIGHUP and stops within
+//! `supervisor.stop_timeout` on SIGTERM. It never parses client input and never exits
+//! because a child misbehaves (SEED.md G4).
+//!
+//! - [`backoff`]: restart delays (pure).
+//! - [`pool`]: idle/busy accounting of smtpd workers (pure).
+//! - [`listeners`]: binding and passing the listening sockets.
+//! - [`status_pipe`]: the workers' status records.
+//! - [`children`]: spawning, signalling and reaping.
+//! - [`setup`]: directories, credentials, pid file.
+//! - [`supervisor`]: the state and the action for each event.
+//! - [`event_loop`]: the mio loop and signals.
+
+pub mod backoff;
+pub mod children;
+pub mod event_loop;
+pub mod listeners;
+pub mod pool;
+pub mod setup;
+pub mod status_pipe;
+pub mod supervisor;

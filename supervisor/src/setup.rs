@@ -1,0 +1,202 @@
+//! What `sloopd` prepares before it starts children: the spool layout, the run
+//! directory and the mailbox root (owned by `server.user` when one is set and we are
+//! root), the unprivileged credentials children run with, and the pid file.
+//!
+//! What can go wrong: a directory cannot be created or chowned, the user does not
+//! exist, the pid file cannot be written. Each is a [`SetupError`] naming the path or
+//! user; `main` turns it into a log line and an exit code. A pid file left behind by a
+//! crash is simply overwritten; on exit it is removed only if it still names us.
+
+use nix::unistd::{chown, Gid, Uid, User};
+use sloop_common::spool::Spool;
+use sloop_common::Config;
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A failure while preparing to run.
+#[derive(Debug)]
+pub enum SetupError {
+    Dir {
+        path: PathBuf,
+        source: String,
+    },
+    Chown {
+        path: PathBuf,
+        source: nix::Error,
+    },
+    NoSuchUser(String),
+    PidFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::Dir { path, source } => {
+                write!(f, "cannot create {}: {source}", path.display())
+            }
+            SetupError::Chown { path, source } => {
+                write!(f, "cannot chown {}: {}", path.display(), source.desc())
+            }
+            SetupError::NoSuchUser(u) => write!(f, "server.user: no such user {u:?}"),
+            SetupError::PidFile { path, source } => {
+                write!(f, "cannot write pid file {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+/// The user and group children run as, when privileges are to be dropped.
+pub fn credentials(cfg: &Config) -> Result<Option<(Uid, Gid)>, SetupError> {
+    if cfg.server.user.is_empty() {
+        return Ok(None);
+    }
+    if !Uid::effective().is_root() {
+        log::warn!(
+            "server.user={} ignored: sloopd is not running as root",
+            cfg.server.user
+        );
+        return Ok(None);
+    }
+    match User::from_name(&cfg.server.user) {
+        Ok(Some(u)) => Ok(Some((u.uid, u.gid))),
+        _ => Err(SetupError::NoSuchUser(cfg.server.user.clone())),
+    }
+}
+
+/// Creates the spool layout, the run dir and the mailbox root; hands them to the
+/// unprivileged user when there is one.
+pub fn prepare_dirs(cfg: &Config, creds: Option<(Uid, Gid)>) -> Result<(), SetupError> {
+    let spool = Spool::new(&cfg.server.spool_dir);
+    spool.ensure_layout().map_err(|e| SetupError::Dir {
+        path: cfg.server.spool_dir.clone(),
+        source: e.to_string(),
+    })?;
+    for dir in [&cfg.server.run_dir, &cfg.local.mailbox_root] {
+        std::fs::create_dir_all(dir).map_err(|e| SetupError::Dir {
+            path: dir.clone(),
+            source: e.to_string(),
+        })?;
+    }
+    let Some((uid, gid)) = creds else {
+        return Ok(());
+    };
+    let mut owned = vec![
+        cfg.server.spool_dir.clone(),
+        cfg.server.run_dir.clone(),
+        cfg.local.mailbox_root.clone(),
+    ];
+    // The layout's own entries (state directories, status/, tmp/, trigger FIFO); the
+    // message files inside are written by the children themselves.
+    if let Ok(rd) = std::fs::read_dir(&cfg.server.spool_dir) {
+        owned.extend(rd.flatten().map(|e| e.path()));
+    }
+    for path in owned {
+        chown(&path, Some(uid), Some(gid)).map_err(|source| SetupError::Chown { path, source })?;
+    }
+    Ok(())
+}
+
+/// The pid file `<run_dir>/sloopd.pid`, removed on drop if it still names this process.
+#[derive(Debug)]
+pub struct PidFile {
+    path: PathBuf,
+    pid: u32,
+}
+
+impl PidFile {
+    /// Writes the current pid (via a temporary file and a rename, so readers never see
+    /// a partial file).
+    pub fn create(run_dir: &Path) -> Result<PidFile, SetupError> {
+        let path = run_dir.join("sloopd.pid");
+        let pid = std::process::id();
+        let tmp = run_dir.join(format!(".sloopd.pid.{pid}"));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            writeln!(f, "{pid}")?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|source| {
+            let _ = std::fs::remove_file(&tmp);
+            SetupError::PidFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        Ok(PidFile { path, pid })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.path)
+            .map(|s| s.trim() == self.pid.to_string())
+            .unwrap_or(false);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sloopd-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_pid_file_names_us_and_goes_away() {
+        let d = temp_dir("pid");
+        let pf = PidFile::create(&d).unwrap();
+        let text = std::fs::read_to_string(pf.path()).unwrap();
+        assert_eq!(text.trim(), std::process::id().to_string());
+        let path = pf.path().to_path_buf();
+        drop(pf);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_pid_file_rewritten_by_someone_else_is_left_alone() {
+        let d = temp_dir("pid-other");
+        let pf = PidFile::create(&d).unwrap();
+        std::fs::write(pf.path(), "1\n").unwrap();
+        let path = pf.path().to_path_buf();
+        drop(pf);
+        assert!(path.exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn directories_are_created() {
+        let d = temp_dir("dirs");
+        let cfg_text = format!(
+            "[server]\nspool_dir = \"{0}/spool\"\nrun_dir = \"{0}/run\"\n\
+             [local]\nmailbox_root = \"{0}/mail\"\n",
+            d.display()
+        );
+        let cfg = Config::parse(&d.join("sloop.toml"), &cfg_text).unwrap();
+        assert_eq!(credentials(&cfg).unwrap(), None);
+        prepare_dirs(&cfg, None).unwrap();
+        for sub in ["spool/incoming", "spool/deferred", "run", "mail"] {
+            assert!(d.join(sub).is_dir(), "{sub}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

@@ -1,0 +1,420 @@
+//! The supervisor's state and what it does about each event the loop (event_loop.rs)
+//! hands it: start children the pool or the queue manager lacks, account status
+//! records, reap exits and schedule restarts with backoff, reload, stop.
+//!
+//! It talks to children only through signals, their exit status and the status pipe,
+//! never through client data. Nothing a child does can make it exit: a crash is logged
+//! with its status or signal and the restart delay; a program that cannot be started
+//! is retried with backoff. A reload that fails validation changes nothing.
+
+use crate::backoff::{Backoff, ExitClass, Policy};
+use crate::children::{self, ChildKind, Exit, Running, SpawnSpec};
+use crate::listeners::{self, Listeners};
+use crate::pool::Pool;
+use crate::setup;
+use crate::status_pipe::{Record, StatusPipe};
+use nix::sys::signal::Signal;
+use nix::unistd::{Gid, Pid, Uid};
+use sloop_common::config::values::format_duration;
+use sloop_common::config::ConfigError;
+use sloop_common::Config;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How often "process limit reached" may be logged.
+const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// How long SIGKILLed children get to disappear before `sloopd` exits anyway.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+/// Longest the loop sleeps without an event.
+const MAX_TICK: Duration = Duration::from_secs(1);
+
+/// Everything `sloopd` holds while it runs.
+pub struct Supervisor {
+    cfg: Config,
+    creds: Option<(Uid, Gid)>,
+    listeners: Listeners,
+    status: StatusPipe,
+    pool: Pool,
+    running: BTreeMap<Pid, Running>,
+    smtpd_backoff: Backoff,
+    qmgr_backoff: Backoff,
+    policy: Policy,
+    /// Set once SIGTERM/SIGINT arrived: the deadline for children to exit.
+    stopping: Option<Instant>,
+    last_limit_warning: Option<Instant>,
+}
+
+impl Supervisor {
+    /// A supervisor on a validated config, with its listeners already bound.
+    pub fn new(
+        cfg: Config,
+        creds: Option<(Uid, Gid)>,
+        listeners: Listeners,
+        status: StatusPipe,
+    ) -> Supervisor {
+        Supervisor {
+            policy: Policy::from_config(&cfg.supervisor),
+            cfg,
+            creds,
+            listeners,
+            status,
+            pool: Pool::default(),
+            running: BTreeMap::new(),
+            smtpd_backoff: Backoff::default(),
+            qmgr_backoff: Backoff::default(),
+            stopping: None,
+            last_limit_warning: None,
+        }
+    }
+
+    /// The status pipe's read end, for the poller.
+    pub fn status_fd(&self) -> std::os::fd::RawFd {
+        self.status.read_fd()
+    }
+
+    /// Starts whatever is missing: the queue manager, and smtpd workers up to
+    /// `min_idle` idle ones (growing up to `max_processes` when all are busy).
+    pub fn start_children(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let qmgr_running = self.running.values().any(|r| r.kind == ChildKind::Qmgr);
+        if !qmgr_running && self.qmgr_backoff.ready(now) {
+            self.spawn_one(ChildKind::Qmgr, now);
+        }
+        let (min_idle, max) = (self.cfg.smtpd.min_idle, self.cfg.smtpd.max_processes);
+        let wanted = self.pool.to_spawn(min_idle, max);
+        for _ in 0..wanted {
+            if !self.smtpd_backoff.ready(now) || !self.spawn_one(ChildKind::Smtpd, now) {
+                break;
+            }
+        }
+        if wanted == 0 && self.pool.limit_reached(max) {
+            self.warn_limit(now);
+        }
+    }
+
+    fn warn_limit(&mut self, now: Instant) {
+        let due = match self.last_limit_warning {
+            Some(t) => now.duration_since(t) >= LIMIT_WARNING_EVERY,
+            None => true,
+        };
+        if due {
+            self.last_limit_warning = Some(now);
+            log::warn!(
+                "sloop-smtpd: process limit reached (smtpd.max_processes={}, all busy); \
+                 new clients wait in the listen backlog",
+                self.cfg.smtpd.max_processes
+            );
+        }
+    }
+
+    /// Spawns one child; on failure logs it and backs off. Returns whether it started.
+    fn spawn_one(&mut self, kind: ChildKind, now: Instant) -> bool {
+        let bin_dir = self.cfg.bin_dir();
+        let pool_fds =
+            (kind == ChildKind::Smtpd).then(|| (self.listeners.fd_list(), self.status.write_fd()));
+        let spec = SpawnSpec {
+            bin_dir: &bin_dir,
+            config: &self.cfg.file,
+            pool_fds,
+            creds: self.creds,
+        };
+        let result = if kind == ChildKind::Smtpd {
+            self.spawn_inheriting(&spec)
+        } else {
+            children::spawn(kind, &spec).map_err(|e| e.to_string())
+        };
+        let backoff = self.backoff_mut(kind);
+        let spawn_streak = backoff.streak();
+        match result {
+            Ok(pid) => {
+                log::info!("started {kind} pid={pid}");
+                self.running.insert(
+                    pid,
+                    Running {
+                        kind,
+                        started: now,
+                        spawn_streak,
+                        retiring: false,
+                    },
+                );
+                if kind == ChildKind::Smtpd {
+                    self.pool.add(pid.as_raw() as u32);
+                }
+                true
+            }
+            Err(e) => {
+                let policy = self.policy;
+                let delay = self.backoff_mut(kind).on_spawn_failure(&policy, now);
+                log::error!("{e}; retrying in {}", format_duration(delay));
+                false
+            }
+        }
+    }
+
+    /// Spawns an smtpd worker with the listeners and the status pipe inheritable for
+    /// just that spawn.
+    fn spawn_inheriting(&self, spec: &SpawnSpec<'_>) -> Result<Pid, String> {
+        let status_fd = self.status.write_fd();
+        let open = self
+            .listeners
+            .inheritable(true)
+            .and_then(|()| listeners::set_inheritable(status_fd, true));
+        let result = match open {
+            Ok(()) => children::spawn(ChildKind::Smtpd, spec).map_err(|e| e.to_string()),
+            Err(e) => Err(format!(
+                "cannot pass descriptors to sloop-smtpd: {}",
+                e.desc()
+            )),
+        };
+        let close = self
+            .listeners
+            .inheritable(false)
+            .and_then(|()| listeners::set_inheritable(status_fd, false));
+        if let Err(e) = close {
+            log::error!("cannot mark descriptors close-on-exec: {}", e.desc());
+        }
+        result
+    }
+
+    fn backoff_mut(&mut self, kind: ChildKind) -> &mut Backoff {
+        match kind {
+            ChildKind::Smtpd => &mut self.smtpd_backoff,
+            ChildKind::Qmgr => &mut self.qmgr_backoff,
+        }
+    }
+
+    /// Reads the status pipe and updates the pool.
+    pub fn read_status(&mut self) {
+        let records = match self.status.drain() {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("cannot read the status pipe: {e}");
+                return;
+            }
+        };
+        for rec in records {
+            match rec {
+                Record::Status(pid, a) => {
+                    if !self.pool.report(pid, a) {
+                        log::debug!("status record from pid={pid}, not a current worker");
+                    }
+                }
+                Record::Garbage(g) => log::warn!("garbage on the status pipe ignored: {g}"),
+            }
+        }
+    }
+
+    /// Reaps every ended child, logs its exit and schedules its replacement.
+    pub fn handle_exits(&mut self, now: Instant) {
+        for (pid, exit) in children::reap() {
+            let Some(run) = self.running.remove(&pid) else {
+                log::debug!("reaped pid={pid} ({exit}), not a child we track");
+                continue;
+            };
+            let uptime = now.saturating_duration_since(run.started);
+            let reported = match run.kind.startup_window() {
+                Some(window) => uptime >= window,
+                None => self
+                    .pool
+                    .remove(pid.as_raw() as u32)
+                    .is_some_and(|w| w.reported),
+            };
+            self.log_exit(pid, &run, exit, reported, uptime, now);
+        }
+    }
+
+    fn log_exit(
+        &mut self,
+        pid: Pid,
+        run: &Running,
+        exit: Exit,
+        reported: bool,
+        uptime: Duration,
+        now: Instant,
+    ) {
+        let kind = run.kind;
+        let class = if run.retiring || (exit.is_clean() && reported) {
+            ExitClass::Expected
+        } else {
+            ExitClass::Crash {
+                never_served: !reported,
+            }
+        };
+        let policy = self.policy;
+        let delay = self
+            .backoff_mut(kind)
+            .on_exit(&policy, class, run.spawn_streak, uptime, now);
+        let ran = format_duration(uptime);
+        if self.stopping.is_some() {
+            log::info!("child {kind} pid={pid} {exit} (stopping, ran {ran})");
+        } else if class == ExitClass::Expected {
+            log::info!("child {kind} pid={pid} {exit} (ran {ran}); replacing it");
+        } else {
+            let early = if reported { "" } else { " before it served" };
+            log::warn!(
+                "child {kind} pid={pid} {exit}{early} (ran {ran}); restart in {} \
+                 (crash {} in a row)",
+                format_duration(delay),
+                self.backoff_mut(kind).streak()
+            );
+        }
+    }
+
+    /// SIGHUP: loads the config file again; applies it only if it is valid.
+    pub fn reload(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let path = self.cfg.file.clone();
+        log::info!("reload requested: reading {}", path.display());
+        let new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(e) => return log_rejected(&e),
+        };
+        let creds = match setup::credentials(&new) {
+            Ok(c) => c,
+            Err(e) => return log_rejected_because(&e.to_string()),
+        };
+        if let Err(e) = setup::prepare_dirs(&new, creds) {
+            return log_rejected_because(&e.to_string());
+        }
+        if new.server.run_dir != self.cfg.server.run_dir {
+            log::warn!("server.run_dir changed: the pid file moves only when sloopd restarts");
+        }
+        for e in self.listeners.reconcile(&new.smtpd.listen) {
+            log::error!("reload: {e}; that address is not served until sloopd restarts");
+        }
+        self.policy = Policy::from_config(&new.supervisor);
+        self.creds = creds;
+        self.cfg = new;
+        self.retire_all();
+    }
+
+    /// Asks every child to finish and exit (SIGHUP, pool_proto.rs); replacements start
+    /// on the current config.
+    fn retire_all(&mut self) {
+        let workers = self.pool.retire_all();
+        for (pid, run) in self.running.iter_mut() {
+            run.retiring = true;
+            children::signal(*pid, Signal::SIGHUP);
+        }
+        log::info!(
+            "configuration reloaded from {}: greeting \"{}\", listening on {:?}; \
+             rolling {} smtpd worker(s) and the queue manager",
+            self.cfg.file.display(),
+            self.cfg.smtpd.greeting,
+            self.listeners.addrs(),
+            workers.len()
+        );
+    }
+
+    /// SIGTERM/SIGINT: stop accepting, ask every child to stop, set the deadline.
+    pub fn begin_stop(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let timeout = self.cfg.supervisor.stop_timeout;
+        self.stopping = Some(now + timeout);
+        self.listeners.close_all();
+        for (pid, run) in self.running.iter_mut() {
+            run.retiring = true;
+            children::signal(*pid, Signal::SIGTERM);
+        }
+        log::info!(
+            "stopping: SIGTERM sent to {} child(ren); they have {} to exit",
+            self.running.len(),
+            format_duration(timeout)
+        );
+    }
+
+    /// While stopping: true once every child is gone. At the deadline, SIGKILLs the
+    /// rest and waits (briefly) for them.
+    pub fn stop_finished(&mut self, now: Instant) -> bool {
+        let Some(deadline) = self.stopping else {
+            return false;
+        };
+        if self.running.is_empty() {
+            return true;
+        }
+        if now < deadline {
+            return false;
+        }
+        for (pid, run) in &self.running {
+            log::warn!(
+                "child {} pid={pid} still running at the stop deadline: SIGKILL",
+                run.kind
+            );
+            children::signal(*pid, Signal::SIGKILL);
+        }
+        let gone = crate::event_loop::wait_for(KILL_GRACE, || {
+            self.handle_exits(Instant::now());
+            self.running.is_empty()
+        });
+        if !gone {
+            log::error!("{} child(ren) survived SIGKILL", self.running.len());
+        }
+        true
+    }
+
+    /// How long the loop may sleep before a timer is due.
+    pub fn next_timeout(&self, now: Instant) -> Duration {
+        let mut due = vec![now + MAX_TICK];
+        due.extend(self.stopping);
+        due.extend(self.smtpd_backoff.not_before());
+        due.extend(self.qmgr_backoff.not_before());
+        due.into_iter()
+            .filter(|t| *t > now)
+            .min()
+            .map_or(Duration::ZERO, |t| t - now)
+    }
+
+    /// SIGUSR1: one line of status.
+    pub fn log_status(&self) {
+        let c = self.pool.counts();
+        let qmgr: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.kind == ChildKind::Qmgr)
+            .map(|(p, _)| p.to_string())
+            .collect();
+        log::info!(
+            "status: smtpd workers={} idle={} busy={} starting={} retiring={} \
+             (min_idle={} max_processes={}); qmgr pid={}; listening on {:?}{}",
+            c.total,
+            c.idle,
+            c.busy,
+            c.starting,
+            c.retiring,
+            self.cfg.smtpd.min_idle,
+            self.cfg.smtpd.max_processes,
+            if qmgr.is_empty() {
+                "none".to_string()
+            } else {
+                qmgr.join(",")
+            },
+            self.listeners.addrs(),
+            if self.stopping.is_some() {
+                "; stopping"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+fn log_rejected(e: &ConfigError) {
+    match e {
+        ConfigError::Invalid(issues) => {
+            for i in issues {
+                log_rejected_because(&i.to_string());
+            }
+        }
+        ConfigError::Read { .. } => log_rejected_because(&e.to_string()),
+    }
+}
+
+fn log_rejected_because(why: &str) {
+    log::error!("reload rejected, keeping the running configuration: {why}");
+}
