@@ -1,1 +1,267 @@
-//! The queue manager: schedules, retries and bounces (see sloop-qmgr).
+//! The queue manager (`sloop-qmgr`): owns the queue, schedules deliveries to pools of
+//! `sloop-deliver` workers, records per-recipient results, retries with backoff and
+//! bounces (ARCHITECTURE.md §1, §3, §4).
+//!
+//! One process under `sloopd`, one mio loop (events.rs). At start-up it recovers the
+//! spool (recovery.rs); then it moves messages `incoming/` → `active/` as slots free in
+//! the bounded active set (`queue.max_active`; only envelopes and status are held, never
+//! bodies), groups their pending recipients into jobs (scheduler.rs), runs the jobs on
+//! workers (dispatch.rs, workers.rs) and, when a message's jobs are all done, removes
+//! it, bounces it (bounce.rs) or moves it to `deferred/` with its next attempt time as
+//! the file's mtime (messages.rs).
+//!
+//! Operator tools change the spool only by renames plus a poke on the trigger FIFO, so a
+//! message that vanished from `active/` while its job ran is simply dropped from memory.
+//! Errors touching the spool are logged with the message's ID and the message is left
+//! where it is or deferred: a message is never removed unless every recipient is final
+//! and recorded, and any bounce is committed.
+
+mod bounce;
+mod dispatch;
+mod events;
+mod messages;
+mod recovery;
+mod scheduler;
+mod workers;
+
+use messages::Message;
+use mio::Registry;
+use scheduler::Scheduler;
+use sloop_common::config::{resolve_path, Config};
+use sloop_common::exitcode;
+use sloop_common::spool::{QueueState, Spool};
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+use workers::Pools;
+
+/// Most messages moved into the active set per loop turn, so events stay served.
+const LOADS_PER_TURN: usize = 256;
+/// Longest wait for running jobs after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the queue manager with the config at `-c` (or `SLOOP_CONFIG`, or the default);
+/// returns the process exit code.
+pub fn run(config: Option<&Path>) -> i32 {
+    let path = resolve_path(config);
+    let cfg = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sloop-qmgr: {e}");
+            return exitcode::EX_CONFIG;
+        }
+    };
+    sloop_common::logging::init("sloop-qmgr", cfg.log_level);
+    let spool = Spool::new(&cfg.server.spool_dir);
+    match recovery::recover(&spool) {
+        Ok(r) => log::info!(
+            "started: spool {}, requeued {} from active, removed {} stale tmp files and {} orphan status logs",
+            spool.root().display(),
+            r.requeued,
+            r.tmp_removed,
+            r.orphans_removed
+        ),
+        Err(e) => {
+            log::error!("spool recovery failed: {e}");
+            return exitcode::EX_TEMPFAIL;
+        }
+    }
+    match events::run(cfg, spool) {
+        Ok(()) => {
+            log::info!("stopped");
+            exitcode::EX_OK
+        }
+        Err(e) => {
+            log::error!("fatal: {e}");
+            exitcode::EX_TEMPFAIL
+        }
+    }
+}
+
+/// Everything the queue manager knows at run time.
+pub(crate) struct Qmgr {
+    cfg: Config,
+    spool: Spool,
+    registry: Registry,
+    sched: Scheduler,
+    pools: Pools,
+    /// The active set: messages in `active/` being worked on, by ID.
+    active: HashMap<String, Message>,
+    /// IDs listed in `incoming/`, oldest first, not yet loaded.
+    incoming: VecDeque<String>,
+    /// IDs in `deferred/` whose time has come, not yet loaded.
+    deferred: VecDeque<String>,
+    /// The trigger was poked since `incoming/` was last listed.
+    poked: bool,
+    next_scan: Instant,
+    next_deferred_scan: Instant,
+    next_job_id: u64,
+    /// Alternates loads between `incoming/` and due `deferred/` messages.
+    prefer_deferred: bool,
+    stopping: Option<Instant>,
+}
+
+impl Qmgr {
+    fn new(cfg: Config, spool: Spool, registry: Registry) -> Qmgr {
+        let q = &cfg.queue;
+        let sched = Scheduler::new(q.destination_concurrency, q.retry_min, q.retry_max);
+        let pools = Pools::new(q.local_concurrency, q.remote_concurrency);
+        let now = Instant::now();
+        Qmgr {
+            cfg,
+            spool,
+            registry,
+            sched,
+            pools,
+            active: HashMap::new(),
+            incoming: VecDeque::new(),
+            deferred: VecDeque::new(),
+            poked: true,
+            next_scan: now,
+            next_deferred_scan: now,
+            next_job_id: 1,
+            prefer_deferred: false,
+            stopping: None,
+        }
+    }
+
+    /// SIGHUP: re-reads the config; an invalid one changes nothing.
+    fn reload(&mut self) {
+        match Config::load(&self.cfg.file) {
+            Ok(cfg) => {
+                let q = &cfg.queue;
+                self.sched
+                    .set_limits(q.destination_concurrency, q.retry_min, q.retry_max);
+                self.pools
+                    .set_limits(q.local_concurrency, q.remote_concurrency);
+                self.pools.retire_all();
+                self.cfg = cfg;
+                self.poked = true;
+                log::info!("reloaded configuration {}", self.cfg.file.display());
+            }
+            Err(e) => log::error!("reload refused, keeping the running configuration: {e}"),
+        }
+    }
+
+    /// SIGTERM: stop starting work; running jobs get [`STOP_GRACE`] to finish.
+    fn begin_stop(&mut self) {
+        if self.stopping.is_none() {
+            log::info!("stopping: waiting for running deliveries");
+            let grace = STOP_GRACE.min(self.cfg.queue.delivery_timeout);
+            self.stopping = Some(Instant::now() + grace);
+        }
+    }
+
+    /// How long the loop may sleep.
+    fn timeout(&self, now: Instant) -> Duration {
+        let mut due = self.next_scan.min(self.next_deferred_scan);
+        if let (Some(t), _) = self.pools.deadlines(now) {
+            due = due.min(t);
+        }
+        if let Some(t) = self.pools.spawn_pause() {
+            if t > now && self.sched.queued() > 0 {
+                due = due.min(t);
+            }
+        }
+        if let Some(t) = self.stopping {
+            due = due.min(t);
+        }
+        let room = self.active.len() < self.cfg.queue.max_active;
+        if room && (!self.incoming.is_empty() || !self.deferred.is_empty()) {
+            return Duration::ZERO;
+        }
+        due.saturating_duration_since(now)
+    }
+
+    /// One turn of work after the events: scan, load, dispatch.
+    fn tick(&mut self, now: Instant) {
+        self.scan(now);
+        self.fill_active();
+        self.dispatch(now);
+    }
+
+    /// Lists `incoming/` when its backlog is empty and something may be new, and
+    /// `deferred/` when a deferred message may be due.
+    fn scan(&mut self, now: Instant) {
+        let room = self.active.len() < self.cfg.queue.max_active;
+        if now >= self.next_scan {
+            self.poked = true;
+            self.next_scan = now + self.cfg.queue.scan_interval;
+        }
+        if room && self.poked && self.incoming.is_empty() {
+            self.poked = false;
+            match self.spool.list(QueueState::Incoming) {
+                Ok(ids) => self
+                    .incoming
+                    .extend(ids.into_iter().take(self.backlog_cap())),
+                Err(e) => log::error!("cannot scan incoming: {e}"),
+            }
+        }
+        if room && now >= self.next_deferred_scan && self.deferred.is_empty() {
+            self.scan_deferred(now);
+        }
+    }
+
+    /// Most IDs remembered from one directory listing.
+    fn backlog_cap(&self) -> usize {
+        self.cfg.queue.max_active.max(1000)
+    }
+
+    /// Queues the due messages of `deferred/` and plans the next scan for the earliest
+    /// one not yet due.
+    fn scan_deferred(&mut self, now: Instant) {
+        let mut next = now + self.cfg.queue.scan_interval;
+        let ids = match self.spool.list(QueueState::Deferred) {
+            Ok(ids) => ids,
+            Err(e) => {
+                log::error!("cannot scan deferred: {e}");
+                self.next_deferred_scan = next;
+                return;
+            }
+        };
+        let wall = SystemTime::now();
+        for id in ids {
+            let path = self.spool.path(QueueState::Deferred, &id);
+            let Ok(due) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
+                continue;
+            };
+            match due.duration_since(wall) {
+                Ok(wait) if !wait.is_zero() => next = next.min(now + wait),
+                _ if self.deferred.len() < self.backlog_cap() => self.deferred.push_back(id),
+                _ => {}
+            }
+        }
+        self.next_deferred_scan = next;
+    }
+
+    /// Plans a deferred scan no later than `when` (a message was just deferred).
+    fn wake_deferred_at(&mut self, when: Instant) {
+        self.next_deferred_scan = self.next_deferred_scan.min(when);
+    }
+
+    /// Moves messages into the active set while there is room, alternating between new
+    /// and due deferred ones so neither starves.
+    fn fill_active(&mut self) {
+        for _ in 0..LOADS_PER_TURN {
+            if self.active.len() >= self.cfg.queue.max_active {
+                return;
+            }
+            self.prefer_deferred = !self.prefer_deferred;
+            let from_deferred =
+                !self.deferred.is_empty() && (self.incoming.is_empty() || self.prefer_deferred);
+            let next = if from_deferred {
+                self.deferred
+                    .pop_front()
+                    .map(|id| (QueueState::Deferred, id))
+            } else {
+                self.incoming
+                    .pop_front()
+                    .map(|id| (QueueState::Incoming, id))
+            };
+            let Some((state, id)) = next else {
+                return;
+            };
+            self.load(state, &id);
+        }
+    }
+}

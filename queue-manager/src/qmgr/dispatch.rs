@@ -1,0 +1,237 @@
+//! Running jobs on workers: handing out the scheduler's next jobs, reading the workers'
+//! result lines, and ending jobs, whether the worker answered for every recipient or
+//! not (ARCHITECTURE.md §4).
+//!
+//! A worker that writes a line that does not parse, a result for another job or an
+//! unknown recipient, closes its stdout, cannot be written to, or runs past
+//! `queue.delivery_timeout` is killed and discarded; the recipients of its job without a
+//! result are deferred ("delivery worker died", "timed out", ...) so none is ever lost,
+//! and the next job gets a fresh worker. Crashes do not count against the destination
+//! in the dead-destination cache; deferrals the worker reported do.
+
+use super::messages::RcptResult;
+use super::scheduler::{JobSpec, Next};
+use super::workers::{Output, Running};
+use super::Qmgr;
+use sloop_common::delivery_proto::{Job, Reply};
+use sloop_common::spool::status::Outcome;
+use sloop_common::spool::QueueState;
+use std::time::Instant;
+
+impl Qmgr {
+    /// Starts or suspends jobs while workers are available.
+    pub(super) fn dispatch(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        loop {
+            let pools = &self.pools;
+            match self.sched.next(now, |t| pools.available(t, now)) {
+                None => return,
+                Some(Next::Run(spec)) => self.start(spec, now),
+                Some(Next::Suspend(spec, why)) => {
+                    for &i in &spec.rcpts {
+                        self.record_defer(&spec.msg, i, "4.4.1", &why);
+                    }
+                    self.job_done(&spec.msg);
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, spec: JobSpec, now: Instant) {
+        let Some(msg) = self.active.get(&spec.msg) else {
+            self.sched.release(&spec.dest);
+            return;
+        };
+        let job = Job {
+            job_id: self.next_job_id,
+            queue_id: spec.msg.clone(),
+            path: self
+                .spool
+                .path(QueueState::Active, &spec.msg)
+                .display()
+                .to_string(),
+            transport: spec.dest.transport,
+            nexthop: spec.dest.domain.clone(),
+            sender: msg.env.sender.clone(),
+            recipients: spec
+                .rcpts
+                .iter()
+                .filter_map(|&i| msg.env.recipients.get(i).map(|r| r.address.clone()))
+                .collect(),
+        };
+        self.next_job_id += 1;
+        let program = self.cfg.program("sloop-deliver");
+        let slot = match self
+            .pools
+            .acquire(job.transport, &program, &self.cfg.file, &self.registry)
+        {
+            Ok(slot) => slot,
+            Err(e) => {
+                log::error!("cannot start {} delivery worker: {e}", job.transport.word());
+                let why = format!("delivery agent unavailable: {e}");
+                for &i in &spec.rcpts {
+                    self.record_defer(&spec.msg, i, "4.3.0", &why);
+                }
+                self.sched.release(&spec.dest);
+                self.job_done(&spec.msg);
+                return;
+            }
+        };
+        let running = Running {
+            job_id: job.job_id,
+            answered: vec![false; spec.rcpts.len()],
+            spec,
+            deadline: now + self.cfg.queue.delivery_timeout,
+            last_defer: None,
+            any_final: false,
+        };
+        let sent = self.pools.get_mut(slot).map(|w| {
+            w.job = Some(running);
+            w.send(&job)
+        });
+        if let Some(Err(e)) = sent {
+            self.break_worker(slot, &format!("delivery worker died ({e})"));
+        }
+    }
+
+    /// Reads and acts on everything worker `slot` wrote.
+    pub(super) fn on_worker_output(&mut self, slot: usize) {
+        let outputs = match self.pools.get_mut(slot) {
+            Some(w) => w.read(),
+            None => return,
+        };
+        for out in outputs {
+            let broken = match out {
+                Output::Reply(r) => self.on_reply(slot, r).err(),
+                Output::Garbage(line) => Some(format!(
+                    "delivery worker protocol error ({:?})",
+                    line.chars().take(100).collect::<String>()
+                )),
+                Output::Eof => Some("delivery worker died".to_string()),
+            };
+            if let Some(why) = broken {
+                self.break_worker(slot, &why);
+                return;
+            }
+        }
+    }
+
+    /// Applies one reply; an error means the worker is broken.
+    fn on_reply(&mut self, slot: usize, reply: Reply) -> Result<(), String> {
+        let w = self.pools.get_mut(slot).ok_or("no such worker")?;
+        let job = w.job.as_mut().ok_or("reply while idle")?;
+        match reply {
+            Reply::Rcpt {
+                job_id,
+                index,
+                outcome,
+                dsn,
+                relay,
+                text,
+            } => {
+                let env_index = *job.spec.rcpts.get(index).ok_or("unknown recipient")?;
+                if job_id != job.job_id || job.answered[index] {
+                    return Err("result for another job or a second result".into());
+                }
+                job.answered[index] = true;
+                match outcome {
+                    Outcome::Defer => job.last_defer = Some(text.clone()),
+                    _ => job.any_final = true,
+                }
+                let msg = job.spec.msg.clone();
+                let r = RcptResult {
+                    index: env_index,
+                    outcome,
+                    dsn: &dsn,
+                    relay: &relay,
+                    text: &text,
+                };
+                self.record(&msg, &r);
+                Ok(())
+            }
+            Reply::Done { job_id } => {
+                if job_id != job.job_id {
+                    return Err("done for another job".into());
+                }
+                let job = w.job.take().ok_or("reply while idle")?;
+                if w.retire {
+                    self.pools.discard(slot, &self.registry);
+                }
+                self.end_job(job, "delivery agent gave no result");
+                Ok(())
+            }
+        }
+    }
+
+    /// Kills and discards worker `slot`; its job's unanswered recipients are deferred.
+    pub(super) fn break_worker(&mut self, slot: usize, why: &str) {
+        if let Some(job) = self.pools.discard(slot, &self.registry) {
+            log::warn!(
+                "{}: {why}; deferring recipients without a result",
+                job.spec.msg
+            );
+            self.end_job(job, why);
+        }
+    }
+
+    /// Kills the workers whose job is past its deadline.
+    pub(super) fn check_deadlines(&mut self, now: Instant) {
+        let (_, late) = self.pools.deadlines(now);
+        for slot in late {
+            self.break_worker(slot, "delivery timed out, worker killed");
+        }
+    }
+
+    /// Closes idle workers marked for retirement (after a reload).
+    pub(super) fn retire_idle(&mut self) {
+        for slot in self.pools.idle_slots() {
+            if self.pools.get_mut(slot).map(|w| w.retire).unwrap_or(false) {
+                self.pools.discard(slot, &self.registry);
+            }
+        }
+    }
+
+    /// Ends a job: defers its unanswered recipients with `missing`, updates the
+    /// destination's health, and tells the message.
+    fn end_job(&mut self, job: Running, missing: &str) {
+        for (k, &i) in job.spec.rcpts.iter().enumerate() {
+            if !job.answered[k] {
+                self.record_defer(&job.spec.msg, i, "4.3.0", missing);
+            }
+        }
+        let now = Instant::now();
+        match (&job.last_defer, job.any_final) {
+            (Some(reason), false) => {
+                if let Some(d) = self.sched.finished(&job.spec.dest, Some(reason), now) {
+                    log::warn!(
+                        "{}: destination suspended for {}s: {reason}",
+                        job.spec.dest.domain,
+                        d.as_secs()
+                    );
+                }
+            }
+            (None, false) => self.sched.release(&job.spec.dest),
+            (_, true) => {
+                self.sched.finished(&job.spec.dest, None, now);
+            }
+        }
+        self.job_done(&job.spec.msg);
+    }
+
+    fn record_defer(&mut self, msg: &str, index: usize, dsn: &str, text: &str) {
+        let relay = match self.active.get(msg) {
+            Some(_) => "none",
+            None => return,
+        };
+        let r = RcptResult {
+            index,
+            outcome: Outcome::Defer,
+            dsn,
+            relay,
+            text,
+        };
+        self.record(msg, &r);
+    }
+}
