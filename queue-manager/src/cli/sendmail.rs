@@ -1,0 +1,262 @@
+//! `sloop-sendmail`: the sendmail(8) interface that cron, mail(1) and scripts use
+//! (docs/sloop-sendmail.1.md). Invoked as `mailq` it lists the queue.
+//!
+//! A message is read from stdin (`sendmail_message`), completed with `From`, `Date` and
+//! `Message-ID: <ID@hostname>` where missing, and handed to `sloop-queue` with the
+//! qmail-queue contract (message on its fd 0, envelope on its fd 1), so every injection
+//! goes through the one durable commit. `sloop-queue`'s exit code becomes a sysexits
+//! code: 0 queued; address errors EX_NOUSER (67); other permanent refusals and envelope
+//! format errors EX_DATAERR (65); anything temporary, a crash or a signal EX_TEMPFAIL
+//! (75), meaning "not queued, try again".
+
+use super::operator::{run_queue, QueueCmd};
+use super::sendmail_args::{self, Mode, Options};
+use super::sendmail_message::{Message, Missing};
+use super::{load_config, ToolError};
+use sloop_common::config::Config;
+use sloop_common::exitcode::{self, queue_verdict, QueueVerdict};
+use sloop_common::spool::{queue_id, Envelope, Recipient, Ret, Spool};
+use std::io::Write;
+use std::process::{Command, ExitStatus, Stdio};
+
+/// Runs sloop-sendmail with argv (argv[0] included).
+pub fn run(argv: &[String]) -> Result<(), ToolError> {
+    let as_mailq = argv
+        .first()
+        .map(|a| a.rsplit('/').next().unwrap_or(a).ends_with("mailq"))
+        .unwrap_or(false);
+    let opts = sendmail_args::parse(argv.get(1..).unwrap_or(&[]), as_mailq)
+        .map_err(|e| ToolError::new(exitcode::EX_USAGE, e))?;
+    let cfg = load_config(opts.config.as_deref(), exitcode::EX_CONFIG)?;
+    let spool = Spool::new(&cfg.server.spool_dir);
+    let mut out = std::io::stdout().lock();
+    match opts.mode {
+        Mode::List => run_queue(&QueueCmd::List { json: false }, &spool, &mut out),
+        Mode::Flush => run_queue(&QueueCmd::Flush, &spool, &mut out),
+        Mode::Deliver => {
+            let stdin = std::io::stdin().lock();
+            let id = deliver(&cfg, &opts, stdin)?;
+            if opts.verbose {
+                eprintln!("sloop-sendmail: queued as {id}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reads the message from `input`, completes it and queues it; returns the queue ID.
+pub fn deliver(
+    cfg: &Config,
+    opts: &Options,
+    input: impl std::io::BufRead,
+) -> Result<String, ToolError> {
+    let mut msg = Message::read(input, opts.ignore_dots)
+        .map_err(|e| ToolError::new(exitcode::EX_IOERR, format!("cannot read message: {e}")))?;
+    let host = &cfg.server.hostname;
+    let mut recipients = opts.recipients.clone();
+    if opts.extract {
+        recipients.extend(msg.recipients());
+    }
+    msg.remove_bcc();
+    let recipients: Vec<String> = recipients.iter().map(|r| qualify(r, host)).collect();
+    if recipients.is_empty() {
+        return Err(ToolError::new(
+            exitcode::EX_USAGE,
+            "no recipient addresses (give them as arguments, or use -t)",
+        ));
+    }
+    if let Some(bad) = recipients.iter().find(|r| !plausible(r)) {
+        return Err(ToolError::new(
+            exitcode::EX_NOUSER,
+            format!("bad recipient address: {bad:?}"),
+        ));
+    }
+    let sender = match &opts.sender {
+        Some(s) if s.is_empty() => String::new(),
+        Some(s) => qualify(s, host),
+        None => format!("{}@{host}", invoking_user()),
+    };
+    let id = queue_id::new_id();
+    msg.add_missing(&Missing {
+        from: from_header(&sender, opts.full_name.as_deref(), host),
+        date: sloop_common::logging::rfc5322_date(super::queue_view::now()),
+        message_id: format!("<{id}@{host}>"),
+    });
+    let envelope = envelope(opts, sender, recipients)?;
+    queue(cfg, &id, &msg.to_bytes(), &envelope.to_qmail())?;
+    Ok(id)
+}
+
+fn envelope(
+    opts: &Options,
+    sender: String,
+    recipients: Vec<String>,
+) -> Result<Envelope, ToolError> {
+    let mut env = Envelope::new(
+        sender,
+        recipients
+            .into_iter()
+            .map(|a| Recipient {
+                notify: opts.notify.clone(),
+                ..Recipient::new(a)
+            })
+            .collect(),
+    );
+    env.envid = opts.envid.clone();
+    env.ret = match opts.ret.as_deref() {
+        None => None,
+        Some("FULL") => Some(Ret::Full),
+        Some("HDRS") => Some(Ret::Hdrs),
+        Some(other) => {
+            return Err(ToolError::new(
+                exitcode::EX_USAGE,
+                format!("-R {other}: expected full or hdrs"),
+            ))
+        }
+    };
+    Ok(env)
+}
+
+/// Runs sloop-queue: message on its fd 0, then envelope on its fd 1 (a pipe we write).
+fn queue(cfg: &Config, id: &str, message: &[u8], envelope: &[u8]) -> Result<(), ToolError> {
+    let program = cfg.program("sloop-queue");
+    let os_err = |what: &str, e: &dyn std::fmt::Display| {
+        ToolError::new(
+            exitcode::EX_OSERR,
+            format!("cannot {what} {}: {e}", program.display()),
+        )
+    };
+    let (env_read, env_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| os_err("make a pipe for", &e))?;
+    // The Command (holding our copy of the pipe's read end) is dropped right after the
+    // spawn, so a sloop-queue that exits early makes our writes fail instead of block.
+    let mut child = Command::new(&program)
+        .arg("-c")
+        .arg(&cfg.file)
+        .env(super::inject::QUEUE_ID_ENV, id)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(env_read))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| os_err("run", &e))?;
+    // A write error means sloop-queue stopped reading (it refused the message): its exit
+    // status says why, so the error itself is not reported.
+    if let Some(mut fd0) = child.stdin.take() {
+        let _ = fd0.write_all(message);
+    }
+    let _ = std::fs::File::from(env_write).write_all(envelope);
+    let status = child.wait().map_err(|e| os_err("wait for", &e))?;
+    queue_status(status)
+}
+
+/// sloop-queue's exit status as a sysexits result.
+pub fn queue_status(status: ExitStatus) -> Result<(), ToolError> {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(code) = status.code() else {
+        let sig = status.signal().unwrap_or(0);
+        return Err(ToolError::new(
+            exitcode::EX_TEMPFAIL,
+            format!("sloop-queue killed by signal {sig}; message not queued, try again"),
+        ));
+    };
+    let (sysexit, what) = match (code, queue_verdict(code)) {
+        (_, QueueVerdict::Committed) => return Ok(()),
+        (exitcode::QQ_ADDRESS_TOO_LONG, _) => (exitcode::EX_NOUSER, "address refused"),
+        (exitcode::QQ_ENVELOPE_FORMAT, _) | (_, QueueVerdict::Permanent) => {
+            (exitcode::EX_DATAERR, "message refused")
+        }
+        (_, QueueVerdict::Temporary) => (exitcode::EX_TEMPFAIL, "message not queued, try again"),
+    };
+    Err(ToolError::new(
+        sysexit,
+        format!("{what} (sloop-queue exit {code})"),
+    ))
+}
+
+/// `user` -> `user@host`; addresses with a domain are kept.
+fn qualify(addr: &str, host: &str) -> String {
+    if addr.contains('@') {
+        addr.to_string()
+    } else {
+        format!("{addr}@{host}")
+    }
+}
+
+/// No spaces, controls or brackets: what can go into an SMTP path.
+fn plausible(addr: &str) -> bool {
+    !addr.is_empty()
+        && !addr.starts_with('@')
+        && !addr.ends_with('@')
+        && !addr
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace() || matches!(c, '<' | '>' | ','))
+}
+
+/// `From:` value: `"Full Name" <sender>`, or the sender alone.
+fn from_header(sender: &str, full_name: Option<&str>, host: &str) -> String {
+    let addr = if sender.is_empty() {
+        format!("MAILER-DAEMON@{host}")
+    } else {
+        sender.to_string()
+    };
+    match full_name {
+        Some(name) if !name.is_empty() => {
+            let clean: String = name
+                .chars()
+                .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+                .collect();
+            format!("\"{clean}\" <{addr}>")
+        }
+        _ => addr,
+    }
+}
+
+/// The login name of the real uid, else `$USER`, else `uid<N>`.
+fn invoking_user() -> String {
+    let uid = nix::unistd::getuid();
+    if let Ok(Some(user)) = nix::unistd::User::from_uid(uid) {
+        return user.name;
+    }
+    match std::env::var("USER") {
+        Ok(u) if !u.is_empty() && plausible(&u) => u,
+        _ => format!("uid{uid}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn queue_exit_codes_map_to_sysexits() {
+        let code = |c: i32| {
+            queue_status(ExitStatus::from_raw(c << 8))
+                .err()
+                .map(|e| e.code)
+        };
+        assert_eq!(code(0), None);
+        assert_eq!(code(11), Some(exitcode::EX_NOUSER));
+        assert_eq!(code(31), Some(exitcode::EX_DATAERR));
+        assert_eq!(code(91), Some(exitcode::EX_DATAERR));
+        assert_eq!(code(53), Some(exitcode::EX_TEMPFAIL));
+        assert_eq!(code(81), Some(exitcode::EX_TEMPFAIL));
+        let killed = queue_status(ExitStatus::from_raw(9)).err().map(|e| e.code);
+        assert_eq!(killed, Some(exitcode::EX_TEMPFAIL));
+    }
+
+    #[test]
+    fn addresses_and_from() {
+        assert_eq!(qualify("root", "h.test"), "root@h.test");
+        assert_eq!(qualify("a@b", "h.test"), "a@b");
+        assert!(plausible("a@b.test"));
+        assert!(!plausible("a b@c"));
+        assert!(!plausible("a@b\r\n"));
+        assert_eq!(
+            from_header("a@b", Some("Cron \"D\""), "h"),
+            "\"Cron D\" <a@b>"
+        );
+        assert_eq!(from_header("", None, "h"), "MAILER-DAEMON@h");
+    }
+}
