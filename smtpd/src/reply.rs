@@ -1,0 +1,216 @@
+//! SMTP replies that cannot be malformed (SEED.md G7).
+//!
+//! A [`Reply`] is a basic code, an enhanced status code and one or more text lines.
+//! Only the greeting and the answer to EHLO/HELO go without an enhanced code, as
+//! RFC 2034 §3 requires (clients read EHLO lines as extension keywords); they are
+//! built with [`Reply::bare`].
+//! [`Reply::to_wire`] never fails: a code outside 200..=599 is clamped to 451/554
+//! style defaults, an enhanced code whose class disagrees with the basic code is
+//! replaced by `<class>.0.0`, CR, LF, NUL and other control octets in the text become
+//! spaces, and every line is cut to at most 512 octets including CRLF (on a UTF-8
+//! character boundary). The session builds every reply through this type, so nothing
+//! it sends can break a client's parser.
+
+use std::fmt;
+
+/// Longest reply line on the wire, CRLF included (RFC 5321 §4.5.3.1.5).
+pub const MAX_LINE: usize = 512;
+
+/// An enhanced status code (RFC 3463): class.subject.detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enhanced(pub u8, pub u16, pub u16);
+
+impl fmt::Display for Enhanced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// One SMTP reply, possibly multi-line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub enhanced: Option<Enhanced>,
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// A one-line reply such as `Reply::new(250, (2, 1, 0), "Ok")`.
+    pub fn new(code: u16, enhanced: (u8, u16, u16), text: impl Into<String>) -> Reply {
+        Reply {
+            code,
+            enhanced: Some(Enhanced(enhanced.0, enhanced.1, enhanced.2)),
+            lines: vec![text.into()],
+        }
+    }
+
+    /// A reply without enhanced code: only for the greeting and EHLO/HELO (RFC 2034 §3).
+    pub fn bare(code: u16, lines: Vec<String>) -> Reply {
+        Reply {
+            code,
+            enhanced: None,
+            lines,
+        }
+    }
+
+    /// A multi-line reply; every line carries the same codes.
+    pub fn multi(code: u16, enhanced: (u8, u16, u16), lines: Vec<String>) -> Reply {
+        Reply {
+            code,
+            enhanced: Some(Enhanced(enhanced.0, enhanced.1, enhanced.2)),
+            lines,
+        }
+    }
+
+    /// True for 4xx and 5xx replies.
+    pub fn is_error(&self) -> bool {
+        self.code >= 400
+    }
+
+    /// True when the session ends after this reply (421, 221).
+    pub fn closes(&self) -> bool {
+        self.code == 421 || self.code == 221
+    }
+
+    /// The first line as text without CRLF, for logs.
+    pub fn summary(&self) -> String {
+        let wire = self.to_wire();
+        let text = String::from_utf8_lossy(&wire);
+        let first = text.split("\r\n").next().unwrap_or("");
+        let mut s = first.to_string();
+        if let Some(b) = s.as_bytes().get(3) {
+            if *b == b'-' {
+                s.replace_range(3..4, " ");
+            }
+        }
+        s
+    }
+
+    /// The reply as it goes on the wire; always well-formed.
+    pub fn to_wire(&self) -> Vec<u8> {
+        let code = clamp_code(self.code);
+        let enh = self.enhanced.map(|e| fit_enhanced(code, e));
+        let mut out = Vec::with_capacity(64);
+        let lines: Vec<&str> = if self.lines.is_empty() {
+            vec![""]
+        } else {
+            self.lines.iter().map(String::as_str).collect()
+        };
+        let last = lines.len() - 1;
+        for (i, text) in lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            let head = match enh {
+                Some(e) => format!("{code}{sep}{e} "),
+                None => format!("{code}{sep}"),
+            };
+            let room = MAX_LINE - 2 - head.len();
+            out.extend_from_slice(head.as_bytes());
+            out.extend_from_slice(sanitise(text, room).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+}
+
+/// Codes outside 200..=599 become 451 (4xx-looking or below 200) or 554.
+fn clamp_code(code: u16) -> u16 {
+    match code {
+        200..=599 => code,
+        0..=199 => 451,
+        _ => 554,
+    }
+}
+
+/// The enhanced code's class must equal the basic code's first digit (2, 4 or 5;
+/// a 3xx reply carries class 2 as Postfix does, since RFC 3463 has no class 3).
+fn fit_enhanced(code: u16, e: Enhanced) -> Enhanced {
+    let class = match code / 100 {
+        3 | 2 => 2,
+        c => c as u8,
+    };
+    if e.0 == class && e.1 < 1000 && e.2 < 1000 {
+        e
+    } else {
+        Enhanced(class, 0, 0)
+    }
+}
+
+/// Replaces control octets by spaces and cuts to `room` octets on a char boundary.
+fn sanitise(text: &str, room: usize) -> String {
+    let mut s = String::with_capacity(text.len().min(room));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if s.len() + c.len_utf8() > room {
+            break;
+        }
+        s.push(c);
+    }
+    s
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// G7: `^[2-5]\d\d[ -]\d.\d+.\d+ `, no bare CR/LF/NUL, at most 512 octets a line.
+    pub fn assert_valid_wire(wire: &[u8]) {
+        assert_wire(wire, true);
+    }
+
+    /// Like [`assert_valid_wire`]; `enhanced` false for the greeting and EHLO/HELO.
+    pub fn assert_wire(wire: &[u8], enhanced: bool) {
+        assert!(wire.ends_with(b"\r\n"), "{wire:?}");
+        let text = std::str::from_utf8(wire).expect("utf-8");
+        let body = &text[..text.len() - 2];
+        for line in body.split("\r\n") {
+            assert!(line.len() + 2 <= MAX_LINE, "too long: {}", line.len());
+            assert!(!line.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0));
+            let b = line.as_bytes();
+            assert!((b'2'..=b'5').contains(&b[0]), "{line}");
+            assert!(b[1].is_ascii_digit() && b[2].is_ascii_digit(), "{line}");
+            assert!(b[3] == b' ' || b[3] == b'-', "{line}");
+            if !enhanced {
+                continue;
+            }
+            let enh = line[4..].split(' ').next().unwrap();
+            let parts: Vec<&str> = enh.split('.').collect();
+            assert_eq!(parts.len(), 3, "{line}");
+            assert!(parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit())));
+        }
+    }
+
+    #[test]
+    fn plain_reply() {
+        let r = Reply::new(250, (2, 1, 0), "Ok");
+        assert_eq!(r.to_wire(), b"250 2.1.0 Ok\r\n");
+    }
+
+    #[test]
+    fn multi_line_uses_dashes() {
+        let r = Reply::multi(250, (2, 0, 0), vec!["a".into(), "b".into()]);
+        assert_eq!(r.to_wire(), b"250-2.0.0 a\r\n250 2.0.0 b\r\n");
+    }
+
+    #[test]
+    fn clamps_and_sanitises() {
+        let r = Reply::new(999, (4, 7, 1), "bad\r\nMAIL FROM:<x>\0");
+        let w = r.to_wire();
+        assert_eq!(w, b"554 5.0.0 bad  MAIL FROM:<x> \r\n");
+        assert_valid_wire(&w);
+        let long = Reply::new(550, (5, 1, 1), "é".repeat(600));
+        let w = long.to_wire();
+        assert!(w.len() <= MAX_LINE);
+        assert_valid_wire(&w);
+        assert_valid_wire(&Reply::multi(354, (9, 9, 9), vec![]).to_wire());
+        assert_valid_wire(&Reply::new(12, (2, 0, 0), "").to_wire());
+    }
+
+    #[test]
+    fn summary_is_first_line() {
+        let r = Reply::multi(250, (2, 0, 0), vec!["a".into(), "b".into()]);
+        assert_eq!(r.summary(), "250 2.0.0 a");
+    }
+}

@@ -1,0 +1,316 @@
+//! Command handlers of the session: one function per verb, each producing exactly one
+//! reply (G2) and the next state. Sequence errors are `503 5.5.1`, syntax errors
+//! `501`/`500`, parameter errors `555 5.5.4`; rejects are logged Postfix style
+//! (`<ID>: reject: RCPT from name[addr]: 554 5.7.1 ...; from=<..> to=<..>`).
+
+use super::txn::{mail_params, rcpt_params, Txn};
+use super::{Chunk, ChunkTarget, Helo, Session, State};
+use crate::address::{parse_path, AddrError, PathArg};
+use crate::data::DataReceiver;
+use crate::parser::Command;
+use crate::reply::Reply;
+use sloop_common::spool::{queue_id, Recipient};
+
+impl Session<'_> {
+    pub(super) fn dispatch(&mut self, cmd: Command) {
+        let verb = cmd.verb();
+        self.last_verb = upper(verb);
+        if matches!(self.state, State::Refused) {
+            return self.refused(cmd);
+        }
+        if let State::Chunking(..) = self.state {
+            if !matches!(
+                cmd,
+                Command::Bdat { .. } | Command::Rset | Command::Noop | Command::Quit
+            ) {
+                self.counters.count(verb, false);
+                return self.answer(bad_sequence("BDAT chunks must continue with BDAT"));
+            }
+        }
+        let reply = match cmd {
+            Command::Helo(name) => Some(self.helo(name, false)),
+            Command::Ehlo(name) => Some(self.helo(name, true)),
+            Command::Mail(arg) => Some(self.mail(&arg)),
+            Command::Rcpt(arg) => Some(self.rcpt(&arg)),
+            Command::Data => self.data(),
+            Command::Bdat { size, last } => self.bdat(size, last),
+            Command::Rset => {
+                self.state = State::Ready;
+                Some(Reply::new(250, (2, 0, 0), "Ok"))
+            }
+            Command::Noop => Some(Reply::new(250, (2, 0, 0), "Ok")),
+            Command::Quit => Some(Reply::new(221, (2, 0, 0), "Bye")),
+            Command::Vrfy(_) => Some(Reply::new(
+                252,
+                (2, 5, 2),
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Expn(_) => Some(Reply::new(502, (5, 5, 1), "Error: EXPN not available")),
+            Command::Help => Some(Reply::new(
+                214,
+                (2, 0, 0),
+                "See https://www.rfc-editor.org/rfc/rfc5321",
+            )),
+            Command::StartTls | Command::Auth => {
+                Some(Reply::new(502, (5, 5, 1), "Error: command not implemented"))
+            }
+            Command::Syntax(v) => Some(Reply::new(
+                501,
+                (5, 5, 4),
+                format!("Syntax: {}", syntax_hint(v)),
+            )),
+            Command::Unknown(_) => {
+                Some(Reply::new(500, (5, 5, 2), "Error: command not recognized"))
+            }
+        };
+        // DATA/BDAT accepted (None) are counted at the end of the message.
+        if let Some(r) = reply {
+            self.counters.count(verb, !r.is_error());
+            self.answer(r);
+        }
+    }
+
+    fn refused(&mut self, cmd: Command) {
+        let verb = cmd.verb();
+        if let Command::Quit = cmd {
+            self.counters.count(verb, true);
+            return self.answer(Reply::new(221, (2, 0, 0), "Bye"));
+        }
+        self.counters.count(verb, false);
+        self.answer(bad_sequence(
+            "Error: service refused; only QUIT is accepted",
+        ));
+    }
+
+    fn helo(&mut self, name: String, esmtp: bool) -> Reply {
+        if name.chars().any(char::is_control) || name.split_whitespace().count() != 1 {
+            return Reply::new(501, (5, 5, 4), "Syntax: EHLO hostname");
+        }
+        self.helo = Some(Helo { name, esmtp });
+        self.state = State::Ready;
+        let cfg = &self.policy.cfg;
+        let host = cfg.server.hostname.clone();
+        if !esmtp {
+            return Reply::bare(250, vec![host]);
+        }
+        Reply::bare(
+            250,
+            vec![
+                host,
+                "PIPELINING".into(),
+                format!("SIZE {}", cfg.smtpd.max_message_size),
+                "8BITMIME".into(),
+                "ENHANCEDSTATUSCODES".into(),
+                "SMTPUTF8".into(),
+                "CHUNKING".into(),
+                "DSN".into(),
+            ],
+        )
+    }
+
+    fn mail(&mut self, arg: &str) -> Reply {
+        let Some(helo) = &self.helo else {
+            return bad_sequence("Error: send HELO/EHLO first");
+        };
+        if !matches!(self.state, State::Ready) {
+            return bad_sequence("Error: nested MAIL command");
+        }
+        let esmtp = helo.esmtp;
+        let path = match parse_path(arg) {
+            Ok(p) => p,
+            Err(e) => return addr_error(e, "Sender"),
+        };
+        let max = self.policy.cfg.smtpd.max_message_size;
+        let params = match mail_params(&path.params, esmtp, max) {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let sender = path
+            .mailbox
+            .as_ref()
+            .map(|m| m.address())
+            .unwrap_or_default();
+        if path.mailbox.as_ref().is_some_and(|m| m.is_utf8()) && !params.smtputf8 {
+            return Reply::new(
+                553,
+                (5, 6, 7),
+                "Error: SMTPUTF8 is required for this address",
+            );
+        }
+        let id = queue_id::new_id();
+        log::info!("{id}: client={}", self.client.display());
+        self.state = State::Mail(Txn {
+            id,
+            sender,
+            params,
+            recipients: Vec::new(),
+        });
+        Reply::new(250, (2, 1, 0), "Ok")
+    }
+
+    fn rcpt(&mut self, arg: &str) -> Reply {
+        let mut txn = match std::mem::replace(&mut self.state, State::Ready) {
+            State::Mail(t) | State::Rcpt(t) => t,
+            other => {
+                self.state = other;
+                return bad_sequence("Error: need MAIL command");
+            }
+        };
+        let result = self.check_rcpt(&txn, arg);
+        let reply = match result {
+            Ok(r) => {
+                txn.recipients.push(r);
+                Reply::new(250, (2, 1, 5), "Ok")
+            }
+            Err(r) => {
+                self.log_reject(&txn, "RCPT", &r, arg);
+                r
+            }
+        };
+        self.state = if txn.recipients.is_empty() {
+            State::Mail(txn)
+        } else {
+            State::Rcpt(txn)
+        };
+        reply
+    }
+
+    fn check_rcpt(&self, txn: &Txn, arg: &str) -> Result<Recipient, Reply> {
+        if txn.recipients.len() >= self.policy.cfg.smtpd.max_recipients {
+            return Err(Reply::new(452, (4, 5, 3), "Error: too many recipients"));
+        }
+        let esmtp = self.helo.as_ref().is_some_and(|h| h.esmtp);
+        let PathArg {
+            mailbox, params, ..
+        } = parse_path(arg).map_err(|e| addr_error(e, "Recipient"))?;
+        let mailbox = mailbox.ok_or_else(|| Reply::new(501, (5, 1, 3), "Error: null recipient"))?;
+        if mailbox.is_utf8() && !txn.params.smtputf8 {
+            return Err(Reply::new(
+                553,
+                (5, 6, 7),
+                "Error: SMTPUTF8 is required for this address",
+            ));
+        }
+        let accepted = self.policy.recipient(&mailbox, self.client.addr)?;
+        if let Some(trick) = accepted.trick {
+            log::info!(
+                "{}: RCPT from {}: <{}> resolved ({trick}) to <{}>",
+                txn.id,
+                self.client.display(),
+                mailbox.address(),
+                accepted.address
+            );
+        }
+        let mut r = Recipient::new(accepted.address);
+        rcpt_params(&params, esmtp, &mut r)?;
+        Ok(r)
+    }
+
+    fn data(&mut self) -> Option<Reply> {
+        match std::mem::replace(&mut self.state, State::Ready) {
+            State::Rcpt(txn) => {
+                let rx = DataReceiver::new(self.data_limits());
+                self.state = State::Data(txn, rx);
+                self.push(Reply::new(
+                    354,
+                    (2, 0, 0),
+                    "End data with <CR><LF>.<CR><LF>",
+                ));
+                None
+            }
+            State::Mail(txn) => {
+                self.state = State::Mail(txn);
+                Some(Reply::new(554, (5, 5, 1), "Error: no valid recipients"))
+            }
+            other => {
+                self.state = other;
+                Some(bad_sequence("Error: need RCPT command"))
+            }
+        }
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) -> Option<Reply> {
+        let target = match std::mem::replace(&mut self.state, State::Ready) {
+            State::Rcpt(txn) => ChunkTarget::Collect {
+                txn,
+                body: Vec::new(),
+                error: None,
+            },
+            State::Chunking(txn, body, error) => ChunkTarget::Collect { txn, body, error },
+            State::Mail(_) => {
+                ChunkTarget::Refused(Reply::new(554, (5, 5, 1), "Error: no valid recipients"))
+            }
+            _ => ChunkTarget::Refused(bad_sequence("Error: need RCPT command")),
+        };
+        self.state = State::Bdat(Chunk {
+            size,
+            remaining: size,
+            last,
+            target,
+        });
+        None
+    }
+
+    fn log_reject(&self, txn: &Txn, verb: &str, r: &Reply, arg: &str) {
+        let to: String = arg.chars().take(300).collect();
+        log::info!(
+            "{}: reject: {verb} from {}: {}; from=<{}> to={}",
+            txn.id,
+            self.client.display(),
+            r.summary(),
+            txn.sender,
+            to.split_whitespace().next().unwrap_or("")
+        );
+    }
+}
+
+fn bad_sequence(text: &str) -> Reply {
+    Reply::new(503, (5, 5, 1), text.to_string())
+}
+
+fn addr_error(e: AddrError, what: &str) -> Reply {
+    match e {
+        AddrError::Syntax(why) => {
+            Reply::new(501, (5, 5, 4), format!("Syntax error in parameters: {why}"))
+        }
+        AddrError::BadAddress(why) => Reply::new(
+            553,
+            (5, 1, if what == "Sender" { 7 } else { 3 }),
+            format!("{what} address rejected: {why}"),
+        ),
+        AddrError::TooLong => Reply::new(553, (5, 1, 3), format!("{what} address too long")),
+    }
+}
+
+fn syntax_hint(verb: &str) -> &'static str {
+    match verb {
+        "helo" => "HELO hostname",
+        "ehlo" => "EHLO hostname",
+        "mail" => "MAIL FROM:<address>",
+        "rcpt" => "RCPT TO:<address>",
+        "bdat" => "BDAT size [LAST]",
+        "vrfy" => "VRFY address",
+        "expn" => "EXPN list",
+        _ => "command takes no argument",
+    }
+}
+
+fn upper(verb: &'static str) -> &'static str {
+    match verb {
+        "helo" => "HELO",
+        "ehlo" => "EHLO",
+        "mail" => "MAIL",
+        "rcpt" => "RCPT",
+        "data" => "DATA",
+        "bdat" => "BDAT",
+        "rset" => "RSET",
+        "noop" => "NOOP",
+        "quit" => "QUIT",
+        "vrfy" => "VRFY",
+        "expn" => "EXPN",
+        "help" => "HELP",
+        "starttls" => "STARTTLS",
+        "auth" => "AUTH",
+        _ => "UNKNOWN",
+    }
+}

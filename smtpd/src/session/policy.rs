@@ -1,0 +1,112 @@
+//! Who may send what: the recipient policy of the RCPT phase (issue 3, point 4).
+//!
+//! A [`Policy`] holds the validated config and the aliases, loaded once at worker
+//! start. [`Policy::recipient`] sees through relay tricks (`address.rs`), then accepts
+//! a local domain's address only when it is a known mailbox or alias (`550 5.1.1`
+//! otherwise, at RCPT time, so nothing is bounced later), and a remote address only for
+//! clients in `relay.networks` (`554 5.7.1 Relay access denied`). Relay permission
+//! comes only from that built-in rule (SEED.md G5). Pure functions of their inputs.
+
+use crate::address::{resolve, Mailbox};
+use crate::reply::Reply;
+use sloop_common::aliases::Aliases;
+use sloop_common::local_recipient::{classify, LocalVerdict};
+use sloop_common::Config;
+use std::net::IpAddr;
+
+/// The settings a session needs, fixed for the worker's life.
+#[derive(Debug)]
+pub struct Policy {
+    pub cfg: Config,
+    pub aliases: Aliases,
+}
+
+/// An accepted recipient: the address to store and the trick seen, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub address: String,
+    pub trick: Option<&'static str>,
+}
+
+impl Policy {
+    pub fn new(cfg: Config, aliases: Aliases) -> Policy {
+        Policy { cfg, aliases }
+    }
+
+    /// True when `ip` is in `relay.networks`.
+    pub fn may_relay(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.cfg.relay_networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The RCPT decision for `m` from a client at `ip`.
+    pub fn recipient(&self, m: &Mailbox, ip: IpAddr) -> Result<Accepted, Reply> {
+        let shown = display(m);
+        let m = if m.domain.is_empty() && m.local.eq_ignore_ascii_case("postmaster") {
+            match self.cfg.local_domains.first() {
+                Some(d) => Mailbox {
+                    local: "postmaster".into(),
+                    domain: d.clone(),
+                },
+                None => return Err(unknown(&shown)),
+            }
+        } else {
+            m.clone()
+        };
+        let r = resolve(m, |d| self.cfg.is_local_domain(d));
+        let address = r.mailbox.address();
+        if r.mailbox.domain.is_empty() {
+            return Err(unknown(&shown));
+        }
+        if self.cfg.is_local_domain(&r.mailbox.domain) {
+            return match classify(&self.cfg, &self.aliases, &address) {
+                LocalVerdict::Mailbox { .. } | LocalVerdict::Alias { .. } => Ok(Accepted {
+                    address,
+                    trick: r.trick,
+                }),
+                LocalVerdict::Invalid(why) => Err(Reply::new(
+                    550,
+                    (5, 1, 3),
+                    format!("<{shown}>: Recipient address rejected: {why}"),
+                )),
+                LocalVerdict::Unknown | LocalVerdict::NotLocal => Err(unknown(&shown)),
+            };
+        }
+        if self.may_relay(ip) {
+            return Ok(Accepted {
+                address,
+                trick: r.trick,
+            });
+        }
+        Err(Reply::new(
+            554,
+            (5, 7, 1),
+            format!("<{shown}>: Relay access denied"),
+        ))
+    }
+}
+
+fn unknown(shown: &str) -> Reply {
+    Reply::new(
+        550,
+        (5, 1, 1),
+        format!("<{shown}>: Recipient address rejected: User unknown in local recipient table"),
+    )
+}
+
+/// The address as the client wrote it (for replies and logs).
+fn display(m: &Mailbox) -> String {
+    if m.domain.is_empty() {
+        m.local.clone()
+    } else {
+        m.address()
+    }
+}
+
+/// An IPv4-mapped IPv6 address as IPv4, so `127.0.0.0/8` matches `::ffff:127.0.0.1`.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}

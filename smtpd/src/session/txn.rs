@@ -1,0 +1,325 @@
+//! One mail transaction: what MAIL and RCPT established, their ESMTP parameters, and
+//! the queue job built from it at the end of data.
+//!
+//! MAIL parameters: `SIZE` (RFC 1870), `BODY=7BIT|8BITMIME` (RFC 6152), `SMTPUTF8`
+//! (RFC 6531), `RET` and `ENVID` (RFC 3461). RCPT parameters: `NOTIFY` and `ORCPT`
+//! (RFC 3461). Anything else is refused with `555 5.5.4`. The DSN values are stored
+//! in the envelope for the bounce code. [`Txn::into_job`] prepends the `Received`
+//! header that names the queue ID, the client and the protocol.
+
+use crate::reply::Reply;
+use sloop_common::spool::{Envelope, Recipient, Ret};
+
+/// What MAIL FROM established.
+#[derive(Debug, Clone, Default)]
+pub struct MailParams {
+    pub size: Option<u64>,
+    pub body: Option<String>,
+    pub smtputf8: bool,
+    pub ret: Option<Ret>,
+    pub envid: Option<String>,
+}
+
+/// A transaction in progress; exists only after MAIL was accepted.
+#[derive(Debug, Clone)]
+pub struct Txn {
+    pub id: String,
+    pub sender: String,
+    pub params: MailParams,
+    pub recipients: Vec<Recipient>,
+}
+
+/// What the worker hands to the queue program.
+#[derive(Debug, Clone)]
+pub struct QueueJob {
+    pub id: String,
+    pub envelope: Envelope,
+    /// The message as committed: our `Received` header, then the client's octets.
+    pub message: Vec<u8>,
+}
+
+/// Facts about the session that go into the Received header.
+#[derive(Debug, Clone)]
+pub struct Trace<'a> {
+    pub helo: &'a str,
+    pub client_name: &'a str,
+    pub client_addr: &'a str,
+    pub hostname: &'a str,
+    pub esmtp: bool,
+    pub now: u64,
+}
+
+impl Txn {
+    /// The protocol name for the Received header (RFC 3848 / RFC 6531).
+    pub fn protocol(&self, esmtp: bool) -> &'static str {
+        match (esmtp, self.params.smtputf8) {
+            (_, true) => "UTF8SMTP",
+            (true, false) => "ESMTP",
+            (false, false) => "SMTP",
+        }
+    }
+
+    /// Builds the queue job from the received body.
+    pub fn into_job(self, body: Vec<u8>, t: &Trace<'_>) -> QueueJob {
+        let received = self.received_header(t);
+        let mut message = Vec::with_capacity(received.len() + body.len());
+        message.extend_from_slice(received.as_bytes());
+        message.extend_from_slice(&body);
+        let client = format!("{}[{}]", t.client_name, t.client_addr);
+        let mut envelope = Envelope::new(self.sender, self.recipients);
+        envelope.envid = self.params.envid;
+        envelope.ret = self.params.ret;
+        envelope.client = Some(client);
+        envelope.smtputf8 = self.params.smtputf8;
+        envelope.body = self.params.body;
+        QueueJob {
+            id: self.id,
+            envelope,
+            message,
+        }
+    }
+
+    fn received_header(&self, t: &Trace<'_>) -> String {
+        let helo = clean(t.helo);
+        let mut h = format!(
+            "Received: from {helo} ({} [{}])\r\n\tby {} (Sloop) with {} id {}",
+            clean(t.client_name),
+            t.client_addr,
+            t.hostname,
+            self.protocol(t.esmtp),
+            self.id
+        );
+        if let [only] = self.recipients.as_slice() {
+            h.push_str(&format!("\r\n\tfor <{}>", clean(&only.address)));
+        }
+        h.push_str(&format!(
+            "; {}\r\n",
+            sloop_common::logging::rfc5322_date(t.now)
+        ));
+        h
+    }
+}
+
+/// Header-safe text: no controls, no parentheses confusion, bounded.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() || c == '(' || c == ')' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .take(255)
+        .collect()
+}
+
+/// Parses MAIL FROM parameters. `esmtp` false (HELO) allows none.
+pub fn mail_params(
+    params: &[(String, Option<String>)],
+    esmtp: bool,
+    max_size: u64,
+) -> Result<MailParams, Reply> {
+    let mut p = MailParams::default();
+    if !esmtp && !params.is_empty() {
+        return Err(Reply::new(555, (5, 5, 4), "Parameters need EHLO"));
+    }
+    for (k, v) in params {
+        let v = v.as_deref();
+        match (k.as_str(), v) {
+            ("SIZE", Some(n)) => {
+                let n: u64 = n
+                    .parse()
+                    .map_err(|_| Reply::new(501, (5, 5, 4), "Bad SIZE parameter"))?;
+                if n > max_size {
+                    return Err(Reply::new(
+                        552,
+                        (5, 3, 4),
+                        format!("Message size exceeds fixed limit of {max_size} octets"),
+                    ));
+                }
+                p.size = Some(n);
+            }
+            ("BODY", Some(b))
+                if b.eq_ignore_ascii_case("7BIT") || b.eq_ignore_ascii_case("8BITMIME") =>
+            {
+                p.body = Some(b.to_ascii_uppercase());
+            }
+            ("SMTPUTF8", None) => p.smtputf8 = true,
+            ("RET", Some(r)) if p.ret.is_none() => {
+                p.ret = Some(match r.to_ascii_uppercase().as_str() {
+                    "FULL" => Ret::Full,
+                    "HDRS" => Ret::Hdrs,
+                    _ => return Err(Reply::new(501, (5, 5, 4), "Bad RET parameter")),
+                });
+            }
+            ("ENVID", Some(e)) if p.envid.is_none() && valid_xtext(e, 100) => {
+                p.envid = Some(e.to_string());
+            }
+            _ => return Err(unsupported(k)),
+        }
+    }
+    Ok(p)
+}
+
+/// Parses RCPT TO parameters into the recipient's DSN fields.
+pub fn rcpt_params(
+    params: &[(String, Option<String>)],
+    esmtp: bool,
+    r: &mut Recipient,
+) -> Result<(), Reply> {
+    if !esmtp && !params.is_empty() {
+        return Err(Reply::new(555, (5, 5, 4), "Parameters need EHLO"));
+    }
+    for (k, v) in params {
+        match (k.as_str(), v.as_deref()) {
+            ("NOTIFY", Some(n)) if r.notify.is_none() && valid_notify(n) => {
+                r.notify = Some(n.to_ascii_uppercase());
+            }
+            ("ORCPT", Some(o)) if r.orcpt.is_none() && valid_orcpt(o) => {
+                r.orcpt = Some(o.to_string());
+            }
+            _ => return Err(unsupported(k)),
+        }
+    }
+    Ok(())
+}
+
+fn unsupported(k: &str) -> Reply {
+    let k: String = k.chars().take(32).collect();
+    Reply::new(
+        555,
+        (5, 5, 4),
+        format!("Unsupported or malformed parameter {k}"),
+    )
+}
+
+/// `NEVER`, or a comma list of SUCCESS, FAILURE, DELAY (RFC 3461 §4.1).
+fn valid_notify(n: &str) -> bool {
+    let words: Vec<String> = n.split(',').map(str::to_ascii_uppercase).collect();
+    if words.len() == 1 && words[0] == "NEVER" {
+        return true;
+    }
+    !words.is_empty()
+        && words
+            .iter()
+            .all(|w| matches!(w.as_str(), "SUCCESS" | "FAILURE" | "DELAY"))
+}
+
+/// `addr-type;xtext` (RFC 3461 §4.2), e.g. `rfc822;user+40example.com`.
+fn valid_orcpt(o: &str) -> bool {
+    match o.split_once(';') {
+        Some((t, x)) => {
+            !t.is_empty()
+                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && valid_xtext(x, 500)
+        }
+        None => false,
+    }
+}
+
+/// xtext (RFC 3461 §4): printable ASCII except `+` and `=`, or `+XX` hex. UTF-8
+/// (utf-8-addr-xtext, RFC 6533) is tolerated but controls are not.
+fn valid_xtext(x: &str, max: usize) -> bool {
+    !x.is_empty() && x.len() <= max && !x.chars().any(|c| c.is_control() || c == ' ' || c == '=')
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn kv(k: &str, v: Option<&str>) -> (String, Option<String>) {
+        (k.into(), v.map(str::to_string))
+    }
+
+    #[test]
+    fn mail_parameters() {
+        let p = mail_params(
+            &[
+                kv("SIZE", Some("100")),
+                kv("BODY", Some("8bitmime")),
+                kv("SMTPUTF8", None),
+                kv("RET", Some("hdrs")),
+                kv("ENVID", Some("abc+2B")),
+            ],
+            true,
+            1000,
+        )
+        .unwrap();
+        assert_eq!(p.size, Some(100));
+        assert_eq!(p.body.as_deref(), Some("8BITMIME"));
+        assert!(p.smtputf8);
+        assert_eq!(p.ret, Some(Ret::Hdrs));
+        assert_eq!(
+            mail_params(&[kv("SIZE", Some("1001"))], true, 1000)
+                .unwrap_err()
+                .code,
+            552
+        );
+        assert_eq!(
+            mail_params(&[kv("BODY", Some("BINARYMIME"))], true, 1000)
+                .unwrap_err()
+                .code,
+            555
+        );
+        assert_eq!(
+            mail_params(&[kv("X", None)], true, 1000).unwrap_err().code,
+            555
+        );
+        assert_eq!(
+            mail_params(&[kv("SMTPUTF8", None)], false, 1000)
+                .unwrap_err()
+                .code,
+            555
+        );
+    }
+
+    #[test]
+    fn rcpt_parameters() {
+        let mut r = Recipient::new("a@b");
+        rcpt_params(
+            &[
+                kv("NOTIFY", Some("success,failure")),
+                kv("ORCPT", Some("rfc822;a+40b")),
+            ],
+            true,
+            &mut r,
+        )
+        .unwrap();
+        assert_eq!(r.notify.as_deref(), Some("SUCCESS,FAILURE"));
+        assert_eq!(r.orcpt.as_deref(), Some("rfc822;a+40b"));
+        let mut r = Recipient::new("a@b");
+        assert!(rcpt_params(&[kv("NOTIFY", Some("NEVER,SUCCESS"))], true, &mut r).is_err());
+        assert!(rcpt_params(&[kv("ORCPT", Some("nosemicolon"))], true, &mut r).is_err());
+    }
+
+    #[test]
+    fn received_header_names_id_client_and_protocol() {
+        let txn = Txn {
+            id: "0123456789ABCDEF012345".into(),
+            sender: "a@b.example".into(),
+            params: MailParams::default(),
+            recipients: vec![Recipient::new("c@d.example")],
+        };
+        let t = Trace {
+            helo: "client.example",
+            client_name: "unknown",
+            client_addr: "127.0.0.1",
+            hostname: "sloop.test",
+            esmtp: true,
+            now: 0,
+        };
+        let job = txn.into_job(b"Subject: x\r\n\r\nhi\r\n".to_vec(), &t);
+        let text = String::from_utf8(job.message).unwrap();
+        assert!(
+            text.starts_with(
+                "Received: from client.example (unknown [127.0.0.1])\r\n\tby sloop.test (Sloop) \
+             with ESMTP id 0123456789ABCDEF012345\r\n\tfor <c@d.example>; Thu, 1 Jan 1970"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("+0000\r\nSubject: x\r\n\r\nhi\r\n"));
+        assert_eq!(job.envelope.client.as_deref(), Some("unknown[127.0.0.1]"));
+    }
+}
