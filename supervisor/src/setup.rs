@@ -57,16 +57,23 @@ pub fn credentials(cfg: &Config) -> Result<Option<(Uid, Gid)>, SetupError> {
         return Ok(None);
     }
     if !Uid::effective().is_root() {
-        log::warn!(
-            "server.user={} ignored: sloopd is not running as root",
-            cfg.server.user
-        );
+        // The caller says so in the log (see `user_note`).
         return Ok(None);
     }
     match User::from_name(&cfg.server.user) {
         Ok(Some(u)) => Ok(Some((u.uid, u.gid))),
         _ => Err(SetupError::NoSuchUser(cfg.server.user.clone())),
     }
+}
+
+/// A warning for the log when `server.user` is set but cannot be applied.
+pub fn user_note(cfg: &Config, creds: Option<(Uid, Gid)>) -> Option<String> {
+    (!cfg.server.user.is_empty() && creds.is_none()).then(|| {
+        format!(
+            "server.user={} ignored: sloopd is not running as root",
+            cfg.server.user
+        )
+    })
 }
 
 /// Creates the spool layout, the run dir and the mailbox root; hands them to the

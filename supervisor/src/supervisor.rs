@@ -277,6 +277,9 @@ impl Supervisor {
             Ok(c) => c,
             Err(e) => return log_rejected_because(&e.to_string()),
         };
+        if let Some(note) = setup::user_note(&new, creds) {
+            log::warn!("{note}");
+        }
         if let Err(e) = setup::prepare_dirs(&new, creds) {
             return log_rejected_because(&e.to_string());
         }
@@ -416,5 +419,7 @@ fn log_rejected(e: &ConfigError) {
 }
 
 fn log_rejected_because(why: &str) {
+    // One line per error, even when the value found holds CR/LF.
+    let why = why.replace('\r', "\\r").replace('\n', "\\n");
     log::error!("reload rejected, keeping the running configuration: {why}");
 }

@@ -1,11 +1,13 @@
 //! `sloopd [-c FILE] [--daemon] [--check]`: the supervisor's command line and start-up.
 //!
 //! Order matters: load and validate the config (exit 78 with every error on stderr
-//! before anything is bound), set up logging, create directories, bind every listener
-//! (so bind errors reach the terminal), detach if `--daemon`, write the pid file, then
-//! run the event loop until a stop finishes. Exit codes follow sysexits(3).
+//! before anything is bound), create directories and bind every listener (so those
+//! errors reach the terminal), detach if `--daemon`, then set up logging (so log lines
+//! carry the daemon's own pid), write the pid file and run the event loop until a stop
+//! finishes. Exit codes follow sysexits(3).
 
 use clap::Parser;
+use nix::unistd::{Gid, Uid};
 use sloop_common::exitcode::{EX_CANTCREAT, EX_CONFIG, EX_OK, EX_OSERR, EX_UNAVAILABLE};
 use sloop_common::Config;
 use sloop_supervisor::listeners::Listeners;
@@ -30,6 +32,9 @@ struct Args {
     check: bool,
 }
 
+/// A start-up failure: the exit code and the reason.
+type Failure = (i32, String);
+
 fn main() {
     let args = Args::parse();
     std::process::exit(run(&args));
@@ -48,36 +53,52 @@ fn run(args: &Args) -> i32 {
         println!("sloopd: {}: configuration is valid", path.display());
         return EX_OK;
     }
+    let (creds, listeners) = match prepare(&cfg, args.daemon) {
+        Ok(p) => p,
+        Err((code, why)) => {
+            eprintln!("sloopd: fatal: {why}");
+            return code;
+        }
+    };
     sloop_common::logging::init("sloopd", cfg.log_level);
     log::debug!("keys left at their default: {}", cfg.defaulted.join(", "));
     log::info!(
-        "starting with {}: hostname {}, greeting \"{}\"",
+        "starting with {}: hostname {}, greeting \"{}\", listening on {:?}",
         path.display(),
         cfg.server.hostname,
-        cfg.smtpd.greeting
+        cfg.smtpd.greeting,
+        listeners.addrs()
     );
-    match start(cfg, args.daemon) {
+    if let Some(note) = setup::user_note(&cfg, creds) {
+        log::warn!("{note}");
+    }
+    match serve(cfg, creds, listeners) {
         Ok(()) => {
             log::info!("stopped");
             EX_OK
         }
         Err((code, why)) => {
-            log::error!("{why}");
+            log::error!("fatal: {why}");
             code
         }
     }
 }
 
-/// Everything after validation; an error carries the exit code and the reason.
-fn start(cfg: Config, daemon: bool) -> Result<(), (i32, String)> {
-    let creds = setup::credentials(&cfg).map_err(|e| (EX_CONFIG, e.to_string()))?;
-    setup::prepare_dirs(&cfg, creds).map_err(|e| (EX_CANTCREAT, e.to_string()))?;
+/// Directories, credentials and listeners, then detaching: everything whose failure
+/// the operator should see on the terminal.
+fn prepare(cfg: &Config, daemon: bool) -> Result<(Option<(Uid, Gid)>, Listeners), Failure> {
+    let creds = setup::credentials(cfg).map_err(|e| (EX_CONFIG, e.to_string()))?;
+    setup::prepare_dirs(cfg, creds).map_err(|e| (EX_CANTCREAT, e.to_string()))?;
     let listeners =
         Listeners::bind_all(&cfg.smtpd.listen).map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
-    log::info!("listening on {:?}", listeners.addrs());
     if daemon {
         detach().map_err(|e| (EX_OSERR, format!("cannot detach: {}", e.desc())))?;
     }
+    Ok((creds, listeners))
+}
+
+/// The pid file and the event loop.
+fn serve(cfg: Config, creds: Option<(Uid, Gid)>, listeners: Listeners) -> Result<(), Failure> {
     let pid_file =
         PidFile::create(&cfg.server.run_dir).map_err(|e| (EX_CANTCREAT, e.to_string()))?;
     log::debug!("pid file {}", pid_file.path().display());

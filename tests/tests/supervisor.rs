@@ -1,0 +1,394 @@
+//! End-to-end tests of `sloopd`: the real supervisor binary, with tiny shell scripts
+//! standing in for `sloop-smtpd` / `sloop-qmgr` (in a temp `server.bin_dir`) so that
+//! crash loops, stubborn children and pool states can be staged exactly. The scripts
+//! record their starts (pid, time) in files the tests read.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sloop_tests::{bin, free_port, wait_until, Daemon, TestDir};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A child that records its pid and sleeps (dies on SIGTERM/SIGHUP by default).
+const SLEEPER: &str = "echo $$ >> @LOG\nexec sleep 1000\n";
+
+/// Writes an executable `/bin/sh` script named `name` into `dir`; `@DIR` in `body`
+/// becomes the test directory, `@LOG` a per-program start log `<dir>/<name>.starts`.
+fn script(td: &TestDir, name: &str, body: &str) {
+    let bin = td.path.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let log = td.path.join(format!("{name}.starts"));
+    let body = body
+        .replace("@LOG", &log.display().to_string())
+        .replace("@DIR", &td.path.display().to_string());
+    let path = bin.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&path, mode).unwrap();
+}
+
+/// The lines a fake program wrote to its start log.
+fn starts(td: &TestDir, name: &str) -> Vec<String> {
+    std::fs::read_to_string(td.path.join(format!("{name}.starts")))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn pids(td: &TestDir, name: &str) -> Vec<i32> {
+    starts(td, name)
+        .iter()
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+}
+
+fn quoted(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// A config on `port` whose programs are the fake ones in `<td>/bin`.
+fn fake_config(td: &TestDir, port: u16, overrides: &[(&str, &str)]) -> PathBuf {
+    let bin = quoted(&td.path.join("bin"));
+    let mut all = vec![("server.bin_dir", bin.as_str())];
+    all.extend_from_slice(overrides);
+    td.write_config(port, &all, "")
+}
+
+/// Sends SIGUSR1 until sloopd's status line contains `want`.
+fn status_shows(d: &Daemon, want: &str) -> bool {
+    wait_until(Duration::from_secs(15), || {
+        d.signal(Signal::SIGUSR1);
+        std::thread::sleep(Duration::from_millis(100));
+        d.log_text()
+            .lines()
+            .any(|l| l.contains("status:") && l.contains(want))
+    })
+}
+
+fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+#[test]
+fn an_invalid_config_is_refused_with_every_error_and_nothing_listens() {
+    let td = TestDir::new("sv-invalid");
+    let port = free_port();
+    let listen = format!("[\"127.0.0.1:{port}\", \"127.0.0.1:99999\"]");
+    let cfg = td.write_config(
+        port,
+        &[
+            ("smtpd.listen", &listen),
+            ("smtpd.greeting", "\"hello\\r\\nworld\""),
+            ("smtpd.max_message_size", "\"25X\""),
+            ("smtpd.no_such_key", "1"),
+            ("relay.networks", "[\"10.0.0.0/33\"]"),
+            ("local.aliases", "\"/nonexistent/sloop/aliases\""),
+        ],
+        "",
+    );
+    let mut d = Daemon::spawn(&cfg);
+    let status = d.wait_exit(Duration::from_secs(10)).expect("sloopd exits");
+    assert_eq!(status.code(), Some(78));
+    let log = d.log_text();
+    for key in [
+        "smtpd.listen",
+        "smtpd.greeting",
+        "smtpd.max_message_size",
+        "smtpd.no_such_key",
+        "relay.networks",
+        "local.aliases",
+    ] {
+        assert!(log.contains(key), "{key} not named in:\n{log}");
+    }
+    assert!(log.contains(&cfg.display().to_string()), "{log}");
+    assert!(!listening(port), "nothing may listen on a refused config");
+    assert!(!td.run().join("sloopd.pid").exists());
+
+    let check = Command::new(bin("sloopd"))
+        .args(["--check", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&check.stderr).contains("smtpd.greeting"));
+}
+
+#[test]
+fn check_accepts_the_development_config() {
+    let dev = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc/dev.toml");
+    let out = Command::new(bin("sloopd"))
+        .arg("--check")
+        .arg("-c")
+        .arg(&dev)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+}
+
+#[test]
+fn a_config_without_greeting_starts_with_the_default_and_keeps_a_pid_file() {
+    let td = TestDir::new("sv-default");
+    // Only the smtpd exists: the missing queue manager is retried, never fatal.
+    script(&td, "sloop-smtpd", SLEEPER);
+    let port = free_port();
+    let cfg = fake_config(&td, port, &[("smtpd.min_idle", "1")]);
+    assert!(!std::fs::read_to_string(&cfg).unwrap().contains("greeting"));
+    let mut d = Daemon::start(&cfg, port);
+    let pid_file = td.run().join("sloopd.pid");
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|s| s.trim() == d.pid().to_string())
+    }));
+    assert!(wait_until(Duration::from_secs(10), || {
+        let log = d.log_text();
+        log.contains("sloop-qmgr") && log.contains("retrying in")
+    }));
+    let log = d.log_text();
+    assert!(log.contains("greeting \"sloop.test ESMTP Sloop\""), "{log}");
+    assert!(d.child.try_wait().unwrap().is_none(), "sloopd stays up");
+
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(10)).expect("stops");
+    assert_eq!(status.code(), Some(0));
+    assert!(!pid_file.exists(), "pid file removed on exit");
+    assert!(pids(&td, "sloop-smtpd").into_iter().all(|p| !alive(p)));
+}
+
+#[test]
+fn a_crash_looping_child_is_restarted_with_growing_delays() {
+    let td = TestDir::new("sv-crash");
+    script(&td, "sloop-smtpd", "date +%s%N >> @LOG\nexit 3\n");
+    script(&td, "sloop-qmgr", SLEEPER);
+    let port = free_port();
+    let cfg = fake_config(
+        &td,
+        port,
+        &[
+            ("smtpd.min_idle", "1"),
+            ("supervisor.restart_min", "\"50ms\""),
+            ("supervisor.restart_max", "\"2s\""),
+            ("supervisor.startup_crash_pause", "\"10ms\""),
+        ],
+    );
+    let mut d = Daemon::start(&cfg, port);
+    assert!(
+        wait_until(Duration::from_secs(30), || starts(&td, "sloop-smtpd").len()
+            >= 6),
+        "log:\n{}",
+        d.log_text()
+    );
+    let times: Vec<u128> = starts(&td, "sloop-smtpd")
+        .iter()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    let gaps: Vec<u128> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]) / 1_000_000)
+        .collect();
+    // Each restart waits at least restart_min * 2^(n-1).
+    for (i, want) in [50u128, 100, 200, 400, 800].iter().enumerate() {
+        assert!(
+            gaps[i] >= *want,
+            "gap {i} = {}ms < {want}ms: {gaps:?}",
+            gaps[i]
+        );
+    }
+    assert!(gaps[4] > 4 * gaps[0], "delays grow: {gaps:?}");
+    assert!(d.child.try_wait().unwrap().is_none(), "sloopd stays up");
+    assert!(listening(port), "the port stays bound through the crashes");
+    let log = d.log_text();
+    assert!(log.contains("exited status=3 before it served"), "{log}");
+    assert!(log.contains("restart in 800ms"), "{log}");
+}
+
+#[test]
+fn sigterm_stops_everything_within_the_deadline() {
+    let td = TestDir::new("sv-stop");
+    let stubborn = "trap '' TERM\necho $$ >> @LOG\nexec sleep 1000\n";
+    script(&td, "sloop-smtpd", stubborn);
+    script(&td, "sloop-qmgr", SLEEPER);
+    let port = free_port();
+    let cfg = fake_config(&td, port, &[("supervisor.stop_timeout", "\"1s\"")]);
+    let mut d = Daemon::start(&cfg, port);
+    assert!(wait_until(Duration::from_secs(10), || {
+        pids(&td, "sloop-smtpd").len() == 2 && pids(&td, "sloop-qmgr").len() == 1
+    }));
+    let t0 = Instant::now();
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(10)).expect("sloopd stops");
+    let took = t0.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        took >= Duration::from_millis(900),
+        "waited for the deadline: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(4),
+        "stopped soon after it: {took:?}"
+    );
+    let all: Vec<i32> = [pids(&td, "sloop-smtpd"), pids(&td, "sloop-qmgr")].concat();
+    assert!(all.iter().all(|p| !alive(*p)), "children left: {all:?}");
+    let log = d.log_text();
+    assert!(
+        log.contains("still running at the stop deadline: SIGKILL"),
+        "{log}"
+    );
+    assert!(log.contains("killed by signal SIGKILL"), "{log}");
+    assert!(!listening(port));
+    assert!(!td.run().join("sloopd.pid").exists());
+}
+
+#[test]
+fn sighup_rejects_a_broken_config_and_rolls_children_onto_a_valid_one() {
+    let td = TestDir::new("sv-reload");
+    script(&td, "sloop-smtpd", SLEEPER);
+    script(&td, "sloop-qmgr", SLEEPER);
+    let port = free_port();
+    let cfg = fake_config(&td, port, &[]);
+    let d = Daemon::start(&cfg, port);
+    assert!(wait_until(Duration::from_secs(10), || {
+        pids(&td, "sloop-smtpd").len() == 2 && pids(&td, "sloop-qmgr").len() == 1
+    }));
+    let first: Vec<i32> = [pids(&td, "sloop-smtpd"), pids(&td, "sloop-qmgr")].concat();
+
+    // A broken file: the reload is refused, every error logged, nothing restarted.
+    fake_config(
+        &td,
+        port,
+        &[
+            ("smtpd.greeting", "\"bad\\r\\ngreeting\""),
+            ("smtpd.max_message_size", "\"25X\""),
+        ],
+    );
+    d.signal(Signal::SIGHUP);
+    assert!(wait_until(Duration::from_secs(10), || d
+        .log_text()
+        .contains("reload rejected")));
+    // SIGUSR1 is handled after the reload: once its line shows, the reload is done.
+    assert!(status_shows(
+        &d,
+        "workers=2 idle=0 busy=0 starting=2 retiring=0"
+    ));
+    let log = d.log_text();
+    for key in ["smtpd.greeting", "smtpd.max_message_size"] {
+        assert!(
+            log.lines().any(
+                |l| l.contains("reload rejected, keeping the running configuration")
+                    && l.contains(key)
+            ),
+            "{key}: {log}"
+        );
+    }
+    assert_eq!(pids(&td, "sloop-smtpd").len(), 2, "no worker restarted");
+    assert_eq!(pids(&td, "sloop-qmgr").len(), 1);
+    assert!(first.iter().all(|p| alive(*p)));
+    assert!(listening(port));
+
+    // A valid, changed file: every child is replaced, the new listener is bound.
+    let port2 = free_port();
+    let listen = format!("[\"127.0.0.1:{port}\", \"127.0.0.1:{port2}\"]");
+    fake_config(
+        &td,
+        port,
+        &[("smtpd.min_idle", "3"), ("smtpd.listen", &listen)],
+    );
+    d.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            pids(&td, "sloop-smtpd").len() == 5 && pids(&td, "sloop-qmgr").len() == 2
+        }),
+        "{}",
+        d.log_text()
+    );
+    assert!(wait_until(Duration::from_secs(10), || first
+        .iter()
+        .all(|p| !alive(*p))));
+    assert!(listening(port) && listening(port2));
+    assert!(d.log_text().contains("configuration reloaded"));
+}
+
+#[test]
+fn the_pool_keeps_min_idle_workers_and_grows_to_the_limit_when_busy() {
+    let td = TestDir::new("sv-pool");
+    // Reports busy while <dir>/busy exists, idle otherwise (pool_proto.rs records).
+    let worker = "echo $$ $(readlink /proc/$$/fd/$SLOOP_LISTEN_FDS) >> @LOG\n\
+        if [ -e @DIR/busy ]; then s=B; else s=I; fi\n\
+        printf \"${s}%010d    \\n\" $$ >&$SLOOP_STATUS_FD\n\
+        exec sleep 1000\n";
+    script(&td, "sloop-smtpd", worker);
+    // The queue manager must not inherit the listeners or the status pipe.
+    let qmgr = "for f in /proc/$$/fd/*; do readlink $f; done > @DIR/qmgr.fds\n\
+        echo $$ >> @LOG\nexec sleep 1000\n";
+    script(&td, "sloop-qmgr", qmgr);
+    std::fs::write(td.path.join("busy"), "").unwrap();
+    let port = free_port();
+    let cfg = fake_config(
+        &td,
+        port,
+        &[("smtpd.min_idle", "2"), ("smtpd.max_processes", "4")],
+    );
+    let d = Daemon::start(&cfg, port);
+    assert!(
+        status_shows(&d, "workers=4 idle=0 busy=4"),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains("process limit reached"));
+    assert_eq!(
+        pids(&td, "sloop-smtpd").len(),
+        4,
+        "never past max_processes"
+    );
+
+    // Idle workers after a reload: exactly min_idle are kept.
+    std::fs::remove_file(td.path.join("busy")).unwrap();
+    d.signal(Signal::SIGHUP);
+    assert!(status_shows(
+        &d,
+        "workers=2 idle=2 busy=0 starting=0 retiring=0"
+    ));
+    assert_eq!(pids(&td, "sloop-smtpd").len(), 6, "{}", d.log_text());
+}
+
+#[test]
+fn daemon_mode_detaches_and_writes_the_daemons_pid() {
+    let td = TestDir::new("sv-daemon");
+    script(&td, "sloop-smtpd", SLEEPER);
+    script(&td, "sloop-qmgr", SLEEPER);
+    let port = free_port();
+    let cfg = fake_config(&td, port, &[("smtpd.min_idle", "1")]);
+    let log = std::fs::File::create(td.path.join("daemon.log")).unwrap();
+    let status = Command::new(bin("sloopd"))
+        .args(["--daemon", "-c"])
+        .arg(&cfg)
+        .stderr(log)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the launching process exits 0");
+    let pid_file = td.run().join("sloopd.pid");
+    let mut pid = 0;
+    assert!(wait_until(Duration::from_secs(10), || {
+        pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        pid > 0 && listening(port)
+    }));
+    let text = std::fs::read_to_string(td.path.join("daemon.log")).unwrap();
+    assert!(text.contains(&format!("sloopd[{pid}]")), "{text}");
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !alive(pid)
+        && !pid_file.exists()));
+}
