@@ -71,8 +71,8 @@ pub struct Running {
     pub started: Instant,
     /// The crash streak of its kind when it started (backoff.rs).
     pub spawn_streak: u32,
-    /// We asked it to exit (reload or shutdown).
-    pub retiring: bool,
+    /// The signal we sent to make it exit (or reload), if any.
+    pub asked: Option<Signal>,
 }
 
 /// A failed spawn.
@@ -131,6 +131,20 @@ impl Exit {
     pub fn is_clean(self) -> bool {
         self == Exit::Status(0)
     }
+
+    /// True when this is how a child ends that was sent `asked`: a clean exit, or
+    /// death by that very signal (or by the SIGKILL of a stop deadline). Anything else
+    /// (a non-zero status, SIGSEGV) is a crash even while it was retiring.
+    pub fn answers(self, asked: Option<Signal>) -> bool {
+        match asked {
+            None => false,
+            Some(sig) => {
+                self.is_clean()
+                    || self == Exit::Signal(sig)
+                    || self == Exit::Signal(Signal::SIGKILL)
+            }
+        }
+    }
 }
 
 impl fmt::Display for Exit {
@@ -182,6 +196,19 @@ mod tests {
         );
         assert!(Exit::Status(0).is_clean());
         assert!(!Exit::Signal(Signal::SIGTERM).is_clean());
+    }
+
+    #[test]
+    fn an_exit_answers_the_signal_we_sent_but_a_crash_does_not() {
+        let hup = Some(Signal::SIGHUP);
+        assert!(Exit::Status(0).answers(hup));
+        assert!(Exit::Signal(Signal::SIGHUP).answers(hup));
+        assert!(!Exit::Signal(Signal::SIGSEGV).answers(hup));
+        assert!(!Exit::Status(1).answers(hup));
+        assert!(
+            !Exit::Status(0).answers(None),
+            "not asked: judged on its own"
+        );
     }
 
     #[test]

@@ -99,6 +99,30 @@ impl Pool {
         out
     }
 
+    /// Marks one worker as retiring; false when unknown or already retiring.
+    pub fn retire(&mut self, pid: u32) -> bool {
+        match self.workers.get_mut(&pid) {
+            Some(w) if !w.retiring => {
+                w.retiring = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Idle workers beyond `min_idle`, newest first: after a burst they would sit idle
+    /// until `max_use`; the supervisor retires them once the surplus has lasted.
+    pub fn surplus_idle(&self, min_idle: usize) -> Vec<u32> {
+        let idle: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.retiring && w.state == WorkerState::Idle)
+            .map(|(pid, _)| *pid)
+            .collect();
+        let surplus = idle.len().saturating_sub(min_idle);
+        idle.into_iter().rev().take(surplus).collect()
+    }
+
     /// Every worker's pid.
     pub fn pids(&self) -> Vec<u32> {
         self.workers.keys().copied().collect()
@@ -208,6 +232,22 @@ mod tests {
         assert!(w.reported);
         assert_eq!(p.remove(10), None);
         assert_eq!(p.to_spawn(1, 10), 1);
+    }
+
+    #[test]
+    fn surplus_idle_workers_are_the_ones_beyond_min_idle() {
+        let mut p = pool_of(&[10, 11, 12, 13]);
+        for pid in [10, 11, 12] {
+            p.report(pid, Idle);
+        }
+        p.report(13, Busy);
+        assert_eq!(p.surplus_idle(2), vec![12]);
+        assert_eq!(p.surplus_idle(3), Vec::<u32>::new());
+        assert!(p.retire(12));
+        assert!(!p.retire(12));
+        assert!(!p.retire(99));
+        assert_eq!(p.surplus_idle(2), Vec::<u32>::new());
+        assert_eq!(p.to_spawn(2, 100), 0, "retiring the surplus spawns nothing");
     }
 
     #[test]

@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// How long SIGKILLed children get to disappear before `sloopd` exits anyway.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long more than `min_idle` workers must have been idle before the surplus is
+/// retired (Postfix lets idle children go after `max_idle`, 100s).
+const IDLE_SURPLUS_GRACE: Duration = Duration::from_secs(60);
 /// Longest the loop sleeps without an event.
 const MAX_TICK: Duration = Duration::from_secs(1);
 
@@ -42,6 +45,8 @@ pub struct Supervisor {
     /// Set once SIGTERM/SIGINT arrived: the deadline for children to exit.
     stopping: Option<Instant>,
     last_limit_warning: Option<Instant>,
+    /// Since when more than `min_idle` workers have been idle.
+    surplus_since: Option<Instant>,
 }
 
 impl Supervisor {
@@ -64,6 +69,7 @@ impl Supervisor {
             qmgr_backoff: Backoff::default(),
             stopping: None,
             last_limit_warning: None,
+            surplus_since: None,
         }
     }
 
@@ -92,6 +98,37 @@ impl Supervisor {
         if wanted == 0 && self.pool.limit_reached(max) {
             self.warn_limit(now);
         }
+        self.trim_idle(now);
+    }
+
+    /// Retires idle workers beyond `min_idle` once the surplus has lasted
+    /// [`IDLE_SURPLUS_GRACE`] (SIGHUP: an idle worker exits at once, pool_proto.rs).
+    fn trim_idle(&mut self, now: Instant) {
+        let surplus = self.pool.surplus_idle(self.cfg.smtpd.min_idle);
+        if surplus.is_empty() {
+            self.surplus_since = None;
+            return;
+        }
+        let since = *self.surplus_since.get_or_insert(now);
+        if now.duration_since(since) < IDLE_SURPLUS_GRACE {
+            return;
+        }
+        self.surplus_since = None;
+        for pid in &surplus {
+            self.pool.retire(*pid);
+            let pid = Pid::from_raw(*pid as i32);
+            if let Some(run) = self.running.get_mut(&pid) {
+                run.asked = Some(Signal::SIGHUP);
+            }
+            children::signal(pid, Signal::SIGHUP);
+        }
+        log::info!(
+            "retiring {} surplus idle sloop-smtpd worker(s) (more than smtpd.min_idle={} \
+             idle for {})",
+            surplus.len(),
+            self.cfg.smtpd.min_idle,
+            format_duration(IDLE_SURPLUS_GRACE)
+        );
     }
 
     fn warn_limit(&mut self, now: Instant) {
@@ -136,7 +173,7 @@ impl Supervisor {
                         kind,
                         started: now,
                         spawn_streak,
-                        retiring: false,
+                        asked: None,
                     },
                 );
                 if kind == ChildKind::Smtpd {
@@ -235,7 +272,7 @@ impl Supervisor {
         now: Instant,
     ) {
         let kind = run.kind;
-        let class = if run.retiring || (exit.is_clean() && reported) {
+        let class = if exit.answers(run.asked) || (exit.is_clean() && reported) {
             ExitClass::Expected
         } else {
             ExitClass::Crash {
@@ -300,12 +337,12 @@ impl Supervisor {
     fn retire_all(&mut self) {
         let workers = self.pool.retire_all();
         for (pid, run) in self.running.iter_mut() {
-            run.retiring = true;
+            run.asked = Some(Signal::SIGHUP);
             children::signal(*pid, Signal::SIGHUP);
         }
         log::info!(
             "configuration reloaded from {}: greeting \"{}\", listening on {:?}; \
-             rolling {} smtpd worker(s) and the queue manager",
+             rolling {} smtpd worker(s); the queue manager was sent SIGHUP",
             self.cfg.file.display(),
             self.cfg.smtpd.greeting,
             self.listeners.addrs(),
@@ -322,7 +359,7 @@ impl Supervisor {
         self.stopping = Some(now + timeout);
         self.listeners.close_all();
         for (pid, run) in self.running.iter_mut() {
-            run.retiring = true;
+            run.asked = Some(Signal::SIGTERM);
             children::signal(*pid, Signal::SIGTERM);
         }
         log::info!(
@@ -365,6 +402,7 @@ impl Supervisor {
     pub fn next_timeout(&self, now: Instant) -> Duration {
         let mut due = vec![now + MAX_TICK];
         due.extend(self.stopping);
+        due.extend(self.surplus_since.map(|t| t + IDLE_SURPLUS_GRACE));
         due.extend(self.smtpd_backoff.not_before());
         due.extend(self.qmgr_backoff.not_before());
         due.into_iter()

@@ -392,3 +392,60 @@ fn daemon_mode_detaches_and_writes_the_daemons_pid() {
     assert!(wait_until(Duration::from_secs(10), || !alive(pid)
         && !pid_file.exists()));
 }
+
+#[test]
+fn children_run_as_server_user_when_sloopd_is_root() {
+    let td = TestDir::new("sv-user");
+    // Children write to the inherited stderr (sloopd's log): they may not be able to
+    // write into the test directory once privileges are dropped.
+    script(
+        &td,
+        "sloop-smtpd",
+        "echo \"worker uid=$(id -u)\" >&2\nexec sleep 1000\n",
+    );
+    script(
+        &td,
+        "sloop-qmgr",
+        "echo \"qmgr uid=$(id -u)\" >&2\nexec sleep 1000\n",
+    );
+    let port = free_port();
+    let cfg = fake_config(
+        &td,
+        port,
+        &[("server.user", "\"nobody\""), ("smtpd.min_idle", "1")],
+    );
+    let d = Daemon::start(&cfg, port);
+    let root = nix::unistd::Uid::effective().is_root();
+    let want = if root {
+        nix::unistd::User::from_name("nobody")
+            .unwrap()
+            .expect("a nobody user")
+            .uid
+    } else {
+        nix::unistd::Uid::effective()
+    };
+    let worker = format!("worker uid={want}");
+    let qmgr = format!("qmgr uid={want}");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let log = d.log_text();
+            log.contains(&worker) && log.contains(&qmgr)
+        }),
+        "{}",
+        d.log_text()
+    );
+    if root {
+        use std::os::unix::fs::MetadataExt;
+        for dir in [td.spool(), td.spool().join("incoming"), td.run(), td.mail()] {
+            let owner = std::fs::metadata(&dir).unwrap().uid();
+            assert_eq!(
+                owner,
+                want.as_raw(),
+                "{} owned by server.user",
+                dir.display()
+            );
+        }
+    } else {
+        assert!(d.log_text().contains("server.user=nobody ignored"));
+    }
+}
