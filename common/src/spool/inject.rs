@@ -18,6 +18,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why a message was not committed, with its retry class.
@@ -83,9 +84,10 @@ pub fn commit<R: Read>(
 /// The message streams into `tmp/`; then `envelope_fn` is called (its error, or an
 /// envelope that fails validation, removes the temporary file and is returned as
 /// [`InjectError::Envelope`]); then the trailer is appended, the file fsync'd, renamed
-/// into `incoming/` and the directory fsync'd. `preset_id`, when it is a valid queue ID
-/// not already in the spool, is used as the ID (the smtpd names the message in its
-/// `Received` header before queueing); otherwise a new ID is taken.
+/// into `incoming/` (never replacing a file there) and the directory fsync'd.
+/// `preset_id`, when it is a valid queue ID not already in the spool, is used as the ID
+/// (the smtpd names the message in its `Received` header before queueing); otherwise a
+/// new ID is taken.
 pub fn commit_streaming<R: Read>(
     spool: &Spool,
     message: &mut R,
@@ -93,14 +95,20 @@ pub fn commit_streaming<R: Read>(
     max_size: u64,
     preset_id: Option<&str>,
 ) -> Result<String, InjectError> {
-    let (id, tmp_path, file) = create_tmp(spool, preset_id)?;
+    // The temporary file is always named with an ID of this process, so `clean_tmp` can
+    // tell from its name whether its writer is dead; the preset ID names the result.
+    let (own_id, tmp_path, file) = create_tmp(spool)?;
+    let id = preset_id
+        .filter(|id| queue_id::is_valid(id) && spool.find(id).is_none())
+        .map(str::to_string)
+        .unwrap_or(own_id);
     let result = write_and_sync(file, message, envelope_fn, &id, max_size, &tmp_path);
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp_path);
         return Err(e);
     }
     let dst = spool.path(QueueState::Incoming, &id);
-    if let Err(e) = ctx(fs::rename(&tmp_path, &dst), "rename", &tmp_path) {
+    if let Err(e) = ctx(rename_noreplace(&tmp_path, &dst), "rename", &tmp_path) {
         let _ = fs::remove_file(&tmp_path);
         return Err(e.into());
     }
@@ -109,20 +117,22 @@ pub fn commit_streaming<R: Read>(
     Ok(id)
 }
 
-/// Creates `tmp/<id>` exclusively. A preset ID is tried once, and only when no queue
-/// file of that name exists in any state (so a rename can never replace one).
-fn create_tmp(
-    spool: &Spool,
-    preset_id: Option<&str>,
-) -> Result<(String, std::path::PathBuf, File), InjectError> {
-    let preset = preset_id
-        .filter(|id| queue_id::is_valid(id) && spool.find(id).is_none())
-        .map(str::to_string);
+/// `rename(2)` that never replaces an existing queue file (`RENAME_NOREPLACE`; plain
+/// rename on file systems without it, where the ID's uniqueness is the guard).
+fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    match renameat2(None, src, None, dst, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => fs::rename(src, dst),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Creates `tmp/<id>` exclusively with a new ID (a clash takes another).
+fn create_tmp(spool: &Spool) -> Result<(String, PathBuf, File), InjectError> {
     let mut last_err = None;
-    for id in preset
-        .into_iter()
-        .chain((0..16).map(|_| queue_id::new_id()))
-    {
+    for _ in 0..16 {
+        let id = queue_id::new_id();
         let path = spool.tmp_dir().join(&id);
         match OpenOptions::new()
             .write(true)
@@ -145,7 +155,7 @@ fn write_and_sync<R: Read>(
     envelope_fn: impl FnOnce() -> Result<Envelope, EnvelopeError>,
     id: &str,
     max_size: u64,
-    path: &std::path::Path,
+    path: &Path,
 ) -> Result<(), InjectError> {
     let mut out = BufWriter::with_capacity(64 * 1024, file);
     let size = copy_limited(message, &mut out, max_size, path)?;
@@ -175,7 +185,7 @@ fn copy_limited<R: Read, W: Write>(
     message: &mut R,
     out: &mut W,
     max_size: u64,
-    path: &std::path::Path,
+    path: &Path,
 ) -> Result<u64, InjectError> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut size: u64 = 0;

@@ -88,7 +88,7 @@ fn entry(spool: &Spool, id: &str, state: QueueState) -> Option<Entry> {
         }
     };
     Some(match env {
-        Ok(env) => entry_of(spool, state, env),
+        Ok(env) => entry_of(spool, id, state, env),
         Err(e) => Entry {
             id: id.to_string(),
             state,
@@ -101,12 +101,13 @@ fn entry(spool: &Spool, id: &str, state: QueueState) -> Option<Entry> {
     })
 }
 
-fn entry_of(spool: &Spool, state: QueueState, env: Envelope) -> Entry {
-    let last_error = status::load(spool, &env.id, env.recipients.len())
+/// The file name is the ID (the spool's key), whatever the trailer says.
+fn entry_of(spool: &Spool, id: &str, state: QueueState, env: Envelope) -> Entry {
+    let last_error = status::load(spool, id, env.recipients.len())
         .ok()
         .and_then(|st| st.last_error().map(str::to_string));
     Entry {
-        id: env.id,
+        id: id.to_string(),
         state,
         size: env.size,
         arrival: env.arrival,
@@ -212,7 +213,7 @@ pub fn show(spool: &Spool, id: &str, body: bool, out: &mut impl Write) -> Result
     };
     let (env, mut message) = open_message(&path).map_err(|e| unreadable(&e))?;
     let st = status::load(spool, id, env.recipients.len()).map_err(|e| unreadable(&e))?;
-    let mut text = envelope_text(&env, state);
+    let mut text = envelope_text(id, &env, state);
     text.push_str("recipients:\n");
     for (i, r) in env.recipients.iter().enumerate() {
         let result = match st.recipients.get(i).and_then(|s| s.as_ref()) {
@@ -259,10 +260,9 @@ pub fn find(spool: &Spool, id: &str) -> Result<(QueueState, std::path::PathBuf),
         .ok_or_else(|| ToolError::new(exitcode::EX_NOINPUT, format!("no such message: {id}")))
 }
 
-fn envelope_text(env: &Envelope, state: QueueState) -> String {
+fn envelope_text(id: &str, env: &Envelope, state: QueueState) -> String {
     let mut text = format!(
-        "id: {}\nstate: {state}\narrival: {}\nsize: {}\nsender: {}\n",
-        env.id,
+        "id: {id}\nstate: {state}\narrival: {}\nsize: {}\nsender: {}\n",
         iso_time(env.arrival),
         env.size,
         env.sender_display()
