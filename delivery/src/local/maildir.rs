@@ -1,0 +1,269 @@
+//! Virtual Maildir delivery: `<mailbox_root>/<domain>/<user>/Maildir/{tmp,new,cur}`.
+//!
+//! The Maildir is created on first delivery. A message is written to `tmp/` under a
+//! name no other delivery can take (`<secs>.M<micros>P<pid>Q<n>.<host>`, created with
+//! `O_EXCL`), fsync'd, linked into `new/` (a link never replaces an existing file),
+//! unlinked from `tmp/`, and `new/` is fsync'd: only then is the delivery reported.
+//!
+//! The domain and user are data, never paths: each is checked as one safe path
+//! component, and the Maildir's canonical path must lie under the canonical mailbox
+//! root (so a symlink planted inside the root cannot lead elsewhere). Failures are
+//! temporary (disk full, permissions) except for an unusable name, which is permanent.
+
+use super::io_error_result;
+use crate::result::RcptResult;
+use sloop_common::local_recipient::safe_local_part;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Writes messages into virtual Maildirs under one root.
+#[derive(Debug)]
+pub struct MaildirWriter {
+    root: PathBuf,
+    host: String,
+    counter: u64,
+}
+
+impl MaildirWriter {
+    pub fn new(root: &Path, hostname: &str) -> MaildirWriter {
+        MaildirWriter {
+            root: root.to_path_buf(),
+            host: hostname_component(hostname),
+            counter: 0,
+        }
+    }
+
+    /// Delivers `prefix` followed by `message` to the Maildir of `user@domain`;
+    /// returns the path of the new file.
+    pub fn deliver(
+        &mut self,
+        domain: &str,
+        user: &str,
+        prefix: &[u8],
+        message: &mut dyn Read,
+    ) -> Result<PathBuf, RcptResult> {
+        let dir = self.maildir(domain, user)?;
+        let name = self.unique_name();
+        let tmp = dir.join("tmp").join(&name);
+        let new = dir.join("new").join(&name);
+        let written = write_file(&tmp, prefix, message).and_then(|()| {
+            fs::hard_link(&tmp, &new)?;
+            let _ = fs::remove_file(&tmp);
+            fsync_dir(&dir.join("new"))
+        });
+        match written {
+            Ok(()) => Ok(new),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(io_error_result(
+                    &e,
+                    &format!("cannot write to Maildir {}", dir.display()),
+                ))
+            }
+        }
+    }
+
+    /// The Maildir directory, created if missing, checked to be under the root.
+    fn maildir(&self, domain: &str, user: &str) -> Result<PathBuf, RcptResult> {
+        let user = safe_local_part(user)
+            .map_err(|e| RcptResult::fail("5.1.3", format!("bad local-part {user:?}: {e}")))?;
+        let domain = safe_component(domain)
+            .map_err(|e| RcptResult::fail("5.1.2", format!("bad domain {domain:?}: {e}")))?;
+        let io_err = |e: io::Error, what: &Path| {
+            io_error_result(&e, &format!("cannot create {}", what.display()))
+        };
+        let root = self.root.canonicalize().or_else(|_| {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&self.root)?;
+            self.root.canonicalize()
+        });
+        let root = root.map_err(|e| io_err(e, &self.root))?;
+        let dir = root.join(&domain).join(&user).join("Maildir");
+        for d in [
+            root.join(&domain),
+            root.join(&domain).join(&user),
+            dir.clone(),
+            dir.join("tmp"),
+            dir.join("new"),
+            dir.join("cur"),
+        ] {
+            create_dir(&d).map_err(|e| io_err(e, &d))?;
+            // Each level must be exactly where we think: no symlink leads elsewhere.
+            let real = d.canonicalize().map_err(|e| io_err(e, &d))?;
+            if real != d || !real.starts_with(&root) {
+                return Err(RcptResult::defer(
+                    "4.3.5",
+                    format!("{} leaves the mailbox root; refusing", d.display()),
+                ));
+            }
+        }
+        Ok(dir)
+    }
+
+    /// `<secs>.M<micros>P<pid>Q<n>.<host>` (Maildir's unique-name recipe).
+    pub fn unique_name(&mut self) -> String {
+        self.counter += 1;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        format!(
+            "{}.M{}P{}Q{}.{}",
+            now.as_secs(),
+            now.subsec_micros(),
+            std::process::id(),
+            self.counter,
+            self.host
+        )
+    }
+}
+
+/// A domain (or other name) as one directory component, lower case.
+pub fn safe_component(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 255 {
+        return Err("empty or longer than 255 octets".into());
+    }
+    if s.starts_with('.') || s.contains(['/', '\\', '\0']) || s.chars().any(char::is_control) {
+        return Err("contains '/', '\\', NUL, a control character or starts with a dot".into());
+    }
+    Ok(s.to_lowercase())
+}
+
+/// The host name as Maildir wants it: `/` and `:` escaped as `\057` and `\072`.
+fn hostname_component(h: &str) -> String {
+    let h = if h.is_empty() { "localhost" } else { h };
+    h.replace('/', "\\057").replace(':', "\\072")
+}
+
+/// Creates one directory (0700), accepting an existing one; fsyncs the parent when new.
+fn create_dir(d: &Path) -> io::Result<()> {
+    match DirBuilder::new().mode(0o700).create(d) {
+        Ok(()) => match d.parent() {
+            Some(p) => fsync_dir(p),
+            None => Ok(()),
+        },
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `path` exclusively, writes `prefix` then `message`, and fsyncs it.
+fn write_file(path: &Path, prefix: &[u8], message: &mut dyn Read) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let mut out = io::BufWriter::with_capacity(64 * 1024, file);
+    out.write_all(prefix)?;
+    io::copy(message, &mut out)?;
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()
+}
+
+/// fsyncs a directory so entries created in it are durable.
+pub fn fsync_dir(d: &Path) -> io::Result<()> {
+    File::open(d)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use sloop_common::spool::status::Outcome;
+
+    fn temp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sloop-maildir-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn names_are_unique_and_safe() {
+        let mut w = MaildirWriter::new(Path::new("/nonexistent"), "mx/a:b");
+        let a = w.unique_name();
+        let b = w.unique_name();
+        assert_ne!(a, b);
+        assert!(a.ends_with(".mx\\057a\\072b"), "{a}");
+        assert!(!a.contains('/') && !a.contains(':'));
+        let pid = format!("P{}Q1.", std::process::id());
+        assert!(a.contains(&pid), "{a}");
+    }
+
+    #[test]
+    fn delivers_byte_exact_into_new() {
+        let root = temp("exact");
+        let mut w = MaildirWriter::new(&root, "h");
+        let msg = b"Subject: x\r\n\r\nbody\r\n".to_vec();
+        let path = w
+            .deliver("Example.Test", "bob", b"X: y\r\n", &mut msg.as_slice())
+            .unwrap();
+        assert!(path.starts_with(root.join("example.test/bob/Maildir/new")));
+        let mut want = b"X: y\r\n".to_vec();
+        want.extend(&msg);
+        assert_eq!(fs::read(&path).unwrap(), want);
+        assert_eq!(
+            fs::read_dir(root.join("example.test/bob/Maildir/tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert!(root.join("example.test/bob/Maildir/cur").is_dir());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn path_tricks_never_leave_the_root() {
+        let root = temp("tricks");
+        let mut w = MaildirWriter::new(&root.join("mail"), "h");
+        for user in [
+            "../../etc",
+            "a/b",
+            "..",
+            ".hidden",
+            "x\0y",
+            "tab\tx",
+            &"l".repeat(65),
+        ] {
+            let r = w
+                .deliver("d.test", user, b"", &mut &b"m\n"[..])
+                .unwrap_err();
+            assert_eq!(r.outcome, Outcome::Fail, "{user:?}");
+            assert_eq!(r.dsn, "5.1.3");
+        }
+        for domain in ["../x", "a/b", ".."] {
+            let r = w.deliver(domain, "u", b"", &mut &b"m\n"[..]).unwrap_err();
+            assert_eq!(r.outcome, Outcome::Fail, "{domain:?}");
+        }
+        // A symlink planted inside the root is not followed out of it.
+        fs::create_dir_all(root.join("mail/d.test")).unwrap();
+        fs::create_dir_all(root.join("outside")).unwrap();
+        std::os::unix::fs::symlink(root.join("outside"), root.join("mail/d.test/evil")).unwrap();
+        let r = w
+            .deliver("d.test", "evil", b"", &mut &b"m\n"[..])
+            .unwrap_err();
+        assert_eq!(r.outcome, Outcome::Defer);
+        assert_eq!(crate_files(&root.join("outside")), 0);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    fn crate_files(d: &Path) -> usize {
+        fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                if e.path().is_dir() {
+                    crate_files(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+    }
+}

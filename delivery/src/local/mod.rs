@@ -1,0 +1,350 @@
+//! `sloop-deliver local`: delivery into this node's mailboxes.
+//!
+//! For each recipient of a job: refuse a `Delivered-To:` loop (5.4.6), expand aliases
+//! (expand.rs), then deliver to each target: a virtual Maildir (maildir.rs) or mbox
+//! file (mbox.rs) per `local.mailbox_format`, a `|command` (pipe.rs), a `/path/file`
+//! (mbox-style, confined under `local.mailbox_root`), or a forward (forward.rs). Each
+//! copy gets `Return-Path:` and `Delivered-To:` (headers.rs).
+//!
+//! One recipient may expand to many targets; its one result is: `defer` if any target
+//! deferred (the whole recipient is retried, so earlier targets may get a duplicate,
+//! never a loss), else `fail` if any failed (the bounce names the failing member),
+//! else `ok`. The aliases file is re-read when its mtime changes; while it cannot be
+//! read or parsed, every recipient is deferred rather than bounced.
+
+pub mod expand;
+pub mod forward;
+pub mod maildir;
+pub mod mbox;
+pub mod pipe;
+
+use crate::headers::{has_delivered_to, trace_headers};
+use crate::message::QueuedMessage;
+use crate::result::RcptResult;
+use crate::worker::Agent;
+use expand::{Expander, OwnerTrust, Target};
+use maildir::{safe_component, MaildirWriter};
+use sloop_common::aliases::Aliases;
+use sloop_common::config::MailboxFormat;
+use sloop_common::delivery_proto::Job;
+use sloop_common::local_recipient::safe_local_part;
+use sloop_common::spool::status::Outcome;
+use sloop_common::spool::Spool;
+use sloop_common::Config;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::time::SystemTime;
+
+/// The local delivery agent.
+#[derive(Debug)]
+pub struct LocalAgent {
+    cfg: Config,
+    aliases: Aliases,
+    aliases_mtime: Option<SystemTime>,
+    aliases_error: Option<String>,
+    trust: OwnerTrust,
+    maildir: MaildirWriter,
+    spool: Spool,
+}
+
+/// What every target of one recipient needs to know.
+struct Ctx<'a> {
+    msg: &'a QueuedMessage,
+    header: &'a [u8],
+    crlf: bool,
+    rcpt: &'a str,
+}
+
+impl LocalAgent {
+    pub fn new(cfg: Config) -> LocalAgent {
+        let maildir = MaildirWriter::new(&cfg.local.mailbox_root, &cfg.server.hostname);
+        let spool = Spool::new(cfg.server.spool_dir.clone());
+        let trust = OwnerTrust::from_config(&cfg);
+        let mut agent = LocalAgent {
+            cfg,
+            aliases: Aliases::empty(),
+            aliases_mtime: None,
+            aliases_error: None,
+            trust,
+            maildir,
+            spool,
+        };
+        agent.refresh_aliases();
+        agent
+    }
+
+    /// Re-reads the aliases file when its mtime changed.
+    fn refresh_aliases(&mut self) {
+        let Some(path) = self.cfg.local.aliases.clone() else {
+            return;
+        };
+        let mtime = match std::fs::metadata(&path).and_then(|m| m.modified()) {
+            Ok(t) => t,
+            Err(e) => {
+                self.aliases_error = Some(format!("cannot read {}: {e}", path.display()));
+                self.aliases_mtime = None;
+                return;
+            }
+        };
+        if self.aliases_mtime == Some(mtime) {
+            return;
+        }
+        self.aliases_mtime = Some(mtime);
+        match Aliases::load(&path) {
+            Ok(a) => {
+                log::info!("loaded {} aliases from {}", a.len(), path.display());
+                self.aliases = a;
+                self.aliases_error = None;
+            }
+            Err(e) => {
+                log::error!("{e}");
+                self.aliases_error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn deliver_rcpt(&mut self, c: &Ctx<'_>) -> RcptResult {
+        if let Some(e) = &self.aliases_error {
+            return RcptResult::defer("4.3.5", format!("aliases file unusable: {e}"));
+        }
+        if has_delivered_to(c.header, c.rcpt) {
+            return RcptResult::fail("5.4.6", format!("mail forwarding loop for {}", c.rcpt));
+        }
+        let expansion = Expander {
+            cfg: &self.cfg,
+            aliases: &self.aliases,
+            trust: &self.trust,
+        }
+        .expand(c.rcpt);
+        let mut results = expansion.problems;
+        let mut forwards = Vec::new();
+        for t in expansion.targets {
+            match t {
+                Target::Forward(a) => forwards.push(a),
+                t => results.push(self.deliver_target(c, &t)),
+            }
+        }
+        if !forwards.is_empty() {
+            results.push(forward::forward(
+                &self.spool,
+                c.msg,
+                c.rcpt,
+                &forwards,
+                c.crlf,
+            ));
+        }
+        combine(results).via("local")
+    }
+
+    fn deliver_target(&mut self, c: &Ctx<'_>, t: &Target) -> RcptResult {
+        let sender = c.msg.envelope.sender.as_str();
+        let prefix = |to: &str| trace_headers(sender, to, c.crlf);
+        match t {
+            Target::Mailbox {
+                domain,
+                user,
+                address,
+            } => {
+                if address != c.rcpt && has_delivered_to(c.header, address) {
+                    return RcptResult::fail(
+                        "5.4.6",
+                        format!("mail forwarding loop for {address}"),
+                    );
+                }
+                self.deliver_mailbox(c, domain, user, &prefix(address))
+            }
+            Target::Command(cmd) => {
+                let env = pipe::PipeEnv {
+                    sender: sender.to_string(),
+                    recipient: c.rcpt.to_string(),
+                    original: c.rcpt.to_string(),
+                };
+                let timeout = self.cfg.queue.delivery_timeout / 2;
+                pipe::run(cmd, &env, &prefix(c.rcpt), &mut c.msg.reader(), timeout)
+            }
+            Target::File(path) => match self.confined_file(path) {
+                Ok(p) => mbox::append(&p, sender, &prefix(c.rcpt), &mut c.msg.reader())
+                    .map(|()| {
+                        RcptResult::ok("2.0.0", format!("delivered to file: {}", p.display()))
+                    })
+                    .unwrap_or_else(|r| r),
+                Err(r) => r,
+            },
+            Target::Forward(a) => {
+                forward::forward(&self.spool, c.msg, c.rcpt, std::slice::from_ref(a), c.crlf)
+            }
+        }
+    }
+
+    fn deliver_mailbox(
+        &mut self,
+        c: &Ctx<'_>,
+        domain: &str,
+        user: &str,
+        prefix: &[u8],
+    ) -> RcptResult {
+        let sender = c.msg.envelope.sender.as_str();
+        match self.cfg.local.mailbox_format {
+            MailboxFormat::Maildir => {
+                match self
+                    .maildir
+                    .deliver(domain, user, prefix, &mut c.msg.reader())
+                {
+                    Ok(p) => {
+                        RcptResult::ok("2.0.0", format!("delivered to maildir {}", p.display()))
+                    }
+                    Err(r) => r,
+                }
+            }
+            MailboxFormat::Mbox => match self.mbox_path(domain, user) {
+                Ok(p) => mbox::append(&p, sender, prefix, &mut c.msg.reader())
+                    .map(|()| {
+                        RcptResult::ok("2.0.0", format!("delivered to mailbox {}", p.display()))
+                    })
+                    .unwrap_or_else(|r| r),
+                Err(r) => r,
+            },
+        }
+    }
+
+    /// `<root>/<domain>/<user>.mbox`, its directory created, checked to be under the root.
+    fn mbox_path(&self, domain: &str, user: &str) -> Result<PathBuf, RcptResult> {
+        let user = safe_local_part(user)
+            .map_err(|e| RcptResult::fail("5.1.3", format!("bad local-part {user:?}: {e}")))?;
+        let domain = safe_component(domain)
+            .map_err(|e| RcptResult::fail("5.1.2", format!("bad domain {domain:?}: {e}")))?;
+        let root = &self.cfg.local.mailbox_root;
+        let dir = root.join(&domain);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| io_error_result(&e, &format!("cannot create {}", dir.display())))?;
+        let path = self.confined(&dir.join(format!("{user}.mbox")))?;
+        Ok(path)
+    }
+
+    /// An alias `/path/file` target, accepted only under the mailbox root.
+    fn confined_file(&self, path: &Path) -> Result<PathBuf, RcptResult> {
+        let plain = path.is_absolute()
+            && path
+                .components()
+                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+        if !plain {
+            return Err(RcptResult::fail(
+                "5.7.1",
+                format!(
+                    "file target {} is not a plain absolute path",
+                    path.display()
+                ),
+            ));
+        }
+        self.confined(path)
+    }
+
+    /// `path` with its directory canonicalised, if that lies under the mailbox root.
+    fn confined(&self, path: &Path) -> Result<PathBuf, RcptResult> {
+        let refuse = || {
+            RcptResult::fail(
+                "5.7.1",
+                format!(
+                    "file {} is outside the mailbox root; refused",
+                    path.display()
+                ),
+            )
+        };
+        let root = self
+            .cfg
+            .local
+            .mailbox_root
+            .canonicalize()
+            .map_err(|_| refuse())?;
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(refuse());
+        };
+        let dir = dir.canonicalize().map_err(|_| refuse())?;
+        if !dir.starts_with(&root) {
+            return Err(refuse());
+        }
+        Ok(dir.join(name))
+    }
+}
+
+impl Agent for LocalAgent {
+    fn deliver(&mut self, job: &Job, msg: &QueuedMessage) -> Vec<RcptResult> {
+        self.refresh_aliases();
+        let header = match msg.header_bytes() {
+            Ok(h) => h,
+            Err(e) => {
+                let r = RcptResult::defer("4.3.0", format!("cannot read queue file: {e}"));
+                return vec![r; job.recipients.len()];
+            }
+        };
+        let crlf = msg.uses_crlf();
+        job.recipients
+            .iter()
+            .map(|rcpt| {
+                let c = Ctx {
+                    msg,
+                    header: &header,
+                    crlf,
+                    rcpt,
+                };
+                self.deliver_rcpt(&c)
+            })
+            .collect()
+    }
+}
+
+/// One result from the results of a recipient's targets (see the module doc).
+pub fn combine(results: Vec<RcptResult>) -> RcptResult {
+    let first = |o: Outcome| results.iter().find(|r| r.outcome == o).cloned();
+    if let Some(d) = first(Outcome::Defer) {
+        return d;
+    }
+    let oks = results.iter().filter(|r| r.outcome == Outcome::Ok).count();
+    if let Some(mut f) = first(Outcome::Fail) {
+        if oks > 0 {
+            f.text = format!("{} (other members delivered)", f.text);
+        }
+        return f;
+    }
+    match results.len() {
+        0 => RcptResult::fail("5.1.1", "alias has no deliverable member"),
+        1 => results
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| RcptResult::ok("2.0.0", "delivered")),
+        n => RcptResult::ok("2.0.0", format!("delivered to {n} destinations")),
+    }
+}
+
+/// A temporary result for an I/O error, with the usual enhanced codes.
+pub fn io_error_result(e: &io::Error, what: &str) -> RcptResult {
+    let dsn = match e.raw_os_error() {
+        Some(libc::ENOSPC) => "4.3.1",
+        Some(libc::EDQUOT) => "4.2.2",
+        _ if e.kind() == io::ErrorKind::WouldBlock => "4.2.0",
+        _ => "4.3.0",
+    };
+    RcptResult::defer(dsn, format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combining_prefers_defer_then_fail() {
+        let ok = RcptResult::ok("2.0.0", "a");
+        let fail = RcptResult::fail("5.1.1", "b");
+        let defer = RcptResult::defer("4.3.0", "c");
+        assert_eq!(combine(vec![ok.clone()]), ok);
+        assert_eq!(
+            combine(vec![ok.clone(), fail.clone(), defer.clone()]),
+            defer
+        );
+        let f = combine(vec![ok.clone(), fail]);
+        assert_eq!(f.outcome, Outcome::Fail);
+        assert!(f.text.contains("other members delivered"));
+        assert_eq!(combine(vec![]).dsn, "5.1.1");
+        assert_eq!(combine(vec![ok.clone(), ok]).outcome, Outcome::Ok);
+    }
+}

@@ -1,0 +1,323 @@
+//! The SMTP client session: connect, greeting, EHLO/HELO, then any number of mail
+//! transactions (MAIL, RCPT..., DATA) with RSET between them, then QUIT.
+//!
+//! Timeouts follow RFC 5321 §4.5.3.2 through the config: `remote.connect_timeout` for
+//! the TCP connect, `remote.command_timeout` for the greeting and every command reply,
+//! `remote.data_timeout` for sending the content and waiting for the final reply.
+//! PIPELINING (RFC 2920) sends MAIL and all RCPTs in one write; SIZE (RFC 1870) is
+//! announced and a message over the server's fixed limit fails without being sent.
+//!
+//! Failures before a transaction starts ([`Session::open`]) are returned as a reason
+//! so the caller can try the next address. Once MAIL is sent, every recipient gets a
+//! result: from the server's reply (2xx ok, 4xx defer, 5xx fail), or `defer` when the
+//! connection breaks or a reply is garbage; the session is then not reused.
+
+use super::data::DotStuffer;
+use super::mx::Candidate;
+use super::reply::{ReplyBuilder, ServerReply, MAX_LINE};
+use crate::message::QueuedMessage;
+use crate::result::RcptResult;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Client settings taken from the validated config.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub helo_name: String,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+}
+
+/// What one transaction sends.
+#[derive(Debug)]
+pub struct Transaction<'a> {
+    pub sender: &'a str,
+    pub recipients: &'a [String],
+    pub message: &'a QueuedMessage,
+}
+
+/// The results of one transaction and whether the session can carry another.
+#[derive(Debug)]
+pub struct Outcome {
+    pub results: Vec<RcptResult>,
+    pub reusable: bool,
+}
+
+/// An open SMTP session after a successful EHLO or HELO.
+#[derive(Debug)]
+pub struct Session {
+    conn: BufReader<TcpStream>,
+    cfg: ClientConfig,
+    relay: String,
+    /// The EHLO reply, `None` after a HELO fallback.
+    ehlo: Option<ServerReply>,
+    pub last_used: Instant,
+    pub transactions: u32,
+}
+
+impl Session {
+    /// Connects to `c`, reads the greeting and says EHLO (HELO if EHLO is refused).
+    pub fn open(c: &Candidate, cfg: &ClientConfig) -> Result<Session, String> {
+        let stream = TcpStream::connect_timeout(&c.addr, cfg.connect_timeout)
+            .map_err(|e| format!("connect to {}: {e}", c.relay()))?;
+        let _ = stream.set_nodelay(true);
+        let mut s = Session {
+            conn: BufReader::new(stream),
+            cfg: cfg.clone(),
+            relay: c.relay(),
+            ehlo: None,
+            last_used: Instant::now(),
+            transactions: 0,
+        };
+        s.handshake().map_err(|e| format!("{}: {e}", s.relay))?;
+        Ok(s)
+    }
+
+    /// `host[ip]:port` of the server.
+    pub fn relay(&self) -> &str {
+        &self.relay
+    }
+
+    fn handshake(&mut self) -> Result<(), String> {
+        let greeting = self.read_reply(self.cfg.command_timeout).map_err(io_text)?;
+        if greeting.code != 220 {
+            return Err(format!("greeting was {}", greeting.one_line()));
+        }
+        let helo = self.cfg.helo_name.clone();
+        let ehlo = self.command(&format!("EHLO {helo}")).map_err(io_text)?;
+        if ehlo.is_positive() {
+            self.ehlo = Some(ehlo);
+            return Ok(());
+        }
+        let r = self.command(&format!("HELO {helo}")).map_err(io_text)?;
+        if r.is_positive() {
+            Ok(())
+        } else {
+            Err(format!("HELO refused: {}", r.one_line()))
+        }
+    }
+
+    /// RSET before reusing the session; false when the session is no longer usable.
+    pub fn reset(&mut self) -> bool {
+        matches!(self.command("RSET"), Ok(r) if r.is_positive())
+    }
+
+    /// Says QUIT and closes, ignoring errors (the transactions are already decided).
+    pub fn quit(mut self) {
+        let _ = self.command("QUIT");
+        let _ = self.conn.get_ref().shutdown(Shutdown::Both);
+    }
+
+    /// Runs one mail transaction; every recipient gets a result.
+    pub fn send(&mut self, t: &Transaction<'_>) -> Outcome {
+        self.transactions += 1;
+        self.last_used = Instant::now();
+        let mut results: Vec<Option<RcptResult>> = vec![None; t.recipients.len()];
+        let reusable = match self.transact(t, &mut results) {
+            Ok(()) => true,
+            Err(e) => {
+                let text = format!("lost connection with {} ({e})", self.relay);
+                for r in results.iter_mut().filter(|r| r.is_none()) {
+                    *r = Some(RcptResult::defer("4.4.2", text.clone()).via(&self.relay));
+                }
+                false
+            }
+        };
+        self.last_used = Instant::now();
+        let results = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| RcptResult::defer("4.3.0", "no result")))
+            .collect();
+        Outcome { results, reusable }
+    }
+
+    fn transact(&mut self, t: &Transaction<'_>, out: &mut [Option<RcptResult>]) -> io::Result<()> {
+        if let Some(r) = self.refuse_early(t) {
+            out.iter_mut().for_each(|o| *o = Some(r.clone()));
+            return Ok(());
+        }
+        let accepted = self.envelope(t, out)?;
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        let data = self.command("DATA")?;
+        if !data.is_intermediate() {
+            for &i in &accepted {
+                out[i] = Some(data.to_result(&self.relay, "DATA"));
+            }
+            return Ok(());
+        }
+        let fin = self.content(t.message)?;
+        for &i in &accepted {
+            out[i] = Some(fin.to_result(&self.relay, "end of DATA"));
+        }
+        Ok(())
+    }
+
+    /// A result for every recipient when the message cannot be offered at all.
+    fn refuse_early(&self, t: &Transaction<'_>) -> Option<RcptResult> {
+        let ehlo = self.ehlo.as_ref();
+        let limit = ehlo
+            .and_then(|e| e.extension("SIZE"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&n| n > 0);
+        if let Some(limit) = limit {
+            if t.message.size() > limit {
+                let text = format!(
+                    "message size {} exceeds the fixed limit {limit} of {}",
+                    t.message.size(),
+                    self.relay
+                );
+                return Some(RcptResult::fail("5.3.4", text).via(&self.relay));
+            }
+        }
+        let utf8 = !t.sender.is_ascii() || t.recipients.iter().any(|r| !r.is_ascii());
+        if utf8 && !ehlo.is_some_and(|e| e.has_extension("SMTPUTF8")) {
+            let text = format!("{} does not support SMTPUTF8 addresses", self.relay);
+            return Some(RcptResult::fail("5.6.7", text).via(&self.relay));
+        }
+        None
+    }
+
+    /// MAIL and RCPTs (pipelined when offered); returns the accepted indices.
+    fn envelope(
+        &mut self,
+        t: &Transaction<'_>,
+        out: &mut [Option<RcptResult>],
+    ) -> io::Result<Vec<usize>> {
+        let mail = self.mail_command(t);
+        let rcpts: Vec<String> = t
+            .recipients
+            .iter()
+            .map(|r| format!("RCPT TO:<{r}>"))
+            .collect();
+        let pipelining = self
+            .ehlo
+            .as_ref()
+            .is_some_and(|e| e.has_extension("PIPELINING"));
+        let (mail_reply, rcpt_replies) = if pipelining {
+            let mut batch = format!("{mail}\r\n");
+            rcpts
+                .iter()
+                .for_each(|r| batch.push_str(&format!("{r}\r\n")));
+            self.write(batch.as_bytes())?;
+            let m = self.read_reply(self.cfg.command_timeout)?;
+            let mut rs = Vec::with_capacity(rcpts.len());
+            for _ in &rcpts {
+                rs.push(self.read_reply(self.cfg.command_timeout)?);
+            }
+            (m, rs)
+        } else {
+            let m = self.command(&mail)?;
+            let mut rs = Vec::new();
+            if m.is_positive() {
+                for r in &rcpts {
+                    rs.push(self.command(r)?);
+                }
+            }
+            (m, rs)
+        };
+        if !mail_reply.is_positive() {
+            let r = mail_reply.to_result(&self.relay, "MAIL FROM");
+            out.iter_mut().for_each(|o| *o = Some(r.clone()));
+            return Ok(Vec::new());
+        }
+        let mut accepted = Vec::new();
+        for (i, reply) in rcpt_replies.iter().enumerate() {
+            if reply.is_positive() {
+                accepted.push(i);
+            } else {
+                out[i] = Some(reply.to_result(&self.relay, "RCPT TO"));
+            }
+        }
+        Ok(accepted)
+    }
+
+    fn mail_command(&self, t: &Transaction<'_>) -> String {
+        let mut cmd = format!("MAIL FROM:<{}>", t.sender);
+        let ehlo = self.ehlo.as_ref();
+        if ehlo.is_some_and(|e| e.has_extension("SIZE")) {
+            cmd.push_str(&format!(" SIZE={}", t.message.size()));
+        }
+        let body = t.message.envelope.body.as_deref().unwrap_or("");
+        if body.eq_ignore_ascii_case("8BITMIME")
+            && ehlo.is_some_and(|e| e.has_extension("8BITMIME"))
+        {
+            cmd.push_str(" BODY=8BITMIME");
+        }
+        let utf8 = t.message.envelope.smtputf8 || !t.sender.is_ascii();
+        if utf8 && ehlo.is_some_and(|e| e.has_extension("SMTPUTF8")) {
+            cmd.push_str(" SMTPUTF8");
+        }
+        cmd
+    }
+
+    /// Sends the content, dot-stuffed, and reads the final reply.
+    fn content(&mut self, msg: &QueuedMessage) -> io::Result<ServerReply> {
+        let stream = self.conn.get_ref();
+        stream.set_write_timeout(Some(self.cfg.data_timeout))?;
+        let mut stuffer = DotStuffer::new(stream);
+        io::copy(&mut msg.reader(), &mut stuffer)?;
+        stuffer.finish()?;
+        stream.set_write_timeout(Some(self.cfg.command_timeout))?;
+        self.read_reply(self.cfg.data_timeout)
+    }
+
+    /// Writes one command line and reads its reply.
+    fn command(&mut self, line: &str) -> io::Result<ServerReply> {
+        self.write(format!("{line}\r\n").as_bytes())?;
+        self.read_reply(self.cfg.command_timeout)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut stream = self.conn.get_ref();
+        stream.set_write_timeout(Some(self.cfg.command_timeout))?;
+        stream.write_all(bytes)?;
+        stream.flush()
+    }
+
+    /// Reads one complete reply within `timeout`; garbage is an `InvalidData` error.
+    fn read_reply(&mut self, timeout: Duration) -> io::Result<ServerReply> {
+        self.conn.get_ref().set_read_timeout(Some(timeout))?;
+        let mut builder = ReplyBuilder::default();
+        loop {
+            let line = self.read_line()?;
+            let done = builder
+                .push(&line)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if let Some(reply) = done {
+                return Ok(reply);
+            }
+        }
+    }
+
+    fn read_line(&mut self) -> io::Result<String> {
+        let mut buf = Vec::new();
+        (&mut self.conn)
+            .take(MAX_LINE as u64 + 2)
+            .read_until(b'\n', &mut buf)?;
+        if buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        if buf.last() != Some(&b'\n') {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reply line too long",
+            ));
+        }
+        let text = String::from_utf8_lossy(&buf);
+        Ok(text.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+fn io_text(e: io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "timed out".to_string(),
+        _ => e.to_string(),
+    }
+}

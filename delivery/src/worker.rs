@@ -1,0 +1,168 @@
+//! The worker loop: job lines in on stdin, result lines out on stdout
+//! (common/src/delivery_proto.rs, ARCHITECTURE.md §4).
+//!
+//! One job at a time: open the queue file, hand it to the transport's [`Agent`], write
+//! one `rcpt` line per recipient and a `done` line, flush. Between jobs the loop waits
+//! on stdin with `poll(2)` so an agent can close idle cached connections on time
+//! ([`Agent::idle`]). EOF on stdin ends the loop (exit 0).
+//!
+//! Nothing but protocol lines is written to stdout. A job line that does not parse is
+//! logged and skipped (the queue manager times the job out and replaces us). A panic
+//! inside an agent is caught: the job's recipients are deferred, then the worker exits
+//! so the queue manager starts a fresh one.
+
+use crate::message::QueuedMessage;
+use crate::result::RcptResult;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use sloop_common::delivery_proto::{Job, Reply};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A transport's delivery code.
+pub trait Agent {
+    /// Delivers `msg` to the job's recipients; one result per recipient, in order.
+    fn deliver(&mut self, job: &Job, msg: &QueuedMessage) -> Vec<RcptResult>;
+
+    /// How long the agent can wait before [`Agent::idle`] must run; `None`: never.
+    fn next_wakeup(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Housekeeping while no job is running (close expired connections).
+    fn idle(&mut self) {}
+
+    /// Called once at EOF, before the worker exits.
+    fn shutdown(&mut self) {}
+}
+
+/// How a worker loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// stdin reached EOF.
+    Eof,
+    /// An agent panicked; the job was answered and the worker should exit non-zero.
+    Panicked,
+}
+
+/// Runs jobs from `input` until EOF.
+pub fn serve<I, O>(agent: &mut dyn Agent, input: I, mut output: O) -> io::Result<Ending>
+where
+    I: Read + AsFd,
+    O: Write,
+{
+    let mut input = BufReader::new(input);
+    let mut line = String::new();
+    loop {
+        if input.buffer().is_empty() && !wait_readable(agent, input.get_ref())? {
+            continue;
+        }
+        line.clear();
+        if input.read_line(&mut line)? == 0 {
+            agent.shutdown();
+            return Ok(Ending::Eof);
+        }
+        let Some(job) = Job::parse(&line) else {
+            log::error!("malformed job line ignored: {:?}", truncate(&line, 200));
+            continue;
+        };
+        let (results, panicked) = run_job(agent, &job);
+        write_results(&mut output, &job, &results)?;
+        if panicked {
+            return Ok(Ending::Panicked);
+        }
+    }
+}
+
+/// Waits for input, running the agent's idle work when its timer expires. Returns
+/// true when stdin is readable (or at EOF).
+fn wait_readable(agent: &mut dyn Agent, input: &impl AsFd) -> io::Result<bool> {
+    let timeout = match agent.next_wakeup() {
+        None => PollTimeout::NONE,
+        Some(d) => {
+            PollTimeout::try_from(d.max(Duration::from_millis(1))).unwrap_or(PollTimeout::MAX)
+        }
+    };
+    let mut fds = [PollFd::new(input.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(0) => {
+            agent.idle();
+            Ok(false)
+        }
+        Ok(_) => Ok(true),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Opens the message and runs the agent, containing a panic.
+fn run_job(agent: &mut dyn Agent, job: &Job) -> (Vec<RcptResult>, bool) {
+    let msg = match QueuedMessage::open(std::path::Path::new(&job.path)) {
+        Ok(m) => m,
+        Err(r) => return (vec![r; job.recipients.len()], false),
+    };
+    let delay = delay_secs(msg.envelope.arrival);
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| agent.deliver(job, &msg)));
+    let (mut results, panicked) = match outcome {
+        Ok(r) => (r, false),
+        Err(_) => {
+            log::error!(
+                "{}: delivery agent panicked; deferring the job",
+                job.queue_id
+            );
+            let r = RcptResult::defer("4.3.0", "internal error in the delivery agent");
+            (vec![r; job.recipients.len()], true)
+        }
+    };
+    results.resize(
+        job.recipients.len(),
+        RcptResult::defer("4.3.0", "no result from the delivery agent"),
+    );
+    for (rcpt, r) in job.recipients.iter().zip(&results) {
+        log_result(&job.queue_id, rcpt, r, delay);
+    }
+    (results, panicked)
+}
+
+/// One Postfix-style line per recipient.
+fn log_result(queue_id: &str, rcpt: &str, r: &RcptResult, delay: u64) {
+    let relay = if r.relay.is_empty() { "none" } else { &r.relay };
+    let line = format!(
+        "{queue_id}: to=<{rcpt}>, relay={relay}, delay={delay}, dsn={}, status={} ({})",
+        r.dsn,
+        r.status_word(),
+        r.text
+    );
+    match r.outcome {
+        sloop_common::spool::status::Outcome::Ok => log::info!("{line}"),
+        _ => log::warn!("{line}"),
+    }
+}
+
+fn write_results<O: Write>(output: &mut O, job: &Job, results: &[RcptResult]) -> io::Result<()> {
+    for (index, r) in results.iter().enumerate() {
+        let reply = Reply::Rcpt {
+            job_id: job.job_id,
+            index,
+            outcome: r.outcome,
+            dsn: r.dsn.clone(),
+            relay: r.relay.clone(),
+            text: r.text.clone(),
+        };
+        output.write_all(reply.to_line().as_bytes())?;
+    }
+    output.write_all(Reply::Done { job_id: job.job_id }.to_line().as_bytes())?;
+    output.flush()
+}
+
+fn delay_secs(arrival: u64) -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs().saturating_sub(arrival))
+        .unwrap_or(0)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
