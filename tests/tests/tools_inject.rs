@@ -213,17 +213,30 @@ fn sigkill_at_random_moments_never_leaves_an_incomplete_message() {
 fn refusals_exit_with_qmail_codes_and_leave_nothing() {
     let (dir, config, spool) = setup("tools-codes", &[("smtpd.max_message_size", "\"1K\"")]);
     let ok_env = envelope("a@x.test", &["b@y.test"]);
-    let big = vec![b'x'; 300 * 1024];
-    assert_eq!(inject(&config, &big, &ok_env), 31, "oversized");
-    assert_eq!(inject(&config, b"hi\r\n", b"Fa@x.test\0\0"), 91, "no recipient");
-    assert_eq!(inject(&config, b"hi\r\n", b"Tb@y.test\0\0"), 91, "no sender");
-    assert_eq!(inject(&config, b"hi\r\n", b"Fa@x.test\0Tb@y"), 91, "truncated");
     let long = format!("b@{}.test", "y".repeat(2000));
-    let long_env = envelope("a@x.test", &[&long]);
-    assert_eq!(inject(&config, b"hi\r\n", &long_env), 11, "address too long");
+    let cases: [(&str, Vec<u8>, Vec<u8>, i32); 5] = [
+        ("oversized", vec![b'x'; 300 * 1024], ok_env.clone(), 31),
+        (
+            "no recipient",
+            b"hi".to_vec(),
+            b"Fa@x.test\0\0".to_vec(),
+            91,
+        ),
+        ("no sender", b"hi".to_vec(), b"Tb@y.test\0\0".to_vec(), 91),
+        ("truncated", b"hi".to_vec(), b"Fa@x.test\0Tb@y".to_vec(), 91),
+        (
+            "long address",
+            b"hi".to_vec(),
+            envelope("a@x.test", &[&long]),
+            11,
+        ),
+    ];
+    for (what, message, env, code) in cases {
+        assert_eq!(inject(&config, &message, &env), code, "{what}");
+    }
     assert_spool_empty(&spool);
     let missing = dir.path.join("missing.toml");
-    assert_eq!(inject(&missing, b"hi\r\n", &ok_env), 55, "unreadable config");
+    assert_eq!(inject(&missing, b"hi", &ok_env), 55, "unreadable config");
     assert_eq!(inject(&config, b"hi\r\n", &ok_env), 0);
     assert_eq!(spool.list(QueueState::Incoming).unwrap().len(), 1);
 }
