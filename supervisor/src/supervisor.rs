@@ -258,11 +258,12 @@ impl Supervisor {
                     .remove(pid.as_raw() as u32)
                     .is_some_and(|w| w.reported),
             };
-            self.log_exit(pid, &run, exit, reported, uptime, now);
+            self.account_exit(pid, &run, exit, reported, uptime, now);
         }
     }
 
-    fn log_exit(
+    /// Classifies an exit, updates the backoff of its kind and logs it.
+    fn account_exit(
         &mut self,
         pid: Pid,
         run: &Running,
@@ -319,6 +320,9 @@ impl Supervisor {
         }
         if let Err(e) = setup::prepare_dirs(&new, creds) {
             return log_rejected_because(&e.to_string());
+        }
+        if new.log_level != self.cfg.log_level {
+            log::warn!("log.level changed: sloopd's own level changes when it restarts");
         }
         if new.server.run_dir != self.cfg.server.run_dir {
             log::warn!("server.run_dir changed: the pid file moves only when sloopd restarts");
