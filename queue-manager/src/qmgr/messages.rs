@@ -51,13 +51,15 @@ impl Qmgr {
         if self.active.contains_key(id) {
             return;
         }
-        if let Err(e) = self.spool.move_to(id, from, QueueState::Active) {
-            if e.source.kind() != io::ErrorKind::NotFound {
-                log::error!("{id}: cannot move to active: {e}");
+        // No directory fsync here: if this rename is lost in a crash the message is
+        // back in incoming/ or deferred/, which recovery would do anyway.
+        let path = self.spool.path(QueueState::Active, id);
+        if let Err(e) = std::fs::rename(self.spool.path(from, id), &path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::error!("{id}: cannot move from {from} to active: {e}");
             }
             return;
         }
-        let path = self.spool.path(QueueState::Active, id);
         let env = match sloop_common::spool::Spool::read_envelope(&path) {
             Ok(env) => env,
             Err(e) => {
