@@ -12,10 +12,23 @@
 //! - [`session`]: the state machine, its transaction and recipient policy;
 //! - [`connect`]: the connect phase (access rules, reverse DNS, fault injection);
 //! - [`client_limit`]: per-client concurrency across worker processes;
+//! - [`serve`]: one session on one connection, deadlines and the panic boundary;
+//! - [`queue_client`]: running the queue program;
+//! - [`faults`]: test-only fault injection (cargo feature `fault-injection`);
+//! - [`fds`]: adopting inherited descriptors (the only `unsafe`);
 //! - [`worker`]: the accept loop and the status pipe.
 
 pub mod address;
+pub mod client_limit;
+pub mod conn;
+pub mod connect;
 pub mod data;
+pub mod faults;
+pub mod fds;
 pub mod parser;
+pub mod queue_client;
 pub mod reply;
+pub mod serve;
 pub mod session;
+pub mod watchdog;
+pub mod worker;

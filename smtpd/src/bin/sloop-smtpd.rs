@@ -1,1 +1,93 @@
-fn main() {}
+//! `sloop-smtpd`: one prefork SMTP worker, started by `sloopd` (see the library docs).
+//!
+//! `sloop-smtpd -c FILE`: loads and validates the config (invalid: exit 78, nothing is
+//! served), loads the aliases, adopts `SLOOP_LISTEN_FDS` and `SLOOP_STATUS_FD`, and
+//! runs the accept loop until `max_use`, a signal, or the supervisor going away.
+
+use sloop_common::exitcode::{EX_CONFIG, EX_OSERR, EX_USAGE};
+use sloop_common::pool_proto::{listen_fds_from_env, status_fd_from_env};
+use sloop_smtpd::session::Policy;
+use sloop_smtpd::watchdog::Watchdog;
+use sloop_smtpd::worker::{StopFlags, Worker};
+use std::net::TcpListener;
+use std::path::PathBuf;
+
+fn main() {
+    std::process::exit(run());
+}
+
+fn run() -> i32 {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = match args.as_slice() {
+        [] => None,
+        [flag, file] if flag == "-c" => Some(PathBuf::from(file)),
+        _ => {
+            eprintln!("usage: sloop-smtpd [-c FILE]  (started by sloopd)");
+            return EX_USAGE;
+        }
+    };
+    let path = sloop_common::config::resolve_path(cli.as_deref());
+    let cfg = match sloop_common::Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sloop-smtpd: {e}");
+            return EX_CONFIG;
+        }
+    };
+    sloop_common::logging::init("sloop-smtpd", cfg.log_level);
+    std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
+    let aliases = match sloop_common::aliases::Aliases::from_config(&cfg) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("{e}");
+            return EX_CONFIG;
+        }
+    };
+    if cfg.smtpd.reverse_dns {
+        log::warn!("smtpd.reverse_dns is not implemented yet; clients are named unknown");
+    }
+    let policy = Policy::new(cfg, aliases);
+    match start(policy) {
+        Ok(()) => 0,
+        Err((code, msg)) => {
+            log::error!("{msg}");
+            code
+        }
+    }
+}
+
+fn start(policy: Policy) -> Result<(), (i32, String)> {
+    let fds = listen_fds_from_env();
+    if fds.is_empty() {
+        return Err((
+            EX_USAGE,
+            "no listening sockets (SLOOP_LISTEN_FDS): sloop-smtpd is started by sloopd".into(),
+        ));
+    }
+    let mut listeners = Vec::new();
+    for fd in fds {
+        let owned = sloop_smtpd::fds::adopt(fd)
+            .map_err(|e| (EX_OSERR, format!("listening socket: {e}")))?;
+        let l = TcpListener::from(owned);
+        l.set_nonblocking(true)
+            .map_err(|e| (EX_OSERR, format!("listening socket {fd}: {e}")))?;
+        listeners.push(l);
+    }
+    let status = match status_fd_from_env() {
+        Some(fd) => Some(std::fs::File::from(
+            sloop_smtpd::fds::adopt(fd).map_err(|e| (EX_OSERR, format!("status pipe: {e}")))?,
+        )),
+        None => None,
+    };
+    let flags = StopFlags::register().map_err(|e| (EX_OSERR, format!("signals: {e}")))?;
+    let watchdog = Watchdog::spawn(policy.cfg.smtpd.watchdog_grace)
+        .map_err(|e| (EX_OSERR, format!("watchdog thread: {e}")))?;
+    Worker {
+        policy,
+        listeners,
+        status,
+        watchdog,
+    }
+    .run(&flags);
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! The socket side of a session: reads with a deadline, writes with a send timeout.
+//!
+//! [`Conn`] wraps the accepted TCP stream. [`Conn::read`] waits with `poll(2)` until
+//! input arrives or the deadline passes (EINTR from a signal is retried with the time
+//! left), so a silent client costs at most its phase's budget. Writes use `SO_SNDTIMEO`
+//! so a client that stops reading cannot block the worker forever; the watchdog
+//! (`watchdog.rs`) backs both up. [`Conn::has_early_input`] tells the connect phase
+//! whether the client spoke before the greeting.
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+/// What a read produced.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    Data(usize),
+    Eof,
+    Timeout,
+}
+
+/// A client connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, send_timeout: Duration) -> io::Result<Conn> {
+        stream.set_nonblocking(false)?;
+        stream.set_write_timeout(Some(send_timeout.max(Duration::from_millis(100))))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn { stream })
+    }
+
+    /// Reads into `buf`, waiting no later than `deadline`.
+    pub fn read(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<ReadOutcome> {
+        if !self.wait_readable(deadline)? {
+            return Ok(ReadOutcome::Timeout);
+        }
+        loop {
+            match self.stream.read(buf) {
+                Ok(0) => return Ok(ReadOutcome::Eof),
+                Ok(n) => return Ok(ReadOutcome::Data(n)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    return Ok(ReadOutcome::Eof)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Writes all of `bytes` (bounded by the send timeout).
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    /// True when the client has already sent something (or closed).
+    pub fn has_early_input(&self) -> bool {
+        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
+    fn wait_readable(&self, deadline: Instant) -> io::Result<bool> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+            let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, timeout) {
+                Ok(0) => continue,
+                Ok(_) => return Ok(true),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        }
+    }
+}

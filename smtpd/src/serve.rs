@@ -1,0 +1,127 @@
+//! One session on one connection: the loop between the socket (`conn.rs`) and the
+//! state machine (`session/`), with the per-phase deadlines and the panic boundary.
+//!
+//! Replies are collected and flushed whenever the session needs input, runs the queue
+//! program or closes, so pipelined commands are answered in batches (RFC 2920) and
+//! unpipelined ones one by one. Deadlines: `connect_timeout` for the connect phase,
+//! `idle_timeout` while waiting for a command, `data_timeout` while waiting for message
+//! octets, `command_timeout` for handling and writing, `queue_timeout` for the queue
+//! program, and `session_timeout` overall; the watchdog is armed with each. A panic
+//! anywhere in the session is caught here: the client gets `421 4.3.0` and the worker
+//! exits after this session (SEED.md G3, G4).
+
+use crate::conn::{Conn, ReadOutcome};
+use crate::session::{Phase, Policy, Session, Step};
+use crate::watchdog::Watchdog;
+use std::any::Any;
+use std::net::IpAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+/// How a session ended, as far as the worker cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    Normal,
+    /// A panic was caught; the worker must exit after this session.
+    Panicked,
+}
+
+/// Serves one session on `conn` from a client at `ip`.
+pub fn serve(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) -> SessionEnd {
+    let host = policy.cfg.server.hostname.clone();
+    let timeout_line = format!("421 4.4.2 {host} Error: timeout exceeded\r\n").into_bytes();
+    watchdog.attach(conn.stream.try_clone().ok().map(Into::into), timeout_line);
+    let result = catch_unwind(AssertUnwindSafe(|| run(policy, conn, ip, watchdog)));
+    let end = match result {
+        Ok(()) => SessionEnd::Normal,
+        Err(payload) => {
+            log::error!(
+                "panic in session with [{ip}]: {}; worker exits after this session",
+                panic_text(&payload)
+            );
+            let line = format!("421 4.3.0 {host} Error: internal error\r\n");
+            watchdog.arm(
+                "panic reply",
+                Instant::now() + policy.cfg.smtpd.command_timeout,
+            );
+            let _ = conn.write_all(line.as_bytes());
+            log::info!("disconnect from unknown[{ip}] (after internal error)");
+            SessionEnd::Panicked
+        }
+    };
+    watchdog.detach();
+    end
+}
+
+fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) {
+    let s = &policy.cfg.smtpd;
+    let started = Instant::now();
+    let session_deadline = started + s.session_timeout;
+    watchdog.arm("connect", started + s.connect_timeout);
+    let (client, opening) = crate::connect::check(policy, ip, conn);
+    log::info!("connect from {}", client.display());
+    let mut session = Session::start(policy, client, opening);
+    let mut out: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match session.step() {
+            Step::Reply(r) => out.extend_from_slice(&r.to_wire()),
+            Step::Queue(job) => {
+                if !flush(conn, &mut out, policy, watchdog) {
+                    session.eof();
+                    continue;
+                }
+                watchdog.arm("queue", Instant::now() + s.queue_timeout);
+                let id = job.id.clone();
+                let outcome = crate::queue_client::run(&policy.cfg, job);
+                session.queued(&id, outcome);
+            }
+            Step::Close => {
+                flush(conn, &mut out, policy, watchdog);
+                break;
+            }
+            Step::NeedInput => {
+                if !flush(conn, &mut out, policy, watchdog) {
+                    session.eof();
+                    continue;
+                }
+                let budget = match session.phase() {
+                    Phase::Command => s.idle_timeout,
+                    Phase::Data => s.data_timeout,
+                };
+                let deadline = (Instant::now() + budget).min(session_deadline);
+                watchdog.arm("read", deadline);
+                match conn.read(&mut buf, deadline) {
+                    Ok(ReadOutcome::Data(n)) => {
+                        watchdog.arm("command", Instant::now() + s.command_timeout);
+                        session.input(&buf[..n]);
+                    }
+                    Ok(ReadOutcome::Timeout) => session.timeout(),
+                    Ok(ReadOutcome::Eof) | Err(_) => session.eof(),
+                }
+            }
+        }
+    }
+    log::info!("{}", session.disconnect_line());
+}
+
+/// Writes pending replies; false when the client is gone.
+fn flush(conn: &mut Conn, out: &mut Vec<u8>, policy: &Policy, watchdog: &Watchdog) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    watchdog.arm("write", Instant::now() + policy.cfg.smtpd.command_timeout);
+    let ok = conn.write_all(out).is_ok();
+    out.clear();
+    ok
+}
+
+fn panic_text(payload: &Box<dyn Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_string()
+    }
+}
