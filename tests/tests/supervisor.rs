@@ -449,3 +449,62 @@ fn children_run_as_server_user_when_sloopd_is_root() {
         assert!(d.log_text().contains("server.user=nobody ignored"));
     }
 }
+
+#[test]
+fn the_sysv_init_script_starts_reloads_and_stops_sloopd() {
+    if Command::new("start-stop-daemon")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("start-stop-daemon is not installed: the init script cannot be run here");
+        return;
+    }
+    let td = TestDir::new("sv-init");
+    script(&td, "sloop-smtpd", SLEEPER);
+    script(&td, "sloop-qmgr", SLEEPER);
+    let port = free_port();
+    let cfg = fake_config(&td, port, &[("smtpd.min_idle", "1")]);
+    let pid_file = td.run().join("sloopd.pid");
+    let log = td.path.join("init.log");
+    let defaults = td.path.join("defaults");
+    std::fs::write(
+        &defaults,
+        format!(
+            "DAEMON={}\nCONFIG={}\nPIDFILE={}\nLOGFILE={}\n",
+            bin("sloopd").display(),
+            cfg.display(),
+            pid_file.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/sloop.init");
+    let run = |action: &str| {
+        let out = Command::new("sh")
+            .arg(&init)
+            .arg(action)
+            .env("SLOOP_DEFAULTS", &defaults)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(run("start").0, Some(0));
+    assert!(wait_until(Duration::from_secs(10), || listening(port)
+        && pid_file.exists()));
+    let (code, text) = run("status");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("is running"), "{text}");
+    assert_eq!(run("reload").0, Some(0));
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(10), || log_text()
+        .contains("configuration reloaded")));
+    assert_eq!(run("stop").0, Some(0));
+    assert!(!listening(port));
+    assert!(!pid_file.exists());
+    assert_eq!(run("status").0, Some(3), "LSB: not running");
+    assert!(log_text().contains("stopped"));
+}
