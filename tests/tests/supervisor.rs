@@ -322,8 +322,10 @@ fn sighup_rejects_a_broken_config_and_rolls_children_onto_a_valid_one() {
 #[test]
 fn the_pool_keeps_min_idle_workers_and_grows_to_the_limit_when_busy() {
     let td = TestDir::new("sv-pool");
-    // Reports busy while <dir>/busy exists, idle otherwise (pool_proto.rs records).
+    // Reports busy while <dir>/busy exists, idle otherwise (pool_proto.rs records),
+    // after a line of garbage that sloopd must log and skip.
     let worker = "echo $$ $(readlink /proc/$$/fd/$SLOOP_LISTEN_FDS) >> @LOG\n\
+        echo 'not a record' >&$SLOOP_STATUS_FD\n\
         if [ -e @DIR/busy ]; then s=B; else s=I; fi\n\
         printf \"${s}%010d    \\n\" $$ >&$SLOOP_STATUS_FD\n\
         exec sleep 1000\n";
@@ -346,6 +348,9 @@ fn the_pool_keeps_min_idle_workers_and_grows_to_the_limit_when_busy() {
         d.log_text()
     );
     assert!(d.log_text().contains("process limit reached"));
+    assert!(d
+        .log_text()
+        .contains("garbage on the status pipe ignored: not a record"));
     assert_eq!(
         pids(&td, "sloop-smtpd").len(),
         4,
