@@ -216,17 +216,7 @@ pub fn show(spool: &Spool, id: &str, body: bool, out: &mut impl Write) -> Result
     let mut text = envelope_text(id, &env, state);
     text.push_str("recipients:\n");
     for (i, r) in env.recipients.iter().enumerate() {
-        let result = match st.recipients.get(i).and_then(|s| s.as_ref()) {
-            Some(s) => format!(
-                "{} {} {} (attempts {}, at {})",
-                s.outcome.word(),
-                s.dsn,
-                s.text,
-                s.attempts,
-                iso_time(s.time)
-            ),
-            None => "pending".to_string(),
-        };
+        let result = rcpt_text(st.recipients.get(i).and_then(|s| s.as_ref()));
         text.push_str(&format!("  <{}>: {result}\n", r.address));
     }
     if let Some(b) = &st.bounce_id {
@@ -258,6 +248,21 @@ pub fn find(spool: &Spool, id: &str) -> Result<(QueueState, std::path::PathBuf),
     spool
         .find(id)
         .ok_or_else(|| ToolError::new(exitcode::EX_NOINPUT, format!("no such message: {id}")))
+}
+
+/// A recipient's latest result for `queue show`.
+fn rcpt_text(st: Option<&status::RcptStatus>) -> String {
+    match st {
+        Some(s) => format!(
+            "{} {} {} (attempts {}, at {})",
+            s.outcome.word(),
+            s.dsn,
+            s.text,
+            s.attempts,
+            iso_time(s.time)
+        ),
+        None => "pending".to_string(),
+    }
 }
 
 fn envelope_text(id: &str, env: &Envelope, state: QueueState) -> String {

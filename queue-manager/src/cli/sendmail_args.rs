@@ -57,48 +57,49 @@ pub fn parse(args: &[String], as_mailq: bool) -> Result<Options, String> {
     if as_mailq {
         o.mode = Mode::List;
     }
-    let mut i = 0;
+    let mut rest = args.iter();
     let mut options_done = false;
-    while i < args.len() {
-        let arg = &args[i];
-        i += 1;
+    while let Some(arg) = rest.next() {
         if options_done || !arg.starts_with('-') || arg == "-" {
             add_recipients(&mut o, arg);
-            continue;
-        }
-        if arg == "--" {
+        } else if arg == "--" {
             options_done = true;
-            continue;
-        }
-        let bytes = arg.as_bytes();
-        let mut j = 1;
-        while j < bytes.len() {
-            let letter = bytes[j];
-            j += 1;
-            if letter == b'q' {
-                o.mode = Mode::Flush; // -q, -q1h, -qR...: retry now
-                break;
-            }
-            if FLAGS.contains(&letter) {
-                apply_flag(&mut o, letter);
-                continue;
-            }
-            if !WITH_VALUE.contains(&letter) {
-                return Err(format!("illegal option -- {}", letter as char));
-            }
-            let value = if j < bytes.len() {
-                arg[j..].to_string()
-            } else {
-                i += 1;
-                args.get(i - 1)
-                    .cloned()
-                    .ok_or_else(|| format!("option requires an argument -- {}", letter as char))?
-            };
-            apply_value(&mut o, letter, value)?;
-            break;
+        } else {
+            parse_cluster(&mut o, arg, &mut rest)?;
         }
     }
     Ok(o)
+}
+
+/// One option argument, getopt style: flags may be grouped (`-ti`); a letter taking a
+/// value takes the rest of the argument (`-fme`) or else the next one (`-f me`).
+fn parse_cluster<'a>(
+    o: &mut Options,
+    arg: &str,
+    rest: &mut impl Iterator<Item = &'a String>,
+) -> Result<(), String> {
+    for (j, letter) in arg.bytes().enumerate().skip(1) {
+        if letter == b'q' {
+            o.mode = Mode::Flush; // -q, -q1h, -qR...: retry now
+            return Ok(());
+        }
+        if FLAGS.contains(&letter) {
+            apply_flag(o, letter);
+            continue;
+        }
+        if !WITH_VALUE.contains(&letter) {
+            return Err(format!("illegal option -- {}", letter as char));
+        }
+        let value = match arg.get(j + 1..) {
+            Some(v) if !v.is_empty() => v.to_string(),
+            _ => rest
+                .next()
+                .cloned()
+                .ok_or_else(|| format!("option requires an argument -- {}", letter as char))?,
+        };
+        return apply_value(o, letter, value);
+    }
+    Ok(())
 }
 
 fn apply_flag(o: &mut Options, letter: u8) {
