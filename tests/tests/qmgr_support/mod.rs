@@ -81,21 +81,34 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// `decide` is the Python body of the worker's decision function.
+    /// `decide` is the Python body of the fake worker's decision function.
     pub fn new(name: &str, decide: &str, overrides: &[(&str, &str)]) -> Setup {
+        Setup::build(name, Some(decide), overrides)
+    }
+
+    /// A setup running the real `target/debug/sloop-deliver`.
+    pub fn with_real_workers(name: &str, overrides: &[(&str, &str)]) -> Setup {
+        bin("sloop-deliver");
+        Setup::build(name, None, overrides)
+    }
+
+    fn build(name: &str, decide: Option<&str>, overrides: &[(&str, &str)]) -> Setup {
         let dir = TestDir::new(name);
         let fake_bin = dir.path.join("bin");
         for d in ["bin", "state", "saved"] {
             std::fs::create_dir_all(dir.path.join(d)).unwrap();
         }
-        let script = WORKER
-            .replace("__BASE__", &format!("{:?}", dir.path.display().to_string()))
-            .replace("__DECIDE__", decide);
-        let worker = fake_bin.join("sloop-deliver");
-        std::fs::write(&worker, script).unwrap();
-        std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin_value = format!("{:?}", fake_bin.display().to_string());
-        let mut all: Vec<(&str, &str)> = vec![("server.bin_dir", bin_value.as_str())];
+        let mut all: Vec<(&str, &str)> = Vec::new();
+        if let Some(decide) = decide {
+            let script = WORKER
+                .replace("__BASE__", &format!("{:?}", dir.path.display().to_string()))
+                .replace("__DECIDE__", decide);
+            let worker = fake_bin.join("sloop-deliver");
+            std::fs::write(&worker, script).unwrap();
+            std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+            all.push(("server.bin_dir", bin_value.as_str()));
+        }
         all.extend_from_slice(overrides);
         let config = dir.write_config(sloop_tests::free_port(), &all, "");
         let spool = Spool::new(dir.spool());
@@ -111,6 +124,12 @@ impl Setup {
             rcpts.join(">, <")
         );
         commit(&self.spool, &mut msg.as_bytes(), env, 0).unwrap()
+    }
+
+    /// Commits `message` as given; returns its queue ID.
+    pub fn inject_raw(&self, sender: &str, rcpts: &[&str], message: &[u8]) -> String {
+        let env = Envelope::new(sender, rcpts.iter().map(|r| Recipient::new(*r)).collect());
+        commit(&self.spool, &mut &message[..], env, 0).unwrap()
     }
 
     /// Starts `sloop-qmgr -c config` with its log in `<dir>/qmgr.log` (appended).
