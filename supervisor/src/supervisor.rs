@@ -162,23 +162,9 @@ impl Supervisor {
         } else {
             children::spawn(kind, &spec).map_err(|e| e.to_string())
         };
-        let backoff = self.backoff_mut(kind);
-        let spawn_streak = backoff.streak();
         match result {
             Ok(pid) => {
-                log::info!("started {kind} pid={pid}");
-                self.running.insert(
-                    pid,
-                    Running {
-                        kind,
-                        started: now,
-                        spawn_streak,
-                        asked: None,
-                    },
-                );
-                if kind == ChildKind::Smtpd {
-                    self.pool.add(pid.as_raw() as u32);
-                }
+                self.record_spawn(kind, pid, now);
                 true
             }
             Err(e) => {
@@ -187,6 +173,21 @@ impl Supervisor {
                 log::error!("{e}; retrying in {}", format_duration(delay));
                 false
             }
+        }
+    }
+
+    fn record_spawn(&mut self, kind: ChildKind, pid: Pid, now: Instant) {
+        log::info!("started {kind} pid={pid}");
+        let spawn_streak = self.backoff_mut(kind).streak();
+        let run = Running {
+            kind,
+            started: now,
+            spawn_streak,
+            asked: None,
+        };
+        self.running.insert(pid, run);
+        if kind == ChildKind::Smtpd {
+            self.pool.add(pid.as_raw() as u32);
         }
     }
 
