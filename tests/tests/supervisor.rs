@@ -513,3 +513,39 @@ fn the_sysv_init_script_starts_reloads_and_stops_sloopd() {
     assert_eq!(run("status").0, Some(3), "LSB: not running");
     assert!(log_text().contains("stopped"));
 }
+
+#[test]
+fn a_child_that_dies_before_serving_waits_the_startup_crash_pause() {
+    let td = TestDir::new("sv-early");
+    script(&td, "sloop-smtpd", SLEEPER);
+    // Exits cleanly at once: for a queue manager that is dying before it served.
+    script(&td, "sloop-qmgr", "date +%s%N >> @LOG\nexit 0\n");
+    let port = free_port();
+    let cfg = fake_config(
+        &td,
+        port,
+        &[
+            ("smtpd.min_idle", "1"),
+            ("supervisor.restart_min", "\"10ms\""),
+            ("supervisor.startup_crash_pause", "\"400ms\""),
+        ],
+    );
+    let d = Daemon::start(&cfg, port);
+    assert!(wait_until(Duration::from_secs(15), || starts(
+        &td,
+        "sloop-qmgr"
+    )
+    .len()
+        >= 3));
+    let times: Vec<u128> = starts(&td, "sloop-qmgr")
+        .iter()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    for w in times.windows(2) {
+        let gap = (w[1] - w[0]) / 1_000_000;
+        assert!(gap >= 400, "restarted after {gap}ms, before the pause");
+    }
+    let log = d.log_text();
+    assert!(log.contains("exited status=0 before it served"), "{log}");
+    assert!(log.contains("restart in 400ms"), "{log}");
+}
