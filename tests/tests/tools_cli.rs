@@ -91,6 +91,7 @@ fn sendmail_t_i_adds_headers_and_show_and_mailq_see_it() {
     let (dir, config, spool) = setup("tools-sendmail");
     let out = sendmail(&config, &["-t", "-i", "-F", "Cron Daemon"], MSG);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.is_empty(), "quiet without -v: {}", out.stderr);
     let queue = listed(&config);
     assert_eq!(queue.len(), 1);
     let id = &queue[0].0;
@@ -180,6 +181,10 @@ fn sendmail_without_i_stops_at_dot_and_maps_refusals_to_sysexits() {
         refused.stderr
     );
     assert!(refused.stderr.contains("exit 31"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("larger than the limit"),
+        "sloop-queue's reason shown"
+    );
 }
 
 #[test]

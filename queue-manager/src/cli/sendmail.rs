@@ -16,7 +16,7 @@ use super::{load_config, ToolError};
 use sloop_common::config::Config;
 use sloop_common::exitcode::{self, queue_verdict, QueueVerdict};
 use sloop_common::spool::{queue_id, Envelope, Recipient, Ret, Spool};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::{Command, ExitStatus, Stdio};
 
 /// Runs sloop-sendmail with argv (argv[0] included).
@@ -83,7 +83,13 @@ pub fn deliver(
         message_id: format!("<{id}@{host}>"),
     });
     let envelope = envelope(opts, sender, recipients)?;
-    queue(cfg, &id, &msg.to_bytes(), &envelope.to_qmail())?;
+    queue(
+        cfg,
+        &id,
+        &msg.to_bytes(),
+        &envelope.to_qmail(),
+        opts.verbose,
+    )?;
     Ok(id)
 }
 
@@ -118,7 +124,13 @@ fn envelope(
 }
 
 /// Runs sloop-queue: message on its fd 0, then envelope on its fd 1 (a pipe we write).
-fn queue(cfg: &Config, id: &str, message: &[u8], envelope: &[u8]) -> Result<(), ToolError> {
+fn queue(
+    cfg: &Config,
+    id: &str,
+    message: &[u8],
+    envelope: &[u8],
+    verbose: bool,
+) -> Result<(), ToolError> {
     let program = cfg.program("sloop-queue");
     let os_err = |what: &str, e: &dyn std::fmt::Display| {
         ToolError::new(
@@ -136,7 +148,7 @@ fn queue(cfg: &Config, id: &str, message: &[u8], envelope: &[u8]) -> Result<(), 
         .env(super::inject::QUEUE_ID_ENV, id)
         .stdin(Stdio::piped())
         .stdout(Stdio::from(env_read))
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| os_err("run", &e))?;
     // A write error means sloop-queue stopped reading (it refused the message): its exit
@@ -145,8 +157,19 @@ fn queue(cfg: &Config, id: &str, message: &[u8], envelope: &[u8]) -> Result<(), 
         let _ = fd0.write_all(message);
     }
     let _ = std::fs::File::from(env_write).write_all(envelope);
+    // sloop-queue writes a line or two at most, well under a pipe's buffer, so reading
+    // its stderr after the wait cannot deadlock.
     let status = child.wait().map_err(|e| os_err("wait for", &e))?;
-    queue_status(status)
+    let mut diagnostics = String::new();
+    if let Some(mut fd2) = child.stderr.take() {
+        let _ = fd2.read_to_string(&mut diagnostics);
+    }
+    let result = queue_status(status);
+    // Its log line is for the mail log; a user sees it only with -v or on failure.
+    if verbose || result.is_err() {
+        eprint!("{diagnostics}");
+    }
+    result
 }
 
 /// sloop-queue's exit status as a sysexits result.
