@@ -20,7 +20,7 @@
 
 use crate::result::RcptResult;
 use sloop_common::aliases::{read_include, AliasTarget, Aliases};
-use sloop_common::local_recipient::{classify, LocalVerdict};
+use sloop_common::local_recipient::{classify, strip_extension, LocalVerdict};
 use sloop_common::Config;
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
@@ -138,7 +138,10 @@ impl Expander<'_> {
                 "5.1.3",
                 format!("bad address {address:?}: {e}"),
             )),
-            LocalVerdict::Mailbox { domain, user } => w.out.targets.push(mailbox(domain, user)),
+            LocalVerdict::Mailbox { domain, user } => {
+                let user = self.base_mailbox(&domain, user);
+                w.out.targets.push(mailbox(domain, user))
+            }
             LocalVerdict::Alias { name } => self.visit_alias(address, &name, depth, trusted, w),
         }
     }
@@ -158,6 +161,19 @@ impl Expander<'_> {
         };
         for t in targets {
             self.visit_target(t, &domain, depth + 1, trusted, w);
+        }
+    }
+
+    /// `user+tag` delivers to `user` when `user` is itself a mailbox (classify finds
+    /// `user+tag` first in a domain that accepts every local-part).
+    fn base_mailbox(&self, domain: &str, user: String) -> String {
+        let base = strip_extension(&user, self.cfg.local.recipient_delimiter);
+        if base == user {
+            return user;
+        }
+        match classify(self.cfg, &Aliases::empty(), &format!("{base}@{domain}")) {
+            LocalVerdict::Mailbox { user: b, .. } => b,
+            _ => user,
         }
     }
 

@@ -107,6 +107,13 @@ impl LocalAgent {
         if let Some(e) = &self.aliases_error {
             return RcptResult::defer("4.3.5", format!("aliases file unusable: {e}"));
         }
+        let domain = c.rcpt.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        if !self.cfg.is_local_domain(domain) {
+            return RcptResult::defer(
+                "4.3.5",
+                format!("{domain} is not a local domain here (configuration changed?)"),
+            );
+        }
         if has_delivered_to(c.header, c.rcpt) {
             return RcptResult::fail("5.4.6", format!("mail forwarding loop for {}", c.rcpt));
         }
