@@ -118,7 +118,7 @@ impl Session {
         let reusable = match self.transact(t, &mut results) {
             Ok(()) => true,
             Err(e) => {
-                let text = format!("lost connection with {} ({e})", self.relay);
+                let text = format!("lost connection with {} ({})", self.relay, io_text(e));
                 for r in results.iter_mut().filter(|r| r.is_none()) {
                     *r = Some(RcptResult::defer("4.4.2", text.clone()).via(&self.relay));
                 }
