@@ -24,7 +24,14 @@ pub const QUEUE_ID_ENV: &str = "SLOOP_QUEUE_ID";
 /// Runs `sloop-queue` with its arguments (without argv[0]); returns the queue ID.
 pub fn run(args: &[String]) -> Result<String, ToolError> {
     let config_path = parse_args(args)?;
-    let cfg = super::load_config(config_path.as_deref(), exitcode::QQ_CONFIG_ERROR)?;
+    // One line on stderr, whatever the number of config errors.
+    let cfg =
+        super::load_config(config_path.as_deref(), exitcode::QQ_CONFIG_ERROR).map_err(|e| {
+            ToolError::new(
+                e.code,
+                e.message.replace(":\n  ", ": ").replace("\n  ", "; "),
+            )
+        })?;
     sloop_common::logging::init("sloop-queue", cfg.log_level);
     let spool = Spool::new(&cfg.server.spool_dir);
     if !spool.exists() {
