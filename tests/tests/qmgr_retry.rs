@@ -93,3 +93,26 @@ fn expired_message_bounces_after_one_delay_warning() {
     );
     assert!(b.contains("message expired"), "{b}");
 }
+
+#[test]
+fn missing_delivery_agent_defers_and_the_qmgr_carries_on() {
+    use sloop_common::spool::QueueState;
+    let s = Setup::new("qmgr-noagent", qmgr_support::ALL_OK, &[]);
+    let agent = s.dir.path.join("bin/sloop-deliver");
+    let aside = s.dir.path.join("bin/aside");
+    std::fs::rename(&agent, &aside).unwrap();
+    let q = s.start();
+    let id = s.inject("a@localhost.test", &["b@localhost.test"], "no agent");
+    let deferred = sloop_tests::wait_until(std::time::Duration::from_secs(10), || {
+        s.spool.path(QueueState::Deferred, &id).exists()
+    });
+    assert!(deferred, "{}", q.log_text());
+    assert!(q.log_text().contains("delivery agent unavailable"));
+    // The agent is back and the operator flushes: delivered.
+    std::fs::rename(&aside, &agent).unwrap();
+    s.spool
+        .move_to(&id, QueueState::Deferred, QueueState::Incoming)
+        .unwrap();
+    s.spool.poke();
+    q.wait_log(&format!("{id}: removed"), 20);
+}

@@ -156,6 +156,7 @@ impl Qmgr {
                     return Err("done for another job".into());
                 }
                 let job = w.job.take().ok_or("reply while idle")?;
+                w.jobs_done += 1;
                 if w.retire {
                     self.pools.discard(slot, &self.registry);
                 }

@@ -59,6 +59,8 @@ pub struct Worker {
     pub job: Option<Running>,
     /// Set after a config reload: close once the current job is done.
     pub retire: bool,
+    /// Jobs this worker finished (a worker that dies before its first pauses spawning).
+    pub jobs_done: u64,
     child: Child,
     stdin: Option<ChildStdin>,
     stdout: Receiver,
@@ -238,6 +240,10 @@ impl Pools {
         let mut w = self.slots.get_mut(slot)?.take()?;
         let _ = registry.deregister(&mut w.stdout);
         w.kill();
+        if w.jobs_done == 0 && !w.retire {
+            // Died before finishing one job: throttle restarts (Postfix master_spawn.c).
+            self.spawn_paused_until = Some(Instant::now() + SPAWN_PAUSE);
+        }
         w.job.take()
     }
 
@@ -337,6 +343,7 @@ fn spawn(t: Transport, program: &Path, config: &Path) -> io::Result<Worker> {
         transport: t,
         job: None,
         retire: false,
+        jobs_done: 0,
         child,
         stdin: Some(stdin),
         stdout,
