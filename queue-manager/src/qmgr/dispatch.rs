@@ -39,19 +39,14 @@ impl Qmgr {
         }
     }
 
-    fn start(&mut self, spec: JobSpec, now: Instant) {
-        let Some(msg) = self.active.get(&spec.msg) else {
-            self.sched.release(&spec.dest);
-            return;
-        };
+    /// The protocol line for `spec`, with a fresh job ID; `None` if its message is gone.
+    fn job_for(&mut self, spec: &JobSpec) -> Option<Job> {
+        let msg = self.active.get(&spec.msg)?;
+        let path = self.spool.path(QueueState::Active, &spec.msg);
         let job = Job {
             job_id: self.next_job_id,
             queue_id: spec.msg.clone(),
-            path: self
-                .spool
-                .path(QueueState::Active, &spec.msg)
-                .display()
-                .to_string(),
+            path: path.display().to_string(),
             transport: spec.dest.transport,
             nexthop: spec.dest.domain.clone(),
             sender: msg.env.sender.clone(),
@@ -62,6 +57,14 @@ impl Qmgr {
                 .collect(),
         };
         self.next_job_id += 1;
+        Some(job)
+    }
+
+    fn start(&mut self, spec: JobSpec, now: Instant) {
+        let Some(job) = self.job_for(&spec) else {
+            self.sched.release(&spec.dest);
+            return;
+        };
         let program = self.cfg.program("sloop-deliver");
         let slot = match self
             .pools

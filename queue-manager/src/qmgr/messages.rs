@@ -257,22 +257,7 @@ impl Qmgr {
         which: &[usize],
         kind: Kind,
     ) -> io::Result<()> {
-        let recipients: Vec<DsnRecipient> = which
-            .iter()
-            .filter_map(|&i| {
-                Some((
-                    msg.env.recipients.get(i)?,
-                    msg.status.recipients[i].as_ref()?,
-                ))
-            })
-            .filter(|(r, _)| bounce::wants_notice(r, kind))
-            .map(|(r, s)| DsnRecipient {
-                address: r.address.clone(),
-                orcpt: r.orcpt.clone(),
-                status: s.dsn.clone(),
-                diagnostic: s.text.clone(),
-            })
-            .collect();
+        let recipients = dsn_recipients(msg, which, kind);
         if recipients.is_empty() {
             log::info!("{id}: no notification requested (NOTIFY)");
             return Ok(());
@@ -358,6 +343,26 @@ impl Qmgr {
             }
         }
     }
+}
+
+/// The recipients `which` of `msg` that asked for a notice of `kind`, with their results.
+fn dsn_recipients(msg: &Message, which: &[usize], kind: Kind) -> Vec<DsnRecipient> {
+    which
+        .iter()
+        .filter_map(|&i| {
+            Some((
+                msg.env.recipients.get(i)?,
+                msg.status.recipients.get(i)?.as_ref()?,
+            ))
+        })
+        .filter(|(r, _)| bounce::wants_notice(r, kind))
+        .map(|(r, s)| DsnRecipient {
+            address: r.address.clone(),
+            orcpt: r.orcpt.clone(),
+            status: s.dsn.clone(),
+            diagnostic: s.text.clone(),
+        })
+        .collect()
 }
 
 /// Seconds since `arrival` (epoch seconds).
