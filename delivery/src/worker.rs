@@ -14,13 +14,16 @@
 use crate::message::QueuedMessage;
 use crate::result::RcptResult;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use sloop_common::delivery_proto::{Job, Reply};
+use sloop_common::delivery_proto::{Job, Reply, Transport};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A transport's delivery code.
 pub trait Agent {
+    /// The transport this agent serves; jobs for another one are deferred.
+    fn transport(&self) -> Transport;
+
     /// Delivers `msg` to the job's recipients; one result per recipient, in order.
     fn deliver(&mut self, job: &Job, msg: &QueuedMessage) -> Vec<RcptResult>;
 
@@ -97,6 +100,14 @@ fn wait_readable(agent: &mut dyn Agent, input: &impl AsFd) -> io::Result<bool> {
 
 /// Opens the message and runs the agent, containing a panic.
 fn run_job(agent: &mut dyn Agent, job: &Job) -> (Vec<RcptResult>, bool) {
+    if job.transport != agent.transport() {
+        let text = format!(
+            "job for the {} transport sent to a {} worker",
+            job.transport.word(),
+            agent.transport().word()
+        );
+        return (vec![RcptResult::defer("4.3.5", text); job.recipients.len()], false);
+    }
     let msg = match QueuedMessage::open(std::path::Path::new(&job.path)) {
         Ok(m) => m,
         Err(r) => return (vec![r; job.recipients.len()], false),

@@ -277,3 +277,65 @@ fn invalid_config_exits_78() {
     let w = Worker::start(&dir, "local", &cfg);
     assert_eq!(w.finish(), Some(78));
 }
+
+#[test]
+fn aliases_are_reloaded_and_a_broken_file_defers() {
+    let dir = TestDir::new("deliver-reload");
+    let aliases = dir.path.join("aliases");
+    std::fs::write(&aliases, "sales: alice\n").unwrap();
+    let q = format!("{:?}", aliases.display().to_string());
+    let cfg = dir.write_config(free_port(), &[("local.aliases", &q)], "");
+    let (_, path) = queue(&dir, "a@x.test", &["sales@localhost.test"], MSG);
+    let mut w = Worker::start(&dir, "local", &cfg);
+    assert_eq!(
+        w.run(Local, &path, "a@x.test", &["sales@localhost.test"])[0].outcome,
+        Outcome::Ok
+    );
+    assert_eq!(maildir_new(&dir.mail(), "localhost.test", "alice").len(), 1);
+    // A new file (new mtime) is picked up by the running worker.
+    std::fs::write(&aliases, "sales: bob\n").unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&aliases)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    assert_eq!(
+        w.run(Local, &path, "a@x.test", &["sales@localhost.test"])[0].outcome,
+        Outcome::Ok
+    );
+    assert_eq!(maildir_new(&dir.mail(), "localhost.test", "bob").len(), 1);
+    // A broken file defers everything instead of bouncing.
+    std::fs::write(&aliases, "this line has no colon\n").unwrap();
+    let later = later + std::time::Duration::from_secs(2);
+    std::fs::File::options()
+        .write(true)
+        .open(&aliases)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let res = w.run(
+        Local,
+        &path,
+        "a@x.test",
+        &["sales@localhost.test", "carol@localhost.test"],
+    );
+    assert!(
+        res.iter()
+            .all(|r| r.outcome == Outcome::Defer && r.dsn == "4.3.5"),
+        "{res:?}"
+    );
+    // A job for the other transport is deferred, not attempted.
+    let res = w.run(
+        sloop_common::delivery_proto::Transport::Remote,
+        &path,
+        "a@x.test",
+        &["x@y.test"],
+    );
+    assert_eq!(
+        (res[0].outcome, res[0].dsn.as_str()),
+        (Outcome::Defer, "4.3.5")
+    );
+    assert_eq!(w.finish(), Some(0));
+}

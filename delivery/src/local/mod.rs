@@ -26,7 +26,7 @@ use expand::{Expander, OwnerTrust, Target};
 use maildir::{safe_component, MaildirWriter};
 use sloop_common::aliases::Aliases;
 use sloop_common::config::MailboxFormat;
-use sloop_common::delivery_proto::Job;
+use sloop_common::delivery_proto::{Job, Transport};
 use sloop_common::local_recipient::safe_local_part;
 use sloop_common::spool::status::Outcome;
 use sloop_common::spool::Spool;
@@ -275,6 +275,10 @@ impl LocalAgent {
 }
 
 impl Agent for LocalAgent {
+    fn transport(&self) -> Transport {
+        Transport::Local
+    }
+
     fn deliver(&mut self, job: &Job, msg: &QueuedMessage) -> Vec<RcptResult> {
         self.refresh_aliases();
         let header = match msg.header_bytes() {

@@ -21,7 +21,7 @@ use crate::result::RcptResult;
 use crate::worker::Agent;
 use mx::HopResolver;
 use route::{domain_of, next_hop, NextHop};
-use sloop_common::delivery_proto::Job;
+use sloop_common::delivery_proto::{Job, Transport};
 use sloop_common::Config;
 use smtp_client::{ClientConfig, Session, Transaction};
 use std::collections::HashMap;
@@ -126,6 +126,10 @@ impl RemoteAgent {
 }
 
 impl Agent for RemoteAgent {
+    fn transport(&self) -> Transport {
+        Transport::Remote
+    }
+
     fn deliver(&mut self, job: &Job, msg: &QueuedMessage) -> Vec<RcptResult> {
         let mut results: Vec<Option<RcptResult>> = vec![None; job.recipients.len()];
         for (domain, indices) in group_by_domain(job) {

@@ -181,44 +181,13 @@ impl Session {
         None
     }
 
-    /// MAIL and RCPTs (pipelined when offered); returns the accepted indices.
+    /// MAIL and RCPTs; results for the refused ones; returns the accepted indices.
     fn envelope(
         &mut self,
         t: &Transaction<'_>,
         out: &mut [Option<RcptResult>],
     ) -> io::Result<Vec<usize>> {
-        let mail = self.mail_command(t);
-        let rcpts: Vec<String> = t
-            .recipients
-            .iter()
-            .map(|r| format!("RCPT TO:<{r}>"))
-            .collect();
-        let pipelining = self
-            .ehlo
-            .as_ref()
-            .is_some_and(|e| e.has_extension("PIPELINING"));
-        let (mail_reply, rcpt_replies) = if pipelining {
-            let mut batch = format!("{mail}\r\n");
-            rcpts
-                .iter()
-                .for_each(|r| batch.push_str(&format!("{r}\r\n")));
-            self.write(batch.as_bytes())?;
-            let m = self.read_reply(self.cfg.command_timeout)?;
-            let mut rs = Vec::with_capacity(rcpts.len());
-            for _ in &rcpts {
-                rs.push(self.read_reply(self.cfg.command_timeout)?);
-            }
-            (m, rs)
-        } else {
-            let m = self.command(&mail)?;
-            let mut rs = Vec::new();
-            if m.is_positive() {
-                for r in &rcpts {
-                    rs.push(self.command(r)?);
-                }
-            }
-            (m, rs)
-        };
+        let (mail_reply, rcpt_replies) = self.exchange_envelope(t)?;
         if !mail_reply.is_positive() {
             let r = mail_reply.to_result(&self.relay, "MAIL FROM");
             out.iter_mut().for_each(|o| *o = Some(r.clone()));
@@ -233,6 +202,45 @@ impl Session {
             }
         }
         Ok(accepted)
+    }
+
+    /// Sends MAIL and the RCPTs, in one write when PIPELINING is offered; returns the
+    /// MAIL reply and the RCPT replies (none when MAIL was refused without pipelining).
+    fn exchange_envelope(
+        &mut self,
+        t: &Transaction<'_>,
+    ) -> io::Result<(ServerReply, Vec<ServerReply>)> {
+        let mail = self.mail_command(t);
+        let rcpts: Vec<String> = t
+            .recipients
+            .iter()
+            .map(|r| format!("RCPT TO:<{r}>"))
+            .collect();
+        let pipelining = self
+            .ehlo
+            .as_ref()
+            .is_some_and(|e| e.has_extension("PIPELINING"));
+        if !pipelining {
+            let m = self.command(&mail)?;
+            let mut rs = Vec::new();
+            if m.is_positive() {
+                for r in &rcpts {
+                    rs.push(self.command(r)?);
+                }
+            }
+            return Ok((m, rs));
+        }
+        let mut batch = format!("{mail}\r\n");
+        rcpts
+            .iter()
+            .for_each(|r| batch.push_str(&format!("{r}\r\n")));
+        self.write(batch.as_bytes())?;
+        let m = self.read_reply(self.cfg.command_timeout)?;
+        let mut rs = Vec::with_capacity(rcpts.len());
+        for _ in &rcpts {
+            rs.push(self.read_reply(self.cfg.command_timeout)?);
+        }
+        Ok((m, rs))
     }
 
     fn mail_command(&self, t: &Transaction<'_>) -> String {
