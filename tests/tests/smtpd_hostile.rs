@@ -1,0 +1,189 @@
+//! Hostile input through `sloopd` + `sloop-smtpd`: SMTP smuggling variants, overlong
+//! lines, NUL, an early talker, 2,000 pipelined RCPTs and a slow-drip client each get
+//! their documented reply, and nothing else is affected.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod smtpd_support;
+
+use sloop_tests::Smtp;
+use smtpd_support::Server;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+const VARIANTS: [&[u8]; 6] = [
+    b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\n", b"\r\n.\r", b"\r.\r\n",
+];
+
+fn open_txn(server: &Server) -> Smtp {
+    let mut c = Smtp::connect(server.port);
+    assert_eq!(c.code(), 220);
+    assert_eq!(c.cmd("EHLO client.test"), 250);
+    c
+}
+
+fn start_data(c: &mut Smtp) {
+    assert_eq!(c.cmd("MAIL FROM:<a@b.example>"), 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@localhost.test>"), 250);
+    assert_eq!(c.cmd("DATA"), 354);
+}
+
+fn smuggle(variant: &[u8]) -> Vec<u8> {
+    let mut m = b"Subject: x\r\n\r\nbody".to_vec();
+    m.extend_from_slice(variant);
+    m.extend_from_slice(
+        b"MAIL FROM:<evil@b.example>\r\nRCPT TO:<evil@localhost.test>\r\nDATA\r\nevil\r\n",
+    );
+    m.extend_from_slice(b"\r\n.\r\n");
+    m
+}
+
+#[test]
+fn smuggling_variants_are_refused_and_never_split() {
+    let server = Server::start("smtpd-smuggle", &[], &[]);
+    let mut c = open_txn(&server);
+    for v in VARIANTS {
+        start_data(&mut c);
+        c.send_raw(&smuggle(v));
+        let r = c.reply();
+        assert!(r[0].starts_with("554 5.6.0 Bare <"), "{v:?}: {r:?}");
+        assert_eq!(c.cmd("NOOP"), 250, "{v:?}: out of step");
+    }
+    assert_eq!(c.cmd("QUIT"), 221);
+    assert!(server.committed_ids().is_empty());
+
+    // normalize: stored as one message with the would-be commands as text.
+    let server = Server::start(
+        "smtpd-smuggle-norm",
+        &[("smtpd.bare_newline", "\"normalize\"")],
+        &[],
+    );
+    let mut c = open_txn(&server);
+    for v in VARIANTS {
+        start_data(&mut c);
+        c.send_raw(&smuggle(v));
+        assert_eq!(c.code(), 250, "{v:?}");
+        assert_eq!(c.cmd("NOOP"), 250);
+    }
+    let ids = server.committed_ids();
+    assert_eq!(ids.len(), VARIANTS.len());
+    for id in ids {
+        let (env, m) = server.committed(&id);
+        assert_eq!(env.sender, "a@b.example");
+        assert!(String::from_utf8_lossy(&m).contains("MAIL FROM:<evil@b.example>"));
+    }
+}
+
+#[test]
+fn overlong_lines_and_nul() {
+    let server = Server::start("smtpd-overlong", &[], &[]);
+    let mut c = open_txn(&server);
+    let long = "A".repeat(600);
+    c.send(&long);
+    let r = c.reply();
+    assert!(r[0].starts_with("500 5.5.2 "), "{r:?}");
+    c.send_raw(b"NO\0OP\r\n");
+    assert_eq!(c.code(), 500);
+    assert_eq!(c.cmd("NOOP"), 250);
+    start_data(&mut c);
+    c.send_raw(format!("Subject: x\r\n\r\n{}\r\n.\r\n", "x".repeat(1001)).as_bytes());
+    let r = c.reply();
+    assert!(
+        r[0].starts_with("554 5.6.0 Message line longer than 1000"),
+        "{r:?}"
+    );
+    start_data(&mut c);
+    c.send_raw(b"Subject: x\r\n\r\na\0b\r\n.\r\n");
+    let r = c.reply();
+    assert!(r[0].starts_with("554 5.6.0 Message contains NUL"), "{r:?}");
+    assert_eq!(c.cmd("QUIT"), 221);
+    assert!(server.committed_ids().is_empty());
+}
+
+#[test]
+fn early_talker_is_refused() {
+    let server = Server::start("smtpd-early", &[], &[("SLOOP_FAULT", "connect-delay")]);
+    let mut c = Smtp::connect(server.port);
+    c.send("EHLO early.test");
+    let r = c.reply();
+    assert!(r[0].starts_with("554 5.5.1 "), "{r:?}");
+    assert_eq!(c.code(), 503);
+    assert_eq!(c.cmd("MAIL FROM:<a@b.example>"), 503);
+    assert_eq!(c.cmd("QUIT"), 221);
+    assert!(server.wait_log("early talker unknown[127.0.0.1]", Duration::from_secs(5)));
+    // A patient client is served normally.
+    let mut c = Smtp::connect(server.port);
+    assert_eq!(c.code(), 220);
+    assert_eq!(c.cmd("QUIT"), 221);
+}
+
+#[test]
+fn two_thousand_pipelined_rcpts() {
+    let server = Server::start("smtpd-2000", &[], &[]);
+    let mut c = open_txn(&server);
+    let mut batch = String::from("MAIL FROM:<a@b.example>\r\n");
+    for i in 0..2000 {
+        batch.push_str(&format!("RCPT TO:<r{i}@localhost.test>\r\n"));
+    }
+    let mut w = c.stream.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(batch.as_bytes()).unwrap());
+    assert_eq!(c.code(), 250);
+    let codes: Vec<u16> = (0..2000).map(|_| c.code()).collect();
+    writer.join().unwrap();
+    assert!(codes[..1000].iter().all(|&x| x == 250));
+    assert!(
+        codes[1000..].iter().all(|&x| x == 452),
+        "{:?}",
+        &codes[995..1010]
+    );
+    assert_eq!(c.cmd("DATA"), 354);
+    c.send_raw(b"Subject: many\r\n\r\n.\r\n");
+    let r = c.reply();
+    assert!(r[0].starts_with("250 2.0.0 Ok: queued as "), "{r:?}");
+    let id = smtpd_support::queued_id(&r[0]);
+    assert_eq!(server.committed(&id).0.recipients.len(), 1000);
+}
+
+#[test]
+fn slow_drip_client_is_cut_at_the_session_deadline() {
+    let server = Server::start(
+        "smtpd-drip",
+        &[
+            ("smtpd.session_timeout", "\"2s\""),
+            ("smtpd.idle_timeout", "\"1s\""),
+        ],
+        &[],
+    );
+    let mut c = Smtp::connect(server.port);
+    assert_eq!(c.code(), 220);
+    let start = Instant::now();
+    let mut w = c.stream.try_clone().unwrap();
+    let dripper = std::thread::spawn(move || {
+        for b in b"NOOP\r\n".iter().cycle().take(60) {
+            if w.write_all(&[*b]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // Another client is served meanwhile.
+    let mut other = Smtp::connect(server.port);
+    assert_eq!(other.code(), 220);
+    assert_eq!(other.cmd("EHLO other.test"), 250);
+    assert_eq!(other.cmd("QUIT"), 221);
+    let last = loop {
+        let r = c.reply();
+        match r.first() {
+            Some(l) if l.starts_with("250") => continue,
+            Some(l) => break l.clone(),
+            None => panic!("closed without 421"),
+        }
+    };
+    let elapsed = start.elapsed();
+    assert!(last.starts_with("421 4.4.2 "), "{last}");
+    assert!(
+        elapsed >= Duration::from_millis(1800) && elapsed < Duration::from_secs(4),
+        "{elapsed:?}"
+    );
+    assert!(c.closed());
+    dripper.join().unwrap();
+}
