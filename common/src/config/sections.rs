@@ -1,0 +1,99 @@
+//! The typed sections of a validated [`super::Config`]: what the programs read.
+
+use super::values::{AccessRule, HostPort};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub hostname: String,
+    pub spool_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub user: String,
+    /// Directory of the sloop-* programs; `None` means "next to the running program".
+    pub bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareNewline {
+    Reject,
+    Normalize,
+}
+
+#[derive(Debug, Clone)]
+pub struct SmtpdConfig {
+    pub listen: Vec<SocketAddr>,
+    /// The greeting text after `220 `, already rendered with the host name.
+    pub greeting: String,
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    pub max_line_length: usize,
+    pub max_errors: u32,
+    pub max_received_headers: usize,
+    pub bare_newline: BareNewline,
+    pub min_idle: usize,
+    pub max_processes: usize,
+    pub max_use: u64,
+    pub max_per_client: usize,
+    pub connect_timeout: Duration,
+    pub reverse_dns: bool,
+    pub dns_timeout: Duration,
+    pub command_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub data_timeout: Duration,
+    pub session_timeout: Duration,
+    pub watchdog_grace: Duration,
+    pub access: Vec<AccessRule>,
+    /// The qmail-queue compatible program; `None` means sloop-queue from the bin dir.
+    pub queue_program: Option<PathBuf>,
+    pub queue_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailboxFormat {
+    Maildir,
+    Mbox,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    pub mailbox_root: PathBuf,
+    pub mailboxes: Vec<String>,
+    pub aliases: Option<PathBuf>,
+    pub recipient_delimiter: Option<char>,
+    pub mailbox_format: MailboxFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    pub smarthost: Option<HostPort>,
+    pub routes: BTreeMap<String, HostPort>,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub max_lifetime: Duration,
+    /// `None` when delay warnings are off.
+    pub delay_warning: Option<Duration>,
+    pub scan_interval: Duration,
+    pub max_active: usize,
+    pub local_concurrency: usize,
+    pub remote_concurrency: usize,
+    pub destination_concurrency: usize,
+    pub delivery_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub stop_timeout: Duration,
+    pub restart_min: Duration,
+    pub restart_max: Duration,
+    pub startup_crash_pause: Duration,
+}
