@@ -116,6 +116,12 @@ impl Setup {
         Setup { dir, config, spool }
     }
 
+    /// Links the real `target/debug/<name>` into the fake bin dir (so `sloopd` finds
+    /// its children next to the fake `sloop-deliver`).
+    pub fn link_real(&self, name: &str) {
+        std::os::unix::fs::symlink(bin(name), self.dir.path.join("bin").join(name)).unwrap();
+    }
+
     /// Commits a message; returns its queue ID.
     pub fn inject(&self, sender: &str, rcpts: &[&str], subject: &str) -> String {
         let env = Envelope::new(sender, rcpts.iter().map(|r| Recipient::new(*r)).collect());
@@ -269,6 +275,28 @@ impl Drop for Qmgr {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Pid of the child of `parent` whose command name is `comm`, from /proc.
+pub fn child_pid(parent: i32, comm: &str) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if name == comm && ppid == Some(parent.to_string().as_str()) {
+            return Some(pid);
+        }
+    }
+    None
 }
 
 /// Checks a message file with Python's email package: prints its content type and the
