@@ -106,7 +106,10 @@ fn run_job(agent: &mut dyn Agent, job: &Job) -> (Vec<RcptResult>, bool) {
             job.transport.word(),
             agent.transport().word()
         );
-        return (vec![RcptResult::defer("4.3.5", text); job.recipients.len()], false);
+        return (
+            vec![RcptResult::defer("4.3.5", text); job.recipients.len()],
+            false,
+        );
     }
     let msg = match QueuedMessage::open(std::path::Path::new(&job.path)) {
         Ok(m) => m,

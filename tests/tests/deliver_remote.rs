@@ -238,3 +238,42 @@ fn over_size_message_fails_without_sending() {
     );
     assert!(sink.conns()[0].messages.is_empty());
 }
+
+#[test]
+fn dsn_parameters_are_passed_on_when_offered() {
+    use sloop_common::spool::{commit, Envelope, QueueState, Recipient, Ret, Spool};
+    let sink = Sink::start(Script {
+        ehlo: Some(vec!["PIPELINING".into(), "DSN".into()]),
+        ..Script::default()
+    });
+    let dir = TestDir::new("deliver-remote-dsn");
+    let cfg = config(&dir, &[("example.net", sink.port)], &[]);
+    let spool = Spool::new(dir.spool());
+    spool.ensure_layout().unwrap();
+    let mut r = Recipient::new("a@example.net");
+    r.notify = Some("FAILURE,DELAY".into());
+    r.orcpt = Some("rfc822;a@example.net".into());
+    let mut env = Envelope::new("s@x.test", vec![r, Recipient::new("b@example.net")]);
+    env.ret = Some(Ret::Hdrs);
+    env.envid = Some("QQ314159".into());
+    let id = commit(&spool, &mut &MSG[..], env, 0).unwrap();
+    let path = spool.path(QueueState::Incoming, &id);
+    let mut w = Worker::start(&dir, "remote", &cfg);
+    let res = w.run(
+        Remote,
+        &path,
+        "s@x.test",
+        &["a@example.net", "b@example.net"],
+    );
+    assert!(res.iter().all(|r| r.outcome == Outcome::Ok), "{res:?}");
+    let c = &sink.conns()[0];
+    assert_eq!(
+        c.commands[1],
+        "MAIL FROM:<s@x.test> RET=HDRS ENVID=QQ314159"
+    );
+    assert_eq!(
+        c.commands[2],
+        "RCPT TO:<a@example.net> NOTIFY=FAILURE,DELAY ORCPT=rfc822;a@example.net"
+    );
+    assert_eq!(c.commands[3], "RCPT TO:<b@example.net>");
+}

@@ -17,6 +17,7 @@ use super::mx::Candidate;
 use super::reply::{ReplyBuilder, ServerReply, MAX_LINE};
 use crate::message::QueuedMessage;
 use crate::result::RcptResult;
+use sloop_common::spool::Ret;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
@@ -214,7 +215,7 @@ impl Session {
         let rcpts: Vec<String> = t
             .recipients
             .iter()
-            .map(|r| format!("RCPT TO:<{r}>"))
+            .map(|r| self.rcpt_command(t, r))
             .collect();
         let pipelining = self
             .ehlo
@@ -259,7 +260,34 @@ impl Session {
         if utf8 && ehlo.is_some_and(|e| e.has_extension("SMTPUTF8")) {
             cmd.push_str(" SMTPUTF8");
         }
+        if self.offers_dsn() {
+            let env = &t.message.envelope;
+            if let Some(ret) = env.ret {
+                let word = if ret == Ret::Full { "FULL" } else { "HDRS" };
+                cmd.push_str(&format!(" RET={word}"));
+            }
+            push_param(&mut cmd, "ENVID", env.envid.as_deref());
+        }
         cmd
+    }
+
+    /// `RCPT TO:<addr>`, with the recipient's NOTIFY and ORCPT when DSN is offered
+    /// (RFC 3461), taken from the envelope record of the same address.
+    fn rcpt_command(&self, t: &Transaction<'_>, addr: &str) -> String {
+        let mut cmd = format!("RCPT TO:<{addr}>");
+        if !self.offers_dsn() {
+            return cmd;
+        }
+        let env = &t.message.envelope;
+        if let Some(r) = env.recipients.iter().find(|r| r.address == addr) {
+            push_param(&mut cmd, "NOTIFY", r.notify.as_deref());
+            push_param(&mut cmd, "ORCPT", r.orcpt.as_deref());
+        }
+        cmd
+    }
+
+    fn offers_dsn(&self) -> bool {
+        self.ehlo.as_ref().is_some_and(|e| e.has_extension("DSN"))
     }
 
     /// Sends the content, dot-stuffed, and reads the final reply.
@@ -320,6 +348,15 @@ impl Session {
         }
         let text = String::from_utf8_lossy(&buf);
         Ok(text.trim_end_matches(['\r', '\n']).to_string())
+    }
+}
+
+/// Appends ` NAME=value` when the value is present and is one printable word.
+fn push_param(cmd: &mut String, name: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        if !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic() && b != b'=') {
+            cmd.push_str(&format!(" {name}={v}"));
+        }
     }
 }
 
