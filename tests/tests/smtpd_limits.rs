@@ -1,0 +1,98 @@
+//! Capacity and per-client limits end to end: 500 concurrent connections are all
+//! greeted as the pool grows; 200 connections held open by one client are capped at
+//! `smtpd.max_per_client` (`421 4.7.0 Too many connections`) and a new client from
+//! another address is still served.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod smtpd_support;
+
+use sloop_tests::Smtp;
+use smtpd_support::Server;
+use std::net::TcpStream;
+use std::time::Duration;
+
+#[test]
+fn five_hundred_concurrent_connections_are_greeted() {
+    let server = Server::start(
+        "smtpd-500",
+        &[
+            ("smtpd.max_processes", "520"),
+            ("smtpd.min_idle", "10"),
+            ("smtpd.max_per_client", "1000"),
+        ],
+        &[],
+    );
+    let mut conns: Vec<Smtp> = (0..500).map(|_| Smtp::connect(server.port)).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = c.reply();
+        assert_eq!(
+            r.first().map(|l| &l[..4]),
+            Some("220 "),
+            "connection {i}: {r:?}"
+        );
+    }
+    for c in &mut conns {
+        c.send("QUIT");
+    }
+    for c in &mut conns {
+        assert_eq!(c.code(), 221);
+    }
+}
+
+#[test]
+fn per_client_limit_keeps_other_clients_served() {
+    let server = Server::start("smtpd-per-client", &[("smtpd.max_per_client", "20")], &[]);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..200 {
+        let mut c = Smtp::connect(server.port);
+        let r = c.reply();
+        if r[0].starts_with("220 ") {
+            held.push(c);
+        } else {
+            assert!(r[0].starts_with("421 4.7.0 "), "{r:?}");
+            assert!(c.closed());
+            refused += 1;
+        }
+    }
+    assert_eq!(held.len(), 20);
+    assert_eq!(refused, 180);
+    assert!(server
+        .log()
+        .contains("too many connections from [127.0.0.1]: limit 20"));
+    // Another client address (still loopback) is served while the 20 are held.
+    let s = socket_from("127.0.0.2", server.port);
+    let mut other = Smtp {
+        reader: std::io::BufReader::new(s.try_clone().unwrap()),
+        stream: s,
+    };
+    assert_eq!(other.code(), 220);
+    assert_eq!(other.cmd("EHLO other.test"), 250);
+    assert_eq!(other.cmd("QUIT"), 221);
+    // Releasing the held sessions frees their slots.
+    for c in &mut held {
+        assert_eq!(c.cmd("QUIT"), 221);
+    }
+    drop(held);
+    let mut again = Smtp::connect(server.port);
+    assert_eq!(again.code(), 220);
+}
+
+/// A TCP connection to 127.0.0.1:`port` from `source`.
+fn socket_from(source: &str, port: u16) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let src: std::net::SocketAddrV4 = format!("{source}:0").parse().unwrap();
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(src)).unwrap();
+    let dst: std::net::SocketAddrV4 = format!("127.0.0.1:{port}").parse().unwrap();
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(dst)).unwrap();
+    let s = TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
