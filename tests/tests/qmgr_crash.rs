@@ -77,7 +77,7 @@ fn sigkill_with_2000_queued_sloopd_restarts_qmgr_and_nothing_is_lost() {
         d.log_text()
     );
     eprintln!("killed sloop-qmgr after {before} deliveries; sloopd restarted it");
-    let drained = wait_until(Duration::from_secs(180), || s.queue_empty());
+    let drained = s.wait_empty(180);
     assert!(drained, "{}", qmgr_support::tail(&d.log_text(), 40));
     check_all_delivered(&s, &ids);
 }

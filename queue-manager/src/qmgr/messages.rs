@@ -13,7 +13,7 @@ use super::bounce::{self, Dsn, DsnRecipient, Kind};
 use super::scheduler::{group, retry_delay};
 use super::Qmgr;
 use sloop_common::spool::status::{self, MessageStatus, Outcome, RcptStatus};
-use sloop_common::spool::{commit, open_message, Envelope, QueueState, Recipient};
+use sloop_common::spool::{commit, fsync_dir, open_message, Envelope, QueueState, Recipient};
 use std::io;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -242,9 +242,28 @@ impl Qmgr {
                 return;
             }
         }
-        match self.spool.remove(QueueState::Active, id) {
-            Ok(()) => log::info!("{id}: removed"),
-            Err(e) => log::error!("{id}: cannot remove: {e}"),
+        let path = self.spool.path(QueueState::Active, id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => self.removed.push(id.to_string()),
+            Err(e) => log::error!("{id}: cannot remove {}: {e}", path.display()),
+        }
+    }
+
+    /// Makes this turn's removals durable with one fsync of `active/`, then deletes
+    /// their status logs (a crash before the fsync can bring a queue file back, with its
+    /// status log, so nothing is delivered twice) and logs them.
+    pub(super) fn flush_removals(&mut self) {
+        if self.removed.is_empty() {
+            return;
+        }
+        if let Err(e) = fsync_dir(&self.spool.state_dir(QueueState::Active)) {
+            log::error!("{e}");
+        }
+        for id in std::mem::take(&mut self.removed) {
+            if let Err(e) = status::remove(&self.spool, &id) {
+                log::warn!("{id}: {e}");
+            }
+            log::info!("{id}: removed");
         }
     }
 

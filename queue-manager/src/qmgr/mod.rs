@@ -96,6 +96,8 @@ pub(crate) struct Qmgr {
     next_scan: Instant,
     next_deferred_scan: Instant,
     next_job_id: u64,
+    /// Messages unlinked from `active/` this turn, awaiting the directory fsync.
+    removed: Vec<String>,
     /// Alternates loads between `incoming/` and due `deferred/` messages.
     prefer_deferred: bool,
     stopping: Option<Instant>,
@@ -121,6 +123,7 @@ impl Qmgr {
             next_deferred_scan: now,
             next_job_id: 1,
             prefer_deferred: false,
+            removed: Vec::new(),
             stopping: None,
         }
     }
