@@ -18,7 +18,7 @@ pub mod txn;
 
 use crate::data::{count_received, DataError, DataLimits, DataReceiver};
 use crate::parser::{self, Line, LineSplitter, MAX_COMMAND_LINE};
-use crate::reply::Reply;
+use crate::reply::{Enhanced, Reply};
 pub use policy::Policy;
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -502,8 +502,9 @@ impl<'a> Session<'a> {
 
     /// Queues a reply, counting errors; ends an abusive session with 421.
     fn answer(&mut self, reply: Reply) {
-        let counts = reply.is_error()
-            && !(reply.code == 452 && reply.lines.iter().any(|l| l.contains("recipients")));
+        // Over-limit recipients (452 4.5.3) are not abuse: a client may pipeline
+        // more than the limit and send the rest in another transaction.
+        let counts = reply.is_error() && reply.enhanced != Some(Enhanced(4, 5, 3));
         let closes = reply.closes();
         self.push(reply);
         if closes {
