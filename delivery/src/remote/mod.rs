@@ -200,27 +200,4 @@ fn hop_key(hop: &NextHop) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use sloop_common::delivery_proto::Transport;
-
-    #[test]
-    fn recipients_are_grouped_by_domain() {
-        let job = Job {
-            job_id: 1,
-            queue_id: "X".into(),
-            path: "/nonexistent".into(),
-            transport: Transport::Remote,
-            nexthop: "a.test".into(),
-            sender: String::new(),
-            recipients: vec!["x@a.test".into(), "y@B.test".into(), "z@A.TEST".into()],
-        };
-        assert_eq!(
-            group_by_domain(&job),
-            vec![
-                ("a.test".to_string(), vec![0, 2]),
-                ("b.test".to_string(), vec![1])
-            ]
-        );
-    }
-}
+mod tests;

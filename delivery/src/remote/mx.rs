@@ -48,9 +48,19 @@ pub enum MxAnswer {
 }
 
 /// Resolves next hops; holds the DNS resolver once created.
-#[derive(Default)]
 pub struct HopResolver {
     dns: Option<Resolver>,
+    /// Port of MX hosts (25; tests point it at a loopback sink).
+    mx_port: u16,
+}
+
+impl Default for HopResolver {
+    fn default() -> HopResolver {
+        HopResolver {
+            dns: None,
+            mx_port: SMTP_PORT,
+        }
+    }
 }
 
 impl std::fmt::Debug for HopResolver {
@@ -60,6 +70,23 @@ impl std::fmt::Debug for HopResolver {
 }
 
 impl HopResolver {
+    /// A resolver that asks only `server` and reaches MX hosts on `mx_port` (tests use
+    /// it with a DNS responder and an SMTP sink on loopback).
+    pub fn with_nameserver(server: SocketAddr, mx_port: u16) -> HopResolver {
+        use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+        let group = NameServerConfigGroup::from_ips_clear(&[server.ip()], server.port(), true);
+        let config = ResolverConfig::from_parts(None, Vec::new(), group);
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_secs(2);
+        opts.attempts = 1;
+        opts.use_hosts_file = false;
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        HopResolver {
+            dns: Resolver::new(config, opts).ok(),
+            mx_port,
+        }
+    }
+
     /// The addresses to try for `hop`, best first; the error applies to every recipient.
     pub fn candidates(&mut self, hop: &NextHop) -> Result<Vec<Candidate>, RcptResult> {
         match hop {
@@ -74,7 +101,7 @@ impl HopResolver {
         let mut out = Vec::new();
         let mut last_err = None;
         for host in hosts {
-            match self.host_addresses(&host, SMTP_PORT) {
+            match self.host_addresses(&host, self.mx_port) {
                 Ok(c) => out.extend(c),
                 Err(e) => last_err = Some(e),
             }
@@ -84,12 +111,14 @@ impl HopResolver {
         }
         out.truncate(MAX_ADDRESSES);
         if out.is_empty() {
-            return Err(last_err.unwrap_or_else(|| {
-                RcptResult::defer(
-                    "4.4.3",
-                    format!("no address found for the MX hosts of {domain}"),
-                )
-            }));
+            // An MX host without an address is a DNS problem that may be fixed: defer.
+            let why = last_err
+                .map(|e| format!(": {}", e.text))
+                .unwrap_or_default();
+            return Err(RcptResult::defer(
+                "4.4.3",
+                format!("no address found for the MX hosts of {domain}{why}"),
+            ));
         }
         Ok(out)
     }
@@ -190,12 +219,15 @@ pub fn order_mx(domain: &str, answer: MxAnswer) -> Result<Vec<String>, RcptResul
     Ok(hosts)
 }
 
-/// `Some(true)` for NXDOMAIN, `Some(false)` for "no records of that type", else `None`.
+/// `Some(true)` for NXDOMAIN, `Some(false)` for "no records of that type" (NOERROR),
+/// `None` for anything else (SERVFAIL, REFUSED, timeouts): those are temporary.
 fn not_found(e: &ResolveError) -> Option<bool> {
     match e.kind() {
-        ResolveErrorKind::NoRecordsFound { response_code, .. } => {
-            Some(*response_code == ResponseCode::NXDomain)
-        }
+        ResolveErrorKind::NoRecordsFound { response_code, .. } => match *response_code {
+            ResponseCode::NXDomain => Some(true),
+            ResponseCode::NoError => Some(false),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -206,6 +238,9 @@ fn lookup_failed(name: &str, kind: &str, e: &ResolveError) -> RcptResult {
         format!("Host or domain name lookup failed: {name} type={kind}: {e}"),
     )
 }
+
+#[cfg(test)]
+mod dns_tests;
 
 #[cfg(test)]
 mod tests {

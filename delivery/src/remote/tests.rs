@@ -1,0 +1,147 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+use super::*;
+use sloop_common::delivery_proto::Transport;
+use sloop_common::spool::status::Outcome;
+use sloop_common::spool::{commit, Envelope, QueueState, Recipient, Spool};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::path::Path;
+
+#[test]
+fn recipients_are_grouped_by_domain() {
+    let job = Job {
+        job_id: 1,
+        queue_id: "X".into(),
+        path: "/nonexistent".into(),
+        transport: Transport::Remote,
+        nexthop: "a.test".into(),
+        sender: String::new(),
+        recipients: vec!["x@a.test".into(), "y@B.test".into(), "z@A.TEST".into()],
+    };
+    assert_eq!(
+        group_by_domain(&job),
+        vec![
+            ("a.test".to_string(), vec![0, 2]),
+            ("b.test".to_string(), vec![1])
+        ]
+    );
+}
+
+/// Accepts one SMTP session on `listener` and accepts everything; returns the data.
+fn one_session(listener: TcpListener) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let mut out = s.try_clone().unwrap();
+        let mut lines = Vec::new();
+        let mut r = BufReader::new(s);
+        out.write_all(b"220 sink\r\n").unwrap();
+        let mut in_data = false;
+        loop {
+            let mut l = String::new();
+            if r.read_line(&mut l).unwrap_or(0) == 0 {
+                return lines;
+            }
+            let l = l.trim_end().to_string();
+            let reply: &[u8] = match () {
+                _ if in_data && l == "." => {
+                    in_data = false;
+                    b"250 2.0.0 queued\r\n"
+                }
+                _ if in_data => b"",
+                _ if l.starts_with("DATA") => {
+                    in_data = true;
+                    b"354 go\r\n"
+                }
+                _ if l.starts_with("QUIT") => b"221 bye\r\n",
+                _ => b"250 ok\r\n",
+            };
+            lines.push(l);
+            out.write_all(reply).unwrap();
+        }
+    })
+}
+
+/// A DNS responder: MX of multi.test is primary (127.0.0.2), then backup (127.0.0.1).
+fn fake_dns() -> std::net::SocketAddr {
+    use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+    use hickory_resolver::proto::rr::rdata::{A, MX};
+    use hickory_resolver::proto::rr::{Name, RData, Record};
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+            let Ok(req) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let Some(q) = req.queries().first().cloned() else {
+                continue;
+            };
+            let name = Name::from_ascii;
+            let rd = match (
+                q.name().to_ascii().as_str(),
+                q.query_type().to_string().as_str(),
+            ) {
+                ("multi.test.", "MX") => vec![
+                    RData::MX(MX::new(10, name("primary.multi.test.").unwrap())),
+                    RData::MX(MX::new(20, name("backup.multi.test.").unwrap())),
+                ],
+                ("primary.multi.test.", "A") => vec![RData::A(A([127, 0, 0, 2].into()))],
+                ("backup.multi.test.", "A") => vec![RData::A(A([127, 0, 0, 1].into()))],
+                _ => vec![],
+            };
+            let mut resp = Message::new();
+            resp.set_id(req.id())
+                .set_message_type(MessageType::Response)
+                .set_recursion_desired(true)
+                .set_recursion_available(true)
+                .set_response_code(ResponseCode::NoError)
+                .add_query(q.clone());
+            for r in rd {
+                resp.add_answer(Record::from_rdata(q.name().clone(), 60, r));
+            }
+            let _ = sock.send_to(&resp.to_vec().unwrap(), peer);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_refused_mx_moves_on_to_the_next() {
+    let dir = std::env::temp_dir().join(format!("sloop-remote-mx-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spool = Spool::new(dir.join("spool"));
+    spool.ensure_layout().unwrap();
+    let text = format!(
+        "[server]\nhostname = \"me.test\"\nspool_dir = {:?}\n[remote]\nconnect_timeout = \"2s\"\n",
+        spool.root().display().to_string()
+    );
+    let cfg = Config::parse(&dir.join("sloop.toml"), &text).unwrap();
+    let env = Envelope::new("s@x.test", vec![Recipient::new("u@multi.test")]);
+    let id = commit(&spool, &mut &b"Subject: x\r\n\r\nhi\r\n"[..], env, 0).unwrap();
+    let path = spool.path(QueueState::Incoming, &id);
+    let msg = QueuedMessage::open(Path::new(&path)).unwrap();
+    // The backup listens on 127.0.0.1; nothing listens on 127.0.0.2 at that port.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let sink = one_session(listener);
+    let mut agent = RemoteAgent::new(cfg);
+    agent.resolver = HopResolver::with_nameserver(fake_dns(), port);
+    let job = Job {
+        job_id: 1,
+        queue_id: id,
+        path: path.display().to_string(),
+        transport: Transport::Remote,
+        nexthop: "multi.test".into(),
+        sender: "s@x.test".into(),
+        recipients: vec!["u@multi.test".into()],
+    };
+    let res = agent.deliver(&job, &msg);
+    assert_eq!(res[0].outcome, Outcome::Ok, "{res:?}");
+    assert_eq!(res[0].relay, format!("backup.multi.test[127.0.0.1]:{port}"));
+    agent.shutdown();
+    let lines = sink.join().unwrap();
+    assert_eq!(lines[0], "EHLO me.test");
+    assert!(lines.contains(&"RCPT TO:<u@multi.test>".to_string()));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
