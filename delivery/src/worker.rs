@@ -180,3 +180,143 @@ fn delay_secs(arrival: u64) -> u64 {
 fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use sloop_common::spool::status::Outcome;
+    use sloop_common::spool::{commit, Envelope, QueueState, Recipient, Spool};
+    use std::fs::File;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    struct Fake {
+        panic_on: Option<String>,
+        idles: Arc<AtomicUsize>,
+    }
+
+    impl Agent for Fake {
+        fn transport(&self) -> Transport {
+            Transport::Local
+        }
+        fn deliver(&mut self, job: &Job, msg: &QueuedMessage) -> Vec<RcptResult> {
+            if self.panic_on.as_deref() == job.recipients.first().map(String::as_str) {
+                panic!("boom");
+            }
+            let text = format!("{} octets", msg.size());
+            vec![RcptResult::ok("2.0.0", text); job.recipients.len()]
+        }
+        fn next_wakeup(&self) -> Option<Duration> {
+            (self.idles.load(Ordering::SeqCst) == 0).then_some(Duration::from_millis(1))
+        }
+        fn idle(&mut self) {
+            self.idles.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn job_line(id: u64, path: &std::path::Path, rcpt: &str) -> String {
+        Job {
+            job_id: id,
+            queue_id: "Q".into(),
+            path: path.display().to_string(),
+            transport: Transport::Local,
+            nexthop: String::new(),
+            sender: String::new(),
+            recipients: vec![rcpt.into(), "b@d.test".into()],
+        }
+        .to_line()
+    }
+
+    fn spool_message(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sloop-worker-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spool = Spool::new(dir.join("spool"));
+        spool.ensure_layout().unwrap();
+        let env = Envelope::new("", vec![Recipient::new("a@d.test")]);
+        let id = commit(&spool, &mut &b"12345"[..], env, 0).unwrap();
+        (dir, spool.path(QueueState::Incoming, &id))
+    }
+
+    #[test]
+    fn jobs_garbage_idle_time_and_eof() {
+        let (dir, path) = spool_message("batch");
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (input, mut writer) = (File::from(r), File::from(w));
+        let batch = format!(
+            "{}garbage\n{}",
+            job_line(1, &path, "a@d.test"),
+            job_line(2, &dir.join("missing"), "a@d.test")
+        );
+        writer.write_all(batch.as_bytes()).unwrap();
+        let idles = Arc::new(AtomicUsize::new(0));
+        let mut agent = Fake {
+            panic_on: None,
+            idles: idles.clone(),
+        };
+        let server = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let end = serve(&mut agent, input, &mut out).unwrap();
+            (end, String::from_utf8(out).unwrap())
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while idles.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            idles.load(Ordering::SeqCst),
+            1,
+            "idle work ran while waiting"
+        );
+        drop(writer);
+        let (end, out) = server.join().unwrap();
+        assert_eq!(end, Ending::Eof);
+        let replies: Vec<Reply> = out.lines().map(|l| Reply::parse(l).unwrap()).collect();
+        assert_eq!(replies.len(), 6);
+        assert!(
+            matches!(&replies[0], Reply::Rcpt { job_id: 1, index: 0, outcome: Outcome::Ok, text, .. } if text == "5 octets")
+        );
+        assert_eq!(replies[2], Reply::Done { job_id: 1 });
+        assert!(matches!(
+            &replies[4],
+            Reply::Rcpt {
+                job_id: 2,
+                index: 1,
+                outcome: Outcome::Defer,
+                ..
+            }
+        ));
+        assert_eq!(replies[5], Reply::Done { job_id: 2 });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_panicking_agent_defers_its_job_and_stops() {
+        let (dir, path) = spool_message("panic");
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (input, mut writer) = (File::from(r), File::from(w));
+        writer
+            .write_all(job_line(7, &path, "boom@d.test").as_bytes())
+            .unwrap();
+        let mut agent = Fake {
+            panic_on: Some("boom@d.test".into()),
+            idles: Arc::new(AtomicUsize::new(1)),
+        };
+        let mut out = Vec::new();
+        assert_eq!(
+            serve(&mut agent, input, &mut out).unwrap(),
+            Ending::Panicked
+        );
+        let out = String::from_utf8(out).unwrap();
+        let replies: Vec<Reply> = out.lines().map(|l| Reply::parse(l).unwrap()).collect();
+        assert!(matches!(
+            &replies[0],
+            Reply::Rcpt {
+                outcome: Outcome::Defer,
+                ..
+            }
+        ));
+        assert_eq!(replies[2], Reply::Done { job_id: 7 });
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

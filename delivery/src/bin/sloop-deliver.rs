@@ -8,6 +8,7 @@
 use sloop_common::exitcode::{EX_CONFIG, EX_SOFTWARE, EX_USAGE};
 use sloop_common::Config;
 use sloop_delivery::worker::{serve, Agent, Ending};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,7 +35,16 @@ fn main() -> ExitCode {
         "local" => Box::new(sloop_delivery::local::LocalAgent::new(cfg)),
         _ => Box::new(sloop_delivery::remote::RemoteAgent::new(cfg)),
     };
-    match serve(agent.as_mut(), std::io::stdin(), std::io::stdout().lock()) {
+    // A plain File on fd 0, not Stdin: Stdin's own buffer would hide queued job lines
+    // from the poll(2) the worker loop waits in.
+    let input = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            log::error!("{transport} worker: cannot use stdin: {e}");
+            return code(EX_SOFTWARE);
+        }
+    };
+    match serve(agent.as_mut(), input, std::io::stdout().lock()) {
         Ok(Ending::Eof) => ExitCode::SUCCESS,
         Ok(Ending::Panicked) => code(EX_SOFTWARE),
         Err(e) => {
