@@ -3,9 +3,9 @@
 //! In order: the test-only injected fault (`faults.rs`), the client access rules
 //! (`smtpd.access`, first matching CIDR wins: allow, `554 5.7.1` reject, `421 4.7.1`
 //! tempfail), and the early-talker check (a client that sent anything before the
-//! greeting gets `554 5.5.1` and then `503` to all but QUIT). Reverse DNS
-//! (`smtpd.reverse_dns`) is not implemented yet: every client is named `unknown`, and
-//! a config that turns it on is told so once in the log. The whole phase runs under
+//! greeting gets `554 5.5.1` and then `503` to all but QUIT). With
+//! `smtpd.reverse_dns` the client's forward-confirmed name is looked up within
+//! `smtpd.dns_timeout` (`rdns.rs`), else it is named `unknown`. The whole phase runs under
 //! the watchdog with `smtpd.connect_timeout`; a panic here is caught by the session
 //! boundary in `serve.rs` (`421 4.3.0`).
 
@@ -19,10 +19,14 @@ use std::net::IpAddr;
 /// Runs the connect checks for a client at `ip`.
 pub fn check(policy: &Policy, ip: IpAddr, conn: &Conn) -> (Client, Opening) {
     crate::faults::connect_check();
-    let client = Client {
-        addr: canonical(ip),
-        name: "unknown".into(),
+    let addr = canonical(ip);
+    let s = &policy.cfg.smtpd;
+    let name = if s.reverse_dns {
+        crate::rdns::client_name(addr, s.dns_timeout)
+    } else {
+        "unknown".into()
     };
+    let client = Client { addr, name };
     let opening = match access(policy, client.addr) {
         Some(opening) => opening,
         None if conn.has_early_input() => {

@@ -10,7 +10,8 @@
 //! - [`reply`]: replies that cannot be malformed (SEED.md G7);
 //! - [`parser`], [`address`], [`data`]: command lines, paths, the DATA receiver;
 //! - [`session`]: the state machine, its transaction and recipient policy;
-//! - [`connect`]: the connect phase (access rules, reverse DNS, fault injection);
+//! - [`connect`]: the connect phase (access rules, early talkers, fault injection);
+//! - [`rdns`]: forward-confirmed reverse DNS within its own timeout;
 //! - [`client_limit`]: per-client concurrency across worker processes;
 //! - [`serve`]: one session on one connection, deadlines and the panic boundary;
 //! - [`queue_client`]: running the queue program;
@@ -27,6 +28,7 @@ pub mod faults;
 pub mod fds;
 pub mod parser;
 pub mod queue_client;
+pub mod rdns;
 pub mod reply;
 pub mod serve;
 pub mod session;

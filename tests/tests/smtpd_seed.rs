@@ -23,6 +23,41 @@ fn omitted_greeting_gives_the_default() {
 }
 
 #[test]
+fn reverse_dns_names_the_client_within_its_budget() {
+    let server = Server::start(
+        "smtpd-rdns",
+        &[
+            ("smtpd.reverse_dns", "true"),
+            ("smtpd.dns_timeout", "\"1s\""),
+        ],
+        &[],
+    );
+    let start = Instant::now();
+    let mut c = Smtp::connect(server.port);
+    assert_eq!(c.code(), 220);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(c.cmd("QUIT"), 221);
+    // 127.0.0.1 is named by /etc/hosts when it says so, else `unknown`.
+    let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let name = hosts
+        .lines()
+        .find_map(|l| l.strip_prefix("127.0.0.1"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .filter(|n| *n == "localhost")
+        .unwrap_or("unknown");
+    let line = format!("connect from {name}[127.0.0.1]");
+    assert!(
+        server.wait_log(&line, Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
 fn broken_greeting_refuses_start_and_broken_reload_keeps_the_banner() {
     let server = Server::start(
         "smtpd-g6-reload",

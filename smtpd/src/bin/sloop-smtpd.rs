@@ -43,9 +43,6 @@ fn run() -> i32 {
             return EX_CONFIG;
         }
     };
-    if cfg.smtpd.reverse_dns {
-        log::warn!("smtpd.reverse_dns is not implemented yet; clients are named unknown");
-    }
     let policy = Policy::new(cfg, aliases);
     match start(policy) {
         Ok(()) => 0,
