@@ -5,7 +5,8 @@
 //! Every result is appended to `status/<id>` (fsync'd) before anything is decided on it
 //! (ARCHITECTURE.md §3, invariant 2). If an append fails the message is not removed:
 //! it is deferred so the next attempt starts again from what is on disk. A message whose
-//! queue file is unreadable is moved to `hold/` for an operator (logged), never deleted.
+//! queue file is corrupt is moved to `hold/` for an operator (logged), never deleted;
+//! one that cannot be read right now is deferred.
 //! A bounce that cannot be committed leaves the message deferred; the bounce is tried
 //! again on the next attempt (its recipients are already final).
 
@@ -62,8 +63,13 @@ impl Qmgr {
         }
         let env = match sloop_common::spool::Spool::read_envelope(&path) {
             Ok(env) => env,
+            Err(e @ sloop_common::spool::EnvelopeError::Io(_)) => {
+                log::error!("{id}: {e}; deferred");
+                self.defer_file(id, self.cfg.queue.retry_min);
+                return;
+            }
             Err(e) => {
-                log::error!("{id}: unreadable queue file, moved to hold: {e}");
+                log::error!("{id}: corrupt queue file, moved to hold: {e}");
                 self.move_or_log(id, QueueState::Hold);
                 return;
             }

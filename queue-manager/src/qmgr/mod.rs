@@ -157,7 +157,16 @@ impl Qmgr {
 
     /// How long the loop may sleep.
     fn timeout(&self, now: Instant) -> Duration {
-        let mut due = self.next_scan.min(self.next_deferred_scan);
+        let room = self.active.len() < self.cfg.queue.max_active;
+        if room && (!self.incoming.is_empty() || !self.deferred.is_empty()) {
+            return Duration::ZERO;
+        }
+        let mut due = self.next_scan;
+        if room {
+            // With the active set full, a due deferred scan waits for a free slot (a
+            // worker event wakes us); counting it here would spin.
+            due = due.min(self.next_deferred_scan);
+        }
         if let (Some(t), _) = self.pools.deadlines(now) {
             due = due.min(t);
         }
@@ -167,11 +176,8 @@ impl Qmgr {
             }
         }
         if let Some(t) = self.stopping {
-            due = due.min(t);
-        }
-        let room = self.active.len() < self.cfg.queue.max_active;
-        if room && (!self.incoming.is_empty() || !self.deferred.is_empty()) {
-            return Duration::ZERO;
+            // No scans while stopping: only the grace period and job deadlines count.
+            due = self.pools.deadlines(now).0.map_or(t, |d| d.min(t));
         }
         due.saturating_duration_since(now)
     }
