@@ -274,3 +274,62 @@ impl Qmgr {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use sloop_common::spool::status::MessageStatus;
+    use sloop_common::spool::{Envelope, Recipient};
+
+    fn qmgr(max_active: usize) -> (Qmgr, mio::Poll) {
+        let text = format!("[queue]\nmax_active = {max_active}\n");
+        let cfg = Config::parse(Path::new("test.toml"), &text).unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let registry = poll.registry().try_clone().unwrap();
+        (Qmgr::new(cfg, Spool::new("/nonexistent"), registry), poll)
+    }
+
+    fn message() -> Message {
+        Message {
+            env: Envelope::new("a@example.org", vec![Recipient::new("b@example.net")]),
+            status: MessageStatus::default(),
+            jobs_left: 1,
+            io_error: false,
+        }
+    }
+
+    #[test]
+    fn the_loop_sleeps_until_the_next_event_and_never_spins() {
+        let (mut q, _poll) = qmgr(1);
+        let now = Instant::now();
+        q.next_scan = now + Duration::from_secs(60);
+        q.next_deferred_scan = now;
+        assert_eq!(
+            q.timeout(now),
+            Duration::ZERO,
+            "a due deferred scan runs now"
+        );
+        // Regression: with the active set full, a due deferred scan made poll spin.
+        q.active.insert("A".into(), message());
+        assert!(q.timeout(now) >= Duration::from_secs(59));
+        q.incoming.push_back("B".into());
+        assert!(
+            q.timeout(now) >= Duration::from_secs(59),
+            "no room, no load"
+        );
+        q.active.clear();
+        assert_eq!(
+            q.timeout(now),
+            Duration::ZERO,
+            "room and a backlog: load now"
+        );
+        // While stopping only the grace period counts, not the overdue scans.
+        q.incoming.clear();
+        q.active.insert("A".into(), message());
+        q.next_scan = now;
+        q.begin_stop();
+        let t = q.timeout(now);
+        assert!(t > Duration::from_secs(1) && t <= STOP_GRACE * 2, "{t:?}");
+    }
+}
