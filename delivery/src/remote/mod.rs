@@ -9,12 +9,18 @@
 //! Sessions are cached per next hop for [`SESSION_IDLE`] after a transaction, so a
 //! burst of jobs to one destination reuses one connection (RSET between messages); the
 //! worker loop calls [`Agent::idle`] so expired sessions get their QUIT on time.
+//! STARTTLS is used when offered (opportunistic, tls.rs).
 
 pub mod data;
 pub mod mx;
 pub mod reply;
 pub mod route;
 pub mod smtp_client;
+pub mod stream;
+pub mod tls;
+
+#[cfg(test)]
+mod starttls_tests;
 
 use crate::message::QueuedMessage;
 use crate::result::RcptResult;
@@ -50,6 +56,13 @@ impl RemoteAgent {
             connect_timeout: cfg.remote.connect_timeout,
             command_timeout: cfg.remote.command_timeout,
             data_timeout: cfg.remote.data_timeout,
+            tls: match tls::client_config() {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    log::error!("STARTTLS disabled: {e}");
+                    None
+                }
+            },
         };
         RemoteAgent {
             cfg,

@@ -7,6 +7,10 @@
 //! PIPELINING (RFC 2920) sends MAIL and all RCPTs in one write; SIZE (RFC 1870) is
 //! announced and a message over the server's fixed limit fails without being sent.
 //!
+//! STARTTLS is used whenever the server offers it (tls.rs: opportunistic, the
+//! certificate is not authenticated); a failed TLS handshake is retried once in
+//! plaintext on a new connection to the same address.
+//!
 //! Failures before a transaction starts ([`Session::open`]) are returned as a reason
 //! so the caller can try the next address. Once MAIL is sent, every recipient gets a
 //! result: from the server's reply (2xx ok, 4xx defer, 5xx fail), or `defer` when the
@@ -15,11 +19,14 @@
 use super::data::DotStuffer;
 use super::mx::Candidate;
 use super::reply::{ReplyBuilder, ServerReply, MAX_LINE};
+use super::stream::Stream;
+use super::tls;
 use crate::message::QueuedMessage;
 use crate::result::RcptResult;
 use sloop_common::spool::Ret;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Client settings taken from the validated config.
@@ -29,6 +36,16 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
+    /// TLS settings for STARTTLS; `None` never starts TLS.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Why a session could not be opened.
+#[derive(Debug)]
+enum OpenError {
+    /// The TLS handshake failed: worth a plaintext retry.
+    Tls(String),
+    Other(String),
 }
 
 /// What one transaction sends.
@@ -49,7 +66,7 @@ pub struct Outcome {
 /// An open SMTP session after a successful EHLO or HELO.
 #[derive(Debug)]
 pub struct Session {
-    conn: BufReader<TcpStream>,
+    conn: BufReader<Stream>,
     cfg: ClientConfig,
     relay: String,
     /// The EHLO reply, `None` after a HELO fallback.
@@ -59,20 +76,41 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects to `c`, reads the greeting and says EHLO (HELO if EHLO is refused).
+    /// Connects to `c`, reads the greeting, says EHLO (HELO if EHLO is refused) and
+    /// starts TLS when offered; a failed TLS handshake is retried in plaintext.
     pub fn open(c: &Candidate, cfg: &ClientConfig) -> Result<Session, String> {
+        match Session::open_once(c, cfg) {
+            Ok(s) => Ok(s),
+            Err(OpenError::Tls(why)) => {
+                log::warn!("{why}; retrying {} without TLS", c.relay());
+                let plain = ClientConfig {
+                    tls: None,
+                    ..cfg.clone()
+                };
+                Session::open_once(c, &plain).map_err(|e| match e {
+                    OpenError::Tls(s) | OpenError::Other(s) => s,
+                })
+            }
+            Err(OpenError::Other(why)) => Err(why),
+        }
+    }
+
+    fn open_once(c: &Candidate, cfg: &ClientConfig) -> Result<Session, OpenError> {
         let stream = TcpStream::connect_timeout(&c.addr, cfg.connect_timeout)
-            .map_err(|e| format!("connect to {}: {e}", c.relay()))?;
+            .map_err(|e| OpenError::Other(format!("connect to {}: {e}", c.relay())))?;
         let _ = stream.set_nodelay(true);
         let mut s = Session {
-            conn: BufReader::new(stream),
+            conn: BufReader::new(Stream::Plain(stream)),
             cfg: cfg.clone(),
             relay: c.relay(),
             ehlo: None,
             last_used: Instant::now(),
             transactions: 0,
         };
-        s.handshake().map_err(|e| format!("{}: {e}", s.relay))?;
+        s.handshake(&c.name).map_err(|e| match e {
+            OpenError::Tls(why) => OpenError::Tls(format!("{}: {why}", s.relay)),
+            OpenError::Other(why) => OpenError::Other(format!("{}: {why}", s.relay)),
+        })?;
         Ok(s)
     }
 
@@ -81,23 +119,79 @@ impl Session {
         &self.relay
     }
 
-    fn handshake(&mut self) -> Result<(), String> {
-        let greeting = self.read_reply(self.cfg.command_timeout).map_err(io_text)?;
+    /// True once STARTTLS has succeeded.
+    pub fn is_tls(&self) -> bool {
+        self.conn.get_ref().is_tls()
+    }
+
+    fn handshake(&mut self, name: &str) -> Result<(), OpenError> {
+        let other = |e: io::Error| OpenError::Other(io_text(e));
+        let greeting = self.read_reply(self.cfg.command_timeout).map_err(other)?;
         if greeting.code != 220 {
-            return Err(format!("greeting was {}", greeting.one_line()));
+            let text = format!("greeting was {}", greeting.one_line());
+            return Err(OpenError::Other(text));
         }
+        self.hello().map_err(OpenError::Other)?;
+        let offered = self
+            .ehlo
+            .as_ref()
+            .is_some_and(|e| e.has_extension("STARTTLS"));
+        if let (true, Some(tls)) = (offered, self.cfg.tls.clone()) {
+            if self.starttls(&tls, name)? {
+                self.hello().map_err(OpenError::Other)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// EHLO, or HELO when EHLO is refused.
+    fn hello(&mut self) -> Result<(), String> {
         let helo = self.cfg.helo_name.clone();
         let ehlo = self.command(&format!("EHLO {helo}")).map_err(io_text)?;
         if ehlo.is_positive() {
             self.ehlo = Some(ehlo);
             return Ok(());
         }
+        self.ehlo = None;
         let r = self.command(&format!("HELO {helo}")).map_err(io_text)?;
         if r.is_positive() {
             Ok(())
         } else {
             Err(format!("HELO refused: {}", r.one_line()))
         }
+    }
+
+    /// STARTTLS; `Ok(false)` when the server declines (the session stays plaintext).
+    fn starttls(
+        &mut self,
+        config: &Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> Result<bool, OpenError> {
+        let r = self
+            .command("STARTTLS")
+            .map_err(|e| OpenError::Other(io_text(e)))?;
+        if r.code != 220 {
+            log::info!("{}: STARTTLS declined: {}", self.relay, r.one_line());
+            return Ok(false);
+        }
+        if !self.conn.buffer().is_empty() {
+            return Err(OpenError::Other(
+                "data after the STARTTLS reply (response injection?)".to_string(),
+            ));
+        }
+        let old = std::mem::replace(&mut self.conn, BufReader::new(Stream::Closed));
+        let Stream::Plain(tcp) = old.into_inner() else {
+            return Err(OpenError::Other("STARTTLS on a TLS session".to_string()));
+        };
+        let t = tls::handshake(config, name, tcp)
+            .map_err(|e| OpenError::Tls(format!("TLS handshake failed: {}", io_text(e))))?;
+        log::info!(
+            "Untrusted TLS connection established to {}: {}",
+            self.relay,
+            tls::describe(&t.conn)
+        );
+        self.conn = BufReader::new(Stream::Tls(Box::new(t)));
+        Ok(true)
     }
 
     /// RSET before reusing the session; false when the session is no longer usable.
@@ -108,7 +202,9 @@ impl Session {
     /// Says QUIT and closes, ignoring errors (the transactions are already decided).
     pub fn quit(mut self) {
         let _ = self.command("QUIT");
-        let _ = self.conn.get_ref().shutdown(Shutdown::Both);
+        if let Some(tcp) = self.conn.get_ref().tcp() {
+            let _ = tcp.shutdown(Shutdown::Both);
+        }
     }
 
     /// Runs one mail transaction; every recipient gets a result.
@@ -292,13 +388,20 @@ impl Session {
 
     /// Sends the content, dot-stuffed, and reads the final reply.
     fn content(&mut self, msg: &QueuedMessage) -> io::Result<ServerReply> {
-        let stream = self.conn.get_ref();
-        stream.set_write_timeout(Some(self.cfg.data_timeout))?;
-        let mut stuffer = DotStuffer::new(stream);
+        self.tcp()?.set_write_timeout(Some(self.cfg.data_timeout))?;
+        let mut stuffer = DotStuffer::new(self.conn.get_mut());
         io::copy(&mut msg.reader(), &mut stuffer)?;
         stuffer.finish()?;
-        stream.set_write_timeout(Some(self.cfg.command_timeout))?;
+        self.tcp()?
+            .set_write_timeout(Some(self.cfg.command_timeout))?;
         self.read_reply(self.cfg.data_timeout)
+    }
+
+    fn tcp(&self) -> io::Result<&TcpStream> {
+        self.conn
+            .get_ref()
+            .tcp()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "connection closed"))
     }
 
     /// Writes one command line and reads its reply.
@@ -308,15 +411,16 @@ impl Session {
     }
 
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut stream = self.conn.get_ref();
-        stream.set_write_timeout(Some(self.cfg.command_timeout))?;
+        self.tcp()?
+            .set_write_timeout(Some(self.cfg.command_timeout))?;
+        let stream = self.conn.get_mut();
         stream.write_all(bytes)?;
         stream.flush()
     }
 
     /// Reads one complete reply within `timeout`; garbage is an `InvalidData` error.
     fn read_reply(&mut self, timeout: Duration) -> io::Result<ServerReply> {
-        self.conn.get_ref().set_read_timeout(Some(timeout))?;
+        self.tcp()?.set_read_timeout(Some(timeout))?;
         let mut builder = ReplyBuilder::default();
         loop {
             let line = self.read_line()?;

@@ -1,0 +1,111 @@
+//! Opportunistic STARTTLS for the SMTP client (RFC 3207; Postfix's security level
+//! `may`): when a server offers STARTTLS the session is encrypted, without
+//! authenticating the server's certificate (MX hosts are found through unauthenticated
+//! DNS, so a name check would prove nothing; DANE/MTA-STS are not implemented).
+//!
+//! The handshake is driven to completion at once, under the command timeout. A server
+//! that refuses STARTTLS (not 220) is spoken to in plaintext; a handshake that fails
+//! leaves a dead connection, and the caller reconnects in plaintext to the same
+//! address (what Postfix does at level `may`). Bytes the server sent after its 220
+//! and before the handshake (a STARTTLS response injection) make the session fail.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use std::io;
+use std::net::{IpAddr, TcpStream};
+use std::sync::Arc;
+
+/// The client TLS settings shared by every session of a worker.
+pub fn client_config() -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AnyCertificate {
+        provider: provider.clone(),
+    });
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Runs the TLS handshake on `tcp` for server `name` (a host name or an IP).
+pub fn handshake(
+    config: &Arc<ClientConfig>,
+    name: &str,
+    mut tcp: TcpStream,
+) -> io::Result<StreamOwned<ClientConnection, TcpStream>> {
+    let server_name = match name.parse::<IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(name.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+    };
+    let mut conn = ClientConnection::new(config.clone(), server_name)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    Ok(StreamOwned::new(conn, tcp))
+}
+
+/// `TLSv1_3 with cipher TLS13_AES_256_GCM_SHA384`, for the log.
+pub fn describe(conn: &ClientConnection) -> String {
+    let version = conn
+        .protocol_version()
+        .map(|v| format!("{v:?}"))
+        .unwrap_or_else(|| "TLS".to_string());
+    let suite = conn
+        .negotiated_cipher_suite()
+        .map(|s| format!("{:?}", s.suite()))
+        .unwrap_or_default();
+    format!("{version} with cipher {suite}")
+}
+
+/// Accepts any certificate, but still checks the handshake signatures against it, so
+/// the session is at least bound to the key the server presented.
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
