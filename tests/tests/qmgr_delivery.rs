@@ -117,33 +117,61 @@ fn failure_is_bounced_as_multipart_report_and_bounces_never_bounce() {
         "only failures are reported: {out}"
     );
 
-    // A failed message from <> is dropped, and a bounce whose own delivery fails too.
+    // A failed message from <> is never bounced: it goes once to the postmaster, and
+    // is dropped if that fails too. Same for a bounce whose own delivery fails.
     let null = s.inject("", &["x@fail.test"], "a bounce");
     let carol = s.inject("carol@fail.test", &["dave@fail.test"], "both fail");
-    q.wait_log(&format!("{null}: removed"), 20);
-    q.wait_log(&format!("{carol}: removed"), 20);
-    q.wait_log(&format!("{null}: undeliverable message from <> dropped"), 5);
-    let log = q.log_text();
-    let carol_bounce = log
-        .lines()
-        .find_map(|l| {
-            l.split(&format!("{carol}: sender non-delivery notification: "))
-                .nth(1)
-        })
-        .unwrap()
-        .trim()
-        .to_string();
-    q.wait_log(&format!("{carol_bounce}: removed"), 20);
+    let to_pm = s.inject("", &["postmaster@fail.test"], "double bounce");
+    for id in [&null, &carol, &to_pm] {
+        q.wait_log(&format!("{id}: removed"), 20);
+    }
     q.wait_log(
-        &format!("{carol_bounce}: undeliverable message from <> dropped"),
+        &format!("{to_pm}: undeliverable message from <> dropped"),
         5,
     );
-    let bounces = q
-        .log_text()
-        .matches("sender non-delivery notification")
-        .count();
-    assert_eq!(bounces, 2, "{}", tail(&q.log_text(), 40));
+    let null_copy = after(
+        &q.log_text(),
+        &format!("{null}: undeliverable message from <> sent to <postmaster@localhost.test>: "),
+    );
+    q.wait_log(&format!("{null_copy}: removed"), 20);
+    let carol_bounce = after(
+        &q.log_text(),
+        &format!("{carol}: sender non-delivery notification: "),
+    );
+    q.wait_log(&format!("{carol_bounce}: removed"), 20);
+    let carol_copy = after(
+        &q.log_text(),
+        &format!(
+            "{carol_bounce}: undeliverable message from <> sent to <postmaster@localhost.test>: "
+        ),
+    );
+    q.wait_log(&format!("{carol_copy}: removed"), 20);
+    let counts = s.ok_counts();
+    for copy in [&null_copy, &carol_copy] {
+        let key = (copy.clone(), "postmaster@localhost.test".to_string());
+        assert_eq!(counts.get(&key), Some(&1));
+    }
+    let log = q.log_text();
+    assert_eq!(
+        log.matches("sender non-delivery notification").count(),
+        2,
+        "{}",
+        tail(&log, 40)
+    );
+    assert_eq!(
+        log.matches("sent to <postmaster@localhost.test>").count(),
+        2
+    );
     assert!(s.queue_empty());
+}
+
+/// The rest of the first log line containing `prefix`, after it (a queue ID).
+fn after(log: &str, prefix: &str) -> String {
+    log.lines()
+        .find_map(|l| l.split(prefix).nth(1))
+        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{log}"))
+        .trim()
+        .to_string()
 }
 
 #[test]

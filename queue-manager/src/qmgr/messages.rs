@@ -8,7 +8,8 @@
 //! queue file is corrupt is moved to `hold/` for an operator (logged), never deleted;
 //! one that cannot be read right now is deferred.
 //! A bounce that cannot be committed leaves the message deferred; the bounce is tried
-//! again on the next attempt (its recipients are already final).
+//! again on the next attempt (its recipients are already final). A failed message from
+//! `<>` is never bounced: it goes once to the postmaster, then is dropped.
 
 use super::bounce::{self, Dsn, DsnRecipient, Kind};
 use super::scheduler::{group, retry_delay};
@@ -240,9 +241,12 @@ impl Qmgr {
             })
             .collect();
         if !failed.is_empty() && msg.status.bounce_id.is_none() {
-            if msg.env.sender.is_empty() {
-                log::info!("{id}: undeliverable message from <> dropped (never bounce a bounce)");
-            } else if let Err(e) = self.send_notice(id, msg, &failed, Kind::Failure) {
+            let sent = if msg.env.sender.is_empty() {
+                self.to_postmaster_once(id, msg)
+            } else {
+                self.send_notice(id, msg, &failed, Kind::Failure)
+            };
+            if let Err(e) = sent {
                 log::error!("{id}: cannot send bounce, will retry: {e}");
                 self.defer_file(id, self.cfg.queue.retry_min);
                 return;
@@ -310,6 +314,37 @@ impl Qmgr {
             Kind::Delay => "delay",
         };
         log::info!("{id}: sender {what} notification: {bid}");
+        self.poked = true;
+        Ok(())
+    }
+
+    /// A failed message from `<>` is never bounced (there is nobody to bounce to): it
+    /// goes once, as it is, to the postmaster, from `<>`; if that copy fails too (or the
+    /// message was already to the postmaster) it is dropped and logged.
+    fn to_postmaster_once(&mut self, id: &str, msg: &Message) -> io::Result<()> {
+        let postmaster = match self.cfg.local_domains.first() {
+            Some(d) => format!("postmaster@{d}"),
+            None => "postmaster".to_string(),
+        };
+        let to_postmaster = msg.env.recipients.iter().all(|r| {
+            let local = r
+                .address
+                .rsplit_once('@')
+                .map_or(r.address.as_str(), |(l, _)| l);
+            local.eq_ignore_ascii_case("postmaster")
+        });
+        if to_postmaster {
+            log::info!("{id}: undeliverable message from <> dropped (never bounce a bounce)");
+            return Ok(());
+        }
+        let path = self.spool.path(QueueState::Active, id);
+        let (_, mut original) = open_message(&path).map_err(|e| io::Error::other(e.to_string()))?;
+        let env = Envelope::new("", vec![Recipient::new(postmaster.clone())]);
+        let copy = commit(&self.spool, &mut original, env, 0)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        status::append(&self.spool, id, &[status::bounced_line(&copy)])
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        log::info!("{id}: undeliverable message from <> sent to <{postmaster}>: {copy}");
         self.poked = true;
         Ok(())
     }
