@@ -242,7 +242,7 @@ impl Qmgr {
             .collect();
         if !failed.is_empty() && msg.status.bounce_id.is_none() {
             let sent = if msg.env.sender.is_empty() {
-                self.to_postmaster_once(id, msg)
+                self.copy_to_postmaster_once(id, msg)
             } else {
                 self.send_notice(id, msg, &failed, Kind::Failure)
             };
@@ -321,7 +321,7 @@ impl Qmgr {
     /// A failed message from `<>` is never bounced (there is nobody to bounce to): it
     /// goes once, as it is, to the postmaster, from `<>`; if that copy fails too (or the
     /// message was already to the postmaster) it is dropped and logged.
-    fn to_postmaster_once(&mut self, id: &str, msg: &Message) -> io::Result<()> {
+    fn copy_to_postmaster_once(&mut self, id: &str, msg: &Message) -> io::Result<()> {
         let postmaster = match self.cfg.local_domains.first() {
             Some(d) => format!("postmaster@{d}"),
             None => "postmaster".to_string(),
