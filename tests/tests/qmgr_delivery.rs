@@ -256,3 +256,22 @@ fn operator_flush_and_hold_are_honoured() {
     let attempts_on_held = s.deliveries().iter().filter(|d| d.0 == id).count();
     assert_eq!(attempts_on_held, 2);
 }
+
+#[test]
+fn message_deleted_during_delivery_is_dropped_not_recreated() {
+    let decide = "def decide(qid, rcpt, sender, first):\n    while os.path.exists(os.path.join(BASE, 'state', 'hold-on')):\n        time.sleep(0.01)\n    return ('defer', '4.2.2', 'mailbox full')\n";
+    let s = Setup::new("qmgr-delete", decide, &[]);
+    let gate = s.dir.path.join("state/hold-on");
+    std::fs::write(&gate, b"").unwrap();
+    let q = s.start();
+    let id = s.inject("a@localhost.test", &["b@localhost.test"], "doomed");
+    let active = s.spool.path(QueueState::Active, &id);
+    assert!(wait_until(Duration::from_secs(10), || active.exists()));
+    // `sloop queue delete` while the worker holds the job: file and status log go.
+    std::fs::remove_file(&active).unwrap();
+    sloop_common::spool::status::remove(&s.spool, &id).unwrap();
+    std::fs::remove_file(&gate).unwrap();
+    q.wait_log(&format!("{id}: left active/ during delivery"), 10);
+    assert!(s.spool.find(&id).is_none());
+    assert!(!sloop_common::spool::status::path(&s.spool, &id).exists());
+}
