@@ -139,19 +139,17 @@ fn run_job(agent: &mut dyn Agent, job: &Job) -> (Vec<RcptResult>, bool) {
     (results, panicked)
 }
 
-/// One Postfix-style line per recipient.
+/// The worker's view of one result, at debug level: the queue manager records every
+/// result and writes the one Postfix-style `status=` line per attempt, so logging it
+/// here as well would double every line.
 fn log_result(queue_id: &str, rcpt: &str, r: &RcptResult, delay: u64) {
     let relay = if r.relay.is_empty() { "none" } else { &r.relay };
-    let line = format!(
+    log::debug!(
         "{queue_id}: to=<{rcpt}>, relay={relay}, delay={delay}, dsn={}, status={} ({})",
         r.dsn,
         r.status_word(),
         r.text
     );
-    match r.outcome {
-        sloop_common::spool::status::Outcome::Ok => log::info!("{line}"),
-        _ => log::warn!("{line}"),
-    }
 }
 
 fn write_results<O: Write>(output: &mut O, job: &Job, results: &[RcptResult]) -> io::Result<()> {

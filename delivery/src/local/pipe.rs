@@ -1,7 +1,8 @@
 //! `|command` alias targets: the message is piped to `/bin/sh -c command`.
 //!
-//! The command gets the message (with the trace headers) on stdin and the variables
-//! `SENDER`, `RECIPIENT`, `LOCAL`, `DOMAIN` and `ORIGINAL_RECIPIENT`, in its own
+//! The command gets the message (with the trace headers) on stdin and a clean
+//! environment: `PATH`, `HOME=/`, `SHELL`, and `SENDER`, `RECIPIENT`, `LOCAL`,
+//! `DOMAIN` and `ORIGINAL_RECIPIENT` (nothing of the worker's own), in its own
 //! process group with the working directory `/`. Exit 0 is delivered, 75 (EX_TEMPFAIL)
 //! defers, any other exit bounces with the first line the command wrote (stdout or
 //! stderr, at most [`MAX_OUTPUT`] octets kept). Killed by a signal, or still running
@@ -45,6 +46,10 @@ pub fn run(
     let child = Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", "/")
+        .env("SHELL", "/bin/sh")
         .env("SENDER", &env.sender)
         .env("RECIPIENT", &env.recipient)
         .env("ORIGINAL_RECIPIENT", &env.original)
@@ -219,12 +224,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("out");
         let cmd = format!(
-            "cat > {0}; echo \"$SENDER $RECIPIENT $LOCAL $DOMAIN\" >> {0}",
+            "cat > {0}; echo \"$SENDER $RECIPIENT $LOCAL $DOMAIN $HOME\" >> {0}",
             out.display()
         );
         assert_eq!(go(&cmd, Duration::from_secs(10)).outcome, Outcome::Ok);
         let text = std::fs::read_to_string(&out).unwrap();
-        assert_eq!(text, "H: 1\nbody\ns@x.test r@y.test r y.test\n");
+        assert_eq!(text, "H: 1\nbody\ns@x.test r@y.test r y.test /\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
