@@ -149,7 +149,7 @@ impl Qmgr {
         };
         log::info!(
             "{id}: to=<{rcpt}>, relay={}, delay={}, dsn={}, status={word} ({})",
-            r.relay,
+            if r.relay.is_empty() { "none" } else { r.relay },
             from_arrival(msg.env.arrival),
             r.dsn,
             r.text
