@@ -240,7 +240,7 @@ fn lookup_failed(name: &str, kind: &str, e: &ResolveError) -> RcptResult {
 }
 
 #[cfg(test)]
-mod dns_tests;
+pub(crate) mod dns_tests;
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,12 @@
+//! Remote agent tests: grouping, and moving on to the next MX when one refuses
+//! (a loopback DNS responder and a one-session SMTP sink; never real DNS).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use super::*;
 use sloop_common::delivery_proto::Transport;
 use sloop_common::spool::status::Outcome;
 use sloop_common::spool::{commit, Envelope, QueueState, Recipient, Spool};
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, UdpSocket};
+use std::net::TcpListener;
 use std::path::Path;
 
 #[test]
@@ -61,51 +63,6 @@ fn one_session(listener: TcpListener) -> std::thread::JoinHandle<Vec<String>> {
     })
 }
 
-/// A DNS responder: MX of multi.test is primary (127.0.0.2), then backup (127.0.0.1).
-fn fake_dns() -> std::net::SocketAddr {
-    use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
-    use hickory_resolver::proto::rr::rdata::{A, MX};
-    use hickory_resolver::proto::rr::{Name, RData, Record};
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let addr = sock.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 1500];
-        while let Ok((n, peer)) = sock.recv_from(&mut buf) {
-            let Ok(req) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let Some(q) = req.queries().first().cloned() else {
-                continue;
-            };
-            let name = Name::from_ascii;
-            let rd = match (
-                q.name().to_ascii().as_str(),
-                q.query_type().to_string().as_str(),
-            ) {
-                ("multi.test.", "MX") => vec![
-                    RData::MX(MX::new(10, name("primary.multi.test.").unwrap())),
-                    RData::MX(MX::new(20, name("backup.multi.test.").unwrap())),
-                ],
-                ("primary.multi.test.", "A") => vec![RData::A(A([127, 0, 0, 2].into()))],
-                ("backup.multi.test.", "A") => vec![RData::A(A([127, 0, 0, 1].into()))],
-                _ => vec![],
-            };
-            let mut resp = Message::new();
-            resp.set_id(req.id())
-                .set_message_type(MessageType::Response)
-                .set_recursion_desired(true)
-                .set_recursion_available(true)
-                .set_response_code(ResponseCode::NoError)
-                .add_query(q.clone());
-            for r in rd {
-                resp.add_answer(Record::from_rdata(q.name().clone(), 60, r));
-            }
-            let _ = sock.send_to(&resp.to_vec().unwrap(), peer);
-        }
-    });
-    addr
-}
-
 #[test]
 fn a_refused_mx_moves_on_to_the_next() {
     let dir = std::env::temp_dir().join(format!("sloop-remote-mx-{}", std::process::id()));
@@ -126,7 +83,7 @@ fn a_refused_mx_moves_on_to_the_next() {
     let port = listener.local_addr().unwrap().port();
     let sink = one_session(listener);
     let mut agent = RemoteAgent::new(cfg);
-    agent.resolver = HopResolver::with_nameserver(fake_dns(), port);
+    agent.resolver = HopResolver::with_nameserver(mx::dns_tests::fake_dns(), port);
     let job = Job {
         job_id: 1,
         queue_id: id,

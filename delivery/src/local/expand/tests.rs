@@ -1,3 +1,5 @@
+//! Alias expansion tests: lists, commands, files, forwards, loops, depth, includes
+//! and their trust, path tricks in members.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use super::*;
 use sloop_common::spool::status::Outcome;

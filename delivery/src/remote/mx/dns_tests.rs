@@ -29,8 +29,9 @@ fn answer(name: &str, t: RecordType) -> (ResponseCode, Vec<RData>) {
     }
 }
 
-/// A UDP DNS responder on 127.0.0.1 answering from [`answer`].
-fn fake_dns() -> SocketAddr {
+/// A UDP DNS responder on 127.0.0.1 answering from [`answer`] (also used by the
+/// remote agent tests).
+pub(crate) fn fake_dns() -> SocketAddr {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
     std::thread::spawn(move || {
