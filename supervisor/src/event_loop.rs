@@ -42,10 +42,16 @@ impl Flags {
     }
 }
 
-/// Runs the loop until a stop has finished.
-pub fn run(sup: &mut Supervisor) -> io::Result<()> {
+/// Installs the handlers for the signals the loop acts on. Call it before binding
+/// anything: from then on a signal is queued for the loop instead of taking its
+/// default action (SIGHUP and SIGUSR1 would otherwise kill `sloopd` during start-up).
+pub fn signals() -> io::Result<Signals> {
+    Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1])
+}
+
+/// Runs the loop until a stop has finished; `signals` comes from [`signals`].
+pub fn run(sup: &mut Supervisor, mut signals: Signals) -> io::Result<()> {
     let mut poll = Poll::new()?;
-    let mut signals = Signals::new([SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1])?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)?;
     let status_fd = sup.status_fd();

@@ -549,3 +549,42 @@ fn a_child_that_dies_before_serving_waits_the_startup_crash_pause() {
     assert!(log.contains("exited status=0 before it served"), "{log}");
     assert!(log.contains("restart in 400ms"), "{log}");
 }
+
+#[test]
+fn real_smtpd_workers_keep_min_idle_ready_while_one_is_busy() {
+    let td = TestDir::new("sv-real-pool");
+    let port = free_port();
+    let cfg = td.write_config(port, &[("smtpd.min_idle", "3")], "");
+    let d = Daemon::start(&cfg, port);
+    assert!(
+        status_shows(&d, "workers=3 idle=3 busy=0"),
+        "{}",
+        d.log_text()
+    );
+    let mut client = sloop_tests::Smtp::connect(port);
+    assert_eq!(client.code(), 220);
+    assert!(
+        status_shows(&d, "workers=4 idle=3 busy=1"),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(client.cmd("QUIT"), 221);
+    assert!(status_shows(&d, "workers=4 idle=4 busy=0"));
+}
+
+/// Regression: SIGUSR1/SIGHUP sent as soon as the port was bound used to arrive before
+/// the handlers were installed and kill sloopd with the default action.
+#[test]
+fn signals_right_after_the_bind_are_queued_not_fatal() {
+    let td = TestDir::new("sv-early-signal");
+    script(&td, "sloop-smtpd", SLEEPER);
+    script(&td, "sloop-qmgr", SLEEPER);
+    let port = free_port();
+    let cfg = fake_config(&td, port, &[("smtpd.min_idle", "1")]);
+    let mut d = Daemon::spawn(&cfg);
+    assert!(wait_until(Duration::from_secs(10), || listening(port)));
+    d.signal(Signal::SIGUSR1);
+    d.signal(Signal::SIGHUP);
+    assert!(status_shows(&d, "workers=1"), "{}", d.log_text());
+    assert!(d.child.try_wait().unwrap().is_none(), "sloopd survived");
+}

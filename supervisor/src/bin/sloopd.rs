@@ -1,15 +1,17 @@
 //! `sloopd [-c FILE] [--daemon] [--check]`: the supervisor's command line and start-up.
 //!
 //! Order matters: load and validate the config (exit 78 with every error on stderr
-//! before anything is bound), create directories and bind every listener (so those
+//! before anything is bound), install the signal handlers, create directories and bind every listener (so those
 //! errors reach the terminal), detach if `--daemon`, then set up logging (so log lines
 //! carry the daemon's own pid), write the pid file and run the event loop until a stop
 //! finishes. Exit codes follow sysexits(3).
 
 use clap::Parser;
 use nix::unistd::{Gid, Uid};
+use signal_hook_mio::v1_0::Signals;
 use sloop_common::exitcode::{EX_CANTCREAT, EX_CONFIG, EX_OK, EX_OSERR, EX_UNAVAILABLE};
 use sloop_common::Config;
+use sloop_supervisor::event_loop;
 use sloop_supervisor::listeners::Listeners;
 use sloop_supervisor::setup::{self, PidFile};
 use sloop_supervisor::status_pipe::StatusPipe;
@@ -53,6 +55,13 @@ fn run(args: &Args) -> i32 {
         println!("sloopd: {}: configuration is valid", path.display());
         return EX_OK;
     }
+    let signals = match event_loop::signals() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sloopd: fatal: cannot install signal handlers: {e}");
+            return EX_OSERR;
+        }
+    };
     let (creds, listeners) = match prepare(&cfg, args.daemon) {
         Ok(p) => p,
         Err((code, why)) => {
@@ -72,7 +81,7 @@ fn run(args: &Args) -> i32 {
     if let Some(note) = setup::user_note(&cfg, creds) {
         log::warn!("{note}");
     }
-    match serve(cfg, creds, listeners) {
+    match serve(cfg, creds, listeners, signals) {
         Ok(()) => {
             log::info!("stopped");
             EX_OK
@@ -98,7 +107,12 @@ fn prepare(cfg: &Config, daemon: bool) -> Result<(Option<(Uid, Gid)>, Listeners)
 }
 
 /// The pid file and the event loop.
-fn serve(cfg: Config, creds: Option<(Uid, Gid)>, listeners: Listeners) -> Result<(), Failure> {
+fn serve(
+    cfg: Config,
+    creds: Option<(Uid, Gid)>,
+    listeners: Listeners,
+    signals: Signals,
+) -> Result<(), Failure> {
     let pid_file =
         PidFile::create(&cfg.server.run_dir).map_err(|e| (EX_CANTCREAT, e.to_string()))?;
     log::debug!("pid file {}", pid_file.path().display());
@@ -109,7 +123,7 @@ fn serve(cfg: Config, creds: Option<(Uid, Gid)>, listeners: Listeners) -> Result
         )
     })?;
     let mut sup = Supervisor::new(cfg, creds, listeners, status);
-    let result = sloop_supervisor::event_loop::run(&mut sup);
+    let result = event_loop::run(&mut sup, signals);
     drop(pid_file);
     result.map_err(|e| (EX_OSERR, format!("event loop failed: {e}")))
 }
