@@ -14,8 +14,10 @@ use crate::session::{QueueJob, QueueOutcome};
 use sloop_common::exitcode::{queue_verdict, QueueVerdict};
 use sloop_common::Config;
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -26,33 +28,46 @@ pub fn run(cfg: &Config, job: QueueJob) -> QueueOutcome {
         .queue_program
         .clone()
         .unwrap_or_else(|| cfg.program("sloop-queue"));
-    // The program reads the envelope from its fd 1: a pipe whose read end is its
-    // stdout and whose write end is ours (both close-on-exec in this process).
-    let (env_r, env_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(p) => p,
-        Err(e) => return QueueOutcome::Temporary(format!("cannot make a pipe: {e}")),
+    let (child, env_w) = match spawn(cfg, &program, &job.id) {
+        Ok(c) => c,
+        Err(e) => return QueueOutcome::Temporary(format!("cannot run {}: {e}", program.display())),
     };
-    let spawned = Command::new(&program)
-        .env("SLOOP_QUEUE_ID", &job.id)
+    feed_and_wait(child, env_w, job, cfg.smtpd.queue_timeout)
+}
+
+/// Starts the program with a pipe on fd 0 (message) and one on fd 1 (envelope): the
+/// program reads the envelope from its fd 1, so that pipe's read end is its stdout
+/// and the write end (close-on-exec here) is returned.
+fn spawn(cfg: &Config, program: &Path, id: &str) -> std::io::Result<(Child, OwnedFd)> {
+    let (env_r, env_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let child = Command::new(program)
+        .env("SLOOP_QUEUE_ID", id)
         .env("SLOOP_CONFIG", &cfg.file)
         .stdin(Stdio::piped())
         .stdout(Stdio::from(env_r))
         .stderr(Stdio::inherit())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => return QueueOutcome::Temporary(format!("cannot run {}: {e}", program.display())),
-    };
+        .spawn()?;
+    Ok((child, env_w))
+}
+
+/// Writes message then envelope from a helper thread that also reaps the child;
+/// waits at most `timeout`, then SIGKILLs the child.
+fn feed_and_wait(
+    mut child: Child,
+    env_w: OwnedFd,
+    job: QueueJob,
+    timeout: Duration,
+) -> QueueOutcome {
     let pid = child.id();
     let Some(mut fd0) = child.stdin.take() else {
         let _ = child.kill();
         let _ = child.wait();
         return QueueOutcome::Temporary("queue program pipes missing".into());
     };
-    let (tx, rx) = mpsc::channel();
+    let mut fd1 = std::fs::File::from(env_w);
     let envelope = job.envelope.to_qmail();
     let message = job.message;
-    let mut fd1 = std::fs::File::from(env_w);
+    let (tx, rx) = mpsc::channel();
     let feeder = std::thread::spawn(move || {
         let written = fd0
             .write_all(&message)
@@ -64,7 +79,7 @@ pub fn run(cfg: &Config, job: QueueJob) -> QueueOutcome {
         drop(fd1);
         let _ = tx.send((written, child.wait()));
     });
-    let outcome = match rx.recv_timeout(cfg.smtpd.queue_timeout) {
+    let outcome = match rx.recv_timeout(timeout) {
         Ok((written, Ok(status))) => verdict(status, written),
         Ok((_, Err(e))) => QueueOutcome::Temporary(format!("cannot wait for queue program: {e}")),
         Err(_) => {
@@ -72,7 +87,7 @@ pub fn run(cfg: &Config, job: QueueJob) -> QueueOutcome {
             let _ = rx.recv_timeout(Duration::from_secs(5));
             QueueOutcome::Temporary(format!(
                 "queue program timed out after {} s; killed",
-                cfg.smtpd.queue_timeout.as_secs()
+                timeout.as_secs()
             ))
         }
     };

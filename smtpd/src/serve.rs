@@ -85,24 +85,44 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) {
                     session.eof();
                     continue;
                 }
-                let budget = match session.phase() {
-                    Phase::Command => s.idle_timeout,
-                    Phase::Data => s.data_timeout,
-                };
-                let deadline = (Instant::now() + budget).min(session_deadline);
-                watchdog.arm("read", deadline);
-                match conn.read(&mut buf, deadline) {
-                    Ok(ReadOutcome::Data(n)) => {
-                        watchdog.arm("command", Instant::now() + s.command_timeout);
-                        session.input(&buf[..n]);
-                    }
-                    Ok(ReadOutcome::Timeout) => session.timeout(),
-                    Ok(ReadOutcome::Eof) | Err(_) => session.eof(),
-                }
+                read_input(
+                    &mut session,
+                    conn,
+                    &mut buf,
+                    session_deadline,
+                    policy,
+                    watchdog,
+                );
             }
         }
     }
     log::info!("{}", session.disconnect_line());
+}
+
+/// Reads what the client sends next into the session, within the phase's deadline.
+fn read_input(
+    session: &mut Session<'_>,
+    conn: &mut Conn,
+    buf: &mut [u8],
+    session_deadline: Instant,
+    policy: &Policy,
+    watchdog: &Watchdog,
+) {
+    let s = &policy.cfg.smtpd;
+    let budget = match session.phase() {
+        Phase::Command => s.idle_timeout,
+        Phase::Data => s.data_timeout,
+    };
+    let deadline = (Instant::now() + budget).min(session_deadline);
+    watchdog.arm("read", deadline);
+    match conn.read(buf, deadline) {
+        Ok(ReadOutcome::Data(n)) => {
+            watchdog.arm("command", Instant::now() + s.command_timeout);
+            session.input(&buf[..n]);
+        }
+        Ok(ReadOutcome::Timeout) => session.timeout(),
+        Ok(ReadOutcome::Eof) | Err(_) => session.eof(),
+    }
 }
 
 /// Writes pending replies; false when the client is gone.

@@ -38,30 +38,7 @@ impl Session<'_> {
                 self.state = State::Ready;
                 Some(Reply::new(250, (2, 0, 0), "Ok"))
             }
-            Command::Noop => Some(Reply::new(250, (2, 0, 0), "Ok")),
-            Command::Quit => Some(Reply::new(221, (2, 0, 0), "Bye")),
-            Command::Vrfy(_) => Some(Reply::new(
-                252,
-                (2, 5, 2),
-                "Cannot VRFY user, but will accept message and attempt delivery",
-            )),
-            Command::Expn(_) => Some(Reply::new(502, (5, 5, 1), "Error: EXPN not available")),
-            Command::Help => Some(Reply::new(
-                214,
-                (2, 0, 0),
-                "See https://www.rfc-editor.org/rfc/rfc5321",
-            )),
-            Command::StartTls | Command::Auth => {
-                Some(Reply::new(502, (5, 5, 1), "Error: command not implemented"))
-            }
-            Command::Syntax(v) => Some(Reply::new(
-                501,
-                (5, 5, 4),
-                format!("Syntax: {}", syntax_hint(v)),
-            )),
-            Command::Unknown(_) => {
-                Some(Reply::new(500, (5, 5, 2), "Error: command not recognized"))
-            }
+            other => Some(stateless_reply(&other)),
         };
         // DATA/BDAT accepted (None) are counted at the end of the message.
         if let Some(r) = reply {
@@ -261,6 +238,26 @@ impl Session<'_> {
             txn.sender,
             to.split_whitespace().next().unwrap_or("")
         );
+    }
+}
+
+/// Replies to commands that do not touch the session state.
+fn stateless_reply(cmd: &Command) -> Reply {
+    match cmd {
+        Command::Quit => Reply::new(221, (2, 0, 0), "Bye"),
+        Command::Vrfy(_) => Reply::new(
+            252,
+            (2, 5, 2),
+            "Cannot VRFY user, but will accept message and attempt delivery",
+        ),
+        Command::Expn(_) => Reply::new(502, (5, 5, 1), "Error: EXPN not available"),
+        Command::Help => Reply::new(214, (2, 0, 0), "See https://www.rfc-editor.org/rfc/rfc5321"),
+        Command::StartTls | Command::Auth => {
+            Reply::new(502, (5, 5, 1), "Error: command not implemented")
+        }
+        Command::Syntax(v) => Reply::new(501, (5, 5, 4), format!("Syntax: {}", syntax_hint(v))),
+        Command::Unknown(_) => Reply::new(500, (5, 5, 2), "Error: command not recognized"),
+        _ => Reply::new(250, (2, 0, 0), "Ok"),
     }
 }
 
