@@ -326,6 +326,37 @@ mod tests {
         assert_eq!(quote(&[b"no newline"]), b"no newline\n\n".to_vec());
     }
 
+    /// Random inputs split at random points give the same mbox text as one write, and
+    /// no line of the result starts with an unquoted `From `.
+    #[test]
+    fn random_inputs_and_splits() {
+        let alphabet = b"From >\r\nx";
+        let mut seed: u64 = 0xb0c5;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for _ in 0..2000 {
+            let len = next() % 40;
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[next() % alphabet.len()])
+                .collect();
+            let whole = quote(&[&input]);
+            let cut = if input.is_empty() {
+                0
+            } else {
+                next() % input.len()
+            };
+            let (a, b) = input.split_at(cut);
+            assert_eq!(quote(&[a, b]), whole, "{input:?}");
+            assert!(!whole.starts_with(b"From "), "{input:?}");
+            assert!(!whole.windows(6).any(|w| w == b"\nFrom "), "{input:?}");
+            assert!(input.is_empty() || whole.ends_with(b"\n\n"), "{input:?}");
+        }
+    }
+
     #[test]
     fn from_line_and_asctime() {
         assert_eq!(asctime(0), "Thu Jan  1 00:00:00 1970");

@@ -139,4 +139,41 @@ mod tests {
         assert_eq!(out, b"a\r\n..\r\nb\r\n.\r\n");
         assert_eq!(out.windows(5).filter(|w| w == b"\r\n.\r\n").count(), 1);
     }
+
+    /// Random inputs over the interesting bytes, split at random points: the output is
+    /// the same as for one write, every CR is followed by LF, and the only `CRLF.CRLF`
+    /// is the terminator.
+    #[test]
+    fn random_inputs_and_splits() {
+        let alphabet = b".\r\nab";
+        let mut seed: u64 = 0x5eed;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize
+        };
+        for _ in 0..2000 {
+            let len = next() % 40;
+            let input: Vec<u8> = (0..len)
+                .map(|_| alphabet[next() % alphabet.len()])
+                .collect();
+            let whole = stuff(&[&input]);
+            let cut = if input.is_empty() {
+                0
+            } else {
+                next() % input.len()
+            };
+            let (a, b) = input.split_at(cut);
+            assert_eq!(stuff(&[a, b]), whole, "{input:?}");
+            for (i, &c) in whole.iter().enumerate() {
+                if c == b'\r' {
+                    assert_eq!(whole.get(i + 1), Some(&b'\n'), "{input:?}");
+                }
+            }
+            let ends = whole.windows(5).filter(|w| w == b"\r\n.\r\n").count();
+            let expected = usize::from(whole.len() > 3);
+            assert_eq!(ends, expected, "{input:?} -> {whole:?}");
+        }
+    }
 }
