@@ -212,15 +212,15 @@ impl<'a> Session<'a> {
         };
         match opening {
             Opening::Greet => {
-                let text = format!("220 {}", policy.cfg.smtpd.greeting);
-                s.push(Reply::bare(220, vec![text[4..].to_string()]));
+                let greeting = policy.cfg.smtpd.greeting.clone();
+                s.push(Reply::bare(220, vec![greeting]));
             }
             Opening::Refuse(r) => {
-                s.push(r);
+                s.push(remap_opening(r, 5));
                 s.state = State::Refused;
             }
             Opening::Close(r) => {
-                s.push(r);
+                s.push(remap_opening(r, 4));
                 s.close();
             }
         }
@@ -539,6 +539,17 @@ impl<'a> Session<'a> {
         self.input.clear();
         self.out.push_back(Step::Close);
     }
+}
+
+/// A refusal at connect must be `554` (class 5) or `421` (class 4): anything else a
+/// check produced is remapped (SEED.md: 4xx -> 421, 5xx -> 554 at connect).
+fn remap_opening(mut r: Reply, class: u16) -> Reply {
+    let want = if class == 5 { 554 } else { 421 };
+    if r.code != want {
+        log::warn!("connect reply {} remapped to {want}", r.code);
+        r.code = want;
+    }
+    r
 }
 
 fn unix_now() -> u64 {

@@ -305,6 +305,28 @@ fn refused_session_only_serves_quit() {
 }
 
 #[test]
+fn connect_replies_are_remapped_to_legal_codes() {
+    let p = policy("");
+    let client = || Client {
+        addr: UNTRUSTED.parse().unwrap(),
+        name: "unknown".into(),
+    };
+    let mut s = Session::start(
+        &p,
+        client(),
+        Opening::Refuse(Reply::new(550, (5, 7, 1), "no")),
+    );
+    assert_eq!(drive(&mut s, b"", &QueueOutcome::Committed).0, vec![554]);
+    let mut s = Session::start(
+        &p,
+        client(),
+        Opening::Close(Reply::new(450, (4, 7, 1), "later")),
+    );
+    let (c, _, closed) = drive(&mut s, b"EHLO x\r\n", &QueueOutcome::Committed);
+    assert_eq!((c, closed), (vec![421], true));
+}
+
+#[test]
 fn timeout_gives_421() {
     let p = policy("");
     let mut s = session(&p, UNTRUSTED);
