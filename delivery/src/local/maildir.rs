@@ -50,8 +50,7 @@ impl MaildirWriter {
         let tmp = dir.join("tmp").join(&name);
         let new = dir.join("new").join(&name);
         let written = write_file(&tmp, prefix, message).and_then(|()| {
-            fs::hard_link(&tmp, &new)?;
-            let _ = fs::remove_file(&tmp);
+            publish(&tmp, &new)?;
             fsync_dir(&dir.join("new"))
         });
         match written {
@@ -147,6 +146,21 @@ fn create_dir(d: &Path) -> io::Result<()> {
             None => Ok(()),
         },
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Moves `tmp` to `new`: a hard link (which never replaces an existing file) then
+/// unlink; where the file system has no hard links, a rename (the name is unique).
+fn publish(tmp: &Path, new: &Path) -> io::Result<()> {
+    match fs::hard_link(tmp, new) {
+        Ok(()) => {
+            let _ = fs::remove_file(tmp);
+            Ok(())
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) => {
+            fs::rename(tmp, new)
+        }
         Err(e) => Err(e),
     }
 }
