@@ -96,3 +96,38 @@ fn socket_from(source: &str, port: u16) -> TcpStream {
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s
 }
+
+#[test]
+fn busy_pool_queues_connections_in_the_backlog() {
+    let server = Server::start(
+        "smtpd-backlog",
+        &[("smtpd.max_processes", "2"), ("smtpd.min_idle", "1")],
+        &[],
+    );
+    let mut held: Vec<Smtp> = (0..2).map(|_| Smtp::connect(server.port)).collect();
+    for c in &mut held {
+        assert_eq!(c.code(), 220);
+    }
+    // A third client waits in the backlog: no greeting while both workers are busy.
+    let mut waiting = Smtp::connect(server.port);
+    waiting
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let r = std::io::Read::read(&mut waiting.stream, &mut byte);
+    assert!(r.is_err(), "greeted although the pool is full: {r:?}");
+    assert!(
+        server.wait_log("process limit reached", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    // As soon as one session ends, it is served.
+    waiting
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(held[0].cmd("QUIT"), 221);
+    assert_eq!(waiting.code(), 220);
+    assert_eq!(waiting.cmd("QUIT"), 221);
+}
