@@ -332,6 +332,10 @@ impl Supervisor {
             log::error!("reload: {e}; that address is not served until sloopd restarts");
         }
         self.policy = Policy::from_config(&new.supervisor);
+        // An operator's reload is the fix for a crash loop more often than not: the
+        // next start is not held back by the old streak.
+        self.smtpd_backoff = Backoff::default();
+        self.qmgr_backoff = Backoff::default();
         self.creds = creds;
         self.cfg = new;
         self.retire_all();

@@ -606,3 +606,33 @@ fn signals_right_after_the_bind_are_queued_not_fatal() {
     assert!(status_shows(&d, "workers=1"), "{}", d.log_text());
     assert!(d.child.try_wait().unwrap().is_none(), "sloopd survived");
 }
+
+#[test]
+fn a_reload_that_fixes_a_missing_program_starts_it_without_waiting_out_the_backoff() {
+    let td = TestDir::new("sv-fix");
+    script(&td, "sloop-smtpd", SLEEPER);
+    script(&td, "sloop-qmgr", SLEEPER);
+    let port = free_port();
+    let slow = [
+        ("smtpd.min_idle", "1"),
+        ("supervisor.startup_crash_pause", "\"1h\""),
+        ("supervisor.restart_max", "\"1h\""),
+    ];
+    let empty = quoted(&td.path.join("empty"));
+    let mut broken = slow.to_vec();
+    broken.push(("server.bin_dir", &empty));
+    let cfg = td.write_config(port, &broken, "");
+    let d = Daemon::start(&cfg, port);
+    assert!(wait_until(Duration::from_secs(10), || d
+        .log_text()
+        .contains("retrying in 1h")));
+    fake_config(&td, port, &slow);
+    d.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            pids(&td, "sloop-smtpd").len() == 1 && pids(&td, "sloop-qmgr").len() == 1
+        }),
+        "{}",
+        d.log_text()
+    );
+}
