@@ -275,3 +275,37 @@ fn message_deleted_during_delivery_is_dropped_not_recreated() {
     assert!(s.spool.find(&id).is_none());
     assert!(!sloop_common::spool::status::path(&s.spool, &id).exists());
 }
+
+#[test]
+fn reload_applies_the_new_config_and_replaces_the_workers() {
+    let decide =
+        "def decide(qid, rcpt, sender, first):\n    return ('defer', '4.3.0', 'old worker')\n";
+    let s = Setup::new("qmgr-reload", decide, &[]);
+    let q = s.start();
+    let id = s.inject("a@localhost.test", &["b@example.net"], "reload");
+    q.wait_log("status=deferred (old worker)", 10);
+    // A new bin_dir whose worker delivers; the running workers must be replaced.
+    let bin2 = s.dir.path.join("bin2");
+    std::fs::create_dir_all(&bin2).unwrap();
+    let old = std::fs::read_to_string(s.dir.path.join("bin/sloop-deliver")).unwrap();
+    let new = old.replace(
+        "('defer', '4.3.0', 'old worker')",
+        "('ok', '2.0.0', 'new worker')",
+    );
+    std::fs::write(bin2.join("sloop-deliver"), new).unwrap();
+    std::fs::set_permissions(
+        bin2.join("sloop-deliver"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let bin2_value = format!("{:?}", bin2.display().to_string());
+    s.dir.write_config(
+        sloop_tests::free_port(),
+        &[("server.bin_dir", bin2_value.as_str())],
+        "",
+    );
+    q.signal(Signal::SIGHUP);
+    q.wait_log("reloaded configuration", 10);
+    q.wait_log(&format!("{id}: removed"), 20);
+    assert!(q.log_text().contains("status=sent (new worker)"));
+}
