@@ -337,6 +337,45 @@ mod tests {
         assert_eq!(&input[used..], b"QUIT\r\n");
     }
 
+    /// The fuzz target's property on generated inputs: the verdict and the octets
+    /// consumed do not depend on how the input is cut into reads.
+    #[test]
+    fn chunking_never_changes_the_verdict() {
+        let alphabet: &[&[u8]] = &[
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b".",
+            b"\r\n.\r\n",
+            b"x",
+            b"\0",
+            b"..",
+        ];
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let mut input = Vec::new();
+            for _ in 0..(next() % 30) {
+                input.extend_from_slice(alphabet[(next() as usize) % alphabet.len()]);
+            }
+            if next() % 8 == 0 {
+                input.extend(std::iter::repeat_n(b'y', 1200));
+            }
+            let step = (next() % 7 + 1) as usize;
+            let whole = run(&input, input.len().max(1), limits());
+            assert_eq!(whole, run(&input, step, limits()), "{input:?}");
+            if let Some((_, used)) = whole {
+                let end = &input[..used];
+                assert!(end == b".\r\n" || end.ends_with(b"\r\n.\r\n"), "{input:?}");
+            }
+        }
+    }
+
     #[test]
     fn received_count() {
         let m = b"Received: a\r\nreceived: b\r\n\tcont\r\nSubject: s\r\n\r\nReceived: body\r\n";
