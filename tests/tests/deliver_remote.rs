@@ -277,3 +277,26 @@ fn dsn_parameters_are_passed_on_when_offered() {
     );
     assert_eq!(c.commands[3], "RCPT TO:<b@example.net>");
 }
+
+#[test]
+fn a_cached_session_that_breaks_before_mail_is_replaced() {
+    let sink = Sink::start(Script {
+        drop_second_mail: true,
+        ..Script::default()
+    });
+    let dir = TestDir::new("deliver-remote-rebreak");
+    let cfg = config(&dir, &[("example.net", sink.port)], &[]);
+    let (_, p1) = queue(&dir, "s@x.test", &["a@example.net"], MSG);
+    let (_, p2) = queue(&dir, "s@x.test", &["b@example.net"], MSG);
+    let mut w = Worker::start(&dir, "remote", &cfg);
+    assert_eq!(
+        w.run(Remote, &p1, "s@x.test", &["a@example.net"])[0].outcome,
+        Outcome::Ok
+    );
+    let res = w.run(Remote, &p2, "s@x.test", &["b@example.net"]);
+    assert_eq!(res[0].outcome, Outcome::Ok, "{res:?}");
+    let conns = sink.conns();
+    assert_eq!(conns.len(), 2);
+    assert_eq!(conns[0].messages.len() + conns[1].messages.len(), 2);
+    assert_eq!(w.finish(), Some(0));
+}

@@ -90,7 +90,15 @@ impl RemoteAgent {
         };
         if let Some(mut s) = self.cached(&key) {
             log::debug!("{}: reusing session with {}", job.queue_id, s.relay());
-            return self.finish(key, s.send(&t), s);
+            let out = s.send(&t);
+            if !out.broke_before_mail {
+                return self.finish(key, out, s);
+            }
+            log::info!(
+                "{}: cached session with {} broke; reconnecting",
+                job.queue_id,
+                s.relay()
+            );
         }
         let candidates = match self.resolver.candidates(&hop) {
             Ok(c) => c,

@@ -61,6 +61,9 @@ pub struct Transaction<'a> {
 pub struct Outcome {
     pub results: Vec<RcptResult>,
     pub reusable: bool,
+    /// The connection broke before the server answered MAIL: nothing was accepted, so
+    /// the transaction can be retried on a new connection without a duplicate.
+    pub broke_before_mail: bool,
 }
 
 /// An open SMTP session after a successful EHLO or HELO.
@@ -73,6 +76,8 @@ pub struct Session {
     ehlo: Option<ServerReply>,
     pub last_used: Instant,
     pub transactions: u32,
+    /// Whether the current transaction's MAIL has been answered.
+    mail_answered: bool,
 }
 
 impl Session {
@@ -106,6 +111,7 @@ impl Session {
             ehlo: None,
             last_used: Instant::now(),
             transactions: 0,
+            mail_answered: false,
         };
         s.handshake(&c.name).map_err(|e| match e {
             OpenError::Tls(why) => OpenError::Tls(format!("{}: {why}", s.relay)),
@@ -211,6 +217,7 @@ impl Session {
     pub fn send(&mut self, t: &Transaction<'_>) -> Outcome {
         self.transactions += 1;
         self.last_used = Instant::now();
+        self.mail_answered = false;
         let mut results: Vec<Option<RcptResult>> = vec![None; t.recipients.len()];
         let reusable = match self.transact(t, &mut results) {
             Ok(()) => true,
@@ -227,7 +234,11 @@ impl Session {
             .into_iter()
             .map(|r| r.unwrap_or_else(|| RcptResult::defer("4.3.0", "no result")))
             .collect();
-        Outcome { results, reusable }
+        Outcome {
+            results,
+            reusable,
+            broke_before_mail: !reusable && !self.mail_answered,
+        }
     }
 
     fn transact(&mut self, t: &Transaction<'_>, out: &mut [Option<RcptResult>]) -> io::Result<()> {
@@ -319,6 +330,7 @@ impl Session {
             .is_some_and(|e| e.has_extension("PIPELINING"));
         if !pipelining {
             let m = self.command(&mail)?;
+            self.mail_answered = true;
             let mut rs = Vec::new();
             if m.is_positive() {
                 for r in &rcpts {
@@ -333,6 +345,7 @@ impl Session {
             .for_each(|r| batch.push_str(&format!("{r}\r\n")));
         self.write(batch.as_bytes())?;
         let m = self.read_reply(self.cfg.command_timeout)?;
+        self.mail_answered = true;
         let mut rs = Vec::with_capacity(rcpts.len());
         for _ in &rcpts {
             rs.push(self.read_reply(self.cfg.command_timeout)?);

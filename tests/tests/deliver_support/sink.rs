@@ -19,6 +19,8 @@ pub struct Script {
     pub data: String,
     /// Reply after the final dot.
     pub end: String,
+    /// Close the connection, without a reply, on a MAIL after the first message.
+    pub drop_second_mail: bool,
 }
 
 impl Default for Script {
@@ -34,6 +36,7 @@ impl Default for Script {
             rcpt: Arc::new(|_| "250 2.1.5 Ok".to_string()),
             data: "354 End data with <CR><LF>.<CR><LF>".into(),
             end: "250 2.0.0 Ok: queued as SINK1".into(),
+            drop_second_mail: false,
         }
     }
 }
@@ -122,6 +125,9 @@ fn serve(stream: TcpStream, s: &Script, conns: &Mutex<Vec<Conn>>, idx: usize) {
                 None => "502 5.5.1 EHLO not implemented".into(),
             },
             "HELO" => "250 sink.test".into(),
+            "MAIL" if s.drop_second_mail && !conns.lock().unwrap()[idx].messages.is_empty() => {
+                return;
+            }
             "MAIL" => s.mail.clone(),
             "RCPT" => {
                 let addr = cmd
