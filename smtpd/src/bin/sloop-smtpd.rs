@@ -35,7 +35,9 @@ fn run() -> i32 {
         }
     };
     sloop_common::logging::init("sloop-smtpd", cfg.log_level);
-    std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
+    std::panic::set_hook(Box::new(|info| {
+        log::error!("panic: {}", info.to_string().replace('\n', " "));
+    }));
     let aliases = match sloop_common::aliases::Aliases::from_config(&cfg) {
         Ok(a) => a,
         Err(e) => {
