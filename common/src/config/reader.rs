@@ -510,8 +510,13 @@ fn default_str(param: &Param) -> String {
         .to_string()
 }
 
+/// A value as shown in an error: one line (strings use Rust escapes, so a CR/LF in a
+/// greeting shows as `\r\n`), at most 80 characters.
 fn show(value: &toml::Value) -> String {
-    let s = value.to_string();
+    let s = match value {
+        toml::Value::String(s) => format!("{s:?}"),
+        other => other.to_string().replace(['\r', '\n'], " "),
+    };
     if s.len() > 80 {
         let cut: String = s.chars().take(77).collect();
         format!("{cut}...")

@@ -68,6 +68,14 @@ fn all_six_errors_reported_at_once() {
         assert!(keys.contains(&k), "missing {k} in {keys:?}");
     }
     assert_eq!(found.len(), 6, "{found:?}");
+    let greeting = found
+        .iter()
+        .find(|i| i.key == "smtpd.greeting")
+        .expect("greeting");
+    assert_eq!(
+        greeting.found, "\"hi\\r\\nthere\"",
+        "shown on one line with escapes"
+    );
     let bogus = found
         .iter()
         .find(|i| i.key == "smtpd.bogus")
