@@ -329,7 +329,10 @@ impl Envelope {
         let mut env = Envelope::new("", Vec::new());
         env.size = size;
         let mut seen_version = false;
-        for line in text.lines() {
+        // Split at LF only and refuse CR/NUL: `lines()` would also eat a CR before the
+        // LF, so a value ending in CR would not read back as written (found by fuzzing).
+        for line in text.split_terminator('\n') {
+            check_field("envelope line", line)?;
             let mut chars = line.chars();
             let kind = chars
                 .next()
@@ -452,6 +455,22 @@ mod tests {
             assert!(
                 Envelope::read_from(&mut Cursor::new(&file[..cut])).is_err(),
                 "cut at {cut}"
+            );
+        }
+    }
+
+    /// Fuzzing (fuzz target `envelope`) found a trailer line ending in a bare CR read as
+    /// a value ending in CR, which `to_trailer` then wrote as `...\r\n` and which read
+    /// back without the CR. Such a trailer (never written by Sloop) is now refused.
+    #[test]
+    fn trailer_value_ending_in_cr_is_refused() {
+        for text in ["V1\nI\r", "V1\nTa\r\r\n", "V1\r\nTa\n", "V1\nTa\0b\n"] {
+            let mut file = text.as_bytes().to_vec();
+            file.extend_from_slice(b"Z0000000000000000\n");
+            let got = Envelope::read_from(&mut Cursor::new(file));
+            assert!(
+                matches!(got, Err(EnvelopeError::Format(_))),
+                "{text:?}: {got:?}"
             );
         }
     }
