@@ -157,6 +157,11 @@ impl Aliases {
         self.map.get(&name.to_lowercase()).map(Vec::as_slice)
     }
 
+    /// Every alias name (lower case), in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(String::as_str)
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
