@@ -1,6 +1,7 @@
 //! The socket side of a session: reads with a deadline, writes with a send timeout.
 //!
-//! [`Conn`] wraps the accepted TCP stream. [`Conn::read`] waits with `poll(2)` until
+//! [`Conn`] wraps the accepted TCP stream, or standard input and output in the
+//! standalone `--inetd` mode (a socket from inetd, or pipes in tests). [`Conn::read`] waits with `poll(2)` until
 //! input arrives or the deadline passes (EINTR from a signal is retried with the time
 //! left), so a silent client costs at most its phase's budget. Writes use `SO_SNDTIMEO`
 //! so a client that stops reading cannot block the worker forever; the watchdog
@@ -8,9 +9,10 @@
 //! whether the client spoke before the greeting.
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// What a read produced.
@@ -21,18 +23,39 @@ pub enum ReadOutcome {
     Timeout,
 }
 
-/// A client connection.
+/// A client connection: where replies are written and where commands are read.
 #[derive(Debug)]
 pub struct Conn {
-    pub stream: TcpStream,
+    rd: File,
+    wr: File,
 }
 
 impl Conn {
+    /// An accepted TCP connection; writes time out after `send_timeout`.
     pub fn new(stream: TcpStream, send_timeout: Duration) -> io::Result<Conn> {
         stream.set_nonblocking(false)?;
         stream.set_write_timeout(Some(send_timeout.max(Duration::from_millis(100))))?;
         let _ = stream.set_nodelay(true);
-        Ok(Conn { stream })
+        let wr = stream.try_clone()?;
+        Ok(Conn {
+            rd: File::from(OwnedFd::from(stream)),
+            wr: File::from(OwnedFd::from(wr)),
+        })
+    }
+
+    /// Standard input and output (duplicated), for the `--inetd` mode.
+    pub fn stdio() -> io::Result<Conn> {
+        let rd = io::stdin().as_fd().try_clone_to_owned()?;
+        let wr = io::stdout().as_fd().try_clone_to_owned()?;
+        Ok(Conn {
+            rd: File::from(rd),
+            wr: File::from(wr),
+        })
+    }
+
+    /// A duplicate of the write side, for the watchdog's last words.
+    pub fn watchdog_fd(&self) -> Option<OwnedFd> {
+        self.wr.try_clone().ok().map(OwnedFd::from)
     }
 
     /// Reads into `buf`, waiting no later than `deadline`.
@@ -41,7 +64,7 @@ impl Conn {
             return Ok(ReadOutcome::Timeout);
         }
         loop {
-            match self.stream.read(buf) {
+            match self.rd.read(buf) {
                 Ok(0) => return Ok(ReadOutcome::Eof),
                 Ok(n) => return Ok(ReadOutcome::Data(n)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -55,13 +78,13 @@ impl Conn {
 
     /// Writes all of `bytes` (bounded by the send timeout).
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)?;
-        self.stream.flush()
+        self.wr.write_all(bytes)?;
+        self.wr.flush()
     }
 
     /// True when the client has already sent something (or closed).
     pub fn has_early_input(&self) -> bool {
-        let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(self.rd.as_fd(), PollFlags::POLLIN)];
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
     }
 
@@ -73,7 +96,7 @@ impl Conn {
             }
             let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
             let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-            let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLIN)];
+            let mut fds = [PollFd::new(self.rd.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, timeout) {
                 Ok(0) => continue,
                 Ok(_) => return Ok(true),

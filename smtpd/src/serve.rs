@@ -30,7 +30,7 @@ pub enum SessionEnd {
 pub fn serve(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) -> SessionEnd {
     let host = policy.cfg.server.hostname.clone();
     let timeout_line = format!("421 4.4.2 {host} Error: timeout exceeded\r\n").into_bytes();
-    watchdog.attach(conn.stream.try_clone().ok().map(Into::into), timeout_line);
+    watchdog.attach(conn.watchdog_fd(), timeout_line);
     let result = catch_unwind(AssertUnwindSafe(|| run(policy, conn, ip, watchdog)));
     let end = match result {
         Ok(()) => SessionEnd::Normal,

@@ -103,11 +103,14 @@ impl Watchdog {
 fn fire(a: &Armed) -> ! {
     let elapsed = a.started.map(|s| s.elapsed()).unwrap_or_default();
     if let Some(sock) = &a.socket {
-        let _ = send(
-            sock.as_raw_fd(),
-            &a.message,
-            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
-        );
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        if send(sock.as_raw_fd(), &a.message, flags) == Err(nix::errno::Errno::ENOTSOCK) {
+            // Standalone mode on a pipe: made non-blocking first (the process is about
+            // to exit, so changing the shared file status flags is harmless).
+            let nonblock = nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK);
+            let _ = nix::fcntl::fcntl(sock.as_raw_fd(), nonblock);
+            let _ = nix::unistd::write(sock, &a.message);
+        }
     }
     log::error!(
         "watchdog fired: phase {} blocked for {} ms; worker exits",

@@ -1,15 +1,20 @@
 //! `sloop-smtpd`: one prefork SMTP worker, started by `sloopd` (see the library docs).
 //!
-//! `sloop-smtpd -c FILE`: loads and validates the config (invalid: exit 78, nothing is
+//! `sloop-smtpd [-c FILE]`: loads and validates the config (invalid: exit 78, nothing is
 //! served), loads the aliases, adopts `SLOOP_LISTEN_FDS` and `SLOOP_STATUS_FD`, and
 //! runs the accept loop until `max_use`, a signal, or the supervisor going away.
+//!
+//! `sloop-smtpd [-c FILE] --inetd`: serves one session on standard input and output
+//! (a socket from inetd, or pipes for dialogue tests) and exits. The client address is
+//! the socket's peer; on a pipe it is `0.0.0.0`, which no default rule trusts.
 
 use sloop_common::exitcode::{EX_CONFIG, EX_OSERR, EX_USAGE};
 use sloop_common::pool_proto::{listen_fds_from_env, status_fd_from_env};
+use sloop_smtpd::conn::Conn;
 use sloop_smtpd::session::Policy;
 use sloop_smtpd::watchdog::Watchdog;
 use sloop_smtpd::worker::{StopFlags, Worker};
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 
 fn main() {
@@ -18,11 +23,13 @@ fn main() {
 
 fn run() -> i32 {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let cli = match args.as_slice() {
+    let inetd = args.iter().any(|a| a == "--inetd");
+    let rest: Vec<&String> = args.iter().filter(|a| *a != "--inetd").collect();
+    let cli = match rest.as_slice() {
         [] => None,
-        [flag, file] if flag == "-c" => Some(PathBuf::from(file)),
+        [flag, file] if *flag == "-c" => Some(PathBuf::from(file)),
         _ => {
-            eprintln!("usage: sloop-smtpd [-c FILE]  (started by sloopd)");
+            eprintln!("usage: sloop-smtpd [-c FILE] [--inetd]  (started by sloopd)");
             return EX_USAGE;
         }
     };
@@ -46,13 +53,35 @@ fn run() -> i32 {
         }
     };
     let policy = Policy::new(cfg, aliases);
-    match start(policy) {
+    let result = if inetd {
+        standalone(&policy)
+    } else {
+        start(policy)
+    };
+    match result {
         Ok(()) => 0,
         Err((code, msg)) => {
             log::error!("{msg}");
             code
         }
     }
+}
+
+/// One session on stdin/stdout.
+fn standalone(policy: &Policy) -> Result<(), (i32, String)> {
+    let mut conn = Conn::stdio().map_err(|e| (EX_OSERR, format!("standard streams: {e}")))?;
+    let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(0)
+        .ok()
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let watchdog = Watchdog::spawn(policy.cfg.smtpd.watchdog_grace)
+        .map_err(|e| (EX_OSERR, format!("watchdog thread: {e}")))?;
+    sloop_smtpd::serve::serve(policy, &mut conn, peer, &watchdog);
+    Ok(())
 }
 
 fn start(policy: Policy) -> Result<(), (i32, String)> {
