@@ -6,8 +6,9 @@
 //! unlinked from `tmp/`, and `new/` is fsync'd: only then is the delivery reported.
 //!
 //! The domain and user are data, never paths: each is checked as one safe path
-//! component, and the Maildir's canonical path must lie under the canonical mailbox
-//! root (so a symlink planted inside the root cannot lead elsewhere). Failures are
+//! component, and every directory level below the canonical mailbox root must be a
+//! real directory, not a symlink (so a symlink planted inside the root cannot lead
+//! elsewhere). Failures are
 //! temporary (disk full, permissions) except for an unusable name, which is permanent.
 
 use super::io_error_result;
@@ -23,6 +24,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug)]
 pub struct MaildirWriter {
     root: PathBuf,
+    /// `root` with symlinks resolved, once known.
+    canonical: Option<PathBuf>,
     host: String,
     counter: u64,
 }
@@ -31,6 +34,7 @@ impl MaildirWriter {
     pub fn new(root: &Path, hostname: &str) -> MaildirWriter {
         MaildirWriter {
             root: root.to_path_buf(),
+            canonical: None,
             host: hostname_component(hostname),
             counter: 0,
         }
@@ -66,22 +70,12 @@ impl MaildirWriter {
     }
 
     /// The Maildir directory, created if missing, checked to be under the root.
-    fn maildir(&self, domain: &str, user: &str) -> Result<PathBuf, RcptResult> {
+    fn maildir(&mut self, domain: &str, user: &str) -> Result<PathBuf, RcptResult> {
         let user = safe_local_part(user)
             .map_err(|e| RcptResult::fail("5.1.3", format!("bad local-part {user:?}: {e}")))?;
         let domain = safe_component(domain)
             .map_err(|e| RcptResult::fail("5.1.2", format!("bad domain {domain:?}: {e}")))?;
-        let io_err = |e: io::Error, what: &Path| {
-            io_error_result(&e, &format!("cannot create {}", what.display()))
-        };
-        let root = self.root.canonicalize().or_else(|_| {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(&self.root)?;
-            self.root.canonicalize()
-        });
-        let root = root.map_err(|e| io_err(e, &self.root))?;
+        let root = self.canonical_root()?;
         let dir = root.join(&domain).join(&user).join("Maildir");
         for d in [
             root.join(&domain),
@@ -91,17 +85,41 @@ impl MaildirWriter {
             dir.join("new"),
             dir.join("cur"),
         ] {
-            create_dir(&d).map_err(|e| io_err(e, &d))?;
-            // Each level must be exactly where we think: no symlink leads elsewhere.
-            let real = d.canonicalize().map_err(|e| io_err(e, &d))?;
-            if real != d || !real.starts_with(&root) {
-                return Err(RcptResult::defer(
-                    "4.3.5",
-                    format!("{} leaves the mailbox root; refusing", d.display()),
-                ));
+            // Every level below the canonical root must be a real directory, never a
+            // symlink, so the path cannot lead out of the root.
+            match real_dir(&d) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(RcptResult::defer(
+                        "4.3.5",
+                        format!("{} is not a plain directory; refusing", d.display()),
+                    ))
+                }
+                Err(e) => {
+                    let what = format!("cannot create {}", d.display());
+                    return Err(io_error_result(&e, &what));
+                }
             }
         }
         Ok(dir)
+    }
+
+    /// The mailbox root with symlinks resolved (created if missing), found once.
+    fn canonical_root(&mut self) -> Result<PathBuf, RcptResult> {
+        if let Some(r) = &self.canonical {
+            return Ok(r.clone());
+        }
+        let root = self.root.canonicalize().or_else(|_| {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&self.root)?;
+            self.root.canonicalize()
+        });
+        let root = root
+            .map_err(|e| io_error_result(&e, &format!("cannot create {}", self.root.display())))?;
+        self.canonical = Some(root.clone());
+        Ok(root)
     }
 
     /// `<secs>.M<micros>P<pid>Q<n>.<host>` (Maildir's unique-name recipe).
@@ -138,16 +156,24 @@ fn hostname_component(h: &str) -> String {
     h.replace('/', "\\057").replace(':', "\\072")
 }
 
-/// Creates one directory (0700), accepting an existing one; fsyncs the parent when new.
-fn create_dir(d: &Path) -> io::Result<()> {
-    match DirBuilder::new().mode(0o700).create(d) {
-        Ok(()) => match d.parent() {
-            Some(p) => fsync_dir(p),
-            None => Ok(()),
-        },
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && d.is_dir() => Ok(()),
-        Err(e) => Err(e),
+/// Makes sure `d` is a directory that is not a symlink, creating it (0700, then
+/// fsyncing its parent) when missing. `Ok(false)`: something else is in the way.
+fn real_dir(d: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(d) {
+        Ok(m) => return Ok(m.file_type().is_dir()),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
     }
+    match DirBuilder::new().mode(0o700).create(d) {
+        Ok(()) => {
+            if let Some(p) = d.parent() {
+                fsync_dir(p)?;
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    Ok(fs::symlink_metadata(d)?.file_type().is_dir())
 }
 
 /// Moves `tmp` to `new`: a hard link (which never replaces an existing file) then
