@@ -8,11 +8,12 @@
 //! lists itself delivers to its own mailbox, as in Postfix), and nesting stops at
 //! [`MAX_DEPTH`].
 //!
-//! Trust rule: `|command` and `/path/file` targets are honoured only when every file
-//! on their path (the aliases file and each include) is *trusted*: owned by root, by
-//! the worker's own user or by `server.user`, and not group- or world-writable. From
-//! any other source they fail with 5.7.1, so a user who can write an include file
-//! cannot make the mail system run commands or write files. File targets must also lie
+//! Trust rule: `|command`, `/path/file` and `:include:` targets are honoured only when
+//! every file on their path (the aliases file and each include) is *trusted*: owned by
+//! root, by the worker's own user or by `server.user`, and not group- or
+//! world-writable. From any other source they fail with 5.7.1, so a user who can write
+//! an include file cannot make the mail system run commands, write files, or read
+//! other files as address lists; only its plain addresses are used. File targets must also lie
 //! under `local.mailbox_root` (checked when delivering, local/mod.rs).
 //!
 //! Problems with one member are collected (5.1.1 unknown, 5.1.3 bad local-part, 5.4.6
@@ -207,15 +208,22 @@ impl Expander<'_> {
                     "command or file target from an untrusted aliases source refused",
                 ))
             }
-            AliasTarget::Include(p) => self.visit_include(p, domain, depth, trusted, w),
+            AliasTarget::Include(p) if trusted => self.visit_include(p, domain, depth, w),
+            AliasTarget::Include(p) => w.out.problems.push(RcptResult::fail(
+                "5.7.1",
+                format!(
+                    ":include:{} from an untrusted aliases source refused",
+                    p.display()
+                ),
+            )),
         }
     }
 
-    fn visit_include(&self, path: &Path, domain: &str, depth: usize, trusted: bool, w: &mut Walk) {
+    fn visit_include(&self, path: &Path, domain: &str, depth: usize, w: &mut Walk) {
         if !w.seen_includes.insert(path.to_path_buf()) {
             return;
         }
-        let trusted = trusted && self.trust.trusted(path);
+        let trusted = self.trust.trusted(path);
         match read_include(path) {
             Ok(targets) => {
                 for t in &targets {
