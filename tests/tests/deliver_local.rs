@@ -257,7 +257,21 @@ fn mbox_format_with_quoting_read_by_python() {
         w.run(Local, &p2, "", &["bob@localhost.test"])[0].outcome,
         Outcome::Ok
     );
+    // Path tricks fail the same way in mbox format.
+    let tricks = [
+        "../../etc@localhost.test",
+        "a/b@localhost.test",
+        ".x@localhost.test",
+    ];
+    for r in w.run(Local, &p2, "", &tricks) {
+        assert_eq!(
+            (r.outcome, r.dsn.as_str()),
+            (Outcome::Fail, "5.1.3"),
+            "{r:?}"
+        );
+    }
     let mbox = dir.mail().join("localhost.test/bob.mbox");
+    assert_eq!(files_under(&dir.mail()), vec![mbox.clone()]);
     let text = std::fs::read_to_string(&mbox).unwrap();
     assert!(text.contains("\nFrom MAILER-DAEMON "), "{text}");
     assert_eq!(text.matches("\n>From ").count(), 2, "{text}");
