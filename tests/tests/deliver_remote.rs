@@ -300,3 +300,29 @@ fn a_cached_session_that_breaks_before_mail_is_replaced() {
     assert_eq!(conns[0].messages.len() + conns[1].messages.len(), 2);
     assert_eq!(w.finish(), Some(0));
 }
+
+#[test]
+fn crlf_in_a_recipient_cannot_inject_commands() {
+    let sink = Sink::start(Script::default());
+    let dir = TestDir::new("deliver-remote-inject");
+    let cfg = config(&dir, &[("example.net", sink.port)], &[]);
+    let (_, path) = queue(&dir, "s@x.test", &["a@example.net"], MSG);
+    let mut w = Worker::start(&dir, "remote", &cfg);
+    let rcpts = [
+        "x@example.net>\r\nRSET\r\nRCPT TO:<y@example.net",
+        "a@example.net",
+    ];
+    let res = w.run(Remote, &path, "s@x.test", &rcpts);
+    assert_eq!(
+        (res[0].outcome, res[0].dsn.as_str()),
+        (Outcome::Fail, "5.1.3")
+    );
+    assert_eq!(res[1].outcome, Outcome::Ok);
+    let c = &sink.conns()[0];
+    assert!(
+        !c.commands
+            .iter()
+            .any(|l| l == "RSET" || l.contains("y@example")),
+        "{c:?}"
+    );
+}

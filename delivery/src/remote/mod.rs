@@ -153,7 +153,21 @@ impl Agent for RemoteAgent {
 
     fn deliver(&mut self, job: &Job, msg: &QueuedMessage) -> Vec<RcptResult> {
         let mut results: Vec<Option<RcptResult>> = vec![None; job.recipients.len()];
-        for (domain, indices) in group_by_domain(job) {
+        if !wire_safe(&msg.envelope.sender) {
+            let r = RcptResult::fail("5.1.7", "sender address cannot be sent over SMTP");
+            return vec![r; job.recipients.len()];
+        }
+        for (i, rcpt) in job.recipients.iter().enumerate() {
+            if !wire_safe(rcpt) {
+                let r = RcptResult::fail("5.1.3", "recipient address cannot be sent over SMTP");
+                results[i] = Some(r);
+            }
+        }
+        for (domain, mut indices) in group_by_domain(job) {
+            indices.retain(|&i| results[i].is_none());
+            if indices.is_empty() {
+                continue;
+            }
             if domain.is_empty() {
                 let r = RcptResult::fail("5.1.3", "recipient address has no domain");
                 indices.iter().for_each(|&i| results[i] = Some(r.clone()));
@@ -197,6 +211,14 @@ impl Agent for RemoteAgent {
             s.quit();
         }
     }
+}
+
+/// True when an address can go between `<` and `>` in an SMTP command: no control
+/// characters (CR/LF would inject commands), no angle brackets.
+fn wire_safe(address: &str) -> bool {
+    !address
+        .chars()
+        .any(|c| c.is_control() || c == '<' || c == '>')
 }
 
 /// The job's recipients grouped by domain, in first-seen order.

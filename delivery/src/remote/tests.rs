@@ -29,6 +29,15 @@ fn recipients_are_grouped_by_domain() {
     );
 }
 
+#[test]
+fn addresses_that_could_inject_commands_are_refused() {
+    assert!(wire_safe("a@b.test"));
+    assert!(wire_safe(""));
+    for bad in ["a@b\r\nDATA", "a>@b", "<a@b", "a\0@b"] {
+        assert!(!wire_safe(bad), "{bad:?}");
+    }
+}
+
 /// Accepts one SMTP session on `listener` and accepts everything; returns the data.
 fn one_session(listener: TcpListener) -> std::thread::JoinHandle<Vec<String>> {
     std::thread::spawn(move || {
