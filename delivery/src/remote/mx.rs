@@ -52,6 +52,8 @@ pub struct HopResolver {
     dns: Option<Resolver>,
     /// Port of MX hosts (25; tests point it at a loopback sink).
     mx_port: u16,
+    /// Varies the order of equal-preference MX hosts between lookups.
+    seed: u64,
 }
 
 impl Default for HopResolver {
@@ -59,6 +61,7 @@ impl Default for HopResolver {
         HopResolver {
             dns: None,
             mx_port: SMTP_PORT,
+            seed: initial_seed(),
         }
     }
 }
@@ -84,6 +87,7 @@ impl HopResolver {
         HopResolver {
             dns: Resolver::new(config, opts).ok(),
             mx_port,
+            seed: initial_seed(),
         }
     }
 
@@ -95,9 +99,14 @@ impl HopResolver {
         }
     }
 
+    fn next_seed(&mut self) -> u64 {
+        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        self.seed
+    }
+
     fn mx_candidates(&mut self, domain: &str) -> Result<Vec<Candidate>, RcptResult> {
         let answer = self.lookup_mx(domain)?;
-        let hosts = order_mx(domain, answer)?;
+        let hosts = order_mx(domain, answer, self.next_seed())?;
         let mut out = Vec::new();
         let mut last_err = None;
         for host in hosts {
@@ -186,7 +195,10 @@ impl HopResolver {
 }
 
 /// The exchanges to try, best preference first; a null MX or a missing domain fail.
-pub fn order_mx(domain: &str, answer: MxAnswer) -> Result<Vec<String>, RcptResult> {
+///
+/// Hosts of equal preference are put in an order drawn from `seed` (RFC 5321 §5.1:
+/// spread the load), so different workers and attempts start on different hosts.
+pub fn order_mx(domain: &str, answer: MxAnswer, seed: u64) -> Result<Vec<String>, RcptResult> {
     let mut records = match answer {
         MxAnswer::NxDomain => {
             return Err(RcptResult::fail(
@@ -208,7 +220,7 @@ pub fn order_mx(domain: &str, answer: MxAnswer) -> Result<Vec<String>, RcptResul
     if records.is_empty() {
         return Ok(vec![domain.to_string()]);
     }
-    records.sort_by_key(|(p, _)| *p);
+    records.sort_by_cached_key(|(p, h)| (*p, shuffle_key(seed, h)));
     let mut hosts: Vec<String> = Vec::new();
     for (_, h) in records {
         let h = h.trim_end_matches('.').to_ascii_lowercase();
@@ -217,6 +229,24 @@ pub fn order_mx(domain: &str, answer: MxAnswer) -> Result<Vec<String>, RcptResul
         }
     }
     Ok(hosts)
+}
+
+/// A seed that differs between processes and starts.
+fn initial_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
+/// A per-seed pseudo-random sort key for a host name.
+fn shuffle_key(seed: u64, host: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    seed.hash(&mut h);
+    host.to_ascii_lowercase().hash(&mut h);
+    h.finish()
 }
 
 /// `Some(true)` for NXDOMAIN, `Some(false)` for "no records of that type" (NOERROR),
@@ -255,18 +285,41 @@ mod tests {
             (10, "A.test.".into()),
             (20, "a.test".into()),
         ]);
-        assert_eq!(order_mx("d.test", r).unwrap(), vec!["a.test", "b.test"]);
+        assert_eq!(order_mx("d.test", r, 7).unwrap(), vec!["a.test", "b.test"]);
+    }
+
+    #[test]
+    fn equal_preferences_are_spread_but_preference_wins() {
+        let answer = || {
+            MxAnswer::Records(vec![
+                (10, "a.test".into()),
+                (10, "b.test".into()),
+                (5, "first.test".into()),
+                (20, "last.test".into()),
+            ])
+        };
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..64 {
+            let hosts = order_mx("d.test", answer(), seed).unwrap();
+            assert_eq!(hosts.len(), 4);
+            assert_eq!(
+                (hosts[0].as_str(), hosts[3].as_str()),
+                ("first.test", "last.test")
+            );
+            seen.insert(hosts[1].clone());
+        }
+        assert_eq!(seen.len(), 2, "both equal-preference hosts get to go first");
     }
 
     #[test]
     fn implicit_mx_null_mx_and_nxdomain() {
         assert_eq!(
-            order_mx("d.test", MxAnswer::NoRecords).unwrap(),
+            order_mx("d.test", MxAnswer::NoRecords, 7).unwrap(),
             vec!["d.test"]
         );
-        let null = order_mx("d.test", MxAnswer::Records(vec![(0, ".".into())])).unwrap_err();
+        let null = order_mx("d.test", MxAnswer::Records(vec![(0, ".".into())]), 7).unwrap_err();
         assert_eq!((null.outcome, null.dsn.as_str()), (Outcome::Fail, "5.1.10"));
-        let nx = order_mx("d.test", MxAnswer::NxDomain).unwrap_err();
+        let nx = order_mx("d.test", MxAnswer::NxDomain, 7).unwrap_err();
         assert_eq!((nx.outcome, nx.dsn.as_str()), (Outcome::Fail, "5.1.2"));
     }
 
