@@ -13,8 +13,8 @@
 //! root, by the worker's own user or by `server.user`, and not group- or
 //! world-writable. From any other source they fail with 5.7.1, so a user who can write
 //! an include file cannot make the mail system run commands, write files, or read
-//! other files as address lists; only its plain addresses are used. File targets must also lie
-//! under `local.mailbox_root` (checked when delivering, local/mod.rs).
+//! other files as address lists; only its plain addresses are used. File targets must
+//! also lie under `local.mailbox_root` (checked when delivering, local/mod.rs).
 //!
 //! Problems with one member are collected (5.1.1 unknown, 5.1.3 bad local-part, 5.4.6
 //! loop, 5.7.1 untrusted, 4.3.0 unreadable include) alongside the targets found.
