@@ -10,15 +10,21 @@
 //! real directory, not a symlink (so a symlink planted inside the root cannot lead
 //! elsewhere). Failures are
 //! temporary (disk full, permissions) except for an unusable name, which is permanent.
+//! A crashed delivery leaves only a `tmp/` file, never a partial message in `new/`;
+//! such leftovers are swept once per Maildir and process after 36 hours.
 
 use super::io_error_result;
 use crate::result::RcptResult;
 use sloop_common::local_recipient::safe_local_part;
+use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Age after which a file in a Maildir's `tmp/` is a crashed delivery's leftover.
+pub const STALE_TMP: Duration = Duration::from_secs(36 * 3600);
 
 /// Writes messages into virtual Maildirs under one root.
 #[derive(Debug)]
@@ -28,6 +34,8 @@ pub struct MaildirWriter {
     canonical: Option<PathBuf>,
     host: String,
     counter: u64,
+    /// Maildirs whose `tmp/` this process has already swept.
+    swept: HashSet<PathBuf>,
 }
 
 impl MaildirWriter {
@@ -37,6 +45,7 @@ impl MaildirWriter {
             canonical: None,
             host: hostname_component(hostname),
             counter: 0,
+            swept: HashSet::new(),
         }
     }
 
@@ -50,6 +59,7 @@ impl MaildirWriter {
         message: &mut dyn Read,
     ) -> Result<PathBuf, RcptResult> {
         let dir = self.maildir(domain, user)?;
+        self.clean_tmp_once(&dir);
         let name = self.unique_name();
         let tmp = dir.join("tmp").join(&name);
         let new = dir.join("new").join(&name);
@@ -102,6 +112,31 @@ impl MaildirWriter {
             }
         }
         Ok(dir)
+    }
+
+    /// Once per Maildir and process, removes `tmp/` files older than [`STALE_TMP`]
+    /// (left by a delivery that crashed; the Maildir convention is 36 hours).
+    fn clean_tmp_once(&mut self, dir: &Path) {
+        if self.swept.len() >= 10_000 {
+            self.swept.clear();
+        }
+        if !self.swept.insert(dir.to_path_buf()) {
+            return;
+        }
+        let Ok(entries) = fs::read_dir(dir.join("tmp")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE_TMP);
+            if old {
+                let _ = fs::remove_file(e.path());
+            }
+        }
     }
 
     /// The mailbox root with symlinks resolved (created if missing), found once.
@@ -255,6 +290,27 @@ mod tests {
             0
         );
         assert!(root.join("example.test/bob/Maildir/cur").is_dir());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn stale_tmp_files_are_swept_fresh_ones_kept() {
+        let root = temp("sweep");
+        let mut w = MaildirWriter::new(&root, "h");
+        let tmp = root.join("d.test/u/Maildir/tmp");
+        fs::create_dir_all(&tmp).unwrap();
+        fs::write(tmp.join("old"), "x").unwrap();
+        fs::write(tmp.join("fresh"), "x").unwrap();
+        let long_ago = SystemTime::now() - STALE_TMP - Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(tmp.join("old"))
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        w.deliver("d.test", "u", b"", &mut &b"m\n"[..]).unwrap();
+        assert!(!tmp.join("old").exists());
+        assert!(tmp.join("fresh").exists());
         fs::remove_dir_all(&root).unwrap();
     }
 
