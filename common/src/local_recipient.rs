@@ -49,23 +49,33 @@ pub fn classify(cfg: &Config, aliases: &Aliases, address: &str) -> LocalVerdict 
             };
         }
     }
-    let known = |user: &str| {
+    // An explicit entry for the whole local-part wins; otherwise the extension is
+    // dropped (`user+tag` -> `user`), for explicit entries and `@domain` wildcards alike.
+    let listed = |user: &str| {
         cfg.local
             .mailboxes
             .iter()
             .any(|m| match m.rsplit_once('@') {
-                Some(("", d)) => d == domain,
-                Some((u, d)) => d == domain && u.to_lowercase() == user,
+                Some((u, d)) => d == domain && (u.is_empty() || u.to_lowercase() == user),
                 None => false,
             })
     };
-    for user in [local.as_str(), base] {
-        if known(user) {
-            return match safe_local_part(user) {
-                Ok(user) => LocalVerdict::Mailbox { domain, user },
-                Err(e) => LocalVerdict::Invalid(e),
-            };
-        }
+    let explicit = |user: &str| {
+        cfg.local
+            .mailboxes
+            .iter()
+            .any(|m| m.to_lowercase() == format!("{user}@{domain}"))
+    };
+    let user = if explicit(&local) {
+        Some(local.as_str())
+    } else {
+        listed(base).then_some(base)
+    };
+    if let Some(user) = user {
+        return match safe_local_part(user) {
+            Ok(user) => LocalVerdict::Mailbox { domain, user },
+            Err(e) => LocalVerdict::Invalid(e),
+        };
     }
     LocalVerdict::Unknown
 }
@@ -131,6 +141,14 @@ mod tests {
             LocalVerdict::Alias {
                 name: "postmaster".into()
             }
+        );
+        assert_eq!(
+            c("anyone+tag@catch.test"),
+            LocalVerdict::Mailbox {
+                domain: "catch.test".into(),
+                user: "anyone".into()
+            },
+            "the extension is dropped in a wildcard domain too"
         );
         assert_eq!(
             c("anyone@catch.test"),
