@@ -130,14 +130,14 @@ pub fn run(cfg: Config, spool: Spool) -> Result<(), LoopError> {
         let now = Instant::now();
         q.check_deadlines(now);
         if let Some(deadline) = q.stopping {
-            q.flush_removals();
+            q.settle();
             if q.pools.busy_slots().is_empty() || now >= deadline {
                 break;
             }
             continue;
         }
         q.tick(now);
-        q.flush_removals();
+        q.settle();
     }
     let abandoned = q.pools.busy_slots().len();
     if abandoned > 0 {

@@ -2,8 +2,8 @@
 //! `deferred/`, recording each recipient's result, and deciding its fate when its last
 //! job is done (removed, bounced, expired or deferred).
 //!
-//! Every result is appended to `status/<id>` (fsync'd) before anything is decided on it
-//! (ARCHITECTURE.md §3, invariant 2). If an append fails the message is not removed:
+//! Every result is appended to `status/<id>` and synced (settle.rs, once per loop turn)
+//! before anything is decided on it (ARCHITECTURE.md §3, invariant 2). If an append fails the message is not removed:
 //! it is deferred so the next attempt starts again from what is on disk. A message whose
 //! queue file is corrupt is moved to `hold/` for an operator (logged), never deleted;
 //! one that cannot be read right now is deferred.
@@ -28,6 +28,8 @@ pub struct Message {
     pub jobs_left: usize,
     /// A status append failed: do not trust the in-memory results for removal.
     pub io_error: bool,
+    /// `status/<id>` exists (so removing the message must remove it too).
+    pub status_on_disk: bool,
 }
 
 /// One recipient's result, as a worker reported it or the queue manager decided it.
@@ -99,11 +101,15 @@ impl Qmgr {
             env.size,
             env.recipients.len()
         );
+        let status_on_disk = status.recipients.iter().any(Option::is_some)
+            || status.bounce_id.is_some()
+            || status.warned;
         let msg = Message {
             env,
             status,
             jobs_left: jobs.len(),
             io_error: false,
+            status_on_disk,
         };
         self.active.insert(id.to_string(), msg);
         if jobs.is_empty() {
@@ -115,16 +121,17 @@ impl Qmgr {
         }
     }
 
-    /// Records one recipient's result durably, in memory, and in the log.
+    /// Records one recipient's result in its status log (synced at the end of the turn),
+    /// in memory, and in the log.
     pub(super) fn record(&mut self, id: &str, r: &RcptResult) {
+        if !self.active.contains_key(id) {
+            return;
+        }
+        let line = status::result_line(r.index, r.outcome, r.dsn, r.text);
+        self.write_status(id, line);
         let Some(msg) = self.active.get_mut(id) else {
             return;
         };
-        let line = status::result_line(r.index, r.outcome, r.dsn, r.text);
-        if let Err(e) = status::append(&self.spool, id, &[line]) {
-            log::error!("{id}: cannot record result: {e}");
-            msg.io_error = true;
-        }
         let Some(slot) = msg.status.recipients.get_mut(r.index) else {
             return;
         };
@@ -163,12 +170,12 @@ impl Qmgr {
         };
         msg.jobs_left = msg.jobs_left.saturating_sub(1);
         if msg.jobs_left == 0 {
-            self.finish(id);
+            self.note_finished(id);
         }
     }
 
     /// Decides the fate of a message whose jobs are all done.
-    fn finish(&mut self, id: &str) {
+    pub(super) fn finish(&mut self, id: &str) {
         let Some(mut msg) = self.active.remove(id) else {
             return;
         };
@@ -254,7 +261,7 @@ impl Qmgr {
         }
         let path = self.spool.path(QueueState::Active, id);
         match std::fs::remove_file(&path) {
-            Ok(()) => self.removed.push(id.to_string()),
+            Ok(()) => self.removed.push((id.to_string(), msg.status_on_disk)),
             Err(e) => log::error!("{id}: cannot remove {}: {e}", path.display()),
         }
     }
@@ -269,9 +276,11 @@ impl Qmgr {
         if let Err(e) = fsync_dir(&self.spool.state_dir(QueueState::Active)) {
             log::error!("{e}");
         }
-        for id in std::mem::take(&mut self.removed) {
-            if let Err(e) = status::remove(&self.spool, &id) {
-                log::warn!("{id}: {e}");
+        for (id, status_on_disk) in std::mem::take(&mut self.removed) {
+            if status_on_disk {
+                if let Err(e) = status::remove(&self.spool, &id) {
+                    log::warn!("{id}: {e}");
+                }
             }
             log::info!("{id}: removed");
         }

@@ -22,6 +22,7 @@ mod events;
 mod messages;
 mod recovery;
 mod scheduler;
+mod settle;
 mod workers;
 
 use messages::Message;
@@ -96,8 +97,13 @@ pub(crate) struct Qmgr {
     next_scan: Instant,
     next_deferred_scan: Instant,
     next_job_id: u64,
-    /// Messages unlinked from `active/` this turn, awaiting the directory fsync.
-    removed: Vec<String>,
+    /// Messages unlinked from `active/` this turn, awaiting the directory fsync, with
+    /// whether their status log exists.
+    removed: Vec<(String, bool)>,
+    /// Status lines of this turn, not yet written (settle.rs).
+    unwritten: Vec<(String, String)>,
+    /// Messages whose last job ended this turn, to be finished once results are synced.
+    finished: Vec<String>,
     /// Alternates loads between `incoming/` and due `deferred/` messages.
     prefer_deferred: bool,
     stopping: Option<Instant>,
@@ -124,6 +130,8 @@ impl Qmgr {
             next_job_id: 1,
             prefer_deferred: false,
             removed: Vec::new(),
+            unwritten: Vec::new(),
+            finished: Vec::new(),
             stopping: None,
         }
     }
@@ -296,6 +304,7 @@ mod tests {
             status: MessageStatus::default(),
             jobs_left: 1,
             io_error: false,
+            status_on_disk: false,
         }
     }
 
