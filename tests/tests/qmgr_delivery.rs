@@ -231,6 +231,9 @@ fn operator_flush_and_hold_are_honoured() {
         s.spool.path(QueueState::Deferred, &id).exists()
     });
     assert!(deferred, "{}", q.log_text());
+    // The deferral was recorded before the move: the status log says so.
+    let log = std::fs::read_to_string(sloop_common::spool::status::path(&s.spool, &id)).unwrap();
+    assert!(log.contains(" 0 defer 4.2.2 mailbox full\n"), "{log:?}");
     // `sloop queue flush` semantics: deferred -> incoming, then a poke.
     s.spool
         .move_to(&id, QueueState::Deferred, QueueState::Incoming)
