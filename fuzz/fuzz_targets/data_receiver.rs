@@ -13,7 +13,11 @@ const LIMITS: DataLimits = DataLimits {
     normalize_bare_newlines: false,
 };
 
-fn run(input: &[u8], piece: usize, limits: DataLimits) -> (usize, Option<Result<Vec<u8>, sloop_smtpd::data::DataError>>) {
+fn run(
+    input: &[u8],
+    piece: usize,
+    limits: DataLimits,
+) -> (usize, Option<Result<Vec<u8>, sloop_smtpd::data::DataError>>) {
     let mut rx = DataReceiver::new(limits);
     let mut used = 0;
     for chunk in input.chunks(piece) {
@@ -44,7 +48,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(whole.1, pieces.1, "verdict differs");
         if whole.1.is_some() {
             let end = &input[..whole.0];
-            assert!(end == b".\r\n" || end.ends_with(b"\r\n.\r\n"), "ended without CRLF.CRLF");
+            assert!(
+                end == b".\r\n" || end.ends_with(b"\r\n.\r\n"),
+                "ended without CRLF.CRLF"
+            );
         }
         if let Some(Ok(msg)) = whole.1 {
             assert!(msg.len() as u64 <= limits.max_size);
