@@ -312,3 +312,16 @@ fn reload_applies_the_new_config_and_replaces_the_workers() {
     q.wait_log(&format!("{id}: removed"), 20);
     assert!(q.log_text().contains("status=sent (new worker)"));
 }
+
+#[test]
+fn invalid_config_exits_78() {
+    let s = Setup::new("qmgr-badconf", ALL_OK, &[]);
+    std::fs::write(&s.config, "[queue]\nmax_active = 0\n").unwrap();
+    let mut q = s.start();
+    assert_eq!(q.wait_exit(10), Some(78), "{}", q.log_text());
+    assert!(
+        q.log_text().contains("queue.max_active"),
+        "{}",
+        q.log_text()
+    );
+}

@@ -8,13 +8,15 @@
 //! bodies), groups their pending recipients into jobs (scheduler.rs), runs the jobs on
 //! workers (dispatch.rs, workers.rs) and, when a message's jobs are all done, removes
 //! it, bounces it (bounce.rs) or moves it to `deferred/` with its next attempt time as
-//! the file's mtime (messages.rs).
+//! the file's mtime (messages.rs). Results are made durable once per loop turn, before
+//! any of these decisions (settle.rs).
 //!
 //! Operator tools change the spool only by renames plus a poke on the trigger FIFO, so a
 //! message that vanished from `active/` while its job ran is simply dropped from memory.
 //! Errors touching the spool are logged with the message's ID and the message is left
 //! where it is or deferred: a message is never removed unless every recipient is final
-//! and recorded, and any bounce is committed.
+//! (recorded in its status log, or all delivered so that the removal is the record) and
+//! any bounce is committed.
 
 mod bounce;
 mod dispatch;
