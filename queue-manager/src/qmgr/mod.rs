@@ -210,9 +210,12 @@ impl Qmgr {
         if room && self.poked && self.incoming.is_empty() {
             self.poked = false;
             match self.spool.list(QueueState::Incoming) {
-                Ok(ids) => self
-                    .incoming
-                    .extend(ids.into_iter().take(self.backlog_cap())),
+                Ok(ids) => {
+                    let cap = self.backlog_cap();
+                    // More than we keep: list again as soon as this backlog is loaded.
+                    self.poked = ids.len() > cap;
+                    self.incoming.extend(ids.into_iter().take(cap));
+                }
                 Err(e) => log::error!("cannot scan incoming: {e}"),
             }
         }
@@ -247,7 +250,11 @@ impl Qmgr {
             match due.duration_since(wall) {
                 Ok(wait) if !wait.is_zero() => next = next.min(now + wait),
                 _ if self.deferred.len() < self.backlog_cap() => self.deferred.push_back(id),
-                _ => {}
+                // Due but beyond the cap: scan again once this backlog is loaded.
+                _ => {
+                    next = now;
+                    break;
+                }
             }
         }
         self.next_deferred_scan = next;
