@@ -182,3 +182,40 @@ fn remote_route_defers_on_451_then_delivers_and_550_bounces_to_local_sender() {
     assert!(out.contains("DS Status: 5.1.1"), "{out}");
     assert!(out.contains("550"), "{out}");
 }
+
+#[test]
+fn full_stack_smtplib_to_maildir_through_sloopd() {
+    let s = Setup::with_real_workers("qmgr-real-stack", &[]);
+    let port = free_port();
+    let config = s.dir.write_config(port, &[], "");
+    let d = sloop_tests::Daemon::start(&config, port);
+    let script = r#"
+import smtplib, sys
+from email.message import EmailMessage
+m = EmailMessage()
+m['From'] = 'alice@localhost.test'
+m['To'] = 'erin@localhost.test'
+m['Subject'] = 'full stack'
+m.set_content('Hello through sloopd.\n')
+with smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=30) as c:
+    c.send_message(m)
+"#;
+    let (code, _, err) = python(script, &[&port.to_string()]);
+    assert_eq!(code, 0, "smtplib: {err}\n{}", d.log_text());
+    let ok = wait_until(Duration::from_secs(30), || {
+        maildir_new(&s.dir.mail(), "localhost.test", "erin").len() == 1
+    });
+    assert!(
+        ok,
+        "not delivered:\n{}",
+        qmgr_support::tail(&d.log_text(), 40)
+    );
+    let read = "import mailbox, sys\nfor m in mailbox.Maildir(sys.argv[1], create=False):\n    print(m['Subject'])\n";
+    let maildir = s.dir.mail().join("localhost.test/erin/Maildir");
+    let (code, out, err) = python(read, &[&maildir.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "full stack");
+    let log = d.log_text();
+    assert!(log.contains("sloop-qmgr"), "{log}");
+    assert!(log.contains(": removed"), "{log}");
+}
