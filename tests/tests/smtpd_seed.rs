@@ -86,7 +86,13 @@ fn broken_greeting_refuses_start_and_broken_reload_keeps_the_banner() {
     let mut d = smtpd_support::spawn_daemon(&bad, &[]);
     let status = d.wait_exit(Duration::from_secs(10)).expect("sloopd exits");
     assert_eq!(status.code(), Some(78));
-    // A reload with it keeps the old banner.
+    // A reload with it keeps the old banner. (Written only once every worker has
+    // loaded the good file: sloopd's children read the file when they start.)
+    assert!(
+        server.wait_idle(2, Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
     std::fs::write(&config, &broken).unwrap();
     server.daemon.signal(Signal::SIGHUP);
     assert!(
@@ -221,16 +227,8 @@ fn killed_worker_loses_only_its_own_session() {
                 .rev()
                 .find(|l| l.contains("status: smtpd workers="))
                 .unwrap_or("");
-            idle_count(last) >= 3
+            smtpd_support::idle_count(last) >= 3
         },
     );
     assert!(back, "pool not back to min_idle:\n{}", server.log());
-}
-
-fn idle_count(status: &str) -> usize {
-    status
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("idle="))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }

@@ -70,6 +70,20 @@ impl Server {
         wait_until(timeout, || self.log().contains(needle))
     }
 
+    /// Waits until sloopd reports at least `n` idle smtpd workers (SIGUSR1 status).
+    pub fn wait_idle(&self, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.daemon.signal(nix::sys::signal::Signal::SIGUSR1);
+            let log = self.log();
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| l.contains("status: smtpd workers="))
+                .unwrap_or("");
+            idle_count(last) >= n
+        })
+    }
+
     /// Runs a Python smtplib script; `PORT` is replaced by the port.
     pub fn python(&self, script: &str, args: &[&str]) -> String {
         let script = script.replace("PORT", &self.port.to_string());
@@ -98,6 +112,15 @@ pub fn spawn_daemon(config: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         child: cmd.spawn().unwrap(),
         log,
     }
+}
+
+/// `idle=N` of a sloopd status line.
+pub fn idle_count(status: &str) -> usize {
+    status
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("idle="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The message as the client sent it: what follows our Received header.
