@@ -42,6 +42,8 @@ fn five_hundred_concurrent_connections_are_greeted() {
 #[test]
 fn per_client_limit_keeps_other_clients_served() {
     let server = Server::start("smtpd-per-client", &[("smtpd.max_per_client", "20")], &[]);
+    // The start-up probe's session must have released its slot.
+    assert!(server.wait_log("disconnect from", Duration::from_secs(5)));
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..200 {
