@@ -232,11 +232,6 @@ impl<'a> Session<'a> {
         self.input.extend_from_slice(bytes);
     }
 
-    /// Octets received but not yet consumed.
-    pub fn pending_input(&self) -> usize {
-        self.input.len()
-    }
-
     /// The next thing to do.
     pub fn step(&mut self) -> Step {
         loop {
@@ -258,11 +253,6 @@ impl<'a> Session<'a> {
             State::Data(..) | State::Bdat(_) => Phase::Data,
             _ => Phase::Command,
         }
-    }
-
-    /// True once the session is over.
-    pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Closed) && self.out.is_empty()
     }
 
     /// The client closed its side.
@@ -319,10 +309,6 @@ impl<'a> Session<'a> {
             self.client.display(),
             self.counters.render()
         )
-    }
-
-    pub fn client(&self) -> &Client {
-        &self.client
     }
 
     /// Makes progress on buffered input; false when nothing more can be done now.
