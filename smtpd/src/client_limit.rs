@@ -4,7 +4,10 @@
 //! `fcntl` write lock in `<run_dir>/clients/<ip>`. A worker tries the slots without
 //! blocking; when all are taken the client gets `421 4.7.0 Too many connections`. The
 //! kernel drops the locks when the worker closes the file or dies, so a crashed worker
-//! never leaks a slot. Errors (run directory missing, unwritable) are returned to the
+//! never leaks a slot. The last session of a client removes its file (it can take a
+//! lock on the whole file only when no other process holds a slot); a worker that
+//! locked a file just removed checks the inode and starts over, so the files do not
+//! pile up and the limit still holds. Errors (run directory missing, unwritable) are returned to the
 //! caller, which answers with a temporary failure: a failing check narrows access,
 //! never widens it (SEED.md G5).
 
@@ -13,12 +16,14 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
-/// A held slot; dropping it releases the lock.
+/// A held slot; dropping it releases the lock (and removes an unused file).
 #[derive(Debug)]
 pub struct Slot {
-    _file: File,
+    file: File,
+    path: PathBuf,
     pub index: usize,
 }
 
@@ -27,27 +32,72 @@ pub fn acquire(run_dir: &Path, ip: IpAddr, max: usize) -> io::Result<Option<Slot
     let dir = run_dir.join("clients");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(ip.to_string());
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)?;
-    for index in 0..max {
-        let lock = libc::flock {
-            l_type: libc::F_WRLCK as libc::c_short,
-            l_whence: libc::SEEK_SET as libc::c_short,
-            l_start: index as libc::off_t,
-            l_len: 1,
-            l_pid: 0,
+    for _ in 0..8 {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let Some(index) = take_free_slot(&file, &path, max)? else {
+            return Ok(None);
         };
-        match fcntl(file.as_raw_fd(), FcntlArg::F_SETLK(&lock)) {
-            Ok(_) => return Ok(Some(Slot { _file: file, index })),
-            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => continue,
+        if same_file(&file, &path) {
+            return Ok(Some(Slot { file, path, index }));
+        }
+        // The file was removed by the last session of this client between our open
+        // and our lock: our lock is on an orphan; start over.
+    }
+    Err(io::Error::other(format!(
+        "{}: keeps being replaced",
+        path.display()
+    )))
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // A lock on the whole file succeeds only if no other process holds a slot
+        // (our own lock does not conflict with it); then nobody needs the file.
+        if set_lock(&self.file, 0, 0).unwrap_or(false) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn take_free_slot(file: &File, path: &Path, max: usize) -> io::Result<Option<usize>> {
+    for index in 0..max {
+        match set_lock(file, index as libc::off_t, 1) {
+            Ok(true) => return Ok(Some(index)),
+            Ok(false) => continue,
             Err(e) => return Err(io::Error::other(format!("{}: lock: {e}", path.display()))),
         }
     }
     Ok(None)
+}
+
+/// A non-blocking write lock on `len` octets at `start` (0 = to the end of file);
+/// false when another process holds a conflicting lock.
+fn set_lock(file: &File, start: libc::off_t, len: libc::off_t) -> nix::Result<bool> {
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: start,
+        l_len: len,
+        l_pid: 0,
+    };
+    match fcntl(file.as_raw_fd(), FcntlArg::F_SETLK(&lock)) {
+        Ok(_) => Ok(true),
+        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// True when `path` still names the open `file`.
+fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -66,6 +116,8 @@ mod tests {
         assert_eq!(slot.index, 0);
         assert!(dir.join("clients/192.0.2.1").exists());
         drop(slot);
+        // Nobody else held a slot: the file is gone.
+        assert!(!dir.join("clients/192.0.2.1").exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -78,6 +78,10 @@ fn per_client_limit_keeps_other_clients_served() {
     drop(held);
     let mut again = Smtp::connect(server.port);
     assert_eq!(again.code(), 220);
+    assert_eq!(again.cmd("QUIT"), 221);
+    // The last session of a client removes its slot file.
+    let file = server.dir.run().join("clients").join("127.0.0.1");
+    assert!(sloop_tests::wait_until(Duration::from_secs(5), || !file.exists()));
 }
 
 /// A TCP connection to 127.0.0.1:`port` from `source`.
