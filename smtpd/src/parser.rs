@@ -1,7 +1,7 @@
 //! The SMTP command parser: an incremental line splitter with a hard length limit, and
 //! a table-driven verb parser.
 //!
-//! [`take_line`] cuts one command line off the front of the session's input buffer.
+//! [`LineSplitter::take_line`] cuts one command line off the front of the session's input buffer.
 //! A line ends at LF (a CR before it is dropped; RFC 5321 §2.3.8 only forbids bare LF
 //! *inside DATA*, which `data.rs` handles). A line longer than the limit (512 octets
 //! with CRLF, §4.5.3.1.4) yields [`Line::TooLong`] and everything up to the next LF is
