@@ -95,6 +95,21 @@ fn dialogue_scripts() {
     );
 }
 
+#[test]
+fn broken_aliases_file_gives_451_not_silence() {
+    let dir = TestDir::new("smtpd-inetd-aliases");
+    let aliases = dir.path.join("aliases");
+    std::fs::write(&aliases, "this line has no colon\n").unwrap();
+    let a = format!("{:?}", aliases.display().to_string());
+    let cfg = dir.write_config(free_port(), &[("local.aliases", &a)], "");
+    let (codes, log) = dialogue(
+        &cfg,
+        "EHLO c.test\nMAIL FROM:<a@b.example>\nRCPT TO:<u@localhost.test>\nQUIT\n",
+    );
+    assert_eq!(codes, vec![220, 250, 250, 451, 221], "{log}");
+    assert!(log.contains("local recipients get 451 4.3.0"), "{log}");
+}
+
 /// Input that is there before the greeting (a file on stdin is always readable).
 #[test]
 fn early_talker_is_refused() {

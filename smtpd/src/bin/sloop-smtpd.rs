@@ -1,8 +1,8 @@
 //! `sloop-smtpd`: one prefork SMTP worker, started by `sloopd` (see the library docs).
 //!
 //! `sloop-smtpd [-c FILE]`: loads and validates the config (invalid: exit 78, nothing is
-//! served), loads the aliases, adopts `SLOOP_LISTEN_FDS` and `SLOOP_STATUS_FD`, and
-//! runs the accept loop until `max_use`, a signal, or the supervisor going away.
+//! served), loads the aliases (unusable: local recipients get 451), adopts
+//! `SLOOP_LISTEN_FDS` and `SLOOP_STATUS_FD`, and runs the accept loop until `max_use`, a signal, or the supervisor going away.
 //!
 //! `sloop-smtpd [-c FILE] --inetd`: serves one session on standard input and output
 //! (a socket from inetd, or pipes for dialogue tests) and exits. The client address is
@@ -45,14 +45,16 @@ fn run() -> i32 {
     std::panic::set_hook(Box::new(|info| {
         log::error!("panic: {}", info.to_string().replace('\n', " "));
     }));
-    let aliases = match sloop_common::aliases::Aliases::from_config(&cfg) {
-        Ok(a) => a,
+    // A broken aliases file must not stop the port from answering (G1): local
+    // recipients get 451 until it is fixed and the workers are restarted.
+    let policy = match sloop_common::aliases::Aliases::from_config(&cfg) {
+        Ok(a) => Policy::new(cfg, a),
         Err(e) => {
-            log::error!("{e}");
-            return EX_CONFIG;
+            let why = e.to_string().replace('\n', " ");
+            log::error!("{why}; local recipients get 451 4.3.0 until it is fixed");
+            Policy::without_aliases(cfg, why)
         }
     };
-    let policy = Policy::new(cfg, aliases);
     let result = if inetd {
         standalone(&policy)
     } else {

@@ -6,6 +6,10 @@
 //! otherwise, at RCPT time, so nothing is bounced later), and a remote address only for
 //! clients in `relay.networks` (`554 5.7.1 Relay access denied`). Relay permission
 //! comes only from that built-in rule (SEED.md G5). Pure functions of their inputs.
+//!
+//! If the aliases file could not be loaded when the worker started, local recipients
+//! get `451 4.3.0` (the client retries later; nothing is refused for good on a broken
+//! table), while the greeting, relaying and everything else keep working.
 
 use crate::address::{resolve, Mailbox};
 use crate::reply::Reply;
@@ -18,7 +22,8 @@ use std::net::IpAddr;
 #[derive(Debug)]
 pub struct Policy {
     pub cfg: Config,
-    pub aliases: Aliases,
+    /// The aliases, or why they could not be loaded.
+    pub aliases: Result<Aliases, String>,
 }
 
 /// An accepted recipient: the address to store and the trick seen, if any.
@@ -30,7 +35,18 @@ pub struct Accepted {
 
 impl Policy {
     pub fn new(cfg: Config, aliases: Aliases) -> Policy {
-        Policy { cfg, aliases }
+        Policy {
+            cfg,
+            aliases: Ok(aliases),
+        }
+    }
+
+    /// A policy whose aliases file is unusable (`why` is logged, not shown).
+    pub fn without_aliases(cfg: Config, why: String) -> Policy {
+        Policy {
+            cfg,
+            aliases: Err(why),
+        }
     }
 
     /// True when `ip` is in `relay.networks`.
@@ -59,7 +75,16 @@ impl Policy {
             return Err(unknown(&shown));
         }
         if self.cfg.is_local_domain(&r.mailbox.domain) {
-            return match classify(&self.cfg, &self.aliases, &address) {
+            let Ok(aliases) = &self.aliases else {
+                return Err(Reply::new(
+                    451,
+                    (4, 3, 0),
+                    format!(
+                        "<{shown}>: Recipient address rejected: local recipient table unavailable"
+                    ),
+                ));
+            };
+            return match classify(&self.cfg, aliases, &address) {
                 LocalVerdict::Mailbox { .. } | LocalVerdict::Alias { .. } => Ok(Accepted {
                     address,
                     trick: r.trick,

@@ -147,6 +147,19 @@ fn recipients_local_unknown_and_relay() {
 }
 
 #[test]
+fn unusable_aliases_give_temporary_failures_for_local_recipients() {
+    let p = policy("");
+    let p = Policy::without_aliases(p.cfg, "invalid aliases file".into());
+    let pre = "EHLO x\r\nMAIL FROM:<s@x.example>\r\n";
+    let c = codes(
+        &p,
+        TRUSTED,
+        &format!("{pre}RCPT TO:<alice@local.test>\r\nRCPT TO:<x@remote.example>\r\n"),
+    );
+    assert_eq!(c, vec![220, 250, 250, 451, 250]);
+}
+
+#[test]
 fn trusted_trick_is_stored_resolved() {
     let p = policy("");
     let mut s = session(&p, TRUSTED);
