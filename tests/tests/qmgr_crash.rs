@@ -96,8 +96,10 @@ fn check_all_delivered(s: &Setup, ids: &[String]) {
     );
     assert_eq!(missing, 0);
     assert!(d.iter().all(|x| x.2 == "ok"));
-    // Each duplicate comes from a job in flight at the kill: at most one per worker.
-    assert!(duplicates <= 2, "{duplicates} duplicates");
+    // A duplicate is a delivery the killed qmgr had not made durable yet: a job in
+    // flight, or a result read in the loop turn the kill interrupted (results are synced
+    // once per turn, settle.rs). With 2 workers that is at most 2 + 2.
+    assert!(duplicates <= 4, "{duplicates} duplicates");
     let status_left = std::fs::read_dir(s.spool.status_dir()).unwrap().count();
     assert_eq!(status_left, 0, "status logs left behind");
 }
