@@ -183,10 +183,12 @@ impl Dsn<'_> {
         let mut s = format!("\r\nFinal-Recipient: rfc822; {}\r\n", one_line(&r.address));
         if let Some(orcpt) = &r.orcpt {
             let orcpt = one_line(orcpt);
-            match orcpt.split_once(';') {
-                Some((t, a)) => s.push_str(&format!("Original-Recipient: {t}; {}\r\n", a.trim())),
-                None => s.push_str(&format!("Original-Recipient: rfc822; {orcpt}\r\n")),
-            }
+            let (kind, addr) = orcpt.split_once(';').unwrap_or(("rfc822", &orcpt));
+            s.push_str(&format!(
+                "Original-Recipient: {}; {}\r\n",
+                kind.trim(),
+                one_line(&xtext_decode(addr.trim()))
+            ));
         }
         let (action, class) = match self.kind {
             Kind::Failure => ("failed", '5'),
@@ -214,6 +216,29 @@ pub fn status_code(status: &str, class: char) -> String {
     } else {
         format!("{class}.0.0")
     }
+}
+
+/// Decodes RFC 3461 xtext (`+XX` is the octet XX in hex); a malformed `+` stays as is.
+pub fn xtext_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = s
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'+', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Length of the header block of a message (up to and including the empty line), or
@@ -383,6 +408,17 @@ mod tests {
         assert_eq!(status_code("4.4.7", '5'), "5.4.7");
         assert_eq!(status_code("garbage", '5'), "5.0.0");
         assert_eq!(status_code("", '4'), "4.0.0");
+    }
+
+    #[test]
+    fn orcpt_xtext_is_decoded() {
+        assert_eq!(xtext_decode("a+2Bb@example.net"), "a+b@example.net");
+        assert_eq!(xtext_decode("plain@x"), "plain@x");
+        assert_eq!(xtext_decode("bad+zz+"), "bad+zz+");
+        let mut env = envelope();
+        env.recipients[0].orcpt = Some("rfc822;user+2Btag@Example.net".into());
+        let out = render(Kind::Failure, &env);
+        assert!(out.contains("Original-Recipient: rfc822; user+tag@Example.net\r\n"));
     }
 
     #[test]
