@@ -166,7 +166,10 @@ impl Dsn<'_> {
             self.hostname, self.envelope.id
         );
         if let Some(envid) = &self.envelope.envid {
-            s.push_str(&format!("Original-Envelope-Id: {}\r\n", one_line(envid)));
+            s.push_str(&format!(
+                "Original-Envelope-Id: {}\r\n",
+                one_line(&xtext_decode(envid))
+            ));
         }
         s.push_str(&format!(
             "Arrival-Date: {}\r\n",
