@@ -116,3 +116,49 @@ fn missing_delivery_agent_defers_and_the_qmgr_carries_on() {
     s.spool.poke();
     q.wait_log(&format!("{id}: removed"), 20);
 }
+
+#[test]
+fn notify_never_means_no_bounce_and_ret_full_returns_the_message() {
+    use sloop_common::spool::{commit, Envelope, Recipient, Ret};
+    let decide = "def decide(qid, rcpt, sender, first):\n    return ('fail', '5.1.1', '550 5.1.1 unknown')\n";
+    let s = Setup::new("qmgr-notify", decide, &[]);
+    let q = s.start();
+    let mut quiet = Recipient::new("x@remote.example");
+    quiet.notify = Some("NEVER".into());
+    let env = Envelope::new("alice@localhost.test", vec![quiet]);
+    let msg = b"Subject: quiet\r\n\r\nbody\r\n";
+    let quiet_id = commit(&s.spool, &mut &msg[..], env, 0).unwrap();
+    q.wait_log(&format!("{quiet_id}: removed"), 20);
+    assert!(q
+        .log_text()
+        .contains(&format!("{quiet_id}: no notification requested")));
+
+    let mut full = Envelope::new(
+        "bob@localhost.test",
+        vec![Recipient::new("y@remote.example")],
+    );
+    full.ret = Some(Ret::Full);
+    let msg = b"Subject: full\r\n\r\nthe whole body comes back\r\n";
+    let full_id = commit(&s.spool, &mut &msg[..], full, 0).unwrap();
+    q.wait_log(&format!("{full_id}: removed"), 20);
+    let needle = format!("{full_id}: sender non-delivery notification: ");
+    let log = q.log_text();
+    let bounce = log
+        .lines()
+        .find_map(|l| l.split(&needle).nth(1))
+        .unwrap_or_else(|| panic!("{log}"))
+        .trim()
+        .to_string();
+    // The bounce itself fails too (the fake worker fails everything) and, being from
+    // <>, goes to the postmaster; wait for it to be saved by the worker.
+    let saved = s.saved(&bounce);
+    assert!(sloop_tests::wait_until(
+        std::time::Duration::from_secs(10),
+        || saved.exists()
+    ));
+    let (ctype, out) = python_report(&saved);
+    assert_eq!(ctype, "multipart/report delivery-status");
+    assert!(out.contains("PART message/rfc822"), "{out}");
+    let text = std::fs::read_to_string(&saved).unwrap();
+    assert!(text.contains("the whole body comes back"));
+}
