@@ -40,9 +40,10 @@ pub fn run(cfg: &Config, job: QueueJob) -> QueueOutcome {
 /// and the write end (close-on-exec here) is returned.
 fn spawn(cfg: &Config, program: &Path, id: &str) -> std::io::Result<(Child, OwnedFd)> {
     let (env_r, env_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let child = Command::new(program)
+    let mut cmd = Command::new(program);
+    cfg.pass_to(&mut cmd);
+    let child = cmd
         .env("SLOOP_QUEUE_ID", id)
-        .env("SLOOP_CONFIG", &cfg.file)
         .stdin(Stdio::piped())
         .stdout(Stdio::from(env_r))
         .stderr(Stdio::inherit())

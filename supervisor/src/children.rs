@@ -57,7 +57,8 @@ impl fmt::Display for ChildKind {
 #[derive(Debug, Clone)]
 pub struct SpawnSpec<'a> {
     pub bin_dir: &'a Path,
-    pub config: &'a Path,
+    /// The validated config the child starts on (passed as file name and text).
+    pub config: &'a sloop_common::Config,
     /// `Some((listen fds, status fd))` for smtpd workers.
     pub pool_fds: Option<(String, i32)>,
     /// Run as this user (only when `sloopd` is root and `server.user` is set).
@@ -100,9 +101,9 @@ impl std::error::Error for SpawnError {}
 pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
     let program = spec.bin_dir.join(kind.program());
     let mut cmd = Command::new(&program);
+    spec.config.pass_to(&mut cmd);
     cmd.arg("-c")
-        .arg(spec.config)
-        .env("SLOOP_CONFIG", spec.config)
+        .arg(&spec.config.file)
         .env_remove(ENV_LISTEN_FDS)
         .env_remove(ENV_STATUS_FD)
         .stdin(Stdio::null());
@@ -213,9 +214,10 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_a_spawn_error_naming_it() {
+        let cfg = sloop_common::Config::parse(Path::new("/nonexistent/sloop.toml"), "").unwrap();
         let spec = SpawnSpec {
             bin_dir: Path::new("/nonexistent/sloop-bin"),
-            config: Path::new("/nonexistent/sloop.toml"),
+            config: &cfg,
             pool_fds: None,
             creds: None,
         };

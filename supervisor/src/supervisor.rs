@@ -153,7 +153,7 @@ impl Supervisor {
             (kind == ChildKind::Smtpd).then(|| (self.listeners.fd_list(), self.status.write_fd()));
         let spec = SpawnSpec {
             bin_dir: &bin_dir,
-            config: &self.cfg.file,
+            config: &self.cfg,
             pool_fds,
             creds: self.creds,
         };
@@ -308,7 +308,7 @@ impl Supervisor {
         }
         let path = self.cfg.file.clone();
         log::info!("reload requested: reading {}", path.display());
-        let new = match Config::load(&path) {
+        let new = match Config::load(&path).and_then(|c| c.check_tables().map(|()| c)) {
             Ok(c) => c,
             Err(e) => return log_rejected(&e),
         };

@@ -232,3 +232,72 @@ fn killed_worker_loses_only_its_own_session() {
     );
     assert!(back, "pool not back to min_idle:\n{}", server.log());
 }
+
+/// Pids of the `sloop-smtpd` processes whose parent is `parent`.
+fn smtpd_children(parent: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 2..].split_whitespace().nth(1);
+        if &stat[open + 1..close] == "sloop-smtpd" && ppid == Some(&parent.to_string()) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Regression: replacement workers used to re-read the config file, so after a rejected
+/// reload (or an edit without one) every new worker exited 78 and clients waited with
+/// no greeting. Now they start on the text sloopd validated (SLOOP_CONFIG_TEXT), and a
+/// broken aliases file does not stop them either.
+#[test]
+fn workers_replaced_after_a_rejected_reload_start_on_the_running_config() {
+    let server = Server::start(
+        "smtpd-g6-respawn",
+        &[("smtpd.greeting", "\"{hostname} Old banner\"")],
+        &[],
+    );
+    assert!(
+        server.wait_idle(2, Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    let config = server.dir.path.join("sloop.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[bogus]\nkey = 1\n")).unwrap();
+    server.daemon.signal(Signal::SIGHUP);
+    assert!(
+        server.wait_log("reload rejected", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    let before = smtpd_children(server.daemon.pid());
+    assert!(!before.is_empty());
+    for pid in &before {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    for _ in 0..3 {
+        let mut c = Smtp::connect(server.port);
+        assert_eq!(
+            c.reply(),
+            vec!["220 sloop.test Old banner".to_string()],
+            "{}",
+            server.log()
+        );
+        assert_eq!(c.cmd("QUIT"), 221);
+    }
+    let after = smtpd_children(server.daemon.pid());
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "workers were replaced"
+    );
+    assert!(!server.log().contains("status=78"), "{}", server.log());
+}

@@ -31,6 +31,17 @@ use std::path::{Path, PathBuf};
 /// Where Sloop looks for its config when neither `-c` nor `SLOOP_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/sloop/sloop.toml";
 
+/// Environment variable through which a parent passes the config text it validated,
+/// so a child started later (a replacement worker) runs on exactly that configuration
+/// even if the file has since been edited into an invalid state (SEED.md G6).
+pub const ENV_CONFIG_TEXT: &str = "SLOOP_CONFIG_TEXT";
+
+/// Environment variable naming the file [`ENV_CONFIG_TEXT`] was read from.
+pub const ENV_CONFIG_TEXT_FILE: &str = "SLOOP_CONFIG_TEXT_FILE";
+
+/// Longest config text passed through the environment (Linux caps one string at 128 KiB).
+const MAX_INHERITED_TEXT: usize = 100 * 1024;
+
 /// The config path a command should use: `-c FILE`, else `$SLOOP_CONFIG`, else the
 /// packaged default.
 pub fn resolve_path(cli: Option<&Path>) -> PathBuf {
@@ -122,6 +133,8 @@ pub struct Config {
     pub effective: BTreeMap<&'static str, String>,
     /// Keys that were omitted and took their default.
     pub defaulted: Vec<&'static str>,
+    /// The text this config was parsed from (passed to children, see [`ENV_CONFIG_TEXT`]).
+    pub text: String,
 }
 
 impl Config {
@@ -134,9 +147,44 @@ impl Config {
         Config::parse(file, &text)
     }
 
+    /// At a child's start: the config text its parent validated (in
+    /// [`ENV_CONFIG_TEXT`]) when there is one, else the file. Files the config names
+    /// (aliases, queue program) are not required to exist: the parent checked them, and
+    /// the programs handle one going missing at run time.
+    ///
+    /// The text is bound to the file it was read from ([`ENV_CONFIG_TEXT_FILE`]): a
+    /// program pointed at another file (by `-c`, or by a queue-program wrapper that sets
+    /// its own `SLOOP_CONFIG`) reads that file instead.
+    pub fn load_inherited(file: &Path) -> Result<Config, ConfigError> {
+        let bound = std::env::var_os(ENV_CONFIG_TEXT_FILE).map(PathBuf::from);
+        match std::env::var(ENV_CONFIG_TEXT) {
+            Ok(text) if !text.is_empty() && bound.as_deref() == Some(file) => {
+                Config::parse_with(file, &text, false)
+            }
+            _ => Config::load(file),
+        }
+    }
+
+    /// Makes `cmd` start on exactly this configuration: `SLOOP_CONFIG` names the file
+    /// and [`ENV_CONFIG_TEXT`] carries the validated text.
+    pub fn pass_to(&self, cmd: &mut std::process::Command) {
+        cmd.env("SLOOP_CONFIG", &self.file);
+        if self.text.len() <= MAX_INHERITED_TEXT && !self.text.contains('\0') {
+            cmd.env(ENV_CONFIG_TEXT, &self.text)
+                .env(ENV_CONFIG_TEXT_FILE, &self.file);
+        } else {
+            cmd.env_remove(ENV_CONFIG_TEXT)
+                .env_remove(ENV_CONFIG_TEXT_FILE);
+        }
+    }
+
     /// Validates `text` as if read from `file` (used by tests and `load`).
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let mut r = Reader::new(file, text)?;
+        Config::parse_with(file, text, true)
+    }
+
+    fn parse_with(file: &Path, text: &str, check_files: bool) -> Result<Config, ConfigError> {
+        let mut r = Reader::new(file, text, check_files)?;
         let hostname = r.hostname("server.hostname");
         let greeting_raw = r.text("smtpd.greeting");
         let greeting = greeting_raw.replace("{hostname}", &hostname);
@@ -229,6 +277,7 @@ impl Config {
             log_level,
             effective: BTreeMap::new(),
             defaulted: Vec::new(),
+            text: text.to_string(),
         };
         r.cross_checks(&cfg);
         let (effective, defaulted) = r.finish()?;
@@ -237,6 +286,34 @@ impl Config {
             defaulted,
             ..cfg
         })
+    }
+
+    /// Checks the tables the config names (the aliases file) parse. `sloopd` runs this
+    /// at start and on reload and `sloop config check` runs it too; children do not (a
+    /// broken aliases file must not stop a worker from starting: the smtpd answers 451
+    /// for local recipients and local delivery defers until it is fixed).
+    pub fn check_tables(&self) -> Result<(), ConfigError> {
+        let Some(path) = self.local.aliases.as_ref().filter(|p| p.is_file()) else {
+            return Ok(());
+        };
+        let issue = |line: Option<usize>, found: String| ConfigIssue {
+            file: path.clone(),
+            key: "local.aliases".to_string(),
+            line,
+            found,
+            expected: "an aliases file in aliases(5) syntax (name: value, value, ...)".to_string(),
+        };
+        match crate::aliases::Aliases::load(path) {
+            Ok(_) => Ok(()),
+            Err(crate::aliases::AliasError::Read { source, .. }) => Err(ConfigError::Invalid(
+                vec![issue(None, format!("an unreadable file ({source})"))],
+            )),
+            Err(crate::aliases::AliasError::Invalid(list)) => Err(ConfigError::Invalid(
+                list.into_iter()
+                    .map(|i| issue(Some(i.line), i.message))
+                    .collect(),
+            )),
+        }
     }
 
     /// True when `domain` (any case) is one of `domains.local`.

@@ -18,10 +18,18 @@ pub(super) struct Reader<'a> {
     issues: Vec<ConfigIssue>,
     effective: BTreeMap<&'static str, String>,
     defaulted: Vec<&'static str>,
+    /// Whether files the config names must exist now (off for an inherited config,
+    /// which its parent has already checked: a file removed since must not stop a
+    /// child from starting).
+    check_files: bool,
 }
 
 impl<'a> Reader<'a> {
-    pub(super) fn new(file: &Path, text: &'a str) -> Result<Reader<'a>, ConfigError> {
+    pub(super) fn new(
+        file: &Path,
+        text: &'a str,
+        check_files: bool,
+    ) -> Result<Reader<'a>, ConfigError> {
         let table: toml::Table = match text.parse() {
             Ok(t) => t,
             Err(e) => {
@@ -45,6 +53,7 @@ impl<'a> Reader<'a> {
             issues: Vec::new(),
             effective: BTreeMap::new(),
             defaulted: Vec::new(),
+            check_files,
         };
         r.check_unknown();
         Ok(r)
@@ -217,7 +226,10 @@ impl<'a> Reader<'a> {
             return None;
         }
         let path = self.resolve(&s);
-        if matches!(param.kind, Kind::Path { must_exist: true }) && !path.is_file() {
+        if self.check_files
+            && matches!(param.kind, Kind::Path { must_exist: true })
+            && !path.is_file()
+        {
             let why = match std::fs::metadata(&path) {
                 Ok(_) => "is not a regular file".to_string(),
                 Err(e) => e.to_string(),

@@ -133,3 +133,31 @@ fn sample_renders_valid_config() {
         cfg.defaulted
     );
 }
+
+#[test]
+fn inherited_config_tolerates_missing_files_and_tables_are_checked_separately() {
+    let dir = std::env::temp_dir().join(format!("sloop-cfg-tables-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let aliases = dir.join("aliases");
+    std::fs::write(&aliases, "postmaster: root\nbroken line\n").expect("write");
+    let text = format!("[local]\naliases = {:?}\n", aliases.display().to_string());
+    let cfg = parse(&text).expect("the config itself is valid");
+    let Err(ConfigError::Invalid(found)) = cfg.check_tables() else {
+        panic!("aliases error expected")
+    };
+    assert_eq!(
+        (found[0].key.as_str(), found[0].line),
+        ("local.aliases", Some(2))
+    );
+    std::fs::remove_file(&aliases).expect("rm");
+    assert!(
+        parse(&text).is_err(),
+        "a missing aliases file is an error at check time"
+    );
+    let inherited = Config::parse_with(Path::new("/etc/sloop/test.toml"), &text, false);
+    assert!(
+        inherited.is_ok(),
+        "but not for a child starting on its parent's validated text"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         }
     };
     let path = sloop_common::config::resolve_path(config_arg.as_deref());
-    let cfg = match Config::load(&path) {
+    let cfg = match Config::load_inherited(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sloop-deliver: {e}");

@@ -48,7 +48,7 @@ impl std::error::Error for ToolError {}
 /// becomes a [`ToolError`] with `code` and the full error list.
 pub fn load_config(cli: Option<&Path>, code: i32) -> Result<Config, ToolError> {
     let path = config::resolve_path(cli);
-    Config::load(&path).map_err(|e| ToolError::new(code, e.to_string()))
+    Config::load_inherited(&path).map_err(|e| ToolError::new(code, e.to_string()))
 }
 
 /// Prints `prog: message` on stderr and returns the exit code (the funnel of `main`).

@@ -155,6 +155,8 @@ fn run_config(cmd: &ConfigCmd, path: Option<&Path>, out: &mut impl Write) -> Res
         ConfigCmd::Docs => write_out(out, &config::render_docs()),
         ConfigCmd::Check { show } => {
             let cfg = load_config(path, exitcode::EX_CONFIG)?;
+            cfg.check_tables()
+                .map_err(|e| ToolError::new(exitcode::EX_CONFIG, e.to_string()))?;
             if *show {
                 write_out(out, &cfg.render_effective())?;
             }

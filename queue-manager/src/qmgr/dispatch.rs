@@ -68,7 +68,7 @@ impl Qmgr {
         let program = self.cfg.program("sloop-deliver");
         let slot = match self
             .pools
-            .acquire(job.transport, &program, &self.cfg.file, &self.registry)
+            .acquire(job.transport, &program, &self.cfg, &self.registry)
         {
             Ok(slot) => slot,
             Err(e) => {

@@ -47,7 +47,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// returns the process exit code.
 pub fn run(config: Option<&Path>) -> i32 {
     let path = resolve_path(config);
-    let cfg = match Config::load(&path) {
+    let cfg = match Config::load_inherited(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sloop-qmgr: {e}");

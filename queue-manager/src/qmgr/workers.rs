@@ -17,6 +17,7 @@ use super::scheduler::JobSpec;
 use mio::unix::pipe::Receiver;
 use mio::{Interest, Registry, Token};
 use sloop_common::delivery_proto::{Job, Reply, Transport};
+use sloop_common::Config;
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -193,7 +194,7 @@ impl Pools {
         &mut self,
         t: Transport,
         program: &Path,
-        config: &Path,
+        config: &Config,
         registry: &Registry,
     ) -> io::Result<usize> {
         if let Some(slot) = self.idle_slot(t) {
@@ -323,10 +324,11 @@ impl Pools {
     }
 }
 
-fn spawn(t: Transport, program: &Path, config: &Path) -> io::Result<Worker> {
-    let mut child = Command::new(program)
+fn spawn(t: Transport, program: &Path, config: &Config) -> io::Result<Worker> {
+    let mut cmd = Command::new(program);
+    config.pass_to(&mut cmd);
+    let mut child = cmd
         .arg(t.word())
-        .env("SLOOP_CONFIG", config)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -34,7 +34,7 @@ fn run() -> i32 {
         }
     };
     let path = sloop_common::config::resolve_path(cli.as_deref());
-    let cfg = match sloop_common::Config::load(&path) {
+    let cfg = match sloop_common::Config::load_inherited(&path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sloop-smtpd: {e}");

@@ -44,7 +44,7 @@ fn main() {
 
 fn run(args: &Args) -> i32 {
     let path = absolute(&sloop_common::config::resolve_path(args.config.as_deref()));
-    let cfg = match Config::load(&path) {
+    let cfg = match Config::load(&path).and_then(|c| c.check_tables().map(|()| c)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sloopd: {e}");
