@@ -67,17 +67,17 @@ impl<'a> Reader<'a> {
                     for key in t.keys() {
                         let dotted = format!("{section}.{key}");
                         if params::find(&dotted).is_none() {
-                            unknown.push(dotted);
+                            let shown = format!("{section}.{}", show_key(key));
+                            unknown.push((dotted, shown, Some(section)));
                         }
                     }
                 }
-                toml::Value::Table(_) => unknown.push(section.clone()),
-                _ => unknown.push(section.clone()),
+                _ => unknown.push((section.clone(), show_key(section), None)),
             }
         }
-        for key in unknown {
-            let expected = match key.split_once('.') {
-                Some((s, _)) => format!("one of the keys of [{s}] (see docs/configuration.md)"),
+        for (key, shown, section) in unknown {
+            let expected = match section {
+                Some(s) => format!("one of the keys of [{s}] (see docs/configuration.md)"),
                 None => format!(
                     "a known section: {}",
                     SECTIONS
@@ -87,7 +87,13 @@ impl<'a> Reader<'a> {
                         .join(", ")
                 ),
             };
-            self.issue(&key, "an unknown key".to_string(), expected);
+            self.issues.push(ConfigIssue {
+                file: self.file.clone(),
+                key: shown,
+                line: locate(self.text, &key),
+                found: "an unknown key".to_string(),
+                expected,
+            });
         }
     }
 
@@ -534,6 +540,17 @@ fn show(value: &toml::Value) -> String {
         format!("{cut}...")
     } else {
         s
+    }
+}
+
+/// A key name as shown in a message: bare when TOML allows it bare, else quoted with
+/// escapes, so an empty name (`[""]`, found by fuzzing) shows as `""`, never as nothing.
+fn show_key(name: &str) -> String {
+    let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !name.is_empty() && name.chars().all(bare) {
+        name.to_string()
+    } else {
+        format!("{name:?}")
     }
 }
 

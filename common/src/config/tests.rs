@@ -101,6 +101,19 @@ fn unknown_section_and_type_errors() {
     assert_eq!(found[0].key, "smtp");
 }
 
+/// Fuzzing (fuzz target `config`) found `[""]` reported with an empty key, printed as
+/// `file:1: : found an unknown key`. Names that are not bare keys are now quoted.
+#[test]
+fn unknown_empty_or_odd_key_is_named_quoted() {
+    let found = issues("[\"\"]\n");
+    assert_eq!(found[0].key, "\"\"");
+    assert_eq!(found[0].line, Some(1));
+    let found = issues("[server]\n\"\" = 1\n\"a\\nb\" = 2\n");
+    let keys: Vec<&str> = found.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["server.\"\"", "server.\"a\\nb\""]);
+    assert!(found.iter().all(|i| !i.to_string().contains('\n')));
+}
+
 #[test]
 fn cross_key_rules() {
     let found = issues("[queue]\nretry_min = \"2h\"\nretry_max = \"1h\"\n");
