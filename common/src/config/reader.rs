@@ -501,12 +501,15 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The effective values, or every issue in the order of the file (issues with no
+    /// line, such as cross-key rules on omitted keys, last).
     pub(super) fn finish(
-        self,
+        mut self,
     ) -> Result<(BTreeMap<&'static str, String>, Vec<&'static str>), ConfigError> {
         if self.issues.is_empty() {
             Ok((self.effective, self.defaulted))
         } else {
+            self.issues.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
             Err(ConfigError::Invalid(self.issues))
         }
     }
