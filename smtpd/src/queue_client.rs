@@ -1,6 +1,19 @@
-//! Running the queue program at the end of data (issue 3, point 6).
+//! Committing the message at the end of data (issue 3, point 6; issue 5), on one of
+//! two paths chosen by `smtpd.queue_program`.
 //!
-//! The program (`smtpd.queue_program`, default `sloop-queue` from the bin dir) follows
+//! **In-process (the default, `smtpd.queue_program` empty).** The worker calls
+//! `sloop_common::spool::inject::commit_streaming` itself, into
+//! `Spool::new(server.spool_dir)`, with the envelope, `smtpd.max_message_size` and the
+//! queue ID the session put in the `Received` header: no process start and no config
+//! parse per message. The commit fsyncs the queue file and `incoming/` before it
+//! returns, so the durability is that of `sloop-queue`. Failures map by
+//! `InjectError::is_permanent` (permanent: too large, unstorable envelope) or are
+//! temporary (any spool trouble: a missing or unwritable directory, a full disk). A
+//! commit that blocks is not timed here: the session's watchdog, armed with
+//! `smtpd.queue_timeout` by `serve.rs`, ends the worker with `421 4.4.2`; a panic is
+//! caught by the session's panic boundary. The one `(queued)` log line is written here.
+//!
+//! **External program (`smtpd.queue_program` set).** The program follows
 //! qmail-queue(8): the message on its fd 0, then the envelope
 //! (`Envelope::to_qmail`) on its fd 1, exit 0 when committed. A helper thread writes
 //! both (message first, closing fd 0, then the envelope) and reaps the child; the
@@ -8,10 +21,15 @@
 //! the session put in the Received header goes in `SLOOP_QUEUE_ID`, the config path
 //! in `SLOOP_CONFIG`. Exit codes map through `exitcode::queue_verdict`: 11-40
 //! permanent, anything else (and a signal, a hang, a spawn failure, a write failure)
-//! temporary. `250` is sent only after exit 0 (ARCHITECTURE.md §3, invariant 1).
+//! temporary. The program logs its own `(queued)` line (`sloop-queue` does).
+//!
+//! Either way `250` is sent only after the commit succeeded (ARCHITECTURE.md §3,
+//! invariant 1).
 
 use crate::session::{QueueJob, QueueOutcome};
 use sloop_common::exitcode::{queue_verdict, QueueVerdict};
+use sloop_common::spool::inject::commit_streaming;
+use sloop_common::spool::Spool;
 use sloop_common::Config;
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -21,14 +39,48 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Runs the queue program for `job`.
+/// Commits `job`: in-process when `smtpd.queue_program` is empty, else through it.
 pub fn run(cfg: &Config, job: QueueJob) -> QueueOutcome {
-    let program = cfg
-        .smtpd
-        .queue_program
-        .clone()
-        .unwrap_or_else(|| cfg.program("sloop-queue"));
-    let (child, env_w) = match spawn(cfg, &program, &job.id) {
+    match &cfg.smtpd.queue_program {
+        None => commit_in_process(cfg, job),
+        Some(program) => run_program(cfg, program, job),
+    }
+}
+
+/// The in-process commit into `server.spool_dir` under the session's queue ID.
+fn commit_in_process(cfg: &Config, job: QueueJob) -> QueueOutcome {
+    let spool = Spool::new(&cfg.server.spool_dir);
+    if !spool.exists() {
+        if let Err(e) = spool.ensure_layout() {
+            return QueueOutcome::Temporary(format!("in-process commit: {e}"));
+        }
+    }
+    let from = job.envelope.sender_display();
+    let nrcpt = job.envelope.recipients.len();
+    let envelope = job.envelope;
+    let committed = commit_streaming(
+        &spool,
+        &mut job.message.as_slice(),
+        || Ok(envelope),
+        cfg.smtpd.max_message_size,
+        Some(&job.id),
+    );
+    match committed {
+        Ok(id) => {
+            if id != job.id {
+                log::warn!("{id}: committed under a new queue ID, not {}", job.id);
+            }
+            log::info!("{id}: from={from}, nrcpt={nrcpt} (queued)");
+            QueueOutcome::Committed
+        }
+        Err(e) if e.is_permanent() => QueueOutcome::Permanent(format!("in-process commit: {e}")),
+        Err(e) => QueueOutcome::Temporary(format!("in-process commit: {e}")),
+    }
+}
+
+/// Runs the external queue program for `job`.
+fn run_program(cfg: &Config, program: &Path, job: QueueJob) -> QueueOutcome {
+    let (child, env_w) = match spawn(cfg, program, &job.id) {
         Ok(c) => c,
         Err(e) => return QueueOutcome::Temporary(format!("cannot run {}: {e}", program.display())),
     };
