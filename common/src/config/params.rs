@@ -159,7 +159,7 @@ pub const PARAMS: &[Param] = &[
     Param { key: "smtpd.access", kind: Kind::AccessList, default: "[]",
         doc: "Client access rules checked at connect, first match wins: \"CIDR allow|reject|tempfail\"." },
     Param { key: "smtpd.queue_program", kind: Kind::Path { must_exist: true }, default: "\"\"",
-        doc: "qmail-queue compatible program run per message. Empty: sloop-queue from server.bin_dir." },
+        doc: "qmail-queue compatible program run per message (message on fd 0, envelope on fd 1). Empty: the smtpd commits into the spool itself, with the same fsyncs as sloop-queue." },
     Param { key: "smtpd.queue_timeout", kind: Kind::Duration { min: SEC, max: HOUR }, default: "\"120s\"",
         doc: "The queue program is killed (451 4.3.0) if it runs longer than this." },
     // domains
