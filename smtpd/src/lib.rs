@@ -4,8 +4,8 @@
 //! pipe (`sloop_common::pool_proto`), serves one SMTP session at a time and exits after
 //! `smtpd.max_use` sessions. The protocol logic is a state machine without I/O
 //! ([`session`]) fed by a thin socket layer ([`conn`]) with per-phase deadlines and a
-//! watchdog thread ([`watchdog`]); messages go to the qmail-queue compatible queue
-//! program ([`queue_client`]). Modules:
+//! watchdog thread ([`watchdog`]); messages are committed into the spool in-process, or
+//! handed to a configured qmail-queue compatible program ([`queue_client`]). Modules:
 //!
 //! - [`reply`]: replies that cannot be malformed (SEED.md G7);
 //! - [`parser`], [`address`], [`data`]: command lines, paths, the DATA receiver;
@@ -14,7 +14,7 @@
 //! - [`rdns`]: forward-confirmed reverse DNS within its own timeout;
 //! - [`client_limit`]: per-client concurrency across worker processes;
 //! - [`serve`]: one session on one connection, deadlines and the panic boundary;
-//! - [`queue_client`]: running the queue program;
+//! - [`queue_client`]: queueing a message (in-process commit or the queue program);
 //! - [`faults`]: test-only fault injection (cargo feature `fault-injection`);
 //! - [`fds`]: adopting inherited descriptors (the only `unsafe`);
 //! - [`worker`]: the accept loop and the status pipe.

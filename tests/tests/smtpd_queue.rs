@@ -82,11 +82,11 @@ fn queue_program_verdicts() {
     assert_eq!(c.cmd("QUIT"), 221);
     let log = daemon.log_text();
     assert!(
-        log.contains("queue program refused the message: exit status 31"),
+        log.contains("queueing refused the message: exit status 31"),
         "{log}"
     );
     assert!(
-        log.contains("queue program failed: exit status 53"),
+        log.contains("queueing failed: exit status 53"),
         "{log}"
     );
     assert!(log.contains("queue program killed by signal 9"), "{log}");
@@ -203,7 +203,7 @@ fn in_process_commit_unwritable_spool_is_451() {
     let failed = wait_until(Duration::from_secs(5), || {
         daemon
             .log_text()
-            .contains("queue program failed: in-process commit: ")
+            .contains("queueing failed: in-process commit: ")
     });
     assert!(failed, "{}", daemon.log_text());
     assert!(!daemon.log_text().contains("(queued)"));

@@ -288,11 +288,11 @@ impl<'a> Session<'a> {
         let reply = match outcome {
             QueueOutcome::Committed => Reply::new(250, (2, 0, 0), format!("Ok: queued as {id}")),
             QueueOutcome::Permanent(why) => {
-                log::warn!("{id}: queue program refused the message: {why}");
+                log::warn!("{id}: queueing refused the message: {why}");
                 Reply::new(554, (5, 3, 0), "Error: message refused by the queue")
             }
             QueueOutcome::Temporary(why) => {
-                log::warn!("{id}: queue program failed: {why}");
+                log::warn!("{id}: queueing failed: {why}");
                 Reply::new(451, (4, 3, 0), "Error: queue file write error")
             }
         };
