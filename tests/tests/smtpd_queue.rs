@@ -85,10 +85,7 @@ fn queue_program_verdicts() {
         log.contains("queueing refused the message: exit status 31"),
         "{log}"
     );
-    assert!(
-        log.contains("queueing failed: exit status 53"),
-        "{log}"
-    );
+    assert!(log.contains("queueing failed: exit status 53"), "{log}");
     assert!(log.contains("queue program killed by signal 9"), "{log}");
     assert!(
         log.contains("queue program timed out after 1 s; killed"),
