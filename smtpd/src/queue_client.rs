@@ -8,8 +8,11 @@
 //! parse per message. The commit fsyncs the queue file and `incoming/` before it
 //! returns, so the durability is that of `sloop-queue`. Failures map by
 //! `InjectError::is_permanent` (permanent: too large, unstorable envelope) or are
-//! temporary (any spool trouble: a missing or unwritable directory, a full disk). A
-//! commit that blocks is not timed here: the session's watchdog, armed with
+//! temporary (any spool trouble: a missing or unwritable directory, a full disk). The
+//! spool layout is checked (and created if missing) once per worker process, not per
+//! message: a flag remembers the spool directory that passed; any failed commit clears
+//! it, so the next message checks again (a layout removed under a running worker costs
+//! one `451`, as before, and is then re-created). A commit that blocks is not timed here: the session's watchdog, armed with
 //! `smtpd.queue_timeout` by `serve.rs`, ends the worker with `421 4.4.2`; a panic is
 //! caught by the session's panic boundary. The one `(queued)` log line is written here.
 //!
@@ -34,9 +37,9 @@ use sloop_common::Config;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Commits `job`: in-process when `smtpd.queue_program` is empty, else through it.
@@ -50,10 +53,8 @@ pub fn run(cfg: &Config, job: QueueJob) -> QueueOutcome {
 /// The in-process commit into `server.spool_dir` under the session's queue ID.
 fn commit_in_process(cfg: &Config, job: QueueJob) -> QueueOutcome {
     let spool = Spool::new(&cfg.server.spool_dir);
-    if !spool.exists() {
-        if let Err(e) = spool.ensure_layout() {
-            return QueueOutcome::Temporary(format!("in-process commit: {e}"));
-        }
+    if let Err(e) = ensure_layout_once(&spool, &cfg.server.spool_dir) {
+        return QueueOutcome::Temporary(format!("in-process commit: {e}"));
     }
     let from = job.envelope.sender_display();
     let nrcpt = job.envelope.recipients.len();
@@ -65,6 +66,9 @@ fn commit_in_process(cfg: &Config, job: QueueJob) -> QueueOutcome {
         cfg.smtpd.max_message_size,
         Some(&job.id),
     );
+    if committed.is_err() {
+        forget_layout();
+    }
     match committed {
         Ok(id) => {
             if id != job.id {
@@ -76,6 +80,33 @@ fn commit_in_process(cfg: &Config, job: QueueJob) -> QueueOutcome {
         Err(e) if e.is_permanent() => QueueOutcome::Permanent(format!("in-process commit: {e}")),
         Err(e) => QueueOutcome::Temporary(format!("in-process commit: {e}")),
     }
+}
+
+/// The spool directory whose layout this process has checked since its last failed
+/// commit (`None`: check before the next commit).
+static LAYOUT_CHECKED: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Checks (creating what is missing) the layout of `spool` unless this process already
+/// did for `dir` since the last failed commit.
+fn ensure_layout_once(spool: &Spool, dir: &Path) -> Result<(), String> {
+    let mut checked = LAYOUT_CHECKED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if checked.as_deref() == Some(dir) {
+        return Ok(());
+    }
+    if !spool.exists() {
+        spool.ensure_layout().map_err(|e| e.to_string())?;
+    }
+    *checked = Some(dir.to_path_buf());
+    Ok(())
+}
+
+/// Makes the next commit check the layout again (after any failed commit).
+fn forget_layout() {
+    *LAYOUT_CHECKED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = None;
 }
 
 /// Runs the external queue program for `job`.
@@ -169,5 +200,58 @@ fn kill(pid: u32) {
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use sloop_common::spool::{queue_id, Envelope, QueueState, Recipient};
+
+    fn job() -> QueueJob {
+        let id = queue_id::new_id();
+        let mut envelope =
+            Envelope::new("alice@example.test", vec![Recipient::new("bob@local.test")]);
+        envelope.id = id.clone();
+        QueueJob {
+            id,
+            envelope,
+            message: b"Subject: t\r\n\r\nbody\r\n".to_vec(),
+        }
+    }
+
+    /// The layout is checked once; a commit that fails because it vanished clears the
+    /// flag (temporary failure, as before), and the next commit re-creates it.
+    #[test]
+    fn layout_checked_once_and_rechecked_after_failure() {
+        let root = std::env::temp_dir().join(format!("sloop-qc-{}", std::process::id()));
+        let spool_dir = root.join("spool");
+        let text = format!(
+            "[server]\nspool_dir = {:?}\n",
+            spool_dir.display().to_string()
+        );
+        let cfg = Config::parse(Path::new("/nonexistent/sloop.toml"), &text).unwrap();
+        let spool = Spool::new(&spool_dir);
+
+        let first = job();
+        assert!(matches!(run(&cfg, first.clone()), QueueOutcome::Committed));
+        assert!(spool.path(QueueState::Incoming, &first.id).is_file());
+        assert_eq!(
+            LAYOUT_CHECKED.lock().unwrap().as_deref(),
+            Some(spool_dir.as_path())
+        );
+
+        std::fs::remove_dir_all(&spool_dir).unwrap();
+        let lost = run(&cfg, job());
+        assert!(matches!(lost, QueueOutcome::Temporary(_)), "{lost:?}");
+        assert_eq!(*LAYOUT_CHECKED.lock().unwrap(), None);
+
+        let again = job();
+        let id = again.id.clone();
+        assert!(matches!(run(&cfg, again), QueueOutcome::Committed));
+        assert!(spool.path(QueueState::Incoming, &id).is_file());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
