@@ -32,7 +32,7 @@ pub fn acquire(run_dir: &Path, ip: IpAddr, max: usize) -> io::Result<Option<Slot
     let dir = run_dir.join("clients");
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(ip.to_string());
-    for _ in 0..8 {
+    for _ in 0..64 {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -40,6 +40,12 @@ pub fn acquire(run_dir: &Path, ip: IpAddr, max: usize) -> io::Result<Option<Slot
             .truncate(false)
             .open(&path)?;
         let Some(index) = take_free_slot(&file, &path, max)? else {
+            if being_removed(&file) {
+                // The client's last session holds the whole file for a moment while it
+                // removes it: that is not a full house. Start over on a fresh file.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                continue;
+            }
             return Ok(None);
         };
         if same_file(&file, &path) {
@@ -92,6 +98,24 @@ fn set_lock(file: &File, start: libc::off_t, len: libc::off_t) -> nix::Result<bo
     }
 }
 
+/// True when the lock that blocks slot 0 covers the whole file: the lock a departing
+/// session takes just before it removes the file (see `Drop for Slot`).
+fn being_removed(file: &File) -> bool {
+    let mut probe = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 1,
+        l_pid: 0,
+    };
+    match fcntl(file.as_raw_fd(), FcntlArg::F_GETLK(&mut probe)) {
+        Ok(_) => {
+            probe.l_type != libc::F_UNLCK as libc::c_short && probe.l_start == 0 && probe.l_len == 0
+        }
+        Err(_) => false,
+    }
+}
+
 /// True when `path` still names the open `file`.
 fn same_file(file: &File, path: &Path) -> bool {
     match (file.metadata(), std::fs::metadata(path)) {
@@ -118,6 +142,38 @@ mod tests {
         drop(slot);
         // Nobody else held a slot: the file is gone.
         assert!(!dir.join("clients/192.0.2.1").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    /// Regression: a session arriving while the client's last session held the whole
+    /// file to remove it was told "Too many connections" (seen in the benchmark with a
+    /// single client). It must wait for the removal and take a slot in a fresh file.
+    #[test]
+    fn a_file_being_removed_is_not_a_full_house() {
+        use std::io::{BufRead, BufReader};
+        let dir = std::env::temp_dir().join(format!("sloop-cl-rm-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("clients")).unwrap();
+        let path = dir.join("clients/192.0.2.7");
+        std::fs::write(&path, b"").unwrap();
+        // Another process plays the departing session: whole-file lock, pause, unlink.
+        let script = "import fcntl,os,sys,time\nf=open(sys.argv[1],'r+')\nfcntl.lockf(f,fcntl.LOCK_EX|fcntl.LOCK_NB,0,0)\nprint('locked',flush=True)\ntime.sleep(0.05)\nos.unlink(sys.argv[1])\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        let slot = acquire(&dir, "192.0.2.7".parse().unwrap(), 2).unwrap();
+        assert!(
+            slot.is_some(),
+            "a removal in progress was taken for a full house"
+        );
+        let _ = child.wait();
+        drop(slot);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
