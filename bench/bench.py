@@ -202,7 +202,7 @@ def main():
             res = {"sloop": [], "postfix": []}
             for rep in range(args.reps):
                 for t in (sloop, postfix):
-                    r = run_once(t, sessions, msgs, size, reuse, timeout=300)
+                    r = run_once(t, sessions, msgs, size, reuse, timeout=120)
                     res[t.name].append(r)
                     print(f"{t.name} s={sessions} size={size} reuse={reuse} rep={rep}: "
                           f"acc={r['acc']:.0f}/s e2e={r['e2e']:.0f}/s cpu={r['cpu']:.2f}ms pss={r['pss']:.0f}MiB ok={r['ok']}",
