@@ -57,22 +57,46 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// A moment in UTC broken into the fields date formats need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcParts {
+    pub weekday: &'static str,
+    pub month: &'static str,
+    pub year: i64,
+    pub day: u32,
+    pub hour: u64,
+    pub minute: u64,
+    pub second: u64,
+}
+
+impl UtcParts {
+    /// `secs` since the epoch, broken down (English day and month abbreviations).
+    pub fn from_secs(secs: u64) -> UtcParts {
+        const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let days = (secs / 86400) as i64;
+        let (year, m, day) = civil_from_days(days);
+        let rem = secs % 86400;
+        UtcParts {
+            weekday: DAYS[(days % 7) as usize],
+            month: MONTHS[(m as usize).saturating_sub(1) % 12],
+            year,
+            day,
+            hour: rem / 3600,
+            minute: rem % 3600 / 60,
+            second: rem % 60,
+        }
+    }
+}
+
 /// An RFC 5322 date (`Sat, 28 Nov 2026 16:34:02 +0000`) for `secs` since the epoch, in UTC.
 pub fn rfc5322_date(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = (secs / 86400) as i64;
-    let (y, m, d) = civil_from_days(days);
-    let rem = secs % 86400;
+    let t = UtcParts::from_secs(secs);
     format!(
-        "{}, {d} {} {y} {:02}:{:02}:{:02} +0000",
-        DAYS[(days % 7) as usize],
-        MONTHS[(m as usize).saturating_sub(1) % 12],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{}, {} {} {} {:02}:{:02}:{:02} +0000",
+        t.weekday, t.day, t.month, t.year, t.hour, t.minute, t.second
     )
 }
 

@@ -87,20 +87,10 @@ pub fn from_line(sender: &str, secs: u64) -> String {
 
 /// `Sat Nov 28 16:44:02 2026` in UTC.
 pub fn asctime(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = (secs / 86400) as i64;
-    let (y, m, d) = sloop_common::logging::civil_from_days(days);
-    let rem = secs % 86400;
+    let t = sloop_common::logging::UtcParts::from_secs(secs);
     format!(
-        "{} {} {d:>2} {:02}:{:02}:{:02} {y}",
-        DAYS[(days % 7) as usize],
-        MONTHS[(m as usize).saturating_sub(1) % 12],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{} {} {:>2} {:02}:{:02}:{:02} {}",
+        t.weekday, t.month, t.day, t.hour, t.minute, t.second, t.year
     )
 }
 
