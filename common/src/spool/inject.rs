@@ -1,6 +1,7 @@
 //! The commit: how a message enters the queue (ARCHITECTURE.md §3, invariant 1).
 //!
-//! 1. create `tmp/<id>` with `O_EXCL` (a clash takes a new ID);
+//! 1. create `tmp/<id>` with `O_EXCL` (a clash takes a new ID), or claim a recycled
+//!    file from `free/` under that name (pool.rs);
 //! 2. stream the message into it, refusing more than the size limit;
 //! 3. obtain the envelope (given up front by [`commit`], or read only now by
 //!    [`commit_streaming`], as qmail-queue reads fd 1 after fd 0), append it as the
@@ -13,7 +14,9 @@
 //! removes. A crash after the rename but before the directory fsync can lose the
 //! message only together with the caller's acknowledgement, which waits for our return.
 
-use super::{ctx, fsync_dir, queue_id, Envelope, EnvelopeError, QueueState, Spool, SpoolError};
+use super::{
+    ctx, fsync_dir, pool, queue_id, Envelope, EnvelopeError, QueueState, Spool, SpoolError,
+};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -95,15 +98,52 @@ pub fn commit_streaming<R: Read>(
     max_size: u64,
     preset_id: Option<&str>,
 ) -> Result<String, InjectError> {
+    commit_with(spool, preset_id, |file, recycled, id, path| {
+        write_and_sync(file, recycled, message, envelope_fn, id, max_size, path)
+    })
+}
+
+/// The commit for a message already in memory (the smtpd's in-process commit): as
+/// [`commit`], but the octets and the trailer go to the file in one `writev` with no
+/// intermediate buffer. `preset_id` as for [`commit_streaming`].
+pub fn commit_bytes(
+    spool: &Spool,
+    message: &[u8],
+    envelope: Envelope,
+    max_size: u64,
+    preset_id: Option<&str>,
+) -> Result<String, InjectError> {
+    let size = message.len() as u64;
+    if max_size > 0 && size > max_size {
+        return Err(InjectError::TooLarge { limit: max_size });
+    }
+    envelope.validate().map_err(InjectError::Envelope)?;
+    commit_with(spool, preset_id, |mut file, recycled, id, path| {
+        let trailer = stamp(envelope, id, size).to_trailer();
+        ctx(
+            write_all_vectored(&mut file, message, &trailer),
+            "write",
+            path,
+        )?;
+        sync(file, recycled, size + trailer.len() as u64, path)
+    })
+}
+
+/// Steps 1, 4 and 5 around `write`, which fills and fsyncs the file (step 2 and 3)
+/// given the file, whether it was recycled, the message's ID and the file's path.
+fn commit_with(
+    spool: &Spool,
+    preset_id: Option<&str>,
+    write: impl FnOnce(File, bool, &str, &Path) -> Result<(), InjectError>,
+) -> Result<String, InjectError> {
     // The temporary file is always named with an ID of this process, so `clean_tmp` can
     // tell from its name whether its writer is dead; the preset ID names the result.
-    let (own_id, tmp_path, file) = create_tmp(spool)?;
+    let (own_id, tmp_path, file, recycled) = create_tmp(spool)?;
     let id = preset_id
-        .filter(|id| queue_id::is_valid(id) && spool.find(id).is_none())
+        .filter(|id| usable_preset(spool, id))
         .map(str::to_string)
         .unwrap_or(own_id);
-    let result = write_and_sync(file, message, envelope_fn, &id, max_size, &tmp_path);
-    if let Err(e) = result {
+    if let Err(e) = write(file, recycled, &id, &tmp_path) {
         let _ = fs::remove_file(&tmp_path);
         return Err(e);
     }
@@ -117,9 +157,56 @@ pub fn commit_streaming<R: Read>(
     Ok(id)
 }
 
+/// A preset ID is used when it is valid and not in the spool already. An ID this process
+/// made itself (the smtpd's in-process commit) is unique by construction (time, pid,
+/// counter: queue_id.rs), so the four lookups are spared; the rename into `incoming/`
+/// still never replaces a file.
+fn usable_preset(spool: &Spool, id: &str) -> bool {
+    if !queue_id::is_valid(id) {
+        return false;
+    }
+    queue_id::creator_pid(id) == Some(queue_id::own_pid_field()) || spool.find(id).is_none()
+}
+
+/// Fills in what the spool decides: the ID, the arrival time and the size.
+fn stamp(mut env: Envelope, id: &str, size: u64) -> Envelope {
+    env.id = id.to_string();
+    env.arrival = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    env.size = size;
+    env
+}
+
+/// Cuts a recycled file to `len` (its old content may have been longer), then fsyncs.
+fn sync(file: File, recycled: bool, len: u64, path: &Path) -> Result<(), InjectError> {
+    if recycled {
+        ctx(file.set_len(len), "truncate", path)?;
+    }
+    ctx(file.sync_all(), "fsync", path)?;
+    Ok(())
+}
+
+/// Writes `a` then `b` with as few `writev(2)` calls as the kernel allows.
+fn write_all_vectored(file: &mut File, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+    while !a.is_empty() || !b.is_empty() {
+        let n = match file.write_vectored(&[io::IoSlice::new(a), io::IoSlice::new(b)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    Ok(())
+}
+
 /// `rename(2)` that never replaces an existing queue file (`RENAME_NOREPLACE`; plain
 /// rename on file systems without it, where the ID's uniqueness is the guard).
-fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
+pub(crate) fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
     use nix::fcntl::{renameat2, RenameFlags};
     match renameat2(None, src, None, dst, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => Ok(()),
@@ -128,8 +215,15 @@ fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
     }
 }
 
-/// Creates `tmp/<id>` exclusively with a new ID (a clash takes another).
-fn create_tmp(spool: &Spool) -> Result<(String, PathBuf, File), InjectError> {
+/// Claims a recycled file as `tmp/<id>` or creates `tmp/<id>` exclusively, with a new
+/// ID (a clash takes another). The flag is true for a recycled file, whose old content
+/// must be cut off after the new.
+fn create_tmp(spool: &Spool) -> Result<(String, PathBuf, File, bool), InjectError> {
+    let id = queue_id::new_id();
+    let path = spool.tmp_dir().join(&id);
+    if let Some(f) = pool::claim(spool, &path) {
+        return Ok((id, path, f, true));
+    }
     let mut last_err = None;
     for _ in 0..16 {
         let id = queue_id::new_id();
@@ -140,7 +234,7 @@ fn create_tmp(spool: &Spool) -> Result<(String, PathBuf, File), InjectError> {
             .mode(0o600)
             .open(&path)
         {
-            Ok(f) => return Ok((id, path, f)),
+            Ok(f) => return Ok((id, path, f, false)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
             Err(e) => return Err(ctx(Err(e), "create", &path)?),
         }
@@ -151,6 +245,7 @@ fn create_tmp(spool: &Spool) -> Result<(String, PathBuf, File), InjectError> {
 
 fn write_and_sync<R: Read>(
     file: File,
+    recycled: bool,
     message: &mut R,
     envelope_fn: impl FnOnce() -> Result<Envelope, EnvelopeError>,
     id: &str,
@@ -159,15 +254,10 @@ fn write_and_sync<R: Read>(
 ) -> Result<(), InjectError> {
     let mut out = BufWriter::with_capacity(64 * 1024, file);
     let size = copy_limited(message, &mut out, max_size, path)?;
-    let mut env = envelope_fn().map_err(InjectError::Envelope)?;
+    let env = envelope_fn().map_err(InjectError::Envelope)?;
     env.validate().map_err(InjectError::Envelope)?;
-    env.id = id.to_string();
-    env.arrival = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    env.size = size;
-    ctx(out.write_all(&env.to_trailer()), "write", path)?;
+    let trailer = stamp(env, id, size).to_trailer();
+    ctx(out.write_all(&trailer), "write", path)?;
     let file = out.into_inner().map_err(|e| {
         InjectError::Spool(SpoolError {
             path: path.to_path_buf(),
@@ -175,8 +265,7 @@ fn write_and_sync<R: Read>(
             source: e.into_error(),
         })
     })?;
-    ctx(file.sync_all(), "fsync", path)?;
-    Ok(())
+    sync(file, recycled, size + trailer.len() as u64, path)
 }
 
 /// Copies `message` to `out`, refusing more than `max_size` octets (0: no limit).

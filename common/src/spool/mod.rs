@@ -10,6 +10,7 @@
 //!   deferred/   waiting for their next attempt (the file's mtime is that time)
 //!   hold/       put on hold by an operator
 //!   status/     per-recipient results of each message, an append-only log (status.rs)
+//!   free/0..f/  finished queue files kept for reuse by the next commit (pool.rs)
 //!   trigger     FIFO: a byte after each commit wakes the queue manager
 //! ```
 //!
@@ -19,6 +20,7 @@
 
 pub mod envelope;
 pub mod inject;
+pub mod pool;
 pub mod queue_id;
 pub mod status;
 
@@ -119,6 +121,11 @@ impl Spool {
         self.root.join("status")
     }
 
+    /// Recycled queue files waiting for a writer (pool.rs).
+    pub fn free_dir(&self) -> PathBuf {
+        self.root.join("free")
+    }
+
     pub fn state_dir(&self, state: QueueState) -> PathBuf {
         self.root.join(state.dir())
     }
@@ -134,7 +141,13 @@ impl Spool {
 
     /// Creates the directories and the trigger FIFO where missing (idempotent).
     pub fn ensure_layout(&self) -> Result<(), SpoolError> {
-        let mut dirs = vec![self.root.clone(), self.tmp_dir(), self.status_dir()];
+        let mut dirs = vec![
+            self.root.clone(),
+            self.tmp_dir(),
+            self.status_dir(),
+            self.free_dir(),
+        ];
+        dirs.extend((0..pool::POOL_DIRS).map(|i| pool::pool_dir(self, i)));
         dirs.extend(QueueState::ALL.iter().map(|s| self.state_dir(*s)));
         for d in &dirs {
             ctx(fs::create_dir_all(d), "create directory", d)?;
@@ -209,15 +222,39 @@ impl Spool {
 
     /// Writes one byte to the trigger FIFO without blocking. No reader, a full FIFO or a
     /// missing FIFO are not errors: the queue manager also scans periodically.
+    ///
+    /// The FIFO stays open in this process for the next poke (a busy smtpd pokes once
+    /// per message); a write that finds no reader (`EPIPE`: the queue manager restarted,
+    /// or the FIFO was replaced) drops it and opens the FIFO again once.
     pub fn poke(&self) {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let opened = fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(self.trigger_path());
-        if let Ok(mut f) = opened {
-            let _ = f.write(b"!");
+        static TRIGGER: std::sync::Mutex<Option<(PathBuf, File)>> = std::sync::Mutex::new(None);
+        let path = self.trigger_path();
+        let mut cached = TRIGGER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for _ in 0..2 {
+            if cached.as_ref().map(|(p, _)| p != &path) != Some(false) {
+                let opened = fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                    .open(&path);
+                match opened {
+                    Ok(f) => *cached = Some((path.clone(), f)),
+                    Err(_) => {
+                        *cached = None;
+                        return;
+                    }
+                }
+            }
+            let Some((_, f)) = cached.as_mut() else {
+                return;
+            };
+            match f.write(b"!") {
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => *cached = None,
+                _ => return,
+            }
         }
     }
 

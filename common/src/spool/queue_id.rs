@@ -20,9 +20,14 @@ pub fn new_id() -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0);
-    let pid = std::process::id() & 0xff_ffff;
+    let pid = own_pid_field();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xfff;
     format!("{:013X}{:06X}{:03X}", micros & 0x1f_ffff_ffff_ffff, pid, n)
+}
+
+/// This process's pid as an ID carries it (the low 24 bits).
+pub fn own_pid_field() -> u32 {
+    std::process::id() & 0xff_ffff
 }
 
 /// True when `s` has the shape of a queue ID (so it is safe as a file name).

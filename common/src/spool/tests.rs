@@ -84,7 +84,9 @@ fn find_rejects_path_tricks() {
 #[test]
 fn streaming_commit_uses_preset_id_and_cleans_up_on_envelope_error() {
     let spool = temp_spool("streaming");
-    let preset = queue_id::new_id();
+    // A preset made by another process (the pid field is not ours).
+    let own = queue_id::new_id();
+    let preset = format!("{}FFFFFE{}", &own[..13], &own[19..]);
     let msg = b"Subject: s\r\n\r\nbody\r\n".to_vec();
     let env = || Ok(Envelope::new("a@b", vec![Recipient::new("c@d")]));
     let id = inject::commit_streaming(&spool, &mut msg.as_slice(), env, 0, Some(&preset))
@@ -101,5 +103,53 @@ fn streaming_commit_uses_preset_id_and_cleans_up_on_envelope_error() {
     assert!(err.is_permanent());
     assert_eq!(spool.list(QueueState::Incoming).expect("list").len(), 2);
     assert!(fs::read_dir(spool.tmp_dir()).expect("tmp").next().is_none());
+    let _ = fs::remove_dir_all(spool.root());
+}
+
+#[test]
+fn an_own_preset_id_is_trusted_but_never_replaces_a_queue_file() {
+    let spool = temp_spool("own-preset");
+    let preset = queue_id::new_id();
+    let msg = b"Subject: s\r\n\r\nbody\r\n".to_vec();
+    let env = || Envelope::new("a@b", vec![Recipient::new("c@d")]);
+    let id = inject::commit_bytes(&spool, &msg, env(), 0, Some(&preset)).expect("commit");
+    assert_eq!(id, preset);
+    // The same ID twice from this process is a caller's bug: refused, nothing replaced.
+    let other = b"Subject: other\r\n\r\n".to_vec();
+    assert!(inject::commit_bytes(&spool, &other, env(), 0, Some(&preset)).is_err());
+    let (_, mut body) = open_message(&spool.path(QueueState::Incoming, &id)).expect("open");
+    let mut got = Vec::new();
+    body.read_to_end(&mut got).expect("read");
+    assert_eq!(got, msg);
+    assert!(fs::read_dir(spool.tmp_dir()).expect("tmp").next().is_none());
+    let _ = fs::remove_dir_all(spool.root());
+}
+
+#[test]
+fn a_recycled_file_holds_exactly_the_new_message() {
+    use crate::spool::pool::Recycler;
+    let spool = temp_spool("recycled");
+    let long = vec![b'x'; 20_000];
+    let env = || Envelope::new("a@b", vec![Recipient::new("c@d")]);
+    let id = inject::commit_bytes(&spool, &long, env(), 0, None).expect("commit");
+    spool
+        .move_to(&id, QueueState::Incoming, QueueState::Active)
+        .expect("move");
+    let path = spool.path(QueueState::Active, &id);
+    Recycler::new()
+        .retire(&spool, &path, &id, 20_000)
+        .expect("retire");
+    // Short messages over the long one, streamed and from memory: no old octet shows.
+    let short = b"Subject: short\r\n\r\nhi\r\n".to_vec();
+    let id2 = inject::commit_bytes(&spool, &short, env(), 0, None).expect("commit");
+    let (env2, mut body) = open_message(&spool.path(QueueState::Incoming, &id2)).expect("open");
+    let mut got = Vec::new();
+    body.read_to_end(&mut got).expect("read");
+    assert_eq!(got, short);
+    assert_eq!(env2.id, id2);
+    let file_len = fs::metadata(spool.path(QueueState::Incoming, &id2))
+        .expect("stat")
+        .len();
+    assert!(file_len < 200, "old content cut off: {file_len} octets");
     let _ = fs::remove_dir_all(spool.root());
 }

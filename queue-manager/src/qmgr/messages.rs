@@ -260,7 +260,7 @@ impl Qmgr {
             }
         }
         let path = self.spool.path(QueueState::Active, id);
-        match std::fs::remove_file(&path) {
+        match self.recycler.retire(&self.spool, &path, id, msg.env.size) {
             Ok(()) => self.removed.push((id.to_string(), msg.status_on_disk)),
             Err(e) => log::error!("{id}: cannot remove {}: {e}", path.display()),
         }

@@ -32,6 +32,7 @@ use mio::Registry;
 use scheduler::Scheduler;
 use sloop_common::config::{resolve_path, Config};
 use sloop_common::exitcode;
+use sloop_common::spool::pool::Recycler;
 use sloop_common::spool::{QueueState, Spool};
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -102,6 +103,8 @@ pub(crate) struct Qmgr {
     /// Messages unlinked from `active/` this turn, awaiting the directory fsync, with
     /// whether their status log exists.
     removed: Vec<(String, bool)>,
+    /// Retires finished queue files into `free/` for reuse (spool/pool.rs).
+    recycler: Recycler,
     /// Status lines of this turn, not yet written (settle.rs).
     unwritten: Vec<(String, String)>,
     /// Messages whose last job ended this turn, to be finished once results are synced.
@@ -132,6 +135,7 @@ impl Qmgr {
             next_job_id: 1,
             prefer_deferred: false,
             removed: Vec::new(),
+            recycler: Recycler::new(),
             unwritten: Vec::new(),
             finished: Vec::new(),
             stopping: None,

@@ -1,0 +1,254 @@
+//! Recycled queue files: `free/` holds finished queue files whose inodes are kept for
+//! the next commit instead of being freed and allocated again.
+//!
+//! Why: creating a file costs an inode allocation and removing it an inode (and block)
+//! free; on ext4 without a journal the allocator also skips every inode freed in the
+//! last 30 seconds, probing the inode table for each, so at a thousand messages a
+//! second each create scanned thousands of inodes (a third of the smtpd's CPU and half
+//! of the delivery agents' in `perf`; docs/benchmarks.md). A recycled file keeps its
+//! inode and its blocks, so a commit overwrites it instead.
+//!
+//! - The queue manager, when a message is done, renames its file into one of the
+//!   subdirectories `free/0` .. `free/f` in turn (named by its old queue ID) instead
+//!   of unlinking it, while the pool has fewer than
+//!   [`POOL_MAX_FILES`] files and the message is at most [`POOL_MAX_FILE_SIZE`]
+//!   octets; otherwise it unlinks it.
+//! - A writer claims a file by renaming `free/<d>/<name>` to its own `tmp/<id>`:
+//!   rename is atomic, so of two writers that race for one name one wins and the
+//!   other gets `ENOENT` and tries another. It then writes from offset 0, truncates to the new
+//!   length and fsyncs, exactly as for a new file. Nothing else changes: the commit
+//!   point is still the rename into `incoming/` after the fsync.
+//!
+//! Crash safety: a file in `free/` is garbage whatever its content; a claimed file in
+//! `tmp/` is named with the claimer's ID, so `clean_tmp` removes it once its writer is
+//! dead. `free/` is never fsync'd: after a crash a recycled file may come back in
+//! `active/` (the message is delivered again, as when an unlink is lost) or, on a file
+//! system without a journal, be left for fsck, as any unlink in flight would be.
+
+use super::Spool;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// At most this many files wait in `free/` (the queue manager unlinks beyond it).
+pub const POOL_MAX_FILES: usize = 2048;
+
+/// Messages larger than this are unlinked, never pooled, so the pool holds at most
+/// `POOL_MAX_FILES` x this much disk (64 MiB).
+pub const POOL_MAX_FILE_SIZE: u64 = 32 * 1024;
+
+/// `free/` is split into this many subdirectories (`free/0` .. `free/f`), filled in
+/// turn: a writer claims from the one its pid points at and moves on only when that
+/// is empty, so concurrent writers seldom race for a name, and each directory stays
+/// small enough to list cheaply.
+pub const POOL_DIRS: usize = 16;
+
+/// Names read per listing of a subdirectory.
+const NAMES_PER_READ: usize = 64;
+
+/// How long the queue manager trusts its count of `free/` before counting again.
+const RECOUNT: Duration = Duration::from_secs(1);
+
+/// The subdirectory `i` of `free/`.
+pub fn pool_dir(spool: &Spool, i: usize) -> PathBuf {
+    spool.free_dir().join(format!("{:x}", i % POOL_DIRS))
+}
+
+/// What a writer remembers between commits: the names it listed and not claimed yet,
+/// and from which subdirectory of which spool.
+struct Names {
+    root: PathBuf,
+    dir: usize,
+    names: Vec<String>,
+}
+
+static NAMES: Mutex<Option<Names>> = Mutex::new(None);
+
+/// Takes a recycled file from `free/` and renames it to `dst` (never replacing a file
+/// there), open for writing at offset 0. `None` when the pool is empty or every claim
+/// failed: the caller then creates a new file.
+///
+/// A name that is gone (another writer took it) means the listing is stale: the
+/// subdirectory is listed again before the next try. An empty subdirectory passes the
+/// claim on to the next one; each is tried once.
+pub(crate) fn claim(spool: &Spool, dst: &Path) -> Option<File> {
+    let mut guard = NAMES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if guard.as_ref().map(|n| n.root != spool.root()) != Some(false) {
+        *guard = Some(Names {
+            root: spool.root().to_path_buf(),
+            dir: std::process::id() as usize % POOL_DIRS,
+            names: Vec::new(),
+        });
+    }
+    let state = guard.as_mut()?;
+    let mut stale = 0;
+    let mut empty = 0;
+    while stale < 4 && empty < POOL_DIRS {
+        let dir = pool_dir(spool, state.dir);
+        if state.names.is_empty() {
+            state.names = read_names(&dir);
+            if state.names.is_empty() {
+                empty += 1;
+                state.dir = (state.dir + 1) % POOL_DIRS;
+                continue;
+            }
+        }
+        let Some(name) = state.names.pop() else {
+            continue;
+        };
+        if super::inject::rename_noreplace(&dir.join(&name), dst).is_err() {
+            // Another writer took it (ENOENT), or `dst` exists (an ID clash, which the
+            // caller's fallback resolves): list again.
+            state.names.clear();
+            stale += 1;
+            continue;
+        }
+        return match OpenOptions::new().write(true).open(dst) {
+            Ok(file) => Some(file),
+            Err(_) => {
+                // Not ours to write (another owner, say): out of the way, and create.
+                let _ = fs::remove_file(dst);
+                None
+            }
+        };
+    }
+    None
+}
+
+/// Up to `NAMES_PER_READ` names from one subdirectory of `free/`.
+fn read_names(dir: &Path) -> Vec<String> {
+    let Ok(listing) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    listing
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| super::queue_id::is_valid(n))
+        .take(NAMES_PER_READ)
+        .collect()
+}
+
+/// The queue manager's side: retires finished queue files into `free/` or unlinks them.
+#[derive(Debug, Default)]
+pub struct Recycler {
+    /// Files in `free/` at the last count plus those put there since: an upper bound,
+    /// as writers only ever take files out.
+    estimate: usize,
+    counted: Option<Instant>,
+    /// The subdirectory the next file goes to.
+    next_dir: usize,
+}
+
+impl Recycler {
+    pub fn new() -> Recycler {
+        Recycler::default()
+    }
+
+    /// Takes the queue file `path` of message `id` (`size` octets of message) out of
+    /// the queue: into `free/` when it is small and the pool has room, else unlinked.
+    /// The caller fsyncs the directory `path` was in, as for an unlink.
+    pub fn retire(&mut self, spool: &Spool, path: &Path, id: &str, size: u64) -> io::Result<()> {
+        if size <= POOL_MAX_FILE_SIZE && self.has_room(spool) {
+            let dir = pool_dir(spool, self.next_dir);
+            self.next_dir = (self.next_dir + 1) % POOL_DIRS;
+            // A failed rename (no `free/` in an old spool, say) falls back to unlinking.
+            if fs::rename(path, dir.join(id)).is_ok() {
+                self.estimate += 1;
+                return Ok(());
+            }
+        }
+        fs::remove_file(path)
+    }
+
+    fn has_room(&mut self, spool: &Spool) -> bool {
+        if self.counted.map_or(true, |t| t.elapsed() >= RECOUNT) {
+            self.estimate = (0..POOL_DIRS)
+                .map(|i| fs::read_dir(pool_dir(spool, i)).map_or(0, |d| d.count()))
+                .sum();
+            self.counted = Some(Instant::now());
+        }
+        self.estimate < POOL_MAX_FILES
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::queue_id;
+    use std::io::Write;
+
+    fn spool(name: &str) -> Spool {
+        let dir = std::env::temp_dir().join(format!("sloop-pool-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let spool = Spool::new(dir);
+        spool.ensure_layout().unwrap();
+        spool
+    }
+
+    fn pooled(spool: &Spool) -> usize {
+        (0..POOL_DIRS)
+            .map(|i| fs::read_dir(pool_dir(spool, i)).unwrap().count())
+            .sum()
+    }
+
+    fn put(spool: &Spool, body: &[u8]) -> PathBuf {
+        let path = spool.tmp_dir().join(queue_id::new_id());
+        fs::File::create(&path).unwrap().write_all(body).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_retired_file_keeps_its_inode_for_the_next_claim() {
+        use std::os::unix::fs::MetadataExt;
+        let spool = spool("inode");
+        let path = put(&spool, b"old content");
+        let ino = fs::metadata(&path).unwrap().ino();
+        let id = path.file_name().unwrap().to_str().unwrap().to_string();
+        Recycler::new().retire(&spool, &path, &id, 11).unwrap();
+        assert!(!path.exists());
+        assert_eq!(pooled(&spool), 1);
+
+        let dst = spool.tmp_dir().join(queue_id::new_id());
+        let f = claim(&spool, &dst).expect("a pooled file is claimed");
+        drop(f);
+        assert_eq!(fs::metadata(&dst).unwrap().ino(), ino);
+        assert_eq!(pooled(&spool), 0);
+        // The pool is empty now: the next claim asks for a new file.
+        assert!(claim(&spool, &spool.tmp_dir().join(queue_id::new_id())).is_none());
+    }
+
+    #[test]
+    fn large_files_and_a_full_pool_are_unlinked() {
+        let spool = spool("unlink");
+        let mut r = Recycler::new();
+        let big = put(&spool, b"x");
+        let id = big.file_name().unwrap().to_str().unwrap().to_string();
+        r.retire(&spool, &big, &id, POOL_MAX_FILE_SIZE + 1).unwrap();
+        assert!(!big.exists());
+        assert_eq!(pooled(&spool), 0);
+
+        r.estimate = POOL_MAX_FILES;
+        r.counted = Some(Instant::now());
+        let small = put(&spool, b"x");
+        let id = small.file_name().unwrap().to_str().unwrap().to_string();
+        r.retire(&spool, &small, &id, 1).unwrap();
+        assert!(!small.exists());
+        assert_eq!(pooled(&spool), 0);
+    }
+
+    #[test]
+    fn a_claim_never_replaces_an_existing_file() {
+        let spool = spool("noreplace");
+        let path = put(&spool, b"pooled");
+        let id = path.file_name().unwrap().to_str().unwrap().to_string();
+        Recycler::new().retire(&spool, &path, &id, 6).unwrap();
+        let dst = put(&spool, b"someone else's");
+        assert!(claim(&spool, &dst).is_none());
+        assert_eq!(fs::read(&dst).unwrap(), b"someone else's");
+        assert_eq!(pooled(&spool), 1);
+    }
+}
