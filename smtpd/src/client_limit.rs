@@ -30,15 +30,16 @@ pub struct Slot {
 /// Takes a free slot for `ip`, or `None` when `max` sessions already hold one.
 pub fn acquire(run_dir: &Path, ip: IpAddr, max: usize) -> io::Result<Option<Slot>> {
     let dir = run_dir.join("clients");
-    std::fs::create_dir_all(&dir)?;
     let path = dir.join(ip.to_string());
     for _ in 0..64 {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
+        let file = match open_slots(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // The directory is made on first use (and again if someone removed it).
+                std::fs::create_dir_all(&dir)?;
+                open_slots(&path)?
+            }
+            opened => opened?,
+        };
         let Some(index) = take_free_slot(&file, &path, max)? else {
             if being_removed(&file) {
                 // The client's last session holds the whole file for a moment while it
@@ -70,8 +71,20 @@ impl Drop for Slot {
     }
 }
 
+fn open_slots(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+/// Tries every slot once, starting at one chosen by the pid so that concurrent workers
+/// do not all queue up behind the low slots.
 fn take_free_slot(file: &File, path: &Path, max: usize) -> io::Result<Option<usize>> {
-    for index in 0..max {
+    let first = std::process::id() as usize % max.max(1);
+    for index in (first..max).chain(0..first) {
         match set_lock(file, index as libc::off_t, 1) {
             Ok(true) => return Ok(Some(index)),
             Ok(false) => continue,
@@ -137,7 +150,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sloop-cl-{}", std::process::id()));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let slot = acquire(&dir, ip, 2).unwrap().unwrap();
-        assert_eq!(slot.index, 0);
+        assert!(slot.index < 2);
         assert!(dir.join("clients/192.0.2.1").exists());
         drop(slot);
         // Nobody else held a slot: the file is gone.

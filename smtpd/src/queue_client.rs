@@ -31,7 +31,7 @@
 
 use crate::session::{QueueJob, QueueOutcome};
 use sloop_common::exitcode::{queue_verdict, QueueVerdict};
-use sloop_common::spool::inject::commit_streaming;
+use sloop_common::spool::inject::commit_bytes;
 use sloop_common::spool::Spool;
 use sloop_common::Config;
 use std::io::Write;
@@ -58,11 +58,10 @@ fn commit_in_process(cfg: &Config, job: QueueJob) -> QueueOutcome {
     }
     let from = job.envelope.sender_display();
     let nrcpt = job.envelope.recipients.len();
-    let envelope = job.envelope;
-    let committed = commit_streaming(
+    let committed = commit_bytes(
         &spool,
-        &mut job.message.as_slice(),
-        || Ok(envelope),
+        &job.message,
+        job.envelope,
         cfg.smtpd.max_message_size,
         Some(&job.id),
     );

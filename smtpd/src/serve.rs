@@ -62,7 +62,9 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) {
     log::info!("connect from {}", client.display());
     let mut session = Session::start(policy, client, opening);
     let mut out: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    // The read buffer is kept for the worker's next session (a panic just loses it).
+    let mut buf = READ_BUF.take();
+    buf.resize(READ_BUF_LEN, 0);
     loop {
         match session.step() {
             Step::Reply(r) => out.extend_from_slice(&r.to_wire()),
@@ -97,6 +99,14 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) {
         }
     }
     log::info!("{}", session.disconnect_line());
+    READ_BUF.set(buf);
+}
+
+/// Octets read from the client per `read(2)`.
+const READ_BUF_LEN: usize = 64 * 1024;
+
+thread_local! {
+    static READ_BUF: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// Reads what the client sends next into the session, within the phase's deadline.
