@@ -2,8 +2,9 @@
 //!
 //! The Maildir is created on first delivery. A message is written to `tmp/` under a
 //! name no other delivery can take (`<secs>.M<micros>P<pid>Q<n>.<host>`, created with
-//! `O_EXCL`), fsync'd, linked into `new/` (a link never replaces an existing file),
-//! unlinked from `tmp/`, and `new/` is fsync'd: only then is the delivery reported.
+//! `O_EXCL`), fsync'd, moved into `new/` (a rename that never replaces an existing
+//! file, or a hard link and unlink where the file system lacks it), and `new/` is
+//! fsync'd: only then is the delivery reported.
 //!
 //! The domain and user are data, never paths: each is checked as one safe path
 //! component, and every directory level below the canonical mailbox root must be a
@@ -211,9 +212,17 @@ fn real_dir(d: &Path) -> io::Result<bool> {
     Ok(fs::symlink_metadata(d)?.file_type().is_dir())
 }
 
-/// Moves `tmp` to `new`: a hard link (which never replaces an existing file) then
-/// unlink; where the file system has no hard links, a rename (the name is unique).
+/// Moves `tmp` to `new` without ever replacing an existing file: one
+/// `rename(RENAME_NOREPLACE)`, or where the file system lacks it, the classic Maildir
+/// hard link then unlink; where it has no hard links either, a plain rename (the name
+/// is unique).
 fn publish(tmp: &Path, new: &Path) -> io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    match renameat2(None, tmp, None, new, RenameFlags::RENAME_NOREPLACE) {
+        Ok(()) => return Ok(()),
+        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {}
+        Err(e) => return Err(io::Error::from(e)),
+    }
     match fs::hard_link(tmp, new) {
         Ok(()) => {
             let _ = fs::remove_file(tmp);
