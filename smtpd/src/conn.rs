@@ -1,14 +1,19 @@
 //! The socket side of a session: reads with a deadline, writes with a send timeout.
 //!
 //! [`Conn`] wraps the accepted TCP stream, or standard input and output in the
-//! standalone `--inetd` mode (a socket from inetd, or pipes in tests). [`Conn::read`] waits with `poll(2)` until
-//! input arrives or the deadline passes (EINTR from a signal is retried with the time
-//! left), so a silent client costs at most its phase's budget. Writes use `SO_SNDTIMEO`
+//! standalone `--inetd` mode (a socket from inetd, or pipes in tests). [`Conn::read`]
+//! waits until input arrives or the deadline passes (EINTR from a signal is retried
+//! with the time left), so a silent client costs at most its phase's budget. On a TCP
+//! socket the wait is the blocking `read(2)` itself under `SO_RCVTIMEO` (set again
+//! only when the deadline moves, so one system call per read); on anything else it is
+//! a `poll(2)` before the read. Writes use `SO_SNDTIMEO`
 //! so a client that stops reading cannot block the worker forever; the watchdog
 //! (`watchdog.rs`) backs both up. [`Conn::has_early_input`] tells the connect phase
 //! whether the client spoke before the greeting.
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::TimeVal;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -28,6 +33,9 @@ pub enum ReadOutcome {
 pub struct Conn {
     rd: File,
     wr: File,
+    /// On a socket, the `SO_RCVTIMEO` now set (`Some(ZERO)` until the first read);
+    /// `None` when `rd` is not a socket and reads wait with `poll(2)`.
+    rcv_timeout: Option<Duration>,
 }
 
 impl Conn {
@@ -40,6 +48,7 @@ impl Conn {
         Ok(Conn {
             rd: File::from(OwnedFd::from(stream)),
             wr: File::from(OwnedFd::from(wr)),
+            rcv_timeout: Some(Duration::ZERO),
         })
     }
 
@@ -50,6 +59,7 @@ impl Conn {
         Ok(Conn {
             rd: File::from(rd),
             wr: File::from(wr),
+            rcv_timeout: None,
         })
     }
 
@@ -60,14 +70,33 @@ impl Conn {
 
     /// Reads into `buf`, waiting no later than `deadline`.
     pub fn read(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<ReadOutcome> {
-        if !self.wait_readable(deadline)? {
+        if self.rcv_timeout.is_none() && !self.wait_readable(deadline)? {
             return Ok(ReadOutcome::Timeout);
         }
         loop {
+            if let Some(set) = self.rcv_timeout {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(ReadOutcome::Timeout);
+                }
+                if set.is_zero() || set > left || set + RCVTIMEO_SLACK < left {
+                    let want = rcv_timeout_for(left);
+                    let tv = TimeVal::new(
+                        want.as_secs().try_into().unwrap_or(i64::MAX),
+                        want.subsec_micros().into(),
+                    );
+                    setsockopt(&self.rd, sockopt::ReceiveTimeout, &tv).map_err(io::Error::from)?;
+                    self.rcv_timeout = Some(want);
+                }
+            }
             match self.rd.read(buf) {
                 Ok(0) => return Ok(ReadOutcome::Eof),
                 Ok(n) => return Ok(ReadOutcome::Data(n)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // SO_RCVTIMEO ran out: the loop checks the deadline.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.rcv_timeout.is_some() => {
+                    continue
+                }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
                     return Ok(ReadOutcome::Eof)
                 }
@@ -104,5 +133,39 @@ impl Conn {
                 Err(e) => return Err(io::Error::from(e)),
             }
         }
+    }
+}
+
+/// How far the time left may exceed the `SO_RCVTIMEO` set before it is set again: each
+/// phase sets a fresh deadline per read, so in steady state the timeout is set once.
+const RCVTIMEO_SLACK: Duration = Duration::from_secs(1);
+
+/// The receive timeout for `left`: rounded down to 100 ms (so the next read's slightly
+/// smaller budget still fits it), never zero (which would mean no timeout at all).
+fn rcv_timeout_for(left: Duration) -> Duration {
+    let tenths = left.as_millis() / 100;
+    if tenths == 0 {
+        left.max(Duration::from_millis(1))
+    } else {
+        Duration::from_millis((tenths * 100).min(u64::MAX as u128) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receive_timeouts_never_overrun_the_deadline_nor_mean_forever() {
+        for ms in [0u64, 1, 5, 99, 100, 150, 999, 300_000, 300_050] {
+            let left = Duration::from_millis(ms);
+            let t = rcv_timeout_for(left);
+            assert!(!t.is_zero());
+            assert!(t <= left.max(Duration::from_millis(1)), "{ms}: {t:?}");
+        }
+        assert_eq!(
+            rcv_timeout_for(Duration::from_millis(300_050)),
+            Duration::from_millis(300_000)
+        );
     }
 }
