@@ -63,7 +63,11 @@ impl QueuedMessage {
 
     /// The header section (up to the empty line, or [`MAX_HEADER_SCAN`] octets).
     pub fn header_bytes(&self) -> io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
+        // Sized up front: growing from empty cost a read(2) per doubling.
+        let cap = usize::try_from(self.envelope.size)
+            .unwrap_or(MAX_HEADER_SCAN)
+            .min(MAX_HEADER_SCAN);
+        let mut buf = Vec::with_capacity(cap);
         self.reader()
             .take(MAX_HEADER_SCAN as u64)
             .read_to_end(&mut buf)?;

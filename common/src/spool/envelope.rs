@@ -23,6 +23,9 @@ pub const MAX_ADDRESS: usize = 1024;
 /// Octets of the fixed trailer: `Z` + 16 hex digits + `\n`.
 pub const TRAILER_LEN: u64 = 18;
 
+/// How much of a queue file's end is read at once to find its envelope.
+const TAIL_READ: u64 = 4096;
+
 /// DSN `RET=` parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Ret {
@@ -308,18 +311,30 @@ impl Envelope {
         if len < TRAILER_LEN {
             return Err(EnvelopeError::Format("queue file too short".into()));
         }
-        file.seek(SeekFrom::Start(len - TRAILER_LEN)).map_err(io)?;
-        let mut z = [0u8; TRAILER_LEN as usize];
-        file.read_exact(&mut z).map_err(io)?;
-        let size = parse_z(&z).ok_or_else(|| EnvelopeError::Format("bad trailer".into()))?;
+        // One read of the file's tail usually holds the whole envelope and the trailer.
+        let tail_len = len.min(TAIL_READ);
+        let tail_start = len - tail_len;
+        file.seek(SeekFrom::Start(tail_start)).map_err(io)?;
+        let mut tail = vec![0u8; tail_len as usize];
+        file.read_exact(&mut tail).map_err(io)?;
+        let z = &tail[tail.len() - TRAILER_LEN as usize..];
+        let size = parse_z(z).ok_or_else(|| EnvelopeError::Format("bad trailer".into()))?;
         if size > len - TRAILER_LEN {
             return Err(EnvelopeError::Format("trailer offset past end".into()));
         }
-        file.seek(SeekFrom::Start(size)).map_err(io)?;
-        let mut text = Vec::with_capacity((len - TRAILER_LEN - size) as usize);
-        file.take(len - TRAILER_LEN - size)
-            .read_to_end(&mut text)
-            .map_err(io)?;
+        let end = (len - TRAILER_LEN) as usize - tail_start as usize;
+        let text = if size >= tail_start {
+            tail.truncate(end);
+            tail.drain(..(size - tail_start) as usize);
+            tail
+        } else {
+            file.seek(SeekFrom::Start(size)).map_err(io)?;
+            let mut text = Vec::with_capacity((len - TRAILER_LEN - size) as usize);
+            file.take(len - TRAILER_LEN - size)
+                .read_to_end(&mut text)
+                .map_err(io)?;
+            text
+        };
         let text = String::from_utf8(text)
             .map_err(|_| EnvelopeError::Format("envelope is not UTF-8".into()))?;
         Envelope::parse_trailer(&text, size)
@@ -443,6 +458,25 @@ mod tests {
         file.extend(e.to_trailer());
         let back = Envelope::read_from(&mut Cursor::new(file)).expect("reads");
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn envelopes_longer_than_one_tail_read_round_trip() {
+        // The envelope is found in the tail read, straddles it, or exceeds it; bodies
+        // shorter and longer than the tail read.
+        for (nrcpt, body_len) in [(1, 10), (1, 9000), (150, 10), (150, 9000), (2000, 50)] {
+            let rcpts = (0..nrcpt)
+                .map(|i| Recipient::new(format!("user{i}@example.test")))
+                .collect();
+            let mut e = Envelope::new("a@b.test", rcpts);
+            e.id = "0123456789ABCDEF012345".into();
+            let body = vec![b'x'; body_len];
+            e.size = body.len() as u64;
+            let mut file = body.clone();
+            file.extend(e.to_trailer());
+            let back = Envelope::read_from(&mut Cursor::new(file)).expect("reads");
+            assert_eq!(back, e, "{nrcpt} recipients, {body_len} octets");
+        }
     }
 
     #[test]

@@ -65,11 +65,12 @@ impl Qmgr {
             self.sched.release(&spec.dest);
             return;
         };
-        let program = self.cfg.program("sloop-deliver");
-        let slot = match self
-            .pools
-            .acquire(job.transport, &program, &self.cfg, &self.registry)
-        {
+        let slot = match self.pools.acquire(
+            job.transport,
+            &self.deliver_program,
+            &self.cfg,
+            &self.registry,
+        ) {
             Ok(slot) => slot,
             Err(e) => {
                 log::error!("cannot start {} delivery worker: {e}", job.transport.word());

@@ -105,6 +105,8 @@ pub(crate) struct Qmgr {
     removed: Vec<(String, bool)>,
     /// Retires finished queue files into `free/` for reuse (spool/pool.rs).
     recycler: Recycler,
+    /// The delivery agent's path, found once (it reads /proc/self/exe).
+    deliver_program: std::path::PathBuf,
     /// Status lines of this turn, not yet written (settle.rs).
     unwritten: Vec<(String, String)>,
     /// Messages whose last job ended this turn, to be finished once results are synced.
@@ -120,7 +122,9 @@ impl Qmgr {
         let sched = Scheduler::new(q.destination_concurrency, q.retry_min, q.retry_max);
         let pools = Pools::new(q.local_concurrency, q.remote_concurrency);
         let now = Instant::now();
+        let deliver_program = cfg.program("sloop-deliver");
         Qmgr {
+            deliver_program,
             cfg,
             spool,
             registry,
@@ -152,6 +156,7 @@ impl Qmgr {
                 self.pools
                     .set_limits(q.local_concurrency, q.remote_concurrency);
                 self.pools.retire_all();
+                self.deliver_program = cfg.program("sloop-deliver");
                 self.cfg = cfg;
                 self.poked = true;
                 log::info!("reloaded configuration {}", self.cfg.file.display());
