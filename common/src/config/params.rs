@@ -203,7 +203,7 @@ pub const PARAMS: &[Param] = &[
         doc: "How often the queue manager rescans the spool besides its trigger." },
     Param { key: "queue.max_active", kind: Kind::Int { min: 1, max: 1_000_000 }, default: "5000",
         doc: "Most messages the queue manager holds in memory at once." },
-    Param { key: "queue.local_concurrency", kind: Kind::Int { min: 1, max: 1000 }, default: "4",
+    Param { key: "queue.local_concurrency", kind: Kind::Int { min: 1, max: 1000 }, default: "8",
         doc: "Local delivery worker processes." },
     Param { key: "queue.remote_concurrency", kind: Kind::Int { min: 1, max: 1000 }, default: "20",
         doc: "Remote delivery worker processes." },
