@@ -165,7 +165,7 @@ impl Recycler {
     }
 
     fn has_room(&mut self, spool: &Spool) -> bool {
-        if self.counted.map_or(true, |t| t.elapsed() >= RECOUNT) {
+        if self.counted.is_none_or(|t| t.elapsed() >= RECOUNT) {
             self.estimate = (0..POOL_DIRS)
                 .map(|i| fs::read_dir(pool_dir(spool, i)).map_or(0, |d| d.count()))
                 .sum();
