@@ -62,6 +62,9 @@ struct Names {
     root: PathBuf,
     dir: usize,
     names: Vec<String>,
+    /// xorshift state: writers sharing a subdirectory list the same names, so each
+    /// picks at random rather than all taking the same one.
+    rng: u64,
 }
 
 static NAMES: Mutex<Option<Names>> = Mutex::new(None);
@@ -82,6 +85,7 @@ pub(crate) fn claim(spool: &Spool, dst: &Path) -> Option<File> {
             root: spool.root().to_path_buf(),
             dir: std::process::id() as usize % POOL_DIRS,
             names: Vec::new(),
+            rng: seed(),
         });
     }
     let state = guard.as_mut()?;
@@ -97,9 +101,8 @@ pub(crate) fn claim(spool: &Spool, dst: &Path) -> Option<File> {
                 continue;
             }
         }
-        let Some(name) = state.names.pop() else {
-            continue;
-        };
+        let pick = (next(&mut state.rng) % state.names.len() as u64) as usize;
+        let name = state.names.swap_remove(pick);
         if super::inject::rename_noreplace(&dir.join(&name), dst).is_err() {
             // Another writer took it (ENOENT), or `dst` exists (an ID clash, which the
             // caller's fallback resolves): list again.
@@ -130,6 +133,25 @@ fn read_names(dir: &Path) -> Vec<String> {
         .filter(|n| super::queue_id::is_valid(n))
         .take(NAMES_PER_READ)
         .collect()
+}
+
+/// A seed that differs between processes and runs (nothing secret depends on it).
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    (nanos ^ (u64::from(std::process::id()) << 32)) | 1
+}
+
+/// xorshift64.
+fn next(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    *state = x;
+    x
 }
 
 /// The queue manager's side: retires finished queue files into `free/` or unlinks them.
