@@ -180,10 +180,16 @@ mod tests {
 
     #[test]
     fn reconcile_keeps_binds_and_closes() {
-        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let a_addr = a.local_addr().unwrap();
-        drop(a);
-        let mut l = Listeners::bind_all(&[a_addr]).unwrap();
+        // A free port, bound again at once; another test may take it in between, so
+        // a few tries.
+        let (a_addr, mut l) = (0..20)
+            .find_map(|_| {
+                let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let a_addr = a.local_addr().unwrap();
+                drop(a);
+                Listeners::bind_all(&[a_addr]).ok().map(|l| (a_addr, l))
+            })
+            .expect("a free port within 20 tries");
         let kept_fd = l.bound[0].1.as_raw_fd();
         let b_addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
         assert!(l.reconcile(&[b_addr, a_addr]).is_empty());
