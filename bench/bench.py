@@ -15,6 +15,7 @@ Durability is equal: both fsync the queue file before 250 and the Maildir file b
 it is linked into new/.
 """
 import argparse
+import glob
 import os
 import shutil
 import signal
@@ -112,6 +113,8 @@ TRASH = []
 
 
 def set_aside(path):
+    # Leftovers of an interrupted run go too.
+    TRASH.extend(glob.glob(glob.escape(path) + ".trash-*"))
     if os.path.exists(path):
         aside = f"{path}.trash-{os.getpid()}"
         os.rename(path, aside)
