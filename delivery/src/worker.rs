@@ -6,6 +6,14 @@
 //! on stdin with `poll(2)` so an agent can close idle cached connections on time
 //! ([`Agent::idle`]). EOF on stdin ends the loop (exit 0).
 //!
+//! Group commit: when the next job line is already waiting as a job ends, the worker
+//! runs it before answering, up to [`MAX_BATCH`] jobs; then [`Agent::sync`] makes the
+//! batch durable at once (the local agent fsyncs each Maildir `new/` once for the
+//! batch instead of once per message) and only then are the batch's results written.
+//! If the sync fails, the batch's successes are reported as deferrals. The queue
+//! manager queues a second job on a busy local worker only when every local worker is
+//! busy (qmgr/workers.rs), so a batch forms only under load.
+//!
 //! Nothing but protocol lines is written to stdout. A job line that does not parse is
 //! logged and skipped (the queue manager times the job out and replaces us). A panic
 //! inside an agent is caught: the job's recipients are deferred, then the worker exits
@@ -15,6 +23,7 @@ use crate::message::QueuedMessage;
 use crate::result::RcptResult;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use sloop_common::delivery_proto::{Job, Reply, Transport};
+use sloop_common::spool::status::Outcome;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,6 +46,22 @@ pub trait Agent {
 
     /// Called once at EOF, before the worker exits.
     fn shutdown(&mut self) {}
+
+    /// Makes the deliveries since the last call durable where [`Agent::deliver`] left
+    /// that for later; called before their results are reported.
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Most jobs answered together after one [`Agent::sync`].
+pub const MAX_BATCH: usize = 16;
+
+/// A job run but not answered yet.
+struct Done {
+    job: Job,
+    results: Vec<RcptResult>,
+    delay: u64,
 }
 
 /// How a worker loop ended.
@@ -56,12 +81,18 @@ where
 {
     let mut input = BufReader::new(input);
     let mut line = String::new();
+    let mut batch: Vec<Done> = Vec::new();
     loop {
-        if input.buffer().is_empty() && !wait_readable(agent, input.get_ref())? {
+        if !batch.is_empty() && (batch.len() >= MAX_BATCH || !line_waiting(&input)) {
+            answer(agent, &mut output, &mut batch)?;
+        }
+        if batch.is_empty() && input.buffer().is_empty() && !wait_readable(agent, input.get_ref())?
+        {
             continue;
         }
         line.clear();
         if input.read_line(&mut line)? == 0 {
+            answer(agent, &mut output, &mut batch)?;
             agent.shutdown();
             return Ok(Ending::Eof);
         }
@@ -69,12 +100,55 @@ where
             log::error!("malformed job line ignored: {:?}", truncate(&line, 200));
             continue;
         };
-        let (results, panicked) = run_job(agent, &job);
-        write_results(&mut output, &job, &results)?;
+        let (results, delay, panicked) = run_job(agent, &job);
+        batch.push(Done {
+            job,
+            results,
+            delay,
+        });
         if panicked {
+            answer(agent, &mut output, &mut batch)?;
             return Ok(Ending::Panicked);
         }
     }
+}
+
+/// True when a whole job line can be read without waiting.
+fn line_waiting<I: Read + AsFd>(input: &BufReader<I>) -> bool {
+    if input.buffer().contains(&b'\n') {
+        return true;
+    }
+    // The queue manager writes each line with one write: readable means a line.
+    let mut fds = [PollFd::new(input.get_ref().as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+/// Syncs the agent, then writes the batch's results (successes turned into
+/// deferrals if the sync failed) and flushes.
+fn answer<O: Write>(
+    agent: &mut dyn Agent,
+    output: &mut O,
+    batch: &mut Vec<Done>,
+) -> io::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let synced = agent.sync();
+    if let Err(e) = &synced {
+        log::error!("cannot make {} deliveries durable: {e}", batch.len());
+    }
+    for mut done in batch.drain(..) {
+        if let Err(e) = &synced {
+            for r in done.results.iter_mut().filter(|r| r.outcome == Outcome::Ok) {
+                *r = RcptResult::defer("4.3.0", format!("cannot make the delivery durable: {e}"));
+            }
+        }
+        for (rcpt, r) in done.job.recipients.iter().zip(&done.results) {
+            log_result(&done.job.queue_id, rcpt, r, done.delay);
+        }
+        write_results(output, &done.job, &done.results)?;
+    }
+    output.flush()
 }
 
 /// Waits for input, running the agent's idle work when its timer expires. Returns
@@ -98,8 +172,9 @@ fn wait_readable(agent: &mut dyn Agent, input: &impl AsFd) -> io::Result<bool> {
     }
 }
 
-/// Opens the message and runs the agent, containing a panic.
-fn run_job(agent: &mut dyn Agent, job: &Job) -> (Vec<RcptResult>, bool) {
+/// Opens the message and runs the agent, containing a panic. Returns the results, the
+/// message's time in the queue (for the log) and whether the agent panicked.
+fn run_job(agent: &mut dyn Agent, job: &Job) -> (Vec<RcptResult>, u64, bool) {
     if job.transport != agent.transport() {
         let text = format!(
             "job for the {} transport sent to a {} worker",
@@ -108,12 +183,13 @@ fn run_job(agent: &mut dyn Agent, job: &Job) -> (Vec<RcptResult>, bool) {
         );
         return (
             vec![RcptResult::defer("4.3.5", text); job.recipients.len()],
+            0,
             false,
         );
     }
     let msg = match QueuedMessage::open(std::path::Path::new(&job.path)) {
         Ok(m) => m,
-        Err(r) => return (vec![r; job.recipients.len()], false),
+        Err(r) => return (vec![r; job.recipients.len()], 0, false),
     };
     let delay = delay_secs(msg.envelope.arrival);
     let outcome =
@@ -133,10 +209,7 @@ fn run_job(agent: &mut dyn Agent, job: &Job) -> (Vec<RcptResult>, bool) {
         job.recipients.len(),
         RcptResult::defer("4.3.0", "no result from the delivery agent"),
     );
-    for (rcpt, r) in job.recipients.iter().zip(&results) {
-        log_result(&job.queue_id, rcpt, r, delay);
-    }
-    (results, panicked)
+    (results, delay, panicked)
 }
 
 /// The worker's view of one result, at debug level: the queue manager records every
@@ -164,8 +237,7 @@ fn write_results<O: Write>(output: &mut O, job: &Job, results: &[RcptResult]) ->
         };
         output.write_all(reply.to_line().as_bytes())?;
     }
-    output.write_all(Reply::Done { job_id: job.job_id }.to_line().as_bytes())?;
-    output.flush()
+    output.write_all(Reply::Done { job_id: job.job_id }.to_line().as_bytes())
 }
 
 fn delay_secs(arrival: u64) -> u64 {
@@ -192,6 +264,95 @@ mod tests {
     struct Fake {
         panic_on: Option<String>,
         idles: Arc<AtomicUsize>,
+    }
+
+    /// Counts syncs and can fail them; remembers what was delivered since the last.
+    struct Batching {
+        syncs: usize,
+        fail: bool,
+        unsynced: usize,
+        batches: Vec<usize>,
+    }
+
+    impl Agent for Batching {
+        fn transport(&self) -> Transport {
+            Transport::Local
+        }
+        fn deliver(&mut self, job: &Job, _msg: &QueuedMessage) -> Vec<RcptResult> {
+            self.unsynced += 1;
+            vec![RcptResult::ok("2.0.0", "delivered"); job.recipients.len()]
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            self.syncs += 1;
+            self.batches.push(std::mem::take(&mut self.unsynced));
+            if self.fail {
+                Err(io::Error::other("disk on fire"))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    fn run_batch(fail: bool, jobs: usize) -> (Batching, Vec<Reply>) {
+        let (_dir, path) = spool_message(&format!("group-{fail}-{jobs}"));
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (input, mut writer) = (File::from(r), File::from(w));
+        let lines: String = (1..=jobs as u64)
+            .map(|id| job_line(id, &path, "a@d.test"))
+            .collect();
+        writer.write_all(lines.as_bytes()).unwrap();
+        drop(writer);
+        let mut agent = Batching {
+            syncs: 0,
+            fail,
+            unsynced: 0,
+            batches: Vec::new(),
+        };
+        let mut out = Vec::new();
+        assert_eq!(serve(&mut agent, input, &mut out).unwrap(), Ending::Eof);
+        let out = String::from_utf8(out).unwrap();
+        let replies = out.lines().map(|l| Reply::parse(l).unwrap()).collect();
+        (agent, replies)
+    }
+
+    #[test]
+    fn waiting_jobs_are_answered_together_after_one_sync() {
+        let (agent, replies) = run_batch(false, 3);
+        assert_eq!(
+            agent.batches,
+            vec![3],
+            "one sync for the three waiting jobs"
+        );
+        // Every job answered, in order: two rcpt lines and a done line each.
+        assert_eq!(replies.len(), 9);
+        for (k, id) in (1..=3u64).enumerate() {
+            assert_eq!(replies[3 * k + 2], Reply::Done { job_id: id });
+            assert!(matches!(
+                &replies[3 * k],
+                Reply::Rcpt { job_id, outcome: Outcome::Ok, .. } if *job_id == id
+            ));
+        }
+        // A batch is at most MAX_BATCH jobs.
+        let (agent, replies) = run_batch(false, MAX_BATCH + 2);
+        assert_eq!(agent.batches, vec![MAX_BATCH, 2]);
+        assert_eq!(replies.len(), 3 * (MAX_BATCH + 2));
+    }
+
+    #[test]
+    fn a_failed_sync_turns_the_batch_successes_into_deferrals() {
+        let (agent, replies) = run_batch(true, 2);
+        assert_eq!(agent.syncs, 1);
+        let outcomes: Vec<Outcome> = replies
+            .iter()
+            .filter_map(|r| match r {
+                Reply::Rcpt { outcome, text, .. } => {
+                    assert!(text.contains("disk on fire"), "{text}");
+                    Some(*outcome)
+                }
+                Reply::Done { .. } => None,
+            })
+            .collect();
+        assert_eq!(outcomes, vec![Outcome::Defer; 4]);
     }
 
     impl Agent for Fake {

@@ -98,8 +98,9 @@ fn check_all_delivered(s: &Setup, ids: &[String]) {
     assert!(d.iter().all(|x| x.2 == "ok"));
     // A duplicate is a delivery the killed qmgr had not made durable yet: a job in
     // flight, or a result read in the loop turn the kill interrupted (results are synced
-    // once per turn, settle.rs). With 2 workers that is at most 2 + 2.
-    assert!(duplicates <= 4, "{duplicates} duplicates");
+    // once per turn, settle.rs). With 2 local workers, each given up to LOCAL_DEPTH = 4
+    // jobs once both are busy (qmgr/workers.rs), that is at most 2 x 4 + 2 x 4.
+    assert!(duplicates <= 16, "{duplicates} duplicates");
     let status_left = std::fs::read_dir(s.spool.status_dir()).unwrap().count();
     assert_eq!(status_left, 0, "status logs left behind");
 }

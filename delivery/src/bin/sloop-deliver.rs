@@ -44,7 +44,9 @@ fn main() -> ExitCode {
             return code(EX_SOFTWARE);
         }
     };
-    match serve(agent.as_mut(), input, std::io::stdout().lock()) {
+    // Buffered: a batch's result lines go out in one write when the loop flushes.
+    let output = std::io::BufWriter::new(std::io::stdout().lock());
+    match serve(agent.as_mut(), input, output) {
         Ok(Ending::Eof) => ExitCode::SUCCESS,
         Ok(Ending::Panicked) => code(EX_SOFTWARE),
         Err(e) => {

@@ -37,6 +37,10 @@ pub struct MaildirWriter {
     counter: u64,
     /// Maildirs whose `tmp/` this process has already swept.
     swept: HashSet<PathBuf>,
+    /// When set, `new/` is not fsync'd by [`MaildirWriter::deliver`] but remembered
+    /// here until [`MaildirWriter::sync`]: the worker fsyncs each `new/` once for a
+    /// batch of jobs and reports their results only then (worker.rs).
+    deferred_syncs: Option<Vec<PathBuf>>,
 }
 
 impl MaildirWriter {
@@ -47,7 +51,30 @@ impl MaildirWriter {
             host: hostname_component(hostname),
             counter: 0,
             swept: HashSet::new(),
+            deferred_syncs: None,
         }
+    }
+
+    /// From now on, leaves the fsync of `new/` to [`MaildirWriter::sync`].
+    pub fn defer_syncs(&mut self) {
+        self.deferred_syncs.get_or_insert_with(Vec::new);
+    }
+
+    /// fsyncs every `new/` written to since the last call (each once).
+    pub fn sync(&mut self) -> io::Result<()> {
+        let Some(dirs) = self.deferred_syncs.as_mut() else {
+            return Ok(());
+        };
+        let mut first_err = None;
+        for d in dirs.drain(..) {
+            if let Err(e) = fsync_dir(&d) {
+                first_err.get_or_insert(io::Error::new(
+                    e.kind(),
+                    format!("cannot fsync {}: {e}", d.display()),
+                ));
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Delivers `prefix` followed by `message` to the Maildir of `user@domain`;
@@ -66,7 +93,16 @@ impl MaildirWriter {
         let new = dir.join("new").join(&name);
         let written = write_file(&tmp, prefix, message).and_then(|()| {
             publish(&tmp, &new)?;
-            fsync_dir(&dir.join("new"))
+            let new_dir = dir.join("new");
+            match self.deferred_syncs.as_mut() {
+                Some(dirs) => {
+                    if !dirs.contains(&new_dir) {
+                        dirs.push(new_dir);
+                    }
+                    Ok(())
+                }
+                None => fsync_dir(&new_dir),
+            }
         });
         match written {
             Ok(()) => Ok(new),
@@ -299,6 +335,29 @@ mod tests {
             0
         );
         assert!(root.join("example.test/bob/Maildir/cur").is_dir());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn deferred_syncs_name_each_new_dir_once_and_report_failures() {
+        let root = temp("deferred");
+        let mut w = MaildirWriter::new(&root, "h");
+        w.defer_syncs();
+        for user in ["a", "a", "b"] {
+            w.deliver("d.test", user, b"", &mut &b"m\n"[..]).unwrap();
+        }
+        assert_eq!(
+            w.deferred_syncs.as_deref().map(<[PathBuf]>::len),
+            Some(2),
+            "one fsync per new/ directory"
+        );
+        w.sync().unwrap();
+        assert_eq!(w.deferred_syncs.as_deref().map(<[PathBuf]>::len), Some(0));
+        // A new/ that vanished before the sync is an error naming it.
+        w.deliver("d.test", "c", b"", &mut &b"m\n"[..]).unwrap();
+        fs::remove_dir_all(root.join("d.test/c")).unwrap();
+        let e = w.sync().unwrap_err();
+        assert!(e.to_string().contains("d.test/c/Maildir/new"), "{e}");
         fs::remove_dir_all(&root).unwrap();
     }
 

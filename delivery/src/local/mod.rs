@@ -57,7 +57,8 @@ struct Ctx<'a> {
 
 impl LocalAgent {
     pub fn new(cfg: Config) -> LocalAgent {
-        let maildir = MaildirWriter::new(&cfg.local.mailbox_root, &cfg.server.hostname);
+        let mut maildir = MaildirWriter::new(&cfg.local.mailbox_root, &cfg.server.hostname);
+        maildir.defer_syncs();
         let spool = Spool::new(cfg.server.spool_dir.clone());
         let trust = OwnerTrust::from_config(&cfg);
         let mut agent = LocalAgent {
@@ -277,6 +278,10 @@ impl LocalAgent {
 impl Agent for LocalAgent {
     fn transport(&self) -> Transport {
         Transport::Local
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.maildir.sync()
     }
 
     fn deliver(&mut self, job: &Job, msg: &QueuedMessage) -> Vec<RcptResult> {

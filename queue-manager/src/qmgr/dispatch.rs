@@ -92,7 +92,7 @@ impl Qmgr {
             any_final: false,
         };
         let sent = self.pools.get_mut(slot).map(|w| {
-            w.job = Some(running);
+            w.jobs.push_back(running);
             w.send(&job)
         });
         if let Some(Err(e)) = sent {
@@ -125,7 +125,7 @@ impl Qmgr {
     /// Applies one reply; an error means the worker is broken.
     fn on_reply(&mut self, slot: usize, reply: Reply) -> Result<(), String> {
         let w = self.pools.get_mut(slot).ok_or("no such worker")?;
-        let job = w.job.as_mut().ok_or("reply while idle")?;
+        let job = w.jobs.front_mut().ok_or("reply while idle")?;
         match reply {
             Reply::Rcpt {
                 job_id,
@@ -159,9 +159,13 @@ impl Qmgr {
                 if job_id != job.job_id {
                     return Err("done for another job".into());
                 }
-                let job = w.job.take().ok_or("reply while idle")?;
+                let job = w.jobs.pop_front().ok_or("reply while idle")?;
                 w.jobs_done += 1;
-                if w.retire {
+                // The next job's time starts now that the worker is on it.
+                if let Some(next) = w.jobs.front_mut() {
+                    next.deadline = Instant::now() + self.cfg.queue.delivery_timeout;
+                }
+                if w.retire && w.jobs.is_empty() {
                     self.pools.discard(slot, &self.registry);
                 }
                 self.end_job(job, "delivery agent gave no result");
@@ -172,7 +176,7 @@ impl Qmgr {
 
     /// Kills and discards worker `slot`; its job's unanswered recipients are deferred.
     pub(super) fn break_worker(&mut self, slot: usize, why: &str) {
-        if let Some(job) = self.pools.discard(slot, &self.registry) {
+        for job in self.pools.discard(slot, &self.registry) {
             log::warn!(
                 "{}: {why}; deferring recipients without a result",
                 job.spec.msg

@@ -1,6 +1,12 @@
 //! The delivery worker pools: long-lived `sloop-deliver local` and `sloop-deliver
 //! remote` processes, one job at a time each (ARCHITECTURE.md §4, delivery_proto.rs).
 //!
+//! Remote workers take one job at a time. A local worker may be given up to
+//! [`LOCAL_DEPTH`] jobs when every local worker is busy and the pool is full: it runs
+//! them in order and answers a batch after one sync (delivery/src/worker.rs), so under
+//! load each Maildir's `new/` is fsync'd once per batch instead of once per message.
+//! Replies always come in the order the jobs were sent.
+//!
 //! A worker is spawned lazily when a job needs one and the pool of its transport is
 //! below its size (`queue.local_concurrency` / `queue.remote_concurrency`). Its stdin
 //! takes job lines (a blocking write of one short line); its stdout is a non-blocking
@@ -18,6 +24,7 @@ use mio::unix::pipe::Receiver;
 use mio::{Interest, Registry, Token};
 use sloop_common::delivery_proto::{Job, Reply, Transport};
 use sloop_common::Config;
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -29,6 +36,8 @@ pub const WORKER_TOKEN_BASE: usize = 16;
 const MAX_LINE: usize = 64 * 1024;
 /// How long spawning stays paused after a failed spawn.
 const SPAWN_PAUSE: Duration = Duration::from_secs(1);
+/// Most jobs given at once to one local worker.
+pub const LOCAL_DEPTH: usize = 4;
 
 /// The job a worker is running.
 #[derive(Debug)]
@@ -57,7 +66,8 @@ pub enum Output {
 #[derive(Debug)]
 pub struct Worker {
     pub transport: Transport,
-    pub job: Option<Running>,
+    /// Jobs sent and not yet done, oldest (the one being answered) first.
+    pub jobs: VecDeque<Running>,
     /// Set after a config reload: close once the current job is done.
     pub retire: bool,
     /// Jobs this worker finished (a worker that dies before its first pauses spawning).
@@ -166,22 +176,40 @@ impl Pools {
     fn idle_slot(&self, t: Transport) -> Option<usize> {
         self.slots.iter().position(|w| {
             w.as_ref()
-                .map(|w| w.transport == t && w.job.is_none() && !w.retire)
+                .map(|w| w.transport == t && w.jobs.is_empty() && !w.retire)
                 .unwrap_or(false)
         })
     }
 
-    /// True when a job of transport `t` can start now.
-    pub fn available(&self, t: Transport, now: Instant) -> bool {
-        if self.idle_slot(t).is_some() {
-            return true;
+    /// The local worker with the fewest jobs below [`LOCAL_DEPTH`], once the pool is
+    /// full (a new worker, or an idle one, is always preferred).
+    fn queue_slot(&self, t: Transport) -> Option<usize> {
+        if t != Transport::Local || self.count(t) < self.local_max {
+            return None;
         }
+        (0..self.slots.len())
+            .filter_map(|i| match &self.slots[i] {
+                Some(w) if w.transport == t && !w.retire && w.jobs.len() < LOCAL_DEPTH => {
+                    Some((w.jobs.len(), i))
+                }
+                _ => None,
+            })
+            .min()
+            .map(|(_, i)| i)
+    }
+
+    fn can_spawn(&self, t: Transport, now: Instant) -> bool {
         let max = match t {
             Transport::Local => self.local_max,
             Transport::Remote => self.remote_max,
         };
         let paused = self.spawn_paused_until.map(|u| u > now).unwrap_or(false);
         !paused && self.count(t) < max
+    }
+
+    /// True when a job of transport `t` can start now.
+    pub fn available(&self, t: Transport, now: Instant) -> bool {
+        self.idle_slot(t).is_some() || self.can_spawn(t, now) || self.queue_slot(t).is_some()
     }
 
     /// When spawning resumes after a failure, if paused.
@@ -199,6 +227,11 @@ impl Pools {
     ) -> io::Result<usize> {
         if let Some(slot) = self.idle_slot(t) {
             return Ok(slot);
+        }
+        if !self.can_spawn(t, Instant::now()) {
+            if let Some(slot) = self.queue_slot(t) {
+                return Ok(slot);
+            }
         }
         let spawned = spawn(t, program, config).and_then(|mut w| {
             let slot = self.free_slot();
@@ -236,16 +269,22 @@ impl Pools {
         self.slots.get_mut(slot).and_then(Option::as_mut)
     }
 
-    /// Removes a worker for good: deregisters, kills and reaps it. Returns its job.
-    pub fn discard(&mut self, slot: usize, registry: &Registry) -> Option<Running> {
-        let mut w = self.slots.get_mut(slot)?.take()?;
+    /// Removes a worker for good: deregisters, kills and reaps it. Returns its jobs.
+    pub fn discard(&mut self, slot: usize, registry: &Registry) -> VecDeque<Running> {
+        let Some(w) = self.slots.get_mut(slot).and_then(Option::take) else {
+            return VecDeque::new();
+        };
+        self.discard_worker(w, registry)
+    }
+
+    fn discard_worker(&mut self, mut w: Worker, registry: &Registry) -> VecDeque<Running> {
         let _ = registry.deregister(&mut w.stdout);
         w.kill();
         if w.jobs_done == 0 && !w.retire {
             // Died before finishing one job: throttle restarts (Postfix master_spawn.c).
             self.spawn_paused_until = Some(Instant::now() + SPAWN_PAUSE);
         }
-        w.job.take()
+        std::mem::take(&mut w.jobs)
     }
 
     /// Stops every worker: closes their stdins so they exit on their own, waits up to
@@ -273,14 +312,14 @@ impl Pools {
     /// Slots of workers with no job.
     pub fn idle_slots(&self) -> Vec<usize> {
         (0..self.slots.len())
-            .filter(|&i| matches!(&self.slots[i], Some(w) if w.job.is_none()))
+            .filter(|&i| matches!(&self.slots[i], Some(w) if w.jobs.is_empty()))
             .collect()
     }
 
     /// Slots of workers running a job.
     pub fn busy_slots(&self) -> Vec<usize> {
         (0..self.slots.len())
-            .filter(|&i| matches!(&self.slots[i], Some(w) if w.job.is_some()))
+            .filter(|&i| matches!(&self.slots[i], Some(w) if !w.jobs.is_empty()))
             .collect()
     }
 
@@ -291,12 +330,14 @@ impl Pools {
         }
     }
 
-    /// The earliest job deadline, and the slots past theirs at `now`.
+    /// The earliest job deadline, and the slots past theirs at `now`. The deadline
+    /// that counts is the oldest job's (the one the worker is answering); the next
+    /// job's deadline starts when it becomes the oldest (dispatch.rs).
     pub fn deadlines(&self, now: Instant) -> (Option<Instant>, Vec<usize>) {
         let mut earliest: Option<Instant> = None;
         let mut late = Vec::new();
         for (i, w) in self.slots.iter().enumerate() {
-            let Some(job) = w.as_ref().and_then(|w| w.job.as_ref()) else {
+            let Some(job) = w.as_ref().and_then(|w| w.jobs.front()) else {
                 continue;
             };
             if job.deadline <= now {
@@ -312,7 +353,7 @@ impl Pools {
     pub fn reap(&mut self) {
         for w in self.slots.iter_mut().flatten() {
             if let Ok(Some(status)) = w.child.try_wait() {
-                if w.job.is_some() || !status.success() {
+                if !w.jobs.is_empty() || !status.success() {
                     log::warn!(
                         "{} delivery worker pid {} exited: {status}",
                         w.transport.word(),
@@ -343,7 +384,7 @@ fn spawn(t: Transport, program: &Path, config: &Config) -> io::Result<Worker> {
     stdout.set_nonblocking(true)?;
     Ok(Worker {
         transport: t,
-        job: None,
+        jobs: VecDeque::new(),
         retire: false,
         jobs_done: 0,
         child,
