@@ -137,8 +137,16 @@ impl Worker {
             }
         };
         let run_dir = &self.policy.cfg.server.run_dir;
-        let _slot = match crate::client_limit::acquire(run_dir, ip, s.max_per_client) {
-            Ok(Some(slot)) => slot,
+        // A limit at or above the pool's size can never refuse anyone: no bookkeeping.
+        let limited = s.max_per_client < s.max_processes;
+        let acquired = if limited {
+            crate::client_limit::acquire(run_dir, ip, s.max_per_client)
+        } else {
+            Ok(None)
+        };
+        let _slot = match acquired {
+            Ok(Some(slot)) => Some(slot),
+            Ok(None) if !limited => None,
             Ok(None) => {
                 log::warn!(
                     "too many connections from [{ip}]: limit {} (smtpd.max_per_client)",

@@ -139,7 +139,7 @@ pub const PARAMS: &[Param] = &[
     Param { key: "smtpd.max_use", kind: Kind::Int { min: 1, max: 1_000_000 }, default: "100",
         doc: "Sessions a worker serves before it is replaced." },
     Param { key: "smtpd.max_per_client", kind: Kind::Int { min: 1, max: 10_000 }, default: "20",
-        doc: "Concurrent sessions one client address may hold; more get 421 4.7.0." },
+        doc: "Concurrent sessions one client address may hold; more get 421 4.7.0. At or above smtpd.max_processes: no limit." },
     Param { key: "smtpd.connect_timeout", kind: Kind::Duration { min: 100, max: 10 * MIN }, default: "\"10s\"",
         doc: "Budget from accept to greeting (reverse DNS, connect checks, banner)." },
     Param { key: "smtpd.reverse_dns", kind: Kind::Bool, default: "false",
