@@ -32,7 +32,9 @@ pub enum ReadOutcome {
 #[derive(Debug)]
 pub struct Conn {
     rd: File,
-    wr: File,
+    /// Where replies go when not to `rd` itself (stdout in `--inetd` mode); a TCP
+    /// connection reads and writes the one socket.
+    wr: Option<File>,
     /// On a socket, the `SO_RCVTIMEO` now set (`Some(ZERO)` until the first read);
     /// `None` when `rd` is not a socket and reads wait with `poll(2)`.
     rcv_timeout: Option<Duration>,
@@ -44,10 +46,9 @@ impl Conn {
         stream.set_nonblocking(false)?;
         stream.set_write_timeout(Some(send_timeout.max(Duration::from_millis(100))))?;
         let _ = stream.set_nodelay(true);
-        let wr = stream.try_clone()?;
         Ok(Conn {
             rd: File::from(OwnedFd::from(stream)),
-            wr: File::from(OwnedFd::from(wr)),
+            wr: None,
             rcv_timeout: Some(Duration::ZERO),
         })
     }
@@ -58,14 +59,19 @@ impl Conn {
         let wr = io::stdout().as_fd().try_clone_to_owned()?;
         Ok(Conn {
             rd: File::from(rd),
-            wr: File::from(wr),
+            wr: Some(File::from(wr)),
             rcv_timeout: None,
         })
     }
 
     /// A duplicate of the write side, for the watchdog's last words.
     pub fn watchdog_fd(&self) -> Option<OwnedFd> {
-        self.wr.try_clone().ok().map(OwnedFd::from)
+        self.wr
+            .as_ref()
+            .unwrap_or(&self.rd)
+            .try_clone()
+            .ok()
+            .map(OwnedFd::from)
     }
 
     /// Reads into `buf`, waiting no later than `deadline`.
@@ -107,8 +113,9 @@ impl Conn {
 
     /// Writes all of `bytes` (bounded by the send timeout).
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.wr.write_all(bytes)?;
-        self.wr.flush()
+        let mut out = self.wr.as_ref().unwrap_or(&self.rd);
+        out.write_all(bytes)?;
+        out.flush()
     }
 
     /// True when the client has already sent something (or closed).
