@@ -73,11 +73,15 @@ pub struct DataReceiver {
     size: u64,
 }
 
+/// Initial room for the message body.
+const INITIAL_BODY: usize = 16 * 1024;
+
 impl DataReceiver {
     pub fn new(limits: DataLimits) -> DataReceiver {
         DataReceiver {
             limits,
-            body: Vec::new(),
+            // Most messages fit: no regrowth (and copy) at each doubling.
+            body: Vec::with_capacity(INITIAL_BODY),
             line: Vec::new(),
             prev_crlf: true,
             discarding: false,
@@ -146,7 +150,8 @@ impl DataReceiver {
             self.discard_last = 0;
             return false;
         }
-        let line = std::mem::take(&mut self.line);
+        // Taken for the borrow, given back cleared: one buffer for every line.
+        let mut line = std::mem::take(&mut self.line);
         let crlf = line.ends_with(b"\r\n");
         if self.prev_crlf && crlf && line == b".\r\n" {
             return true;
@@ -160,6 +165,8 @@ impl DataReceiver {
         self.check_line(content, crlf);
         self.store_line(content);
         self.prev_crlf = crlf;
+        line.clear();
+        self.line = line;
         false
     }
 
@@ -185,10 +192,14 @@ impl DataReceiver {
         if self.error.is_some() {
             return;
         }
-        for &b in content {
-            self.body.push(b);
-            if b == b'\r' {
-                self.body.push(b'\n');
+        if extra == 0 {
+            self.body.extend_from_slice(content);
+        } else {
+            for &b in content {
+                self.body.push(b);
+                if b == b'\r' {
+                    self.body.push(b'\n');
+                }
             }
         }
         self.body.extend_from_slice(b"\r\n");
