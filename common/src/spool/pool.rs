@@ -10,8 +10,8 @@
 //!
 //! - The queue manager, when a message is done, renames its file into one of the
 //!   subdirectories `free/0` .. `free/f` in turn (named by its old queue ID) instead
-//!   of unlinking it, while the pool has fewer than
-//!   [`POOL_MAX_FILES`] files and the message is at most [`POOL_MAX_FILE_SIZE`]
+//!   of unlinking it, while the pool has fewer than [`POOL_MAX_FILES`] files and
+//!   [`POOL_MAX_BYTES`] octets and the message is at most [`POOL_MAX_FILE_SIZE`]
 //!   octets; otherwise it unlinks it.
 //! - A writer claims a file by renaming `free/<d>/<name>` to its own `tmp/<id>`:
 //!   rename is atomic, so of two writers that race for one name one wins and the
@@ -35,9 +35,11 @@ use std::time::{Duration, Instant};
 /// At most this many files wait in `free/` (the queue manager unlinks beyond it).
 pub const POOL_MAX_FILES: usize = 2048;
 
-/// Messages larger than this are unlinked, never pooled, so the pool holds at most
-/// `POOL_MAX_FILES` x this much disk (64 MiB).
-pub const POOL_MAX_FILE_SIZE: u64 = 32 * 1024;
+/// Messages larger than this are unlinked, never pooled.
+pub const POOL_MAX_FILE_SIZE: u64 = 1024 * 1024;
+
+/// At most this much disk is held by `free/`.
+pub const POOL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// `free/` is split into this many subdirectories (`free/0` .. `free/f`), filled in
 /// turn: a writer claims from the one its pid points at and moves on only when that
@@ -160,6 +162,8 @@ pub struct Recycler {
     /// Files in `free/` at the last count plus those put there since: an upper bound,
     /// as writers only ever take files out.
     estimate: usize,
+    /// Likewise for the octets they hold.
+    estimate_bytes: u64,
     counted: Option<Instant>,
     /// The subdirectory the next file goes to.
     next_dir: usize,
@@ -174,26 +178,43 @@ impl Recycler {
     /// the queue: into `free/` when it is small and the pool has room, else unlinked.
     /// The caller fsyncs the directory `path` was in, as for an unlink.
     pub fn retire(&mut self, spool: &Spool, path: &Path, id: &str, size: u64) -> io::Result<()> {
-        if size <= POOL_MAX_FILE_SIZE && self.has_room(spool) {
+        if size <= POOL_MAX_FILE_SIZE && self.has_room(spool, size) {
             let dir = pool_dir(spool, self.next_dir);
             self.next_dir = (self.next_dir + 1) % POOL_DIRS;
             // A failed rename (no `free/` in an old spool, say) falls back to unlinking.
             if fs::rename(path, dir.join(id)).is_ok() {
                 self.estimate += 1;
+                self.estimate_bytes += size;
                 return Ok(());
             }
         }
         fs::remove_file(path)
     }
 
-    fn has_room(&mut self, spool: &Spool) -> bool {
+    fn has_room(&mut self, spool: &Spool, size: u64) -> bool {
         if self.counted.is_none_or(|t| t.elapsed() >= RECOUNT) {
-            self.estimate = (0..POOL_DIRS)
-                .map(|i| fs::read_dir(pool_dir(spool, i)).map_or(0, |d| d.count()))
-                .sum();
-            self.counted = Some(Instant::now());
+            self.recount(spool);
         }
-        self.estimate < POOL_MAX_FILES
+        self.estimate < POOL_MAX_FILES && self.estimate_bytes + size <= POOL_MAX_BYTES
+    }
+
+    /// Counts the files in `free/` and their octets (unreadable entries count as full).
+    fn recount(&mut self, spool: &Spool) {
+        let (mut files, mut bytes) = (0, 0);
+        for i in 0..POOL_DIRS {
+            let Ok(dir) = fs::read_dir(pool_dir(spool, i)) else {
+                continue;
+            };
+            for entry in dir {
+                files += 1;
+                bytes += entry
+                    .and_then(|e| e.metadata())
+                    .map_or(POOL_MAX_FILE_SIZE, |m| m.len());
+            }
+        }
+        self.estimate = files;
+        self.estimate_bytes = bytes;
+        self.counted = Some(Instant::now());
     }
 }
 
@@ -255,6 +276,14 @@ mod tests {
 
         r.estimate = POOL_MAX_FILES;
         r.counted = Some(Instant::now());
+        let full = put(&spool, b"x");
+        let id = full.file_name().unwrap().to_str().unwrap().to_string();
+        r.retire(&spool, &full, &id, 1).unwrap();
+        assert!(!full.exists());
+        assert_eq!(pooled(&spool), 0);
+        // Room for files but not for their octets: unlinked too.
+        r.estimate = 0;
+        r.estimate_bytes = POOL_MAX_BYTES;
         let small = put(&spool, b"x");
         let id = small.file_name().unwrap().to_str().unwrap().to_string();
         r.retire(&spool, &small, &id, 1).unwrap();
