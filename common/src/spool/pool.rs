@@ -53,9 +53,17 @@ const NAMES_PER_READ: usize = 64;
 /// How long the queue manager trusts its count of `free/` before counting again.
 const RECOUNT: Duration = Duration::from_secs(1);
 
+/// How long a writer that found every subdirectory empty creates new files without
+/// looking again.
+const EMPTY_PAUSE: Duration = Duration::from_millis(500);
+
+const DIR_NAMES: [&str; POOL_DIRS] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f",
+];
+
 /// The subdirectory `i` of `free/`.
 pub fn pool_dir(spool: &Spool, i: usize) -> PathBuf {
-    spool.free_dir().join(format!("{:x}", i % POOL_DIRS))
+    spool.free_dir().join(DIR_NAMES[i % POOL_DIRS])
 }
 
 /// What a writer remembers between commits: the names it listed and not claimed yet,
@@ -64,6 +72,8 @@ struct Names {
     root: PathBuf,
     dir: usize,
     names: Vec<String>,
+    /// Every subdirectory was empty at the last look: no claims until then.
+    empty_until: Option<Instant>,
     /// xorshift state: writers sharing a subdirectory list the same names, so each
     /// picks at random rather than all taking the same one.
     rng: u64,
@@ -87,10 +97,14 @@ pub(crate) fn claim(spool: &Spool, dst: &Path) -> Option<File> {
             root: spool.root().to_path_buf(),
             dir: std::process::id() as usize % POOL_DIRS,
             names: Vec::new(),
+            empty_until: None,
             rng: seed(),
         });
     }
     let state = guard.as_mut()?;
+    if state.empty_until.is_some_and(|t| Instant::now() < t) {
+        return None;
+    }
     let mut stale = 0;
     let mut empty = 0;
     while stale < 4 && empty < POOL_DIRS {
@@ -100,6 +114,9 @@ pub(crate) fn claim(spool: &Spool, dst: &Path) -> Option<File> {
             if state.names.is_empty() {
                 empty += 1;
                 state.dir = (state.dir + 1) % POOL_DIRS;
+                if empty == POOL_DIRS {
+                    state.empty_until = Some(Instant::now() + EMPTY_PAUSE);
+                }
                 continue;
             }
         }
@@ -122,6 +139,14 @@ pub(crate) fn claim(spool: &Spool, dst: &Path) -> Option<File> {
         };
     }
     None
+}
+
+/// Forgets what this process listed and any pause (tests that refill the pool).
+#[cfg(test)]
+pub(crate) fn forget_listing() {
+    *NAMES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
 }
 
 /// Up to `NAMES_PER_READ` names from one subdirectory of `free/`.

@@ -128,6 +128,7 @@ fn an_own_preset_id_is_trusted_but_never_replaces_a_queue_file() {
 #[test]
 fn a_recycled_file_holds_exactly_the_new_message() {
     use crate::spool::pool::Recycler;
+    use std::os::unix::fs::MetadataExt;
     let spool = temp_spool("recycled");
     let long = vec![b'x'; 20_000];
     let env = || Envelope::new("a@b", vec![Recipient::new("c@d")]);
@@ -136,9 +137,12 @@ fn a_recycled_file_holds_exactly_the_new_message() {
         .move_to(&id, QueueState::Incoming, QueueState::Active)
         .expect("move");
     let path = spool.path(QueueState::Active, &id);
+    let ino = fs::metadata(&path).expect("stat").ino();
     Recycler::new()
         .retire(&spool, &path, &id, 20_000)
         .expect("retire");
+    // The first commit found the pool empty and paused claiming: forget that.
+    crate::spool::pool::forget_listing();
     // Short messages over the long one, streamed and from memory: no old octet shows.
     let short = b"Subject: short\r\n\r\nhi\r\n".to_vec();
     let id2 = inject::commit_bytes(&spool, &short, env(), 0, None).expect("commit");
@@ -151,5 +155,7 @@ fn a_recycled_file_holds_exactly_the_new_message() {
         .expect("stat")
         .len();
     assert!(file_len < 200, "old content cut off: {file_len} octets");
+    let recycled = fs::metadata(spool.path(QueueState::Incoming, &id2)).expect("stat");
+    assert_eq!(recycled.ino(), ino, "the pooled file was reused");
     let _ = fs::remove_dir_all(spool.root());
 }
