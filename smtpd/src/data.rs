@@ -96,11 +96,21 @@ impl DataReceiver {
         let mut pos = 0;
         while pos < input.len() {
             let rest = &input[pos..];
-            match rest.iter().position(|&b| b == b'\n') {
+            match memchr::memchr(b'\n', rest) {
                 Some(lf) => {
-                    self.push_partial(&rest[..=lf]);
+                    let whole = &rest[..=lf];
                     pos += lf + 1;
-                    if self.end_line() {
+                    // A whole line in the input, nothing pending: handled in place.
+                    let end = if self.line.is_empty()
+                        && !self.discarding
+                        && whole.len() <= self.limits.max_line
+                    {
+                        self.finish_line(whole)
+                    } else {
+                        self.push_partial(whole);
+                        self.end_line()
+                    };
+                    if end {
                         return (pos, true);
                     }
                 }
@@ -152,6 +162,14 @@ impl DataReceiver {
         }
         // Taken for the borrow, given back cleared: one buffer for every line.
         let mut line = std::mem::take(&mut self.line);
+        let end = self.finish_line(&line);
+        line.clear();
+        self.line = line;
+        end
+    }
+
+    /// Handles one whole line (ending in LF, within the limit); true at the end of data.
+    fn finish_line(&mut self, line: &[u8]) -> bool {
         let crlf = line.ends_with(b"\r\n");
         if self.prev_crlf && crlf && line == b".\r\n" {
             return true;
@@ -162,29 +180,33 @@ impl DataReceiver {
         } else {
             content
         };
-        self.check_line(content, crlf);
-        self.store_line(content);
+        let crs = self.check_line(content, crlf);
+        self.store_line(content, crs);
         self.prev_crlf = crlf;
-        line.clear();
-        self.line = line;
         false
     }
 
-    fn check_line(&mut self, content: &[u8], crlf: bool) {
+    /// Records the line's error, if any; returns how many CRs it holds.
+    fn check_line(&mut self, content: &[u8], crlf: bool) -> u64 {
         if !crlf && !self.limits.normalize_bare_newlines {
             self.set_error(DataError::BareLf);
         }
-        if content.contains(&b'\r') && !self.limits.normalize_bare_newlines {
+        // One SIMD pass for the common case of a line with neither.
+        if memchr::memchr2(b'\r', 0, content).is_none() {
+            return 0;
+        }
+        let crs = content.iter().filter(|&&b| b == b'\r').count() as u64;
+        if crs > 0 && !self.limits.normalize_bare_newlines {
             self.set_error(DataError::BareCr);
         }
         if content.contains(&0) {
             self.set_error(DataError::Nul);
         }
+        crs
     }
 
-    /// Appends `content` CRLF (bare CRs become CRLF when normalizing).
-    fn store_line(&mut self, content: &[u8]) {
-        let extra = content.iter().filter(|&&b| b == b'\r').count() as u64;
+    /// Appends `content` CRLF (its `extra` bare CRs become CRLF when normalizing).
+    fn store_line(&mut self, content: &[u8], extra: u64) {
         self.size += content.len() as u64 + 2 + extra;
         if self.size > self.limits.max_size {
             self.set_error(DataError::TooBig);
