@@ -8,7 +8,7 @@
 //! crash is simply overwritten; on exit it is removed only if it still names us.
 
 use nix::unistd::{chown, Gid, Uid, User};
-use sloop_common::spool::Spool;
+use sloop_common::spool::{pool, Spool};
 use sloop_common::Config;
 use std::fmt;
 use std::io::Write;
@@ -103,6 +103,8 @@ pub fn prepare_dirs(cfg: &Config, creds: Option<(Uid, Gid)>) -> Result<(), Setup
     if let Ok(rd) = std::fs::read_dir(&cfg.server.spool_dir) {
         owned.extend(rd.flatten().map(|e| e.path()));
     }
+    // And the pool's subdirectories (free/0..f), where the children move finished files.
+    owned.extend((0..pool::POOL_DIRS).map(|i| pool::pool_dir(&spool, i)));
     for path in owned {
         chown(&path, Some(uid), Some(gid)).map_err(|source| SetupError::Chown { path, source })?;
     }
@@ -201,8 +203,43 @@ mod tests {
         let cfg = Config::parse(&d.join("sloop.toml"), &cfg_text).unwrap();
         assert_eq!(credentials(&cfg).unwrap(), None);
         prepare_dirs(&cfg, None).unwrap();
-        for sub in ["spool/incoming", "spool/deferred", "run", "mail"] {
+        for sub in [
+            "spool/incoming",
+            "spool/deferred",
+            "spool/free/f",
+            "run",
+            "mail",
+        ] {
             assert!(d.join(sub).is_dir(), "{sub}");
+        }
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_unprivileged_user_owns_every_spool_directory_it_writes() {
+        use std::os::unix::fs::MetadataExt;
+        if !Uid::effective().is_root() {
+            return; // chown needs root; CI runs the tests as root.
+        }
+        let d = temp_dir("owned");
+        let cfg_text = format!(
+            "[server]\nspool_dir = \"{0}/spool\"\nrun_dir = \"{0}/run\"\n\
+             [local]\nmailbox_root = \"{0}/mail\"\n",
+            d.display()
+        );
+        let cfg = Config::parse(&d.join("sloop.toml"), &cfg_text).unwrap();
+        let (uid, gid) = (Uid::from_raw(65534), Gid::from_raw(65534));
+        prepare_dirs(&cfg, Some((uid, gid))).unwrap();
+        for sub in [
+            "spool",
+            "spool/tmp",
+            "spool/incoming",
+            "spool/free",
+            "spool/free/0",
+            "spool/free/f",
+        ] {
+            let m = std::fs::metadata(d.join(sub)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{sub}");
         }
         std::fs::remove_dir_all(&d).unwrap();
     }
