@@ -219,15 +219,13 @@ pub(crate) fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
 /// ID (a clash takes another). The flag is true for a recycled file, whose old content
 /// must be cut off after the new.
 fn create_tmp(spool: &Spool) -> Result<(String, PathBuf, File, bool), InjectError> {
-    let id = queue_id::new_id();
-    let path = spool.tmp_dir().join(&id);
+    let mut id = queue_id::new_id();
+    let mut path = spool.tmp_dir().join(&id);
     if let Some(f) = pool::claim(spool, &path) {
         return Ok((id, path, f, true));
     }
     let mut last_err = None;
     for _ in 0..16 {
-        let id = queue_id::new_id();
-        let path = spool.tmp_dir().join(&id);
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -235,7 +233,11 @@ fn create_tmp(spool: &Spool) -> Result<(String, PathBuf, File, bool), InjectErro
             .open(&path)
         {
             Ok(f) => return Ok((id, path, f, false)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some(e),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                last_err = Some(e);
+                id = queue_id::new_id();
+                path = spool.tmp_dir().join(&id);
+            }
             Err(e) => return Err(ctx(Err(e), "create", &path)?),
         }
     }

@@ -98,7 +98,8 @@ pub(crate) fn claim(spool: &Spool, dst: &Path) -> Option<File> {
             dir: std::process::id() as usize % POOL_DIRS,
             names: Vec::new(),
             empty_until: None,
-            rng: seed(),
+            // xorshift needs a state other than zero.
+            rng: super::queue_id::process_seed() | 1,
         });
     }
     let state = guard.as_mut()?;
@@ -160,15 +161,6 @@ fn read_names(dir: &Path) -> Vec<String> {
         .filter(|n| super::queue_id::is_valid(n))
         .take(NAMES_PER_READ)
         .collect()
-}
-
-/// A seed that differs between processes and runs (nothing secret depends on it).
-fn seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    (nanos ^ (u64::from(std::process::id()) << 32)) | 1
 }
 
 /// xorshift64.

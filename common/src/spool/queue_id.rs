@@ -30,6 +30,16 @@ pub fn own_pid_field() -> u32 {
     std::process::id() & 0xff_ffff
 }
 
+/// Time and pid, as IDs are made of: a value that differs between processes and
+/// starts, to seed the pseudo-random choices that spread work (nothing secret).
+pub fn process_seed() -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 32)
+}
+
 /// True when `s` has the shape of a queue ID (so it is safe as a file name).
 pub fn is_valid(s: &str) -> bool {
     s.len() == ID_LEN

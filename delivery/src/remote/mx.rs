@@ -61,7 +61,7 @@ impl Default for HopResolver {
         HopResolver {
             dns: None,
             mx_port: SMTP_PORT,
-            seed: initial_seed(),
+            seed: sloop_common::spool::queue_id::process_seed(),
         }
     }
 }
@@ -87,7 +87,7 @@ impl HopResolver {
         HopResolver {
             dns: Resolver::new(config, opts).ok(),
             mx_port,
-            seed: initial_seed(),
+            seed: sloop_common::spool::queue_id::process_seed(),
         }
     }
 
@@ -229,15 +229,6 @@ pub fn order_mx(domain: &str, answer: MxAnswer, seed: u64) -> Result<Vec<String>
         }
     }
     Ok(hosts)
-}
-
-/// A seed that differs between processes and starts.
-fn initial_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    nanos ^ (u64::from(std::process::id()) << 32)
 }
 
 /// A per-seed pseudo-random sort key for a host name.

@@ -271,13 +271,9 @@ impl Pools {
 
     /// Removes a worker for good: deregisters, kills and reaps it. Returns its jobs.
     pub fn discard(&mut self, slot: usize, registry: &Registry) -> VecDeque<Running> {
-        let Some(w) = self.slots.get_mut(slot).and_then(Option::take) else {
+        let Some(mut w) = self.slots.get_mut(slot).and_then(Option::take) else {
             return VecDeque::new();
         };
-        self.discard_worker(w, registry)
-    }
-
-    fn discard_worker(&mut self, mut w: Worker, registry: &Registry) -> VecDeque<Running> {
         let _ = registry.deregister(&mut w.stdout);
         w.kill();
         if w.jobs_done == 0 && !w.retire {
