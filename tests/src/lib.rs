@@ -288,13 +288,15 @@ impl Smtp {
         self.code()
     }
 
-    /// True once the server has closed the connection (reads to EOF).
+    /// True once the server has closed the connection (reads to EOF, or a reset).
     pub fn closed(&mut self) -> bool {
+        // A server that closes with client octets still unread sends a reset, not a
+        // FIN (a client that keeps talking, as the slow-drip test's does): closed too.
         let mut rest = Vec::new();
-        self.reader
-            .read_to_end(&mut rest)
-            .map(|_| true)
-            .unwrap_or(false)
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
     }
 }
 
