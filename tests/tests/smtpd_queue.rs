@@ -189,6 +189,14 @@ fn in_process_commit_unwritable_spool_is_451() {
     let daemon = Daemon::start(&config, port);
     let spool = Spool::new(dir.spool());
     let incoming = dir.spool().join("incoming");
+    // The queue manager's start-up recovery recreates the layout: let it finish first.
+    assert!(
+        wait_until(Duration::from_secs(10), || daemon
+            .log_text()
+            .contains("started: spool")),
+        "{}",
+        daemon.log_text()
+    );
     // Tests run as root, so a read-only directory would still be writable.
     std::fs::remove_dir(&incoming).unwrap();
     std::fs::write(&incoming, b"not a directory").unwrap();
