@@ -27,7 +27,9 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared", "bench")
+# The Postfix peer and load scripts: ../shared/bench beside the checkout, or wherever
+# SLOOP_BENCH_SHARED points.
+SHARED = os.environ.get("SLOOP_BENCH_SHARED") or os.path.join(os.path.dirname(ROOT), "shared", "bench")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -213,6 +215,10 @@ def main():
     ap.add_argument("--work", default="/var/tmp/sloop-bench")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results.md"))
     args = ap.parse_args()
+    for tool in ("peers.sh", "load.sh"):
+        if not os.path.isfile(os.path.join(SHARED, tool)):
+            sys.exit(f"bench.py: {os.path.join(SHARED, tool)} is missing: run from a checkout "
+                     "beside shared/, or set SLOOP_BENCH_SHARED to the shared/bench directory")
 
     subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], cwd=ROOT, check=True)
     postfix = start_postfix()
