@@ -4,6 +4,7 @@
 //! - [`spool`]: the queue's on-disk layout, queue IDs, envelopes, commit and recovery.
 //! - [`exitcode`]: qmail-queue and sysexits exit codes, one mapping per boundary.
 //! - [`logging`]: one line per event, program name and pid first.
+//! - [`secure_fs`]: umask, and owner/mode changes that never follow a symlink.
 
 pub mod aliases;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod exitcode;
 pub mod local_recipient;
 pub mod logging;
 pub mod pool_proto;
+pub mod secure_fs;
 pub mod spool;
 
 pub use config::Config;

@@ -1,7 +1,7 @@
 //! Starting, signalling and reaping `sloopd`'s children.
 //!
-//! A child is one of the programs next to `sloopd` (`server.bin_dir`): an smtpd worker
-//! or the queue manager. It gets `-c <config>` and `SLOOP_CONFIG`; an smtpd worker also
+//! A child is one of the programs next to `sloopd` (`server.bin_dir`): an smtpd worker,
+//! the queue manager or the pickup (local submissions from `maildrop/`). It gets `-c <config>` and `SLOOP_CONFIG`; an smtpd worker also
 //! gets `SLOOP_LISTEN_FDS` and `SLOOP_STATUS_FD` (pool_proto.rs), whose descriptors the
 //! caller has made inheritable for the duration of the spawn. Children inherit
 //! `sloopd`'s stderr, so their log lines go where the supervisor's go, and run as
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 pub enum ChildKind {
     Smtpd,
     Qmgr,
+    Pickup,
 }
 
 impl ChildKind {
@@ -34,6 +35,7 @@ impl ChildKind {
         match self {
             ChildKind::Smtpd => "sloop-smtpd",
             ChildKind::Qmgr => "sloop-qmgr",
+            ChildKind::Pickup => "sloop-pickup",
         }
     }
 
@@ -42,7 +44,7 @@ impl ChildKind {
     pub fn startup_window(self) -> Option<Duration> {
         match self {
             ChildKind::Smtpd => None,
-            ChildKind::Qmgr => Some(Duration::from_secs(1)),
+            ChildKind::Qmgr | ChildKind::Pickup => Some(Duration::from_secs(1)),
         }
     }
 }

@@ -1,29 +1,44 @@
 //! What `sloopd` prepares before it starts children: the spool layout, the run
-//! directory and the mailbox root (owned by `server.user` when one is set and we are
-//! root), the unprivileged credentials children run with, and the pid file.
+//! directory and the mailbox root with the owners and modes of docs/security.md, the
+//! unprivileged credentials children run with, and the pid file.
 //!
-//! What can go wrong: a directory cannot be created or chowned, the user does not
-//! exist, the pid file cannot be written. Each is a [`SetupError`] naming the path or
-//! user; `main` turns it into a log line and an exit code. A pid file left behind by a
-//! crash is simply overwritten; on exit it is removed only if it still names us.
+//! `sloopd` runs as root, and the directories it sets up are written by the
+//! unprivileged `server.user`: so it changes owners and modes only on the names it
+//! knows (the spool's [`LAYOUT`], `clients/` in the run directory), each through a
+//! descriptor opened relative to its parent with `O_NOFOLLOW` (`secure_fs`). A symlink
+//! in place of one of those names is an error; anything else in the spool is never
+//! looked at. The spool root and the run directory are root's, so nothing running as
+//! `server.user` can plant a name where `sloopd` creates one (the pid file).
+//!
+//! What can go wrong: a directory cannot be created, opened or changed (a symlink, a
+//! file where a directory belongs), the user does not exist, the pid file cannot be
+//! written. Each is a [`SetupError`] naming the path or user; `main` turns it into a log
+//! line and an exit code. A pid file left behind by a crash is simply replaced; on exit
+//! it is removed only if it still names us.
 
-use nix::unistd::{chown, Gid, Uid, User};
-use sloop_common::spool::{pool, Spool};
+use nix::unistd::{Gid, Group, Uid, User};
+use sloop_common::secure_fs::{self, EntryKind};
+use sloop_common::spool::{LayoutGroup, LAYOUT, ROOT_MODE};
 use sloop_common::Config;
 use std::fmt;
+use std::fs::{File, OpenOptions, Permissions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+/// Mode of the run directory and of the spool root (both root's).
+const RUN_DIR_MODE: u32 = 0o755;
+/// Mode of directories only the unprivileged user uses.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of the pid file.
+const PID_FILE_MODE: u32 = 0o644;
 
 /// A failure while preparing to run.
 #[derive(Debug)]
 pub enum SetupError {
-    Dir {
+    Layout {
         path: PathBuf,
-        source: String,
-    },
-    Chown {
-        path: PathBuf,
-        source: nix::Error,
+        source: std::io::Error,
     },
     NoSuchUser(String),
     PidFile {
@@ -35,11 +50,8 @@ pub enum SetupError {
 impl fmt::Display for SetupError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SetupError::Dir { path, source } => {
-                write!(f, "cannot create {}: {source}", path.display())
-            }
-            SetupError::Chown { path, source } => {
-                write!(f, "cannot chown {}: {}", path.display(), source.desc())
+            SetupError::Layout { path, source } => {
+                write!(f, "cannot set up {}: {source}", path.display())
             }
             SetupError::NoSuchUser(u) => write!(f, "server.user: no such user {u:?}"),
             SetupError::PidFile { path, source } => {
@@ -66,6 +78,17 @@ pub fn credentials(cfg: &Config) -> Result<Option<(Uid, Gid)>, SetupError> {
     }
 }
 
+/// The local submission group (`server.drop_group`), when it exists.
+pub fn drop_gid(cfg: &Config) -> Option<Gid> {
+    if cfg.server.drop_group.is_empty() {
+        return None;
+    }
+    Group::from_name(&cfg.server.drop_group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid)
+}
+
 /// A warning for the log when `server.user` is set but cannot be applied.
 pub fn user_note(cfg: &Config, creds: Option<(Uid, Gid)>) -> Option<String> {
     (!cfg.server.user.is_empty() && creds.is_none()).then(|| {
@@ -76,39 +99,103 @@ pub fn user_note(cfg: &Config, creds: Option<(Uid, Gid)>) -> Option<String> {
     })
 }
 
-/// Creates the spool layout, the run dir and the mailbox root; hands them to the
-/// unprivileged user when there is one.
+/// A warning for the log when privileges are dropped but the submission group is
+/// missing: then only root and the spool owner can submit local mail.
+pub fn drop_group_note(cfg: &Config, creds: Option<(Uid, Gid)>) -> Option<String> {
+    (creds.is_some() && drop_gid(cfg).is_none()).then(|| {
+        format!(
+            "server.drop_group={:?}: no such group; local users other than root cannot \
+             submit mail with sendmail until it exists (groupadd it and reload)",
+            cfg.server.drop_group
+        )
+    })
+}
+
+/// Creates the spool layout, the run dir and the mailbox root, and gives each entry
+/// the owner and mode of docs/security.md (owners only when `creds` is set).
 pub fn prepare_dirs(cfg: &Config, creds: Option<(Uid, Gid)>) -> Result<(), SetupError> {
-    let spool = Spool::new(&cfg.server.spool_dir);
-    spool.ensure_layout().map_err(|e| SetupError::Dir {
-        path: cfg.server.spool_dir.clone(),
-        source: e.to_string(),
-    })?;
-    for dir in [&cfg.server.run_dir, &cfg.local.mailbox_root] {
-        std::fs::create_dir_all(dir).map_err(|e| SetupError::Dir {
-            path: dir.clone(),
-            source: e.to_string(),
-        })?;
+    let drop = creds.and(drop_gid(cfg));
+    prepare_spool(&cfg.server.spool_dir, creds, drop)?;
+    prepare_run_dir(&cfg.server.run_dir, creds)?;
+    prepare_mailbox_root(&cfg.local.mailbox_root, creds)
+}
+
+/// root:root for the entries that stay root's, when we hand anything out at all.
+fn root_owner(creds: Option<(Uid, Gid)>) -> Option<(Uid, Gid)> {
+    creds.map(|_| (Uid::from_raw(0), Gid::from_raw(0)))
+}
+
+fn layout_err(path: &Path) -> impl Fn(std::io::Error) -> SetupError + '_ {
+    move |source| SetupError::Layout {
+        path: path.to_path_buf(),
+        source,
     }
-    let Some((uid, gid)) = creds else {
-        return Ok(());
+}
+
+/// Creates `dir` (and its parents, which come from root's config) with `mode` when
+/// missing, and opens it without following a symlink.
+fn make_and_open(dir: &Path, mode: u32) -> Result<File, SetupError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(layout_err(dir))?;
+    secure_fs::open_dir(dir).map_err(layout_err(dir))
+}
+
+fn prepare_spool(
+    root: &Path,
+    creds: Option<(Uid, Gid)>,
+    drop: Option<Gid>,
+) -> Result<(), SetupError> {
+    let root_dir = make_and_open(root, ROOT_MODE)?;
+    secure_fs::set_owner_mode(&root_dir, root_owner(creds), ROOT_MODE).map_err(layout_err(root))?;
+    let mut dirs: Vec<(&str, File)> = Vec::new();
+    for e in LAYOUT {
+        let path = root.join(e.name);
+        let (parent, leaf) = match e.name.rsplit_once('/') {
+            Some((p, leaf)) => match dirs.iter().find(|(n, _)| *n == p) {
+                Some((_, f)) => (f, leaf),
+                None => continue, // LAYOUT lists parents first; a test checks it.
+            },
+            None => (&root_dir, e.name),
+        };
+        let f = secure_fs::ensure_at(parent, leaf, e.kind, e.mode).map_err(layout_err(&path))?;
+        let owner = creds.map(|(uid, gid)| match e.group {
+            LayoutGroup::Owner => (uid, gid),
+            LayoutGroup::Drop => (uid, drop.unwrap_or(gid)),
+        });
+        secure_fs::set_owner_mode(&f, owner, e.mode).map_err(layout_err(&path))?;
+        if e.kind == EntryKind::Dir {
+            dirs.push((e.name, f));
+        }
+    }
+    root_dir.sync_all().map_err(layout_err(root))
+}
+
+/// The run directory stays root's (the pid file lives there); `clients/` inside it is
+/// the smtpd workers'.
+fn prepare_run_dir(run_dir: &Path, creds: Option<(Uid, Gid)>) -> Result<(), SetupError> {
+    let dir = make_and_open(run_dir, RUN_DIR_MODE)?;
+    secure_fs::set_owner_mode(&dir, root_owner(creds), RUN_DIR_MODE)
+        .map_err(layout_err(run_dir))?;
+    let clients = run_dir.join("clients");
+    let f = secure_fs::ensure_at(&dir, "clients", EntryKind::Dir, PRIVATE_DIR_MODE)
+        .map_err(layout_err(&clients))?;
+    secure_fs::set_owner_mode(&f, creds, PRIVATE_DIR_MODE).map_err(layout_err(&clients))
+}
+
+/// The root of the virtual Maildirs belongs to the unprivileged user. Its mode is set
+/// when we create it; an existing one keeps the mode its operator gave it.
+fn prepare_mailbox_root(dir: &Path, creds: Option<(Uid, Gid)>) -> Result<(), SetupError> {
+    let existed = dir.exists();
+    let f = make_and_open(dir, PRIVATE_DIR_MODE)?;
+    let mode = if existed {
+        f.metadata().map_err(layout_err(dir))?.permissions().mode() & 0o7777
+    } else {
+        PRIVATE_DIR_MODE
     };
-    let mut owned = vec![
-        cfg.server.spool_dir.clone(),
-        cfg.server.run_dir.clone(),
-        cfg.local.mailbox_root.clone(),
-    ];
-    // The layout's own entries (state directories, status/, tmp/, trigger FIFO); the
-    // message files inside are written by the children themselves.
-    if let Ok(rd) = std::fs::read_dir(&cfg.server.spool_dir) {
-        owned.extend(rd.flatten().map(|e| e.path()));
-    }
-    // And the pool's subdirectories (free/0..f), where the children move finished files.
-    owned.extend((0..pool::POOL_DIRS).map(|i| pool::pool_dir(&spool, i)));
-    for path in owned {
-        chown(&path, Some(uid), Some(gid)).map_err(|source| SetupError::Chown { path, source })?;
-    }
-    Ok(())
+    secure_fs::set_owner_mode(&f, creds, mode).map_err(layout_err(dir))
 }
 
 /// The pid file `<run_dir>/sloopd.pid`, removed on drop if it still names this process.
@@ -119,14 +206,24 @@ pub struct PidFile {
 }
 
 impl PidFile {
-    /// Writes the current pid (via a temporary file and a rename, so readers never see
-    /// a partial file).
+    /// Writes the current pid via a temporary file created with `O_CREAT | O_EXCL |
+    /// O_NOFOLLOW` and a rename (which replaces a name, never follows it), so readers
+    /// never see a partial file.
     pub fn create(run_dir: &Path) -> Result<PidFile, SetupError> {
         let path = run_dir.join("sloopd.pid");
         let pid = std::process::id();
         let tmp = run_dir.join(format!(".sloopd.pid.{pid}"));
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
+            // Left by a crash of a process with our pid; the run directory is root's,
+            // so nobody else can have planted it.
+            let _ = std::fs::remove_file(&tmp);
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(PID_FILE_MODE)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&tmp)?;
+            f.set_permissions(Permissions::from_mode(PID_FILE_MODE))?;
             writeln!(f, "{pid}")?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
@@ -195,12 +292,7 @@ mod tests {
     #[test]
     fn directories_are_created() {
         let d = temp_dir("dirs");
-        let cfg_text = format!(
-            "[server]\nspool_dir = \"{0}/spool\"\nrun_dir = \"{0}/run\"\n\
-             [local]\nmailbox_root = \"{0}/mail\"\n",
-            d.display()
-        );
-        let cfg = Config::parse(&d.join("sloop.toml"), &cfg_text).unwrap();
+        let cfg = config(&d);
         assert_eq!(credentials(&cfg).unwrap(), None);
         prepare_dirs(&cfg, None).unwrap();
         for sub in [
@@ -215,32 +307,99 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
-    #[test]
-    fn the_unprivileged_user_owns_every_spool_directory_it_writes() {
-        use std::os::unix::fs::MetadataExt;
-        if !Uid::effective().is_root() {
-            return; // chown needs root; CI runs the tests as root.
-        }
-        let d = temp_dir("owned");
+    fn config(d: &Path) -> Config {
         let cfg_text = format!(
             "[server]\nspool_dir = \"{0}/spool\"\nrun_dir = \"{0}/run\"\n\
              [local]\nmailbox_root = \"{0}/mail\"\n",
             d.display()
         );
-        let cfg = Config::parse(&d.join("sloop.toml"), &cfg_text).unwrap();
+        Config::parse(&d.join("sloop.toml"), &cfg_text).unwrap()
+    }
+
+    #[test]
+    fn the_layout_lists_parents_before_children() {
+        for (i, e) in LAYOUT.iter().enumerate() {
+            if let Some((parent, _)) = e.name.rsplit_once('/') {
+                assert!(LAYOUT[..i].iter().any(|p| p.name == parent), "{}", e.name);
+            }
+        }
+    }
+
+    #[test]
+    fn modes_are_explicit_whatever_the_umask() {
+        use std::os::unix::fs::MetadataExt;
+        let d = temp_dir("modes");
+        let cfg = config(&d);
+        prepare_dirs(&cfg, None).unwrap();
+        let mode = |sub: &str| std::fs::metadata(d.join(sub)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("spool"), 0o755);
+        assert_eq!(mode("spool/incoming"), 0o700);
+        assert_eq!(mode("spool/status"), 0o700);
+        assert_eq!(mode("spool/free/3"), 0o700);
+        assert_eq!(mode("spool/trigger"), 0o600);
+        assert_eq!(mode("spool/maildrop"), 0o1730);
+        assert_eq!(mode("spool/public"), 0o710);
+        assert_eq!(mode("spool/public/pickup"), 0o620);
+        assert_eq!(mode("run"), 0o755);
+        assert_eq!(mode("run/clients"), 0o700);
+        let pf = PidFile::create(&d.join("run")).unwrap();
+        assert_eq!(mode("run/sloopd.pid"), 0o644);
+        drop(pf);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_planted_in_place_of_a_layout_entry_is_refused_not_followed() {
+        use std::os::unix::fs::MetadataExt;
+        let d = temp_dir("planted");
+        let cfg = config(&d);
+        prepare_dirs(&cfg, None).unwrap();
+        let victim = d.join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::set_permissions(&victim, Permissions::from_mode(0o751)).unwrap();
+        std::fs::remove_dir(d.join("spool/free/7")).unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("spool/free/7")).unwrap();
+        let e = prepare_dirs(&cfg, None).unwrap_err();
+        assert!(e.to_string().contains("free/7"), "{e}");
+        assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o7777, 0o751);
+        // A name the layout does not know is never looked at.
+        std::fs::remove_file(d.join("spool/free/7")).unwrap();
+        std::os::unix::fs::symlink(&victim, d.join("spool/evil")).unwrap();
+        prepare_dirs(&cfg, None).unwrap();
+        assert_eq!(std::fs::metadata(&victim).unwrap().mode() & 0o7777, 0o751);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn the_unprivileged_user_owns_what_it_writes_and_root_keeps_the_rest() {
+        use std::os::unix::fs::MetadataExt;
+        if !Uid::effective().is_root() {
+            return; // chown needs root; CI runs the tests as root.
+        }
+        let d = temp_dir("owned");
+        let cfg = config(&d);
         let (uid, gid) = (Uid::from_raw(65534), Gid::from_raw(65534));
         prepare_dirs(&cfg, Some((uid, gid))).unwrap();
+        let owner = |sub: &str| {
+            let m = std::fs::metadata(d.join(sub)).unwrap();
+            (m.uid(), m.gid())
+        };
         for sub in [
-            "spool",
             "spool/tmp",
             "spool/incoming",
             "spool/free",
             "spool/free/0",
             "spool/free/f",
+            "spool/trigger",
+            "spool/corrupt",
+            "run/clients",
+            "mail",
         ] {
-            let m = std::fs::metadata(d.join(sub)).unwrap();
-            assert_eq!((m.uid(), m.gid()), (65534, 65534), "{sub}");
+            assert_eq!(owner(sub), (65534, 65534), "{sub}");
         }
+        assert_eq!(owner("spool"), (0, 0));
+        assert_eq!(owner("run"), (0, 0));
+        assert_eq!(owner("spool/maildrop").0, 65534);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -41,6 +41,7 @@ pub struct Supervisor {
     running: BTreeMap<Pid, Running>,
     smtpd_backoff: Backoff,
     qmgr_backoff: Backoff,
+    pickup_backoff: Backoff,
     policy: Policy,
     /// Set once SIGTERM/SIGINT arrived: the deadline for children to exit.
     stopping: Option<Instant>,
@@ -67,6 +68,7 @@ impl Supervisor {
             running: BTreeMap::new(),
             smtpd_backoff: Backoff::default(),
             qmgr_backoff: Backoff::default(),
+            pickup_backoff: Backoff::default(),
             stopping: None,
             last_limit_warning: None,
             surplus_since: None,
@@ -78,15 +80,17 @@ impl Supervisor {
         self.status.read_fd()
     }
 
-    /// Starts whatever is missing: the queue manager, and smtpd workers up to
+    /// Starts whatever is missing: the queue manager, the pickup, and smtpd workers up to
     /// `min_idle` idle ones (growing up to `max_processes` when all are busy).
     pub fn start_children(&mut self, now: Instant) {
         if self.stopping.is_some() {
             return;
         }
-        let qmgr_running = self.running.values().any(|r| r.kind == ChildKind::Qmgr);
-        if !qmgr_running && self.qmgr_backoff.ready(now) {
-            self.spawn_one(ChildKind::Qmgr, now);
+        for kind in [ChildKind::Qmgr, ChildKind::Pickup] {
+            let running = self.running.values().any(|r| r.kind == kind);
+            if !running && self.backoff_mut(kind).ready(now) {
+                self.spawn_one(kind, now);
+            }
         }
         let (min_idle, max) = (self.cfg.smtpd.min_idle, self.cfg.smtpd.max_processes);
         let wanted = self.pool.to_spawn(min_idle, max);
@@ -151,11 +155,18 @@ impl Supervisor {
         let bin_dir = self.cfg.bin_dir();
         let pool_fds =
             (kind == ChildKind::Smtpd).then(|| (self.listeners.fd_list(), self.status.write_fd()));
+        // The pickup reads the maildrop files by their group (docs/security.md).
+        let creds = match kind {
+            ChildKind::Pickup => self
+                .creds
+                .map(|(uid, gid)| (uid, setup::drop_gid(&self.cfg).unwrap_or(gid))),
+            _ => self.creds,
+        };
         let spec = SpawnSpec {
             bin_dir: &bin_dir,
             config: &self.cfg,
             pool_fds,
-            creds: self.creds,
+            creds,
         };
         let result = if kind == ChildKind::Smtpd {
             self.spawn_inheriting(&spec)
@@ -220,6 +231,7 @@ impl Supervisor {
         match kind {
             ChildKind::Smtpd => &mut self.smtpd_backoff,
             ChildKind::Qmgr => &mut self.qmgr_backoff,
+            ChildKind::Pickup => &mut self.pickup_backoff,
         }
     }
 
@@ -319,6 +331,9 @@ impl Supervisor {
         if let Some(note) = setup::user_note(&new, creds) {
             log::warn!("{note}");
         }
+        if let Some(note) = setup::drop_group_note(&new, creds) {
+            log::warn!("{note}");
+        }
         if let Err(e) = setup::prepare_dirs(&new, creds) {
             return log_rejected_because(&e.to_string());
         }
@@ -336,6 +351,7 @@ impl Supervisor {
         // next start is not held back by the old streak.
         self.smtpd_backoff = Backoff::default();
         self.qmgr_backoff = Backoff::default();
+        self.pickup_backoff = Backoff::default();
         self.creds = creds;
         self.cfg = new;
         self.retire_all();
@@ -414,6 +430,7 @@ impl Supervisor {
         due.extend(self.surplus_since.map(|t| t + IDLE_SURPLUS_GRACE));
         due.extend(self.smtpd_backoff.not_before());
         due.extend(self.qmgr_backoff.not_before());
+        due.extend(self.pickup_backoff.not_before());
         due.into_iter()
             .filter(|t| *t > now)
             .min()

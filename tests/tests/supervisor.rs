@@ -381,12 +381,26 @@ fn children_run_as_server_user_when_sloopd_is_root() {
     );
     if root {
         use std::os::unix::fs::MetadataExt;
-        for dir in [td.spool(), td.spool().join("incoming"), td.run(), td.mail()] {
+        // What the children write is server.user's; the spool root and the run dir
+        // (where the pid file lives) stay root's (docs/security.md).
+        for dir in [
+            td.spool().join("incoming"),
+            td.run().join("clients"),
+            td.mail(),
+        ] {
             let owner = std::fs::metadata(&dir).unwrap().uid();
             assert_eq!(
                 owner,
                 want.as_raw(),
                 "{} owned by server.user",
+                dir.display()
+            );
+        }
+        for dir in [td.spool(), td.run()] {
+            assert_eq!(
+                std::fs::metadata(&dir).unwrap().uid(),
+                0,
+                "{}",
                 dir.display()
             );
         }

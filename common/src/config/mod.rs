@@ -192,6 +192,7 @@ impl Config {
             spool_dir: r.path("server.spool_dir"),
             run_dir: r.path("server.run_dir"),
             user: r.string("server.user"),
+            drop_group: r.string("server.drop_group"),
             bin_dir: r.opt_path("server.bin_dir"),
             hostname,
         };

@@ -20,7 +20,7 @@ pub enum Kind {
     Path {
         must_exist: bool,
     },
-    /// A user name (empty allowed).
+    /// A user or group name (empty allowed).
     User,
     Bool,
     /// An integer in `[min, max]`.
@@ -113,6 +113,8 @@ pub const PARAMS: &[Param] = &[
         doc: "Where sloopd writes its pid file (sloopd.pid)." },
     Param { key: "server.user", kind: Kind::User, default: "\"\"",
         doc: "Unprivileged user the daemons run as after binding ports. Empty: do not drop privileges." },
+    Param { key: "server.drop_group", kind: Kind::User, default: "\"sloopdrop\"",
+        doc: "Group of the set-group-ID sloop-drop program, the only group that may add to the spool's maildrop/ (local submission by sendmail). Used when sloopd runs as root with server.user set." },
     Param { key: "server.bin_dir", kind: Kind::Path { must_exist: false }, default: "\"\"",
         doc: "Directory holding the sloop-* programs. Empty: the directory of the running program." },
     // smtpd

@@ -175,7 +175,11 @@ impl<'a> Reader<'a> {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) =>
             {
-                self.bad(key, &value, "a user name (letters, digits, _ - .) or empty");
+                self.bad(
+                    key,
+                    &value,
+                    "a user or group name (letters, digits, _ - .) or empty",
+                );
                 String::new()
             }
             _ => s,

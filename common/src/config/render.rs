@@ -78,7 +78,7 @@ fn kind_name(kind: Kind) -> String {
         Kind::Text { max } => format!("text (≤ {max} octets)"),
         Kind::Path { must_exist: true } => "path to an existing file".into(),
         Kind::Path { must_exist: false } => "path".into(),
-        Kind::User => "user name".into(),
+        Kind::User => "user or group name".into(),
         Kind::Bool => "boolean".into(),
         Kind::Int { min, max } => format!("integer {min}..{max}"),
         Kind::Size { .. } => "size".into(),

@@ -12,6 +12,8 @@ pub struct ServerConfig {
     pub spool_dir: PathBuf,
     pub run_dir: PathBuf,
     pub user: String,
+    /// Group of sloop-drop, owner group of `maildrop/` and `public/`.
+    pub drop_group: String,
     /// Directory of the sloop-* programs; `None` means "next to the running program".
     pub bin_dir: Option<PathBuf>,
 }

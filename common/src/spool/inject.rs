@@ -1,7 +1,8 @@
 //! The commit: how a message enters the queue (ARCHITECTURE.md §3, invariant 1).
 //!
-//! 1. create `tmp/<id>` with `O_EXCL` (a clash takes a new ID), or claim a recycled
-//!    file from `free/` under that name (pool.rs);
+//! 1. create `tmp/<id>` with `O_EXCL` (a clash takes a new ID; run as root, the file
+//!    is given to the owner of `tmp/`), or claim a recycled file from `free/` under
+//!    that name (pool.rs);
 //! 2. stream the message into it, refusing more than the size limit;
 //! 3. obtain the envelope (given up front by [`commit`], or read only now by
 //!    [`commit_streaming`], as qmail-queue reads fd 1 after fd 0), append it as the
@@ -169,7 +170,7 @@ fn usable_preset(spool: &Spool, id: &str) -> bool {
 }
 
 /// Fills in what the spool decides: the ID, the arrival time and the size.
-fn stamp(mut env: Envelope, id: &str, size: u64) -> Envelope {
+pub(crate) fn stamp(mut env: Envelope, id: &str, size: u64) -> Envelope {
     env.id = id.to_string();
     env.arrival = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -232,7 +233,13 @@ fn create_tmp(spool: &Spool) -> Result<(String, PathBuf, File, bool), InjectErro
             .mode(0o600)
             .open(&path)
         {
-            Ok(f) => return Ok((id, path, f, false)),
+            Ok(f) => {
+                if let Err(e) = give_to_spool_owner(&f, spool) {
+                    let _ = fs::remove_file(&path);
+                    return Err(ctx(Err(e), "chown", &path)?);
+                }
+                return Ok((id, path, f, false));
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 last_err = Some(e);
                 id = queue_id::new_id();
@@ -243,6 +250,22 @@ fn create_tmp(spool: &Spool) -> Result<(String, PathBuf, File, bool), InjectErro
     }
     let err = last_err.unwrap_or_else(|| io::Error::other("queue ID clash"));
     Err(ctx(Err(err), "create", &spool.tmp_dir())?)
+}
+
+/// Run as root (a script calling `sloop-queue`, or `sloopd`'s children when no
+/// `server.user` is set), gives a new queue file to the owner of `tmp/`, so every queue
+/// file belongs to the spool owner whoever wrote it (docs/security.md). A no-op for
+/// every other caller, and when the spool is root's.
+fn give_to_spool_owner(file: &File, spool: &Spool) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(());
+    }
+    let dir = fs::symlink_metadata(spool.tmp_dir())?;
+    if dir.uid() == 0 {
+        return Ok(());
+    }
+    std::os::unix::fs::fchown(file, Some(dir.uid()), Some(dir.gid()))
 }
 
 fn write_and_sync<R: Read>(
@@ -272,7 +295,7 @@ fn write_and_sync<R: Read>(
 
 /// Copies `message` to `out`, refusing more than `max_size` octets (0: no limit).
 /// Returns the number of octets copied.
-fn copy_limited<R: Read, W: Write>(
+pub(crate) fn copy_limited<R: Read, W: Write>(
     message: &mut R,
     out: &mut W,
     max_size: u64,

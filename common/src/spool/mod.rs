@@ -12,7 +12,12 @@
 //!   status/     per-recipient results of each message, an append-only log (status.rs)
 //!   free/0..f/  finished queue files kept for reuse by the next commit (pool.rs)
 //!   trigger     FIFO: a byte after each commit wakes the queue manager
+//!   maildrop/   local submissions written by sloop-drop, taken by sloop-pickup
+//!   public/     pickup FIFO and showq socket, reachable by the submission group
+//!   corrupt/    maildrop files that did not pass sloop-pickup's checks
 //! ```
+//!
+//! Owners and modes are in [`LAYOUT`] and docs/security.md; `sloopd` applies them.
 //!
 //! A queue file is the message followed by its envelope (envelope.rs), written and
 //! fsync'd once, so a commit costs one file fsync and one directory fsync. Every move
@@ -20,6 +25,7 @@
 
 pub mod envelope;
 pub mod inject;
+pub mod maildrop;
 pub mod pool;
 pub mod queue_id;
 pub mod status;
@@ -66,6 +72,78 @@ impl fmt::Display for QueueState {
         f.write_str(self.dir())
     }
 }
+
+/// The group an entry of the layout belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutGroup {
+    /// The spool owner's group (`server.user`'s).
+    Owner,
+    /// The local submission group (`server.drop_group`).
+    Drop,
+}
+
+/// One entry of the spool layout: a path relative to the spool (a parent comes before
+/// its children), what it is, its mode and its group. Every entry is owned by the
+/// spool owner; the spool root itself is root's, mode [`ROOT_MODE`].
+#[derive(Debug, Clone, Copy)]
+pub struct LayoutEntry {
+    pub name: &'static str,
+    pub kind: crate::secure_fs::EntryKind,
+    pub mode: u32,
+    pub group: LayoutGroup,
+}
+
+/// Mode of the spool root (owner root when `sloopd` runs as root).
+pub const ROOT_MODE: u32 = 0o755;
+
+const fn entry(
+    name: &'static str,
+    kind: crate::secure_fs::EntryKind,
+    mode: u32,
+    group: LayoutGroup,
+) -> LayoutEntry {
+    LayoutEntry {
+        name,
+        kind,
+        mode,
+        group,
+    }
+}
+
+use crate::secure_fs::EntryKind::{Dir, Fifo};
+use LayoutGroup::{Drop as DropGroup, Owner};
+
+/// The spool's fixed entries (docs/security.md, "The spool").
+pub const LAYOUT: &[LayoutEntry] = &[
+    entry("tmp", Dir, 0o700, Owner),
+    entry("incoming", Dir, 0o700, Owner),
+    entry("active", Dir, 0o700, Owner),
+    entry("deferred", Dir, 0o700, Owner),
+    entry("hold", Dir, 0o700, Owner),
+    entry("status", Dir, 0o700, Owner),
+    entry("corrupt", Dir, 0o700, Owner),
+    entry("free", Dir, 0o700, Owner),
+    entry("free/0", Dir, 0o700, Owner),
+    entry("free/1", Dir, 0o700, Owner),
+    entry("free/2", Dir, 0o700, Owner),
+    entry("free/3", Dir, 0o700, Owner),
+    entry("free/4", Dir, 0o700, Owner),
+    entry("free/5", Dir, 0o700, Owner),
+    entry("free/6", Dir, 0o700, Owner),
+    entry("free/7", Dir, 0o700, Owner),
+    entry("free/8", Dir, 0o700, Owner),
+    entry("free/9", Dir, 0o700, Owner),
+    entry("free/a", Dir, 0o700, Owner),
+    entry("free/b", Dir, 0o700, Owner),
+    entry("free/c", Dir, 0o700, Owner),
+    entry("free/d", Dir, 0o700, Owner),
+    entry("free/e", Dir, 0o700, Owner),
+    entry("free/f", Dir, 0o700, Owner),
+    entry("trigger", Fifo, 0o600, Owner),
+    entry("maildrop", Dir, 0o1730, DropGroup),
+    entry("public", Dir, 0o710, DropGroup),
+    entry("public/pickup", Fifo, 0o620, DropGroup),
+];
 
 /// An error touching the spool, with the path involved.
 #[derive(Debug)]
@@ -139,26 +217,56 @@ impl Spool {
         self.root.join("trigger")
     }
 
-    /// Creates the directories and the trigger FIFO where missing (idempotent).
+    /// Local submissions waiting for sloop-pickup (maildrop.rs).
+    pub fn maildrop_dir(&self) -> PathBuf {
+        self.root.join("maildrop")
+    }
+
+    /// Maildrop files that did not pass sloop-pickup's checks.
+    pub fn corrupt_dir(&self) -> PathBuf {
+        self.root.join("corrupt")
+    }
+
+    /// The FIFO that wakes sloop-pickup.
+    pub fn pickup_fifo(&self) -> PathBuf {
+        self.root.join("public").join("pickup")
+    }
+
+    /// The socket on which sloop-pickup answers queue listings (`mailq`).
+    pub fn showq_socket(&self) -> PathBuf {
+        self.root.join("public").join("showq")
+    }
+
+    /// Creates the directories and FIFOs of [`LAYOUT`] where missing (idempotent), each
+    /// with its mode whatever the umask. Owners are `sloopd`'s business (it runs this
+    /// layout through `secure_fs` instead); existing entries are left as they are.
     pub fn ensure_layout(&self) -> Result<(), SpoolError> {
-        let mut dirs = vec![
-            self.root.clone(),
-            self.tmp_dir(),
-            self.status_dir(),
-            self.free_dir(),
-        ];
-        dirs.extend((0..pool::POOL_DIRS).map(|i| pool::pool_dir(self, i)));
-        dirs.extend(QueueState::ALL.iter().map(|s| self.state_dir(*s)));
-        for d in &dirs {
-            ctx(fs::create_dir_all(d), "create directory", d)?;
-        }
-        let trigger = self.trigger_path();
-        if fs::symlink_metadata(&trigger).is_err() {
-            let made =
-                nix::unistd::mkfifo(&trigger, nix::sys::stat::Mode::from_bits_truncate(0o622));
-            match made {
-                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-                Err(e) => return ctx(Err(io::Error::from(e)), "create FIFO", &trigger),
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let made = fs::DirBuilder::new()
+            .recursive(true)
+            .mode(ROOT_MODE)
+            .create(&self.root);
+        ctx(made, "create directory", &self.root)?;
+        for e in LAYOUT {
+            let path = self.root.join(e.name);
+            let created = match e.kind {
+                Dir => match fs::DirBuilder::new().mode(e.mode).create(&path) {
+                    Ok(()) => true,
+                    Err(err) if err.kind() == io::ErrorKind::AlreadyExists => false,
+                    Err(err) => return ctx(Err(err), "create directory", &path),
+                },
+                Fifo => {
+                    let mode = nix::sys::stat::Mode::from_bits_truncate(e.mode);
+                    match nix::unistd::mkfifo(&path, mode) {
+                        Ok(()) => true,
+                        Err(nix::errno::Errno::EEXIST) => false,
+                        Err(err) => return ctx(Err(io::Error::from(err)), "create FIFO", &path),
+                    }
+                }
+            };
+            if created {
+                let perms = fs::Permissions::from_mode(e.mode);
+                ctx(fs::set_permissions(&path, perms), "set the mode of", &path)?;
             }
         }
         fsync_dir(&self.root)
@@ -282,8 +390,8 @@ impl Spool {
     }
 }
 
-/// True when a process with this pid exists.
-fn pid_alive(pid: u32) -> bool {
+/// True when a process with this pid exists (or may: `EPERM` counts as alive).
+pub fn pid_alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
     };

@@ -10,6 +10,7 @@
 use super::{ctx, Spool, SpoolError};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What happened to one recipient on one attempt.
@@ -109,7 +110,11 @@ fn clean(text: &str) -> String {
 pub fn append(spool: &Spool, id: &str, lines: &[String]) -> Result<(), SpoolError> {
     let p = path(spool, id);
     let mut f = ctx(
-        OpenOptions::new().create(true).append(true).open(&p),
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&p),
         "open",
         &p,
     )?;

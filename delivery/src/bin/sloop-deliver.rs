@@ -15,6 +15,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: sloop-deliver local|remote [-c CONFIG]";
 
 fn main() -> ExitCode {
+    sloop_common::secure_fs::restrict_umask();
     let (transport, config_arg) = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(e) => {

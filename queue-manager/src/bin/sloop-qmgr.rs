@@ -15,6 +15,7 @@ struct Args {
 }
 
 fn main() {
+    sloop_common::secure_fs::restrict_umask();
     let args = Args::parse();
     std::process::exit(sloop_queue_manager::qmgr::run(args.config.as_deref()));
 }

@@ -4,6 +4,7 @@
 use sloop_queue_manager::cli::{operator, report};
 
 fn main() {
+    sloop_common::secure_fs::restrict_umask();
     let cli = match operator::parse(std::env::args()) {
         Ok(cli) => cli,
         Err(code) => std::process::exit(code),

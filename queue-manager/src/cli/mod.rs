@@ -7,6 +7,7 @@
 //! are a [`ToolError`]: one line of text and the exit code of its boundary (qmail-queue
 //! codes for `sloop-queue`, sysexits for the others); `main` is the only funnel.
 
+pub mod drop;
 pub mod inject;
 pub mod operator;
 pub mod queue_ops;

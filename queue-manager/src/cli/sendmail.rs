@@ -2,12 +2,17 @@
 //! (docs/sloop-sendmail.1.md). Invoked as `mailq` it lists the queue.
 //!
 //! A message is read from stdin (`sendmail_message`), completed with `From`, `Date` and
-//! `Message-ID: <ID@hostname>` where missing, and handed to `sloop-queue` with the
-//! qmail-queue contract (message on its fd 0, envelope on its fd 1), so every injection
-//! goes through the one durable commit. `sloop-queue`'s exit code becomes a sysexits
-//! code: 0 queued; address errors EX_NOUSER (67); other permanent refusals and envelope
-//! format errors EX_DATAERR (65); anything temporary, a crash or a signal EX_TEMPFAIL
-//! (75), meaning "not queued, try again".
+//! `Message-ID: <ID@hostname>` where missing, and handed with the qmail-queue contract
+//! (message on its fd 0, envelope on its fd 1) to `sloop-queue` when the caller owns
+//! the spool, else to the set-group-ID `sloop-drop`, which leaves it in `maildrop/` for
+//! `sloop-pickup` (docs/security.md): so every local user can send mail, and no queue
+//! file is ever owned by anyone but the spool owner, root's included. The exit code of
+//! either becomes a sysexits code: 0 queued; address errors EX_NOUSER (67); other
+//! permanent refusals and envelope format errors EX_DATAERR (65); anything temporary, a
+//! crash or a signal EX_TEMPFAIL (75), meaning "not queued, try again".
+//!
+//! The listing (`mailq`, `-bp`) reads the spool directly for root and the spool owner;
+//! anybody else gets it from `sloop-pickup` through `sloop-drop mailq`.
 
 use super::operator::{run_queue, QueueCmd};
 use super::sendmail_args::{self, Mode, Options};
@@ -15,7 +20,7 @@ use super::sendmail_message::{Message, Missing};
 use super::{load_config, ToolError};
 use sloop_common::config::Config;
 use sloop_common::exitcode::{self, queue_verdict, QueueVerdict};
-use sloop_common::spool::{queue_id, Envelope, Recipient, Ret, Spool};
+use sloop_common::spool::{queue_id, Envelope, QueueState, Recipient, Ret, Spool};
 use std::io::{Read, Write};
 use std::process::{Command, ExitStatus, Stdio};
 
@@ -31,6 +36,7 @@ pub fn run(argv: &[String]) -> Result<(), ToolError> {
     let spool = Spool::new(&cfg.server.spool_dir);
     let mut out = std::io::stdout().lock();
     match opts.mode {
+        Mode::List if !may_read(&spool) => showq_through_drop(&cfg),
         Mode::List => run_queue(&QueueCmd::List { json: false }, &spool, &mut out),
         Mode::Flush => run_queue(&QueueCmd::Flush, &spool, &mut out),
         Mode::Deliver => {
@@ -123,7 +129,59 @@ fn envelope(
     Ok(env)
 }
 
-/// Runs sloop-queue: message on its fd 0, then envelope on its fd 1 (a pipe we write).
+/// The program that queues for this caller: `sloop-queue` for the spool's owner,
+/// `sloop-drop` for everybody else (root included).
+pub fn submit_program(spool: &Spool) -> &'static str {
+    if owns_spool(spool) {
+        "sloop-queue"
+    } else {
+        "sloop-drop"
+    }
+}
+
+/// True when our effective user owns `incoming/`, or there is no spool yet (then
+/// `sloop-queue` creates it, as the one user every program runs as).
+fn owns_spool(spool: &Spool) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(spool.state_dir(QueueState::Incoming)) {
+        Ok(m) => m.uid() == nix::unistd::geteuid().as_raw(),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound && !spool.root().exists(),
+    }
+}
+
+/// Root and the spool owner read the queue themselves.
+fn may_read(spool: &Spool) -> bool {
+    nix::unistd::geteuid().is_root() || owns_spool(spool)
+}
+
+/// `mailq` for a user who may not read the spool: `sloop-drop mailq` prints the listing
+/// `sloop-pickup` serves.
+fn showq_through_drop(cfg: &Config) -> Result<(), ToolError> {
+    let program = cfg.program("sloop-drop");
+    let status = Command::new(&program)
+        .arg("-c")
+        .arg(&cfg.file)
+        .arg("mailq")
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| {
+            ToolError::new(
+                exitcode::EX_OSERR,
+                format!("cannot run {}: {e}", program.display()),
+            )
+        })?;
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(code) => Err(ToolError::new(code, "queue listing unavailable")),
+        None => Err(ToolError::new(
+            exitcode::EX_TEMPFAIL,
+            "sloop-drop killed by a signal",
+        )),
+    }
+}
+
+/// Runs sloop-queue or sloop-drop: message on its fd 0, then envelope on its fd 1 (a
+/// pipe we write).
 fn queue(
     cfg: &Config,
     id: &str,
@@ -131,7 +189,8 @@ fn queue(
     envelope: &[u8],
     verbose: bool,
 ) -> Result<(), ToolError> {
-    let program = cfg.program("sloop-queue");
+    let name = submit_program(&Spool::new(&cfg.server.spool_dir));
+    let program = cfg.program(name);
     let os_err = |what: &str, e: &dyn std::fmt::Display| {
         ToolError::new(
             exitcode::EX_OSERR,
@@ -164,7 +223,7 @@ fn queue(
     if let Some(mut fd2) = child.stderr.take() {
         let _ = fd2.read_to_string(&mut diagnostics);
     }
-    let result = queue_status(status);
+    let result = queue_status(name, status);
     // Its log line is for the mail log; a user sees it only with -v or on failure.
     if verbose || result.is_err() {
         eprint!("{diagnostics}");
@@ -172,14 +231,15 @@ fn queue(
     result
 }
 
-/// sloop-queue's exit status as a sysexits result.
-pub fn queue_status(status: ExitStatus) -> Result<(), ToolError> {
+/// The exit status of `program` (sloop-queue or sloop-drop, which share qmail-queue's
+/// exit codes) as a sysexits result.
+pub fn queue_status(program: &str, status: ExitStatus) -> Result<(), ToolError> {
     use std::os::unix::process::ExitStatusExt;
     let Some(code) = status.code() else {
         let sig = status.signal().unwrap_or(0);
         return Err(ToolError::new(
             exitcode::EX_TEMPFAIL,
-            format!("sloop-queue killed by signal {sig}; message not queued, try again"),
+            format!("{program} killed by signal {sig}; message not queued, try again"),
         ));
     };
     let (sysexit, what) = match (code, queue_verdict(code)) {
@@ -192,7 +252,7 @@ pub fn queue_status(status: ExitStatus) -> Result<(), ToolError> {
     };
     Err(ToolError::new(
         sysexit,
-        format!("{what} (sloop-queue exit {code})"),
+        format!("{what} ({program} exit {code})"),
     ))
 }
 
@@ -255,7 +315,7 @@ mod tests {
     #[test]
     fn queue_exit_codes_map_to_sysexits() {
         let code = |c: i32| {
-            queue_status(ExitStatus::from_raw(c << 8))
+            queue_status("sloop-queue", ExitStatus::from_raw(c << 8))
                 .err()
                 .map(|e| e.code)
         };
@@ -265,7 +325,9 @@ mod tests {
         assert_eq!(code(91), Some(exitcode::EX_DATAERR));
         assert_eq!(code(53), Some(exitcode::EX_TEMPFAIL));
         assert_eq!(code(81), Some(exitcode::EX_TEMPFAIL));
-        let killed = queue_status(ExitStatus::from_raw(9)).err().map(|e| e.code);
+        let killed = queue_status("sloop-drop", ExitStatus::from_raw(9))
+            .err()
+            .map(|e| e.code);
         assert_eq!(killed, Some(exitcode::EX_TEMPFAIL));
     }
 

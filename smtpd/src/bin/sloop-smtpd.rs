@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 
 fn main() {
+    sloop_common::secure_fs::restrict_umask();
     std::process::exit(run());
 }
 

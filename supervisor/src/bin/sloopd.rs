@@ -38,6 +38,7 @@ struct Args {
 type Failure = (i32, String);
 
 fn main() {
+    sloop_common::secure_fs::restrict_umask();
     let args = Args::parse();
     std::process::exit(run(&args));
 }
@@ -79,6 +80,9 @@ fn run(args: &Args) -> i32 {
         listeners.addrs()
     );
     if let Some(note) = setup::user_note(&cfg, creds) {
+        log::warn!("{note}");
+    }
+    if let Some(note) = setup::drop_group_note(&cfg, creds) {
         log::warn!("{note}");
     }
     match serve(cfg, creds, listeners, signals) {
