@@ -1,8 +1,8 @@
 //! `sloopd`, Sloop's supervisor (ARCHITECTURE.md §2, in the Postfix `master` model).
 //!
 //! It validates the config (refusing to start on an invalid one, SEED.md G6), binds
-//! every listener before any child exists, starts the smtpd prefork pool and the queue
-//! manager, keeps `smtpd.min_idle` workers idle from their status records, restarts
+//! every listener before any child exists, starts the smtpd prefork pool, the queue
+//! manager and the pickup, keeps `smtpd.min_idle` workers idle from their status records, restarts
 //! crashed children with exponential backoff, reloads on SIGHUP and stops within
 //! `supervisor.stop_timeout` on SIGTERM. It never parses client input and never exits
 //! because a child misbehaves (SEED.md G4).

@@ -61,14 +61,18 @@ pub fn drop_message<R: Read>(
 }
 
 /// Writes one byte to `public/pickup` without blocking; a missing FIFO or no reader
-/// is not an error (the pickup also scans periodically).
+/// is not an error (the pickup also scans periodically). Anything but a FIFO there is
+/// left alone: the spool's path may come from the caller's choice of configuration.
 pub fn poke_pickup(spool: &Spool) {
+    use std::os::unix::fs::FileTypeExt;
     let opened = OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
         .open(spool.pickup_fifo());
     if let Ok(mut f) = opened {
-        let _ = f.write(b"!");
+        if f.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
+            let _ = f.write(b"!");
+        }
     }
 }
 
