@@ -31,6 +31,9 @@ pub enum ReadOutcome {
 /// A client connection: where replies are written and where commands are read.
 #[derive(Debug)]
 pub struct Conn {
+    /// The client's `smtpd.max_per_client` slot, released as soon as the session is
+    /// over for the client (see [`Conn::release_slot`]).
+    slot: Option<crate::client_limit::Slot>,
     rd: File,
     /// Where replies go when not to `rd` itself (stdout in `--inetd` mode); a TCP
     /// connection reads and writes the one socket.
@@ -47,6 +50,7 @@ impl Conn {
         stream.set_write_timeout(Some(send_timeout.max(Duration::from_millis(100))))?;
         let _ = stream.set_nodelay(true);
         Ok(Conn {
+            slot: None,
             rd: File::from(OwnedFd::from(stream)),
             wr: None,
             rcv_timeout: Some(Duration::ZERO),
@@ -58,10 +62,24 @@ impl Conn {
         let rd = io::stdin().as_fd().try_clone_to_owned()?;
         let wr = io::stdout().as_fd().try_clone_to_owned()?;
         Ok(Conn {
+            slot: None,
             rd: File::from(rd),
             wr: Some(File::from(wr)),
             rcv_timeout: None,
         })
+    }
+
+    /// Holds the client's per-client slot for the life of the session.
+    pub fn hold_slot(&mut self, slot: crate::client_limit::Slot) {
+        self.slot = Some(slot);
+    }
+
+    /// Frees the per-client slot: called when the client closed its side or the
+    /// session is closing, before the last reply is written. A client that opens its
+    /// next session as soon as it reads `221` (or its own close) must not find this one
+    /// still counted while the worker logs and tidies up.
+    pub fn release_slot(&mut self) {
+        self.slot = None;
     }
 
     /// A duplicate of the write side, for the watchdog's last words.

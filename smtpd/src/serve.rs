@@ -79,6 +79,9 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) {
                 session.queued(&id, outcome);
             }
             Step::Close => {
+                // The session is over for the client: it no longer counts against
+                // smtpd.max_per_client, even before the last reply is written.
+                conn.release_slot();
                 flush(conn, &mut out, policy, watchdog);
                 break;
             }
@@ -131,7 +134,10 @@ fn read_input(
             session.input(&buf[..n]);
         }
         Ok(ReadOutcome::Timeout) => session.timeout(),
-        Ok(ReadOutcome::Eof) | Err(_) => session.eof(),
+        Ok(ReadOutcome::Eof) | Err(_) => {
+            conn.release_slot();
+            session.eof();
+        }
     }
 }
 
