@@ -128,6 +128,8 @@ pub const PARAMS: &[Param] = &[
         doc: "Longest text line in DATA, in octets including CRLF (RFC 5321: 1000)." },
     Param { key: "smtpd.max_errors", kind: Kind::Int { min: 1, max: 1000 }, default: "10",
         doc: "Client errors after which the session is ended with 421." },
+    Param { key: "smtpd.junk_command_limit", kind: Kind::Int { min: 1, max: 100_000 }, default: "100",
+        doc: "NOOP, RSET and VRFY commands a session may send before each further one counts as an error; reset when a message is accepted (Postfix's smtpd_junk_command_limit)." },
     Param { key: "smtpd.max_received_headers", kind: Kind::Int { min: 10, max: 1000 }, default: "100",
         doc: "Received headers beyond which a message is a mail loop (554 5.4.6)." },
     Param { key: "smtpd.bare_newline", kind: Kind::Choice(&["reject", "normalize"]), default: "\"reject\"",

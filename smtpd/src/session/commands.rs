@@ -27,6 +27,7 @@ impl Session<'_> {
                 return self.answer(bad_sequence("BDAT chunks must continue with BDAT"));
             }
         }
+        let junk = matches!(cmd, Command::Noop | Command::Rset | Command::Vrfy(_));
         let reply = match cmd {
             Command::Helo(name) => Some(self.helo(name, false)),
             Command::Ehlo(name) => Some(self.helo(name, true)),
@@ -44,6 +45,9 @@ impl Session<'_> {
         if let Some(r) = reply {
             self.counters.count(verb, !r.is_error());
             self.answer(r);
+        }
+        if junk {
+            self.junk_command();
         }
     }
 

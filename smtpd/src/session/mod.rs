@@ -17,7 +17,7 @@ pub mod policy;
 pub mod txn;
 
 use crate::data::{count_received, DataError, DataLimits, DataReceiver};
-use crate::parser::{self, Line, LineSplitter, MAX_COMMAND_LINE};
+use crate::parser::{self, Input, Line, LineSplitter, MAX_COMMAND_LINE};
 use crate::reply::{Enhanced, Reply};
 pub use policy::Policy;
 use std::collections::VecDeque;
@@ -173,12 +173,14 @@ fn fmt_count(v: &str, ok: u32, all: u32) -> String {
 pub struct Session<'a> {
     policy: &'a Policy,
     client: Client,
-    input: Vec<u8>,
+    input: Input,
     splitter: LineSplitter,
     out: VecDeque<Step>,
     state: State,
     helo: Option<Helo>,
     errors: u32,
+    /// NOOP, RSET and VRFY since the last accepted message (`smtpd.junk_command_limit`).
+    junk: u32,
     counters: Counters,
     /// The last command verb, for `lost connection after X` log lines.
     last_verb: &'static str,
@@ -200,12 +202,13 @@ impl<'a> Session<'a> {
         let mut s = Session {
             policy,
             client,
-            input: Vec::new(),
+            input: Input::default(),
             splitter: LineSplitter::default(),
             out: VecDeque::new(),
             state: State::Ready,
             helo: None,
             errors: 0,
+            junk: 0,
             counters: Counters::default(),
             last_verb: "CONNECT",
             now: unix_now,
@@ -229,7 +232,7 @@ impl<'a> Session<'a> {
 
     /// Appends octets read from the client.
     pub fn input(&mut self, bytes: &[u8]) {
-        self.input.extend_from_slice(bytes);
+        self.input.extend(bytes);
     }
 
     /// The next thing to do.
@@ -286,7 +289,10 @@ impl<'a> Session<'a> {
     /// The queue program's verdict for the job last returned by [`step`](Self::step).
     pub fn queued(&mut self, id: &str, outcome: QueueOutcome) {
         let reply = match outcome {
-            QueueOutcome::Committed => Reply::new(250, (2, 0, 0), format!("Ok: queued as {id}")),
+            QueueOutcome::Committed => {
+                self.junk = 0;
+                Reply::new(250, (2, 0, 0), format!("Ok: queued as {id}"))
+            }
             QueueOutcome::Permanent(why) => {
                 log::warn!("{id}: queueing refused the message: {why}");
                 Reply::new(554, (5, 3, 0), "Error: message refused by the queue")
@@ -342,8 +348,25 @@ impl<'a> Session<'a> {
                 let cmd = parser::parse(&bytes);
                 self.dispatch(cmd);
             }
+            Line::BareLf(bytes) if self.data_limits().normalize_bare_newlines => {
+                let cmd = parser::parse(&bytes);
+                self.dispatch(cmd);
+            }
+            Line::BareLf(_) => self.bare_lf_command(),
         }
         true
+    }
+
+    /// A command line ended in a bare LF: refused as bare LF in DATA is, unless
+    /// `smtpd.bare_newline = "normalize"`.
+    fn bare_lf_command(&mut self) {
+        self.last_verb = "UNKNOWN";
+        self.counters.count("unknown", false);
+        log::info!(
+            "reject: bare <LF> in a command from {}",
+            self.client.display()
+        );
+        self.answer(Reply::new(500, (5, 5, 2), "Error: bare <LF> received"));
     }
 
     fn advance_data(&mut self, txn: Txn, mut rx: DataReceiver) -> bool {
@@ -351,8 +374,8 @@ impl<'a> Session<'a> {
             self.state = State::Data(txn, rx);
             return false;
         }
-        let (used, done) = rx.feed(&self.input);
-        self.input.drain(..used);
+        let (used, done) = rx.feed(self.input.bytes());
+        self.input.consume(used);
         if !done {
             self.state = State::Data(txn, rx);
             return true;
@@ -381,10 +404,10 @@ impl<'a> Session<'a> {
                 *body = Vec::new();
             }
             if error.is_none() {
-                body.extend_from_slice(&self.input[..take]);
+                body.extend_from_slice(&self.input.bytes()[..take]);
             }
         }
-        self.input.drain(..take);
+        self.input.consume(take);
         chunk.remaining -= take as u64;
         if chunk.remaining > 0 {
             self.state = State::Bdat(chunk);
@@ -498,21 +521,38 @@ impl<'a> Session<'a> {
             return;
         }
         if counts {
-            self.errors += 1;
-            if self.errors >= self.policy.cfg.smtpd.max_errors {
-                log::info!(
-                    "too many errors after {} from {}",
-                    self.last_verb,
-                    self.client.display()
-                );
-                let host = &self.policy.cfg.server.hostname;
-                self.push(Reply::new(
-                    421,
-                    (4, 7, 0),
-                    format!("{host} Error: too many errors"),
-                ));
-                self.close();
-            }
+            self.count_error();
+        }
+    }
+
+    /// A NOOP, RSET or VRFY was answered: past `smtpd.junk_command_limit` of them
+    /// since the last accepted message, each one counts as an error, so a flood of
+    /// them ends with `421` as a flood of bad commands does (Postfix's junk commands).
+    fn junk_command(&mut self) {
+        self.junk = self.junk.saturating_add(1);
+        if self.junk > self.policy.cfg.smtpd.junk_command_limit
+            && !matches!(self.state, State::Closed)
+        {
+            self.count_error();
+        }
+    }
+
+    /// One more client error; ends the session with 421 at `smtpd.max_errors`.
+    fn count_error(&mut self) {
+        self.errors += 1;
+        if self.errors >= self.policy.cfg.smtpd.max_errors {
+            log::info!(
+                "too many errors after {} from {}",
+                self.last_verb,
+                self.client.display()
+            );
+            let host = &self.policy.cfg.server.hostname;
+            self.push(Reply::new(
+                421,
+                (4, 7, 0),
+                format!("{host} Error: too many errors"),
+            ));
+            self.close();
         }
     }
 

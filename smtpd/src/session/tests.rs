@@ -184,6 +184,69 @@ fn too_many_recipients_and_errors() {
     assert_eq!(c, vec![220, 500, 500, 500, 421]);
 }
 
+/// Regression: `MAIL FROM:<a>` ended by a bare LF got 250, although a bare LF in
+/// DATA is refused; a line end we accept and the next hop does not is how commands
+/// are smuggled. Refused with `500 5.5.2` unless `smtpd.bare_newline = "normalize"`.
+#[test]
+fn bare_lf_does_not_end_a_command() {
+    let p = policy("");
+    let mut s = session(&p, UNTRUSTED);
+    let (c, _, _) = drive(
+        &mut s,
+        b"EHLO x\r\nMAIL FROM:<a@b.example>\nRCPT TO:<alice@local.test>\r\n",
+        &QueueOutcome::Committed,
+    );
+    assert_eq!(c, vec![220, 250, 500, 503]);
+    let p = policy("[smtpd]\nbare_newline = \"normalize\"\n");
+    let c = codes(&p, UNTRUSTED, "EHLO x\nMAIL FROM:<a@b.example>\n");
+    assert_eq!(c, vec![220, 250, 250]);
+}
+
+/// Regression: NOOP and RSET were free, so a client could keep a worker busy forever.
+/// Past `smtpd.junk_command_limit` each counts as an error (Postfix's junk commands);
+/// an accepted message resets the count.
+#[test]
+fn a_flood_of_junk_commands_ends_the_session() {
+    let p = policy("");
+    let flood = "NOOP\r\nRSET\r\n".repeat(100);
+    let mut s = session(&p, UNTRUSTED);
+    let (c, _, closed) = drive(&mut s, flood.as_bytes(), &QueueOutcome::Committed);
+    // 100 free, then 10 more counted as errors (smtpd.max_errors = 10), then 421.
+    assert_eq!(c.len(), 1 + 110 + 1, "{c:?}");
+    assert!(c[1..111].iter().all(|&x| x == 250));
+    assert_eq!(c.last(), Some(&421));
+    assert!(closed);
+    let message = "MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@local.test>\r\nDATA\r\nx\r\n.\r\n";
+    let input = format!(
+        "EHLO x\r\n{}{message}{}QUIT\r\n",
+        "NOOP\r\n".repeat(100),
+        "NOOP\r\n".repeat(100)
+    );
+    let c = codes(&p, UNTRUSTED, &input);
+    assert!(!c.contains(&421), "{c:?}");
+    assert_eq!(c.last(), Some(&221));
+}
+
+/// Pipelined commands cost work linear in the input: one 64 KiB read of RCPTs moves
+/// and scans each octet a bounded number of times (octets counted, not time).
+#[test]
+fn pipelined_input_costs_linear_work() {
+    let p = policy("[smtpd]\nmax_recipients = 100000\n");
+    let mut s = session(&p, UNTRUSTED);
+    let mut input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\n".to_vec();
+    while input.len() < 64 * 1024 - 40 {
+        input.extend_from_slice(b"RCPT TO:<alice@local.test>\r\n");
+    }
+    let (c, _, _) = drive(&mut s, &input, &QueueOutcome::Committed);
+    assert!(c[3..].iter().all(|&x| x == 250));
+    assert!(
+        s.input.work() <= 2 * input.len() as u64,
+        "{} octets of work for {}",
+        s.input.work(),
+        input.len()
+    );
+}
+
 #[test]
 fn pipelined_batch_answers_in_order() {
     let p = policy("");
