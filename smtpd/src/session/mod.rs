@@ -16,7 +16,8 @@ mod commands;
 pub mod policy;
 pub mod txn;
 
-use crate::data::{count_received, DataError, DataLimits, DataReceiver};
+use crate::bdat::BdatReceiver;
+use crate::data::{count_received, DataLimits, DataReceiver};
 use crate::parser::{self, Input, Line, LineSplitter, MAX_COMMAND_LINE};
 use crate::reply::{Enhanced, Reply};
 pub use policy::Policy;
@@ -98,13 +99,9 @@ struct Chunk {
 /// Where a chunk's octets go.
 #[derive(Debug)]
 enum ChunkTarget {
-    /// Into the message; after an error the octets are dropped and the error is
-    /// answered at the LAST chunk.
-    Collect {
-        txn: Txn,
-        body: Vec<u8>,
-        error: Option<DataError>,
-    },
+    /// Into the message, checked as DATA is; after an error the octets are dropped
+    /// and the error is answered at the LAST chunk.
+    Collect { txn: Txn, rx: BdatReceiver },
     /// Nowhere: the BDAT was refused, but its octets are still read (RFC 3030 §2).
     Refused(Reply),
 }
@@ -120,7 +117,7 @@ enum State {
     /// After at least one accepted RCPT.
     Rcpt(Txn),
     /// After a non-LAST BDAT chunk: only BDAT, RSET, NOOP, QUIT are useful.
-    Chunking(Txn, Vec<u8>, Option<DataError>),
+    Chunking(Txn, BdatReceiver),
     /// Reading DATA octets.
     Data(Txn, DataReceiver),
     /// Reading a BDAT chunk's octets.
@@ -397,15 +394,8 @@ impl<'a> Session<'a> {
             self.state = State::Bdat(chunk);
             return false;
         }
-        let max = self.policy.cfg.smtpd.max_message_size;
-        if let ChunkTarget::Collect { body, error, .. } = &mut chunk.target {
-            if error.is_none() && (body.len() + take) as u64 > max {
-                *error = Some(DataError::TooBig);
-                *body = Vec::new();
-            }
-            if error.is_none() {
-                body.extend_from_slice(&self.input.bytes()[..take]);
-            }
+        if let ChunkTarget::Collect { rx, .. } = &mut chunk.target {
+            rx.feed(&self.input.bytes()[..take]);
         }
         self.input.consume(take);
         chunk.remaining -= take as u64;
@@ -418,32 +408,31 @@ impl<'a> Session<'a> {
     }
 
     fn end_of_chunk(&mut self, chunk: Chunk) {
-        let (txn, body, error) = match chunk.target {
+        let (txn, rx) = match chunk.target {
             ChunkTarget::Refused(r) => {
                 self.counters.count("bdat", false);
                 self.state = State::Ready;
                 return self.answer(r);
             }
-            ChunkTarget::Collect { txn, body, error } => (txn, body, error),
+            ChunkTarget::Collect { txn, rx } => (txn, rx),
         };
         if !chunk.last {
             self.counters.count("bdat", true);
             let n = chunk.size;
-            self.state = State::Chunking(txn, body, error);
+            self.state = State::Chunking(txn, rx);
             return self.push(Reply::new(
                 250,
                 (2, 0, 0),
                 format!("Ok: {n} octets received"),
             ));
         }
-        let error = error.or_else(|| body.contains(&0).then_some(DataError::Nul));
-        match error {
-            Some(e) => {
+        let limits = *rx.limits();
+        match rx.finish() {
+            Ok(body) => self.end_of_message(txn, body, "bdat"),
+            Err(e) => {
                 self.counters.count("bdat", false);
-                let r = e.reply(&self.data_limits());
-                self.reject_message(&txn, r);
+                self.reject_message(&txn, e.reply(&limits));
             }
-            None => self.end_of_message(txn, body, "bdat"),
         }
     }
 

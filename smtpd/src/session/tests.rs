@@ -313,6 +313,47 @@ fn bdat_chunks() {
     assert_eq!(c, vec![220, 250, 250, 250, 250, 503, 250]);
 }
 
+/// Sends `chunks` as BDAT chunks (the last one LAST) in one transaction; returns the
+/// final reply's code and the committed message.
+fn bdat_message(p: &Policy, chunks: &[&[u8]]) -> (u16, Option<Vec<u8>>) {
+    let mut s = session(p, UNTRUSTED);
+    let mut input = b"EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<alice@local.test>\r\n".to_vec();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+        input.extend_from_slice(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes());
+        input.extend_from_slice(chunk);
+    }
+    let (c, jobs, _) = drive(&mut s, &input, &QueueOutcome::Committed);
+    assert_eq!(c.len(), 4 + chunks.len(), "{c:?}");
+    let body = jobs
+        .into_iter()
+        .next()
+        .map(|j| j.message[j.trace_len..].to_vec());
+    (*c.last().unwrap(), body)
+}
+
+/// Regression: BDAT skipped the bare CR/LF, NUL and line-length checks DATA applies.
+/// They hold across chunk boundaries: a CRLF split over two chunks is one line end,
+/// a line split over chunks is measured whole.
+#[test]
+fn bdat_gets_the_checks_data_gets() {
+    let p = policy("");
+    assert_eq!(bdat_message(&p, &[b"a\nb\r\n"]).0, 554);
+    assert_eq!(bdat_message(&p, &[b"a\rb\r\n"]).0, 554);
+    assert_eq!(bdat_message(&p, &[b"a\0b\r\n"]).0, 554);
+    assert_eq!(bdat_message(&p, &[b"a\r\n", b"b\r"]).0, 554);
+    let (code, body) = bdat_message(&p, &[b"Subject: x\r", b"\n\r\nbody\r\n"]);
+    assert_eq!(code, 250);
+    assert_eq!(body.unwrap(), b"Subject: x\r\n\r\nbody\r\n");
+    let half = vec![b'x'; 500];
+    assert_eq!(bdat_message(&p, &[&half, &half, b"\r\n"]).0, 554);
+    assert_eq!(bdat_message(&p, &[&half, &half[2..], b"\r\n"]).0, 250);
+    let p = policy("[smtpd]\nbare_newline = \"normalize\"\n");
+    let (code, body) = bdat_message(&p, &[b"a\nb\r", b"c\r\n"]);
+    assert_eq!(code, 250);
+    assert_eq!(body.unwrap(), b"a\r\nb\r\nc\r\n");
+}
+
 #[test]
 fn smtputf8_and_size() {
     let p = policy("[smtpd]\nmax_message_size = \"2K\"\n");
