@@ -146,8 +146,11 @@ fn flush(conn: &mut Conn, out: &mut Vec<u8>, policy: &Policy, watchdog: &Watchdo
     if out.is_empty() {
         return true;
     }
-    watchdog.arm("write", Instant::now() + policy.cfg.smtpd.command_timeout);
-    let ok = conn.write_all(out).is_ok();
+    // One deadline for the whole write: the socket layer gives up at it, before the
+    // watchdog (armed with the same deadline, plus its grace) would end the worker.
+    let deadline = Instant::now() + policy.cfg.smtpd.command_timeout;
+    watchdog.arm("write", deadline);
+    let ok = conn.write_all_before(out, deadline).is_ok();
     out.clear();
     ok
 }
