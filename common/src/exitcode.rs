@@ -44,6 +44,12 @@ pub fn queue_verdict(code: i32) -> QueueVerdict {
     }
 }
 
+/// `sloop-smtpd`: the worker was ended by its watchdog (a session blocked past its
+/// deadline plus `smtpd.watchdog_grace`). One stuck session, not a broken program:
+/// `sloopd` replaces the worker at once and does not count it toward restart backoff.
+/// (The value is EX_TEMPFAIL's; no other path of the smtpd exits with it.)
+pub const SMTPD_WATCHDOG: i32 = 75;
+
 /// sysexits(3).
 pub const EX_OK: i32 = 0;
 pub const EX_USAGE: i32 = 64;

@@ -7,7 +7,10 @@
 //! never leaks a slot. The last session of a client removes its file (it can take a
 //! lock on the whole file only when no other process holds a slot); a worker that
 //! locked a file just removed checks the inode and starts over, so the files do not
-//! pile up and the limit still holds. Errors (run directory missing, unwritable) are returned to the
+//! pile up and the limit still holds. The session releases its slot as soon as it is
+//! over for the client (EOF, or the session closing, before the last reply goes out),
+//! so a client that reconnects on reading `221` is not counted twice. Clients in
+//! `relay.networks` take no slot (`worker.rs`). Errors (run directory missing, unwritable) are returned to the
 //! caller, which answers with a temporary failure: a failing check narrows access,
 //! never widens it (SEED.md G5).
 

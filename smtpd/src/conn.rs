@@ -6,9 +6,10 @@
 //! with the time left), so a silent client costs at most its phase's budget. On a TCP
 //! socket the wait is the blocking `read(2)` itself under `SO_RCVTIMEO` (set again
 //! only when the deadline moves, so one system call per read); on anything else it is
-//! a `poll(2)` before the read. Writes use `SO_SNDTIMEO`
-//! so a client that stops reading cannot block the worker forever; the watchdog
-//! (`watchdog.rs`) backs both up. [`Conn::has_early_input`] tells the connect phase
+//! a `poll(2)` before the read. A write has one deadline for all of it
+//! ([`Conn::write_all_before`]), with `SO_SNDTIMEO` budgeted against the time left, so
+//! a client that stops reading, or reads a trickle, cannot hold the worker past it; the
+//! watchdog (`watchdog.rs`) backs both up. [`Conn::has_early_input`] tells the connect phase
 //! whether the client spoke before the greeting.
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -31,6 +32,9 @@ pub enum ReadOutcome {
 /// A client connection: where replies are written and where commands are read.
 #[derive(Debug)]
 pub struct Conn {
+    /// The client's `smtpd.max_per_client` slot, released as soon as the session is
+    /// over for the client (see [`Conn::release_slot`]).
+    slot: Option<crate::client_limit::Slot>,
     rd: File,
     /// Where replies go when not to `rd` itself (stdout in `--inetd` mode); a TCP
     /// connection reads and writes the one socket.
@@ -38,18 +42,26 @@ pub struct Conn {
     /// On a socket, the `SO_RCVTIMEO` now set (`Some(ZERO)` until the first read);
     /// `None` when `rd` is not a socket and reads wait with `poll(2)`.
     rcv_timeout: Option<Duration>,
+    /// On a socket, the `SO_SNDTIMEO` now set; `None` on pipes (`--inetd` tests).
+    snd_timeout: Option<Duration>,
+    /// The budget of a write without a deadline of its own ([`Conn::write_all`]).
+    send_timeout: Duration,
 }
 
 impl Conn {
     /// An accepted TCP connection; writes time out after `send_timeout`.
     pub fn new(stream: TcpStream, send_timeout: Duration) -> io::Result<Conn> {
+        let send_timeout = send_timeout.max(Duration::from_millis(100));
         stream.set_nonblocking(false)?;
-        stream.set_write_timeout(Some(send_timeout.max(Duration::from_millis(100))))?;
+        stream.set_write_timeout(Some(send_timeout))?;
         let _ = stream.set_nodelay(true);
         Ok(Conn {
+            slot: None,
             rd: File::from(OwnedFd::from(stream)),
             wr: None,
             rcv_timeout: Some(Duration::ZERO),
+            snd_timeout: Some(send_timeout),
+            send_timeout,
         })
     }
 
@@ -58,10 +70,26 @@ impl Conn {
         let rd = io::stdin().as_fd().try_clone_to_owned()?;
         let wr = io::stdout().as_fd().try_clone_to_owned()?;
         Ok(Conn {
+            slot: None,
             rd: File::from(rd),
             wr: Some(File::from(wr)),
             rcv_timeout: None,
+            snd_timeout: None,
+            send_timeout: Duration::from_secs(300),
         })
+    }
+
+    /// Holds the client's per-client slot for the life of the session.
+    pub fn hold_slot(&mut self, slot: crate::client_limit::Slot) {
+        self.slot = Some(slot);
+    }
+
+    /// Frees the per-client slot: called when the client closed its side or the
+    /// session is closing, before the last reply is written. A client that opens its
+    /// next session as soon as it reads `221` (or its own close) must not find this one
+    /// still counted while the worker logs and tidies up.
+    pub fn release_slot(&mut self) {
+        self.slot = None;
     }
 
     /// A duplicate of the write side, for the watchdog's last words.
@@ -111,11 +139,56 @@ impl Conn {
         }
     }
 
-    /// Writes all of `bytes` (bounded by the send timeout).
+    /// Writes all of `bytes` within the send timeout the connection was made with.
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut out = self.wr.as_ref().unwrap_or(&self.rd);
-        out.write_all(bytes)?;
-        out.flush()
+        self.write_all_before(bytes, Instant::now() + self.send_timeout)
+    }
+
+    /// Writes all of `bytes`, or fails with `TimedOut` once `deadline` has passed. On
+    /// a socket, `SO_SNDTIMEO` is budgeted against the time left, so a client that
+    /// reads a few octets now and then cannot stretch one write past its deadline (a
+    /// send timeout per `send(2)` restarts with every octet the client takes).
+    pub fn write_all_before(&mut self, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+        if self.snd_timeout.is_none() {
+            // A pipe (`--inetd`): plain blocking writes, backed by the watchdog.
+            let mut out = self.wr.as_ref().unwrap_or(&self.rd);
+            out.write_all(bytes)?;
+            return out.flush();
+        }
+        while !bytes.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "write deadline passed with replies unsent",
+                ));
+            }
+            self.set_send_timeout(left)?;
+            match (&self.rd).write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // SO_SNDTIMEO ran out: the loop checks the deadline.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets `SO_SNDTIMEO` to fit in `left`, unless the one set already fits closely.
+    fn set_send_timeout(&mut self, left: Duration) -> io::Result<()> {
+        let set = self.snd_timeout.unwrap_or_default();
+        if set.is_zero() || set > left || set + RCVTIMEO_SLACK < left {
+            let want = rcv_timeout_for(left);
+            let tv = TimeVal::new(
+                want.as_secs().try_into().unwrap_or(i64::MAX),
+                want.subsec_micros().into(),
+            );
+            setsockopt(&self.rd, sockopt::SendTimeout, &tv).map_err(io::Error::from)?;
+            self.snd_timeout = Some(want);
+        }
+        Ok(())
     }
 
     /// True when the client has already sent something (or closed).
@@ -143,11 +216,12 @@ impl Conn {
     }
 }
 
-/// How far the time left may exceed the `SO_RCVTIMEO` set before it is set again: each
-/// phase sets a fresh deadline per read, so in steady state the timeout is set once.
+/// How far the time left may exceed the `SO_RCVTIMEO` (or `SO_SNDTIMEO`) set before it
+/// is set again: each phase sets a fresh deadline per read, so in steady state the
+/// timeout is set once.
 const RCVTIMEO_SLACK: Duration = Duration::from_secs(1);
 
-/// The receive timeout for `left`: rounded down to 100 ms (so the next read's slightly
+/// The receive (or send) timeout for `left`: rounded down to 100 ms (so the next read's slightly
 /// smaller budget still fits it), never zero (which would mean no timeout at all).
 fn rcv_timeout_for(left: Duration) -> Duration {
     let tenths = left.as_millis() / 100;

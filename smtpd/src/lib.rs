@@ -8,7 +8,8 @@
 //! handed to a configured qmail-queue compatible program ([`queue_client`]). Modules:
 //!
 //! - [`reply`]: replies that cannot be malformed (SEED.md G7);
-//! - [`parser`], [`address`], [`data`]: command lines, paths, the DATA receiver;
+//! - [`parser`], [`address`], [`data`], [`bdat`]: command lines, paths, the DATA and
+//!   BDAT receivers;
 //! - [`session`]: the state machine, its transaction and recipient policy;
 //! - [`connect`]: the connect phase (access rules, early talkers, fault injection);
 //! - [`rdns`]: forward-confirmed reverse DNS within its own timeout;
@@ -20,6 +21,7 @@
 //! - [`worker`]: the accept loop and the status pipe.
 
 pub mod address;
+pub mod bdat;
 pub mod client_limit;
 pub mod conn;
 pub mod connect;

@@ -3,8 +3,9 @@
 //!
 //! **In-process (the default, `smtpd.queue_program` empty).** The worker calls
 //! `sloop_common::spool::inject::commit_streaming` itself, into
-//! `Spool::new(server.spool_dir)`, with the envelope, `smtpd.max_message_size` and the
-//! queue ID the session put in the `Received` header: no process start and no config
+//! `Spool::new(server.spool_dir)`, with the envelope, the queue ID the session put in
+//! the `Received` header and `smtpd.max_message_size` plus that header's length (the
+//! limit is the client's, already enforced by the session): no process start and no config
 //! parse per message. The commit fsyncs the queue file and `incoming/` before it
 //! returns, so the durability is that of `sloop-queue`. Failures map by
 //! `InjectError::is_permanent` (permanent: too large, unstorable envelope) or are
@@ -58,13 +59,10 @@ fn commit_in_process(cfg: &Config, job: QueueJob) -> QueueOutcome {
     }
     let from = job.envelope.sender_display();
     let nrcpt = job.envelope.recipients.len();
-    let committed = commit_bytes(
-        &spool,
-        &job.message,
-        job.envelope,
-        cfg.smtpd.max_message_size,
-        Some(&job.id),
-    );
+    // The session held the client to smtpd.max_message_size; our Received header
+    // comes on top of that.
+    let limit = cfg.smtpd.max_message_size + job.trace_len as u64;
+    let committed = commit_bytes(&spool, &job.message, job.envelope, limit, Some(&job.id));
     if committed.is_err() {
         forget_layout();
     }
@@ -218,6 +216,7 @@ mod tests {
             id,
             envelope,
             message: b"Subject: t\r\n\r\nbody\r\n".to_vec(),
+            trace_len: 0,
         }
     }
 

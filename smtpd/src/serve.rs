@@ -79,6 +79,9 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) {
                 session.queued(&id, outcome);
             }
             Step::Close => {
+                // The session is over for the client: it no longer counts against
+                // smtpd.max_per_client, even before the last reply is written.
+                conn.release_slot();
                 flush(conn, &mut out, policy, watchdog);
                 break;
             }
@@ -131,7 +134,10 @@ fn read_input(
             session.input(&buf[..n]);
         }
         Ok(ReadOutcome::Timeout) => session.timeout(),
-        Ok(ReadOutcome::Eof) | Err(_) => session.eof(),
+        Ok(ReadOutcome::Eof) | Err(_) => {
+            conn.release_slot();
+            session.eof();
+        }
     }
 }
 
@@ -140,8 +146,11 @@ fn flush(conn: &mut Conn, out: &mut Vec<u8>, policy: &Policy, watchdog: &Watchdo
     if out.is_empty() {
         return true;
     }
-    watchdog.arm("write", Instant::now() + policy.cfg.smtpd.command_timeout);
-    let ok = conn.write_all(out).is_ok();
+    // One deadline for the whole write: the socket layer gives up at it, before the
+    // watchdog (armed with the same deadline, plus its grace) would end the worker.
+    let deadline = Instant::now() + policy.cfg.smtpd.command_timeout;
+    watchdog.arm("write", deadline);
+    let ok = conn.write_all_before(out, deadline).is_ok();
     out.clear();
     ok
 }

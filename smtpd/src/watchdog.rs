@@ -20,8 +20,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Exit status of a worker ended by its watchdog.
-pub const EXIT_WATCHDOG: i32 = 75;
+/// Exit status of a worker ended by its watchdog; `sloopd` does not count it as a
+/// crash (`sloop_common::exitcode::SMTPD_WATCHDOG`).
+pub const EXIT_WATCHDOG: i32 = sloop_common::exitcode::SMTPD_WATCHDOG;
 
 #[derive(Debug, Default)]
 struct Armed {

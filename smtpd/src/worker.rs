@@ -138,15 +138,17 @@ impl Worker {
         };
         let run_dir = &self.policy.cfg.server.run_dir;
         // A limit at or above the pool's size can never refuse anyone: no bookkeeping.
-        let limited = s.max_per_client < s.max_processes;
+        // Clients in relay.networks are exempt (as Postfix exempts mynetworks from
+        // smtpd_client_connection_count_limit).
+        let limited = s.max_per_client < s.max_processes && !self.policy.may_relay(ip);
         let acquired = if limited {
             crate::client_limit::acquire(run_dir, ip, s.max_per_client)
         } else {
             Ok(None)
         };
-        let _slot = match acquired {
-            Ok(Some(slot)) => Some(slot),
-            Ok(None) if !limited => None,
+        match acquired {
+            Ok(Some(slot)) => conn.hold_slot(slot),
+            Ok(None) if !limited => {}
             Ok(None) => {
                 log::warn!(
                     "too many connections from [{ip}]: limit {} (smtpd.max_per_client)",
@@ -170,7 +172,7 @@ impl Worker {
                     Reply::new(421, (4, 3, 0), format!("{host} Error: temporary failure")),
                 );
             }
-        };
+        }
         serve(&self.policy, &mut conn, ip, &self.watchdog)
     }
 

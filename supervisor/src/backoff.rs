@@ -8,6 +8,9 @@
 //!   a worker retiring after `smtpd.max_use` sessions) or the exit of a child we asked
 //!   to stop (reload) is not a crash: the replacement starts at once and the crash
 //!   streak is forgotten.
+//! - An smtpd worker ended by its watchdog after it served (exit status
+//!   `exitcode::SMTPD_WATCHDOG`) lost one stuck session, typically to a slow client: it
+//!   is replaced at once and the streak is left as it was.
 //! - A crash (non-zero status, killed by a signal, or a clean exit before it ever
 //!   served) extends the streak, and the next start waits `restart_min * 2^(streak-1)`,
 //!   capped at `restart_max`. A child that died before it ever served waits at least
@@ -64,6 +67,9 @@ impl Policy {
 pub enum ExitClass {
     /// Exit status 0 after it served, or an exit we asked for.
     Expected,
+    /// An smtpd worker ended by its watchdog after serving: one stuck session. Replaced
+    /// at once; the crash streak neither grows nor resets.
+    Watchdog,
     /// Anything else.
     Crash { never_served: bool },
 }
@@ -109,6 +115,7 @@ impl Backoff {
                 self.streak = 0;
                 return Duration::ZERO;
             }
+            ExitClass::Watchdog => return Duration::ZERO,
             ExitClass::Crash { never_served } => never_served,
         };
         let base = if uptime >= policy.stable() {
@@ -225,6 +232,28 @@ mod tests {
         assert_eq!(b.streak(), 1);
         assert_eq!(b.on_exit(&p, ExitClass::Expected, 1, ms(1), now), ms(0));
         assert_eq!(b.streak(), 0);
+    }
+
+    #[test]
+    fn watchdog_exits_neither_delay_nor_count() {
+        let p = policy();
+        let mut b = Backoff::default();
+        let now = Instant::now();
+        for _ in 0..20 {
+            assert_eq!(b.on_exit(&p, ExitClass::Watchdog, 0, ms(5), now), ms(0));
+        }
+        assert_eq!(b.streak(), 0);
+        assert!(b.ready(now));
+        let crash = ExitClass::Crash {
+            never_served: false,
+        };
+        b.on_exit(&p, crash, 0, ms(5), now);
+        b.on_exit(&p, ExitClass::Watchdog, 1, ms(5), now);
+        assert_eq!(
+            b.streak(),
+            1,
+            "a watchdog exit does not hide a crash streak"
+        );
     }
 
     #[test]

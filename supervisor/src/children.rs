@@ -11,9 +11,11 @@
 //! What can go wrong: the program is missing or not executable (spawn fails; the
 //! caller backs off and retries); a signal to a process that is already gone (ignored).
 
+use crate::backoff::ExitClass;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
+use sloop_common::exitcode::SMTPD_WATCHDOG;
 use sloop_common::pool_proto::{ENV_LISTEN_FDS, ENV_STATUS_FD};
 use std::fmt;
 use std::os::unix::process::CommandExt;
@@ -159,6 +161,22 @@ impl fmt::Display for Exit {
     }
 }
 
+/// How an exit counts for the restart policy: an exit that answers our signal, or a
+/// clean exit after the child served, is expected; an smtpd worker that served and was
+/// ended by its watchdog (`exitcode::SMTPD_WATCHDOG`) lost one stuck session and is
+/// not a crash; anything else is.
+pub fn classify(kind: ChildKind, exit: Exit, asked: Option<Signal>, reported: bool) -> ExitClass {
+    if exit.answers(asked) || (exit.is_clean() && reported) {
+        ExitClass::Expected
+    } else if kind == ChildKind::Smtpd && reported && exit == Exit::Status(SMTPD_WATCHDOG) {
+        ExitClass::Watchdog
+    } else {
+        ExitClass::Crash {
+            never_served: !reported,
+        }
+    }
+}
+
 /// Collects every child that has ended, without blocking.
 pub fn reap() -> Vec<(Pid, Exit)> {
     let mut out = Vec::new();
@@ -211,6 +229,32 @@ mod tests {
         assert!(
             !Exit::Status(0).answers(None),
             "not asked: judged on its own"
+        );
+    }
+
+    /// Regression: a worker ended by its watchdog (a slow client) counted as a crash,
+    /// and enough of them pushed the whole pool into restart backoff.
+    #[test]
+    fn a_watchdog_exit_after_serving_is_not_a_crash() {
+        let wd = Exit::Status(SMTPD_WATCHDOG);
+        assert_eq!(
+            classify(ChildKind::Smtpd, wd, None, true),
+            ExitClass::Watchdog
+        );
+        // Before it ever served, or from another program, it is a crash as any other.
+        let early = ExitClass::Crash { never_served: true };
+        assert_eq!(classify(ChildKind::Smtpd, wd, None, false), early);
+        let crash = ExitClass::Crash {
+            never_served: false,
+        };
+        assert_eq!(classify(ChildKind::Qmgr, wd, None, true), crash);
+        assert_eq!(
+            classify(ChildKind::Smtpd, Exit::Status(1), None, true),
+            crash
+        );
+        assert_eq!(
+            classify(ChildKind::Smtpd, Exit::Status(0), None, true),
+            ExitClass::Expected
         );
     }
 

@@ -286,13 +286,7 @@ impl Supervisor {
         now: Instant,
     ) {
         let kind = run.kind;
-        let class = if exit.answers(run.asked) || (exit.is_clean() && reported) {
-            ExitClass::Expected
-        } else {
-            ExitClass::Crash {
-                never_served: !reported,
-            }
-        };
+        let class = crate::children::classify(kind, exit, run.asked, reported);
         let policy = self.policy;
         let delay = self
             .backoff_mut(kind)
@@ -302,6 +296,11 @@ impl Supervisor {
             log::info!("child {kind} pid={pid} {exit} (stopping, ran {ran})");
         } else if class == ExitClass::Expected {
             log::info!("child {kind} pid={pid} {exit} (ran {ran}); replacing it");
+        } else if class == ExitClass::Watchdog {
+            log::warn!(
+                "child {kind} pid={pid} {exit} (watchdog: a session overran its deadline; \
+                 ran {ran}); replacing it, not counted as a crash"
+            );
         } else {
             let early = if reported { "" } else { " before it served" };
             log::warn!(

@@ -187,3 +187,81 @@ fn slow_drip_client_is_cut_at_the_session_deadline() {
     assert!(c.closed());
     dripper.join().unwrap();
 }
+
+/// Regression: a client that reads its replies slowly kept the worker in `write_all`
+/// past the command deadline (the send timeout applied to each `send`, not to the
+/// write), until the watchdog ended the worker, which the supervisor counted as a
+/// crash. One deadline now bounds the whole write: the session ends at it, the worker
+/// goes on serving, and the watchdog never fires.
+#[test]
+fn slow_reader_is_cut_at_the_write_deadline_not_by_the_watchdog() {
+    use nix::sys::socket::{setsockopt, sockopt};
+    use std::io::Read;
+    let server = Server::start(
+        "smtpd-slow-reader",
+        &[
+            ("smtpd.command_timeout", "\"1s\""),
+            ("smtpd.watchdog_grace", "\"1s\""),
+        ],
+        &[],
+    );
+    // A small receive window, so the replies pile up in the server's send buffer.
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Stream,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    setsockopt(&sock, sockopt::RcvBuf, &4096).unwrap();
+    let dst: std::net::SocketAddrV4 = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    nix::sys::socket::connect(
+        std::os::fd::AsRawFd::as_raw_fd(&sock),
+        &nix::sys::socket::SockaddrIn::from(dst),
+    )
+    .unwrap();
+    let mut s = std::net::TcpStream::from(sock);
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut greeting = Vec::new();
+    let mut byte = [0u8; 1];
+    while !greeting.ends_with(b"\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1);
+        greeting.push(byte[0]);
+    }
+    assert!(greeting.starts_with(b"220 "));
+    // 48,000 pipelined EHLOs: about 6 MB of replies, more than the server's send
+    // buffer can take (tcp_wmem allows it up to 4 MB), written while we read slowly.
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&b"EHLO x\r\n".repeat(48_000));
+    });
+    // Read a little at a time for 4 s (past deadline + grace), then drain to EOF.
+    let slow_until = Instant::now() + Duration::from_secs(4);
+    let mut buf = [0u8; 8192];
+    let mut total = 0usize;
+    loop {
+        let slow = Instant::now() < slow_until;
+        let n = match s.read(&mut buf[..if slow { 256 } else { 8192 }]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        total += n;
+        if slow {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    writer.join().unwrap();
+    assert!(total < 6_000_000, "all replies were written: {total}");
+    assert!(
+        server.wait_log("lost connection after EHLO", Duration::from_secs(10)),
+        "{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(!log.contains("watchdog fired"), "{log}");
+    assert!(!log.contains("status=75"), "{log}");
+    // The pool still serves.
+    let mut c = Smtp::connect(server.port);
+    assert_eq!(c.code(), 220);
+    assert_eq!(c.cmd("QUIT"), 221);
+}

@@ -1,6 +1,7 @@
 //! Dialogue tests through `sloop-smtpd --inetd` (one session on stdin/stdout, no
 //! sloopd): scripts of client lines and the reply codes expected, plus the early-talker
-//! refusal, which a file on stdin makes deterministic.
+//! refusal, which a file on stdin makes deterministic; and the worker's start-up
+//! checks of the descriptors it is told to adopt.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use sloop_tests::{bin, free_port, TestDir};
@@ -130,4 +131,62 @@ fn early_talker_is_refused() {
     assert!(text.starts_with("554 5.5.1 "), "{text}");
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("early talker"), "{log}");
+}
+
+/// Starts `sloop-smtpd` as sloopd would, with a listening socket and a pipe inherited
+/// and `env` built from their numbers (`{L}`, `{P}`); returns its exit code (`None`
+/// when it was still running after 5 s) and its stderr.
+fn start_with_fds(cfg: &Path, listen: &str, status: &str) -> (Option<i32>, String) {
+    const SCRIPT: &str = r#"
+import os, socket, subprocess, sys
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+r, w = os.pipe()
+fds = {"L": str(s.fileno()), "P": str(w)}
+env = dict(os.environ)
+env["SLOOP_LISTEN_FDS"] = sys.argv[3].format(**fds)
+if sys.argv[4]:
+    env["SLOOP_STATUS_FD"] = sys.argv[4].format(**fds)
+try:
+    p = subprocess.run([sys.argv[1], "-c", sys.argv[2]], env=env, pass_fds=[s.fileno(), w],
+                       capture_output=True, timeout=5)
+    print(p.returncode)
+    sys.stderr.write(p.stderr.decode())
+except subprocess.TimeoutExpired as e:
+    print("running")
+    sys.stderr.write((e.stderr or b"").decode())
+"#;
+    let smtpd = bin("sloop-smtpd");
+    let (code, out, err) = sloop_tests::python(
+        SCRIPT,
+        &[
+            smtpd.to_str().unwrap(),
+            cfg.to_str().unwrap(),
+            listen,
+            status,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    (out.trim().parse().ok(), err)
+}
+
+/// Regression: the descriptor numbers in SLOOP_LISTEN_FDS and SLOOP_STATUS_FD were
+/// adopted without a check that they are distinct or of the right kind: one descriptor
+/// named twice got two owners (and a double close), a pipe named as a listener was
+/// polled forever. The worker now refuses to start, naming the descriptor.
+#[test]
+fn inherited_descriptors_are_checked() {
+    let (_dir, cfg) = setup("smtpd-fds");
+    for (listen, status, want) in [
+        ("{L},{L}", "", "passed twice"),
+        ("{L}", "{L}", "passed twice"),
+        ("{P}", "", "not a listening socket"),
+        ("{L}", "{L}0", "not open"),
+        ("{L}", "2", "standard stream"),
+    ] {
+        let (code, err) = start_with_fds(&cfg, listen, status);
+        assert!(
+            code.is_some_and(|c| c != 0) && err.contains(want),
+            "{listen} / {status}: exit {code:?}, want {want:?}: {err}"
+        );
+    }
 }

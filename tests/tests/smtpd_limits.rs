@@ -1,7 +1,10 @@
 //! Capacity and per-client limits end to end: 500 concurrent connections are all
 //! greeted as the pool grows; 200 connections held open by one client are capped at
 //! `smtpd.max_per_client` (`421 4.7.0 Too many connections`) and a new client from
-//! another address is still served.
+//! another address is still served; at the packaged defaults (limit 50, clients in
+//! `relay.networks` exempt) a relay client's 50 parallel sessions, repeated back to
+//! back, are never refused, nor are an untrusted client's 50, since a session the
+//! client has ended no longer counts.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod smtpd_support;
@@ -41,7 +44,15 @@ fn five_hundred_concurrent_connections_are_greeted() {
 
 #[test]
 fn per_client_limit_keeps_other_clients_served() {
-    let server = Server::start("smtpd-per-client", &[("smtpd.max_per_client", "20")], &[]);
+    // 127.0.0.1 is made untrusted: clients in relay.networks are exempt.
+    let server = Server::start(
+        "smtpd-per-client",
+        &[
+            ("smtpd.max_per_client", "20"),
+            ("relay.networks", "[\"127.0.0.2/32\"]"),
+        ],
+        &[],
+    );
     // The start-up probe's session must have released its slot.
     assert!(server.wait_log("disconnect from", Duration::from_secs(5)));
     let mut held = Vec::new();
@@ -136,4 +147,86 @@ fn busy_pool_queues_connections_in_the_backlog() {
     assert_eq!(held[0].cmd("QUIT"), 221);
     assert_eq!(waiting.code(), 220);
     assert_eq!(waiting.cmd("QUIT"), 221);
+}
+
+/// Runs `rounds` sessions back to back on each of `parallel` threads, each connecting
+/// from `source`; returns the refusals seen at the banner.
+fn back_to_back(port: u16, source: &'static str, parallel: usize, rounds: usize) -> Vec<String> {
+    let threads: Vec<_> = (0..parallel)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut refused = Vec::new();
+                for _ in 0..rounds {
+                    let mut c = smtp_from(source, port);
+                    let r = c.reply();
+                    if !r[0].starts_with("220 ") {
+                        refused.push(r[0].clone());
+                        continue;
+                    }
+                    assert_eq!(c.cmd("EHLO client.test"), 250);
+                    assert_eq!(c.cmd("QUIT"), 221);
+                }
+                refused
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
+fn smtp_from(source: &str, port: u16) -> Smtp {
+    let s = socket_from(source, port);
+    Smtp {
+        reader: std::io::BufReader::new(s.try_clone().unwrap()),
+        stream: s,
+    }
+}
+
+/// The packaged defaults (`smtpd.max_per_client = 50`, `smtpd.max_processes = 100`):
+/// a relay client (127.0.0.1, in `relay.networks`) with 50 parallel sessions, repeated
+/// back to back, is never refused; neither is an untrusted client (127.0.0.2) at its
+/// limit, because a session its client ended frees its slot before the `221`; one
+/// session over the limit gets `421 4.7.0`, and the relay client may exceed it.
+#[test]
+fn fifty_parallel_sessions_back_to_back_are_never_refused() {
+    let server = Server::start(
+        "smtpd-fifty",
+        &[
+            ("smtpd.max_processes", "100"),
+            ("smtpd.min_idle", "4"),
+            ("relay.networks", "[\"127.0.0.1/32\"]"),
+        ],
+        &[],
+    );
+    let refused = back_to_back(server.port, "127.0.0.1", 50, 6);
+    assert!(refused.is_empty(), "relay client refused: {refused:?}");
+    let refused = back_to_back(server.port, "127.0.0.2", 50, 6);
+    assert!(refused.is_empty(), "untrusted client refused: {refused:?}");
+
+    // The relay client is exempt: 60 concurrent sessions are all greeted.
+    let mut relay: Vec<Smtp> = (0..60)
+        .map(|_| smtp_from("127.0.0.1", server.port))
+        .collect();
+    for c in &mut relay {
+        assert_eq!(c.code(), 220);
+    }
+    for c in &mut relay {
+        assert_eq!(c.cmd("QUIT"), 221);
+    }
+    // Over the limit: the untrusted client's 51st concurrent session is refused.
+    let mut held: Vec<Smtp> = (0..50)
+        .map(|_| smtp_from("127.0.0.2", server.port))
+        .collect();
+    for c in &mut held {
+        assert_eq!(c.code(), 220);
+    }
+    let mut over = smtp_from("127.0.0.2", server.port);
+    let r = over.reply();
+    assert!(r[0].starts_with("421 4.7.0 "), "{r:?}");
+    assert!(over.closed());
+    for c in &mut held {
+        assert_eq!(c.cmd("QUIT"), 221);
+    }
 }

@@ -184,3 +184,42 @@ fn bdat_and_pipelined_batches() {
     assert_eq!(env.envid.as_deref(), Some("e1"));
     assert_eq!(env.ret, Some(sloop_common::spool::Ret::Hdrs));
 }
+
+/// Regression: a message within a few hundred octets of `smtpd.max_message_size`,
+/// accepted by SIZE and by the DATA receiver, was refused after the upload because
+/// the limit at commit counted Sloop's own `Received` header. The limit applies to the
+/// client's octets, in the in-process commit and through `sloop-queue` alike.
+#[test]
+fn a_message_of_exactly_the_size_limit_is_accepted() {
+    for (name, queue_program) in [("size-inproc", Some("\"\"")), ("size-queue", None)] {
+        let mut overrides = vec![("smtpd.max_message_size", "\"4K\"")];
+        if let Some(q) = queue_program {
+            overrides.push(("smtpd.queue_program", q));
+        }
+        let server = Server::start(name, &overrides, &[]);
+        // 64 lines of 62 octets + CRLF: exactly 4096 octets, the limit.
+        let line = format!("{}\r\n", "x".repeat(62));
+        let body = line.repeat(64);
+        assert_eq!(body.len(), 4096);
+        let mut c = Smtp::connect(server.port);
+        assert_eq!(c.code(), 220);
+        assert_eq!(c.cmd("EHLO client.test"), 250);
+        for (extra, want) in [("", 250u16), ("y\r\n", 552)] {
+            let size = body.len() + extra.len();
+            assert_eq!(
+                c.cmd(&format!("MAIL FROM:<a@b.example> SIZE={}", body.len())),
+                250
+            );
+            assert_eq!(c.cmd("RCPT TO:<u@localhost.test>"), 250);
+            assert_eq!(c.cmd("DATA"), 354);
+            c.send_raw(format!("{body}{extra}.\r\n").as_bytes());
+            let r = c.reply();
+            assert!(
+                r[0].starts_with(&want.to_string()),
+                "{name}: {size} octets: {r:?}\n{}",
+                server.log()
+            );
+        }
+        assert_eq!(c.cmd("QUIT"), 221);
+    }
+}

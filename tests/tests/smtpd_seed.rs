@@ -140,9 +140,18 @@ fn injected_hang_gives_421_before_deadline_plus_grace() {
     let reply = c.reply();
     let elapsed = start.elapsed();
     assert!(reply[0].starts_with("421 4.4.2 "), "{reply:?}");
+    // Deadline (1 s) plus grace (500 ms); the upper bound is a margin for a loaded
+    // machine, not a measurement.
     assert!(elapsed >= Duration::from_millis(1400), "{elapsed:?}");
-    assert!(elapsed < Duration::from_millis(2500), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert!(server.wait_log("watchdog fired: phase connect", Duration::from_secs(5)));
+    // One stuck session is not a crash: the worker is replaced at once, no backoff.
+    assert!(
+        server.wait_log("not counted as a crash", Duration::from_secs(5)),
+        "{}",
+        server.log()
+    );
+    assert!(!server.log().contains("in a row"), "{}", server.log());
 }
 
 /// Pid of the worker that logged `<ID>: client=` for the only session so far.

@@ -203,6 +203,7 @@ impl Config {
             max_recipients: r.int("smtpd.max_recipients") as usize,
             max_line_length: r.int("smtpd.max_line_length") as usize,
             max_errors: r.int("smtpd.max_errors") as u32,
+            junk_command_limit: r.int("smtpd.junk_command_limit") as u32,
             max_received_headers: r.int("smtpd.max_received_headers") as usize,
             bare_newline: if r.string("smtpd.bare_newline") == "normalize" {
                 BareNewline::Normalize

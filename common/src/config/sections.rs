@@ -33,6 +33,7 @@ pub struct SmtpdConfig {
     pub max_recipients: usize,
     pub max_line_length: usize,
     pub max_errors: u32,
+    pub junk_command_limit: u32,
     pub max_received_headers: usize,
     pub bare_newline: BareNewline,
     pub min_idle: usize,

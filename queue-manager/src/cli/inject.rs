@@ -18,6 +18,12 @@ use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
+/// Octets over `smtpd.max_message_size` allowed for the trace headers the feeding
+/// program put on top of its client's message (the smtpd's `Received` is under 2 KiB):
+/// the smtpd has already held its client to the limit, and a message at the limit must
+/// not be refused after the upload for the header we added.
+pub const TRACE_ALLOWANCE: u64 = 4096;
+
 /// Environment variable naming the queue ID to use.
 pub const QUEUE_ID_ENV: &str = "SLOOP_QUEUE_ID";
 
@@ -49,7 +55,7 @@ pub fn run(args: &[String]) -> Result<String, ToolError> {
         &spool,
         &mut message,
         envelope_fn,
-        cfg.smtpd.max_message_size,
+        cfg.smtpd.max_message_size + TRACE_ALLOWANCE,
         preset.as_deref(),
     )
     .map_err(|e| inject_error(&e))?;

@@ -11,6 +11,7 @@
 use sloop_common::exitcode::{EX_CONFIG, EX_OSERR, EX_USAGE};
 use sloop_common::pool_proto::{listen_fds_from_env, status_fd_from_env};
 use sloop_smtpd::conn::Conn;
+use sloop_smtpd::fds::{Adopter, Kind};
 use sloop_smtpd::session::Policy;
 use sloop_smtpd::watchdog::Watchdog;
 use sloop_smtpd::worker::{StopFlags, Worker};
@@ -95,10 +96,12 @@ fn start(policy: Policy) -> Result<(), (i32, String)> {
             "no listening sockets (SLOOP_LISTEN_FDS): sloop-smtpd is started by sloopd".into(),
         ));
     }
+    let mut adopter = Adopter::default();
     let mut listeners = Vec::new();
     for fd in fds {
-        let owned = sloop_smtpd::fds::adopt(fd)
-            .map_err(|e| (EX_OSERR, format!("listening socket: {e}")))?;
+        let owned = adopter
+            .adopt(fd, Kind::Listener)
+            .map_err(|e| (EX_OSERR, e.to_string()))?;
         let l = TcpListener::from(owned);
         l.set_nonblocking(true)
             .map_err(|e| (EX_OSERR, format!("listening socket {fd}: {e}")))?;
@@ -106,7 +109,9 @@ fn start(policy: Policy) -> Result<(), (i32, String)> {
     }
     let status = match status_fd_from_env() {
         Some(fd) => Some(std::fs::File::from(
-            sloop_smtpd::fds::adopt(fd).map_err(|e| (EX_OSERR, format!("status pipe: {e}")))?,
+            adopter
+                .adopt(fd, Kind::StatusPipe)
+                .map_err(|e| (EX_OSERR, e.to_string()))?,
         )),
         None => None,
     };

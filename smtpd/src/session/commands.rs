@@ -6,6 +6,7 @@
 use super::txn::{mail_params, rcpt_params, Txn};
 use super::{Chunk, ChunkTarget, Helo, Session, State};
 use crate::address::{parse_path, AddrError, PathArg};
+use crate::bdat::BdatReceiver;
 use crate::data::DataReceiver;
 use crate::parser::Command;
 use crate::reply::Reply;
@@ -27,6 +28,7 @@ impl Session<'_> {
                 return self.answer(bad_sequence("BDAT chunks must continue with BDAT"));
             }
         }
+        let junk = matches!(cmd, Command::Noop | Command::Rset | Command::Vrfy(_));
         let reply = match cmd {
             Command::Helo(name) => Some(self.helo(name, false)),
             Command::Ehlo(name) => Some(self.helo(name, true)),
@@ -44,6 +46,9 @@ impl Session<'_> {
         if let Some(r) = reply {
             self.counters.count(verb, !r.is_error());
             self.answer(r);
+        }
+        if junk {
+            self.junk_command();
         }
     }
 
@@ -210,10 +215,9 @@ impl Session<'_> {
         let target = match std::mem::replace(&mut self.state, State::Ready) {
             State::Rcpt(txn) => ChunkTarget::Collect {
                 txn,
-                body: Vec::new(),
-                error: None,
+                rx: BdatReceiver::new(self.data_limits()),
             },
-            State::Chunking(txn, body, error) => ChunkTarget::Collect { txn, body, error },
+            State::Chunking(txn, rx) => ChunkTarget::Collect { txn, rx },
             State::Mail(_) => {
                 ChunkTarget::Refused(Reply::new(554, (5, 5, 1), "Error: no valid recipients"))
             }

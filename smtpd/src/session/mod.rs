@@ -16,8 +16,9 @@ mod commands;
 pub mod policy;
 pub mod txn;
 
-use crate::data::{count_received, DataError, DataLimits, DataReceiver};
-use crate::parser::{self, Line, LineSplitter, MAX_COMMAND_LINE};
+use crate::bdat::BdatReceiver;
+use crate::data::{count_received, DataLimits, DataReceiver};
+use crate::parser::{self, Input, Line, LineSplitter, MAX_COMMAND_LINE};
 use crate::reply::{Enhanced, Reply};
 pub use policy::Policy;
 use std::collections::VecDeque;
@@ -98,13 +99,9 @@ struct Chunk {
 /// Where a chunk's octets go.
 #[derive(Debug)]
 enum ChunkTarget {
-    /// Into the message; after an error the octets are dropped and the error is
-    /// answered at the LAST chunk.
-    Collect {
-        txn: Txn,
-        body: Vec<u8>,
-        error: Option<DataError>,
-    },
+    /// Into the message, checked as DATA is; after an error the octets are dropped
+    /// and the error is answered at the LAST chunk.
+    Collect { txn: Txn, rx: BdatReceiver },
     /// Nowhere: the BDAT was refused, but its octets are still read (RFC 3030 §2).
     Refused(Reply),
 }
@@ -120,7 +117,7 @@ enum State {
     /// After at least one accepted RCPT.
     Rcpt(Txn),
     /// After a non-LAST BDAT chunk: only BDAT, RSET, NOOP, QUIT are useful.
-    Chunking(Txn, Vec<u8>, Option<DataError>),
+    Chunking(Txn, BdatReceiver),
     /// Reading DATA octets.
     Data(Txn, DataReceiver),
     /// Reading a BDAT chunk's octets.
@@ -173,12 +170,14 @@ fn fmt_count(v: &str, ok: u32, all: u32) -> String {
 pub struct Session<'a> {
     policy: &'a Policy,
     client: Client,
-    input: Vec<u8>,
+    input: Input,
     splitter: LineSplitter,
     out: VecDeque<Step>,
     state: State,
     helo: Option<Helo>,
     errors: u32,
+    /// NOOP, RSET and VRFY since the last accepted message (`smtpd.junk_command_limit`).
+    junk: u32,
     counters: Counters,
     /// The last command verb, for `lost connection after X` log lines.
     last_verb: &'static str,
@@ -200,12 +199,13 @@ impl<'a> Session<'a> {
         let mut s = Session {
             policy,
             client,
-            input: Vec::new(),
+            input: Input::default(),
             splitter: LineSplitter::default(),
             out: VecDeque::new(),
             state: State::Ready,
             helo: None,
             errors: 0,
+            junk: 0,
             counters: Counters::default(),
             last_verb: "CONNECT",
             now: unix_now,
@@ -229,7 +229,7 @@ impl<'a> Session<'a> {
 
     /// Appends octets read from the client.
     pub fn input(&mut self, bytes: &[u8]) {
-        self.input.extend_from_slice(bytes);
+        self.input.extend(bytes);
     }
 
     /// The next thing to do.
@@ -286,7 +286,10 @@ impl<'a> Session<'a> {
     /// The queue program's verdict for the job last returned by [`step`](Self::step).
     pub fn queued(&mut self, id: &str, outcome: QueueOutcome) {
         let reply = match outcome {
-            QueueOutcome::Committed => Reply::new(250, (2, 0, 0), format!("Ok: queued as {id}")),
+            QueueOutcome::Committed => {
+                self.junk = 0;
+                Reply::new(250, (2, 0, 0), format!("Ok: queued as {id}"))
+            }
             QueueOutcome::Permanent(why) => {
                 log::warn!("{id}: queueing refused the message: {why}");
                 Reply::new(554, (5, 3, 0), "Error: message refused by the queue")
@@ -342,8 +345,25 @@ impl<'a> Session<'a> {
                 let cmd = parser::parse(&bytes);
                 self.dispatch(cmd);
             }
+            Line::BareLf(bytes) if self.data_limits().normalize_bare_newlines => {
+                let cmd = parser::parse(&bytes);
+                self.dispatch(cmd);
+            }
+            Line::BareLf(_) => self.bare_lf_command(),
         }
         true
+    }
+
+    /// A command line ended in a bare LF: refused as bare LF in DATA is, unless
+    /// `smtpd.bare_newline = "normalize"`.
+    fn bare_lf_command(&mut self) {
+        self.last_verb = "UNKNOWN";
+        self.counters.count("unknown", false);
+        log::info!(
+            "reject: bare <LF> in a command from {}",
+            self.client.display()
+        );
+        self.answer(Reply::new(500, (5, 5, 2), "Error: bare <LF> received"));
     }
 
     fn advance_data(&mut self, txn: Txn, mut rx: DataReceiver) -> bool {
@@ -351,8 +371,8 @@ impl<'a> Session<'a> {
             self.state = State::Data(txn, rx);
             return false;
         }
-        let (used, done) = rx.feed(&self.input);
-        self.input.drain(..used);
+        let (used, done) = rx.feed(self.input.bytes());
+        self.input.consume(used);
         if !done {
             self.state = State::Data(txn, rx);
             return true;
@@ -374,17 +394,10 @@ impl<'a> Session<'a> {
             self.state = State::Bdat(chunk);
             return false;
         }
-        let max = self.policy.cfg.smtpd.max_message_size;
-        if let ChunkTarget::Collect { body, error, .. } = &mut chunk.target {
-            if error.is_none() && (body.len() + take) as u64 > max {
-                *error = Some(DataError::TooBig);
-                *body = Vec::new();
-            }
-            if error.is_none() {
-                body.extend_from_slice(&self.input[..take]);
-            }
+        if let ChunkTarget::Collect { rx, .. } = &mut chunk.target {
+            rx.feed(&self.input.bytes()[..take]);
         }
-        self.input.drain(..take);
+        self.input.consume(take);
         chunk.remaining -= take as u64;
         if chunk.remaining > 0 {
             self.state = State::Bdat(chunk);
@@ -395,32 +408,31 @@ impl<'a> Session<'a> {
     }
 
     fn end_of_chunk(&mut self, chunk: Chunk) {
-        let (txn, body, error) = match chunk.target {
+        let (txn, rx) = match chunk.target {
             ChunkTarget::Refused(r) => {
                 self.counters.count("bdat", false);
                 self.state = State::Ready;
                 return self.answer(r);
             }
-            ChunkTarget::Collect { txn, body, error } => (txn, body, error),
+            ChunkTarget::Collect { txn, rx } => (txn, rx),
         };
         if !chunk.last {
             self.counters.count("bdat", true);
             let n = chunk.size;
-            self.state = State::Chunking(txn, body, error);
+            self.state = State::Chunking(txn, rx);
             return self.push(Reply::new(
                 250,
                 (2, 0, 0),
                 format!("Ok: {n} octets received"),
             ));
         }
-        let error = error.or_else(|| body.contains(&0).then_some(DataError::Nul));
-        match error {
-            Some(e) => {
+        let limits = *rx.limits();
+        match rx.finish() {
+            Ok(body) => self.end_of_message(txn, body, "bdat"),
+            Err(e) => {
                 self.counters.count("bdat", false);
-                let r = e.reply(&self.data_limits());
-                self.reject_message(&txn, r);
+                self.reject_message(&txn, e.reply(&limits));
             }
-            None => self.end_of_message(txn, body, "bdat"),
         }
     }
 
@@ -498,21 +510,38 @@ impl<'a> Session<'a> {
             return;
         }
         if counts {
-            self.errors += 1;
-            if self.errors >= self.policy.cfg.smtpd.max_errors {
-                log::info!(
-                    "too many errors after {} from {}",
-                    self.last_verb,
-                    self.client.display()
-                );
-                let host = &self.policy.cfg.server.hostname;
-                self.push(Reply::new(
-                    421,
-                    (4, 7, 0),
-                    format!("{host} Error: too many errors"),
-                ));
-                self.close();
-            }
+            self.count_error();
+        }
+    }
+
+    /// A NOOP, RSET or VRFY was answered: past `smtpd.junk_command_limit` of them
+    /// since the last accepted message, each one counts as an error, so a flood of
+    /// them ends with `421` as a flood of bad commands does (Postfix's junk commands).
+    fn junk_command(&mut self) {
+        self.junk = self.junk.saturating_add(1);
+        if self.junk > self.policy.cfg.smtpd.junk_command_limit
+            && !matches!(self.state, State::Closed)
+        {
+            self.count_error();
+        }
+    }
+
+    /// One more client error; ends the session with 421 at `smtpd.max_errors`.
+    fn count_error(&mut self) {
+        self.errors += 1;
+        if self.errors >= self.policy.cfg.smtpd.max_errors {
+            log::info!(
+                "too many errors after {} from {}",
+                self.last_verb,
+                self.client.display()
+            );
+            let host = &self.policy.cfg.server.hostname;
+            self.push(Reply::new(
+                421,
+                (4, 7, 0),
+                format!("{host} Error: too many errors"),
+            ));
+            self.close();
         }
     }
 

@@ -184,6 +184,69 @@ fn too_many_recipients_and_errors() {
     assert_eq!(c, vec![220, 500, 500, 500, 421]);
 }
 
+/// Regression: `MAIL FROM:<a>` ended by a bare LF got 250, although a bare LF in
+/// DATA is refused; a line end we accept and the next hop does not is how commands
+/// are smuggled. Refused with `500 5.5.2` unless `smtpd.bare_newline = "normalize"`.
+#[test]
+fn bare_lf_does_not_end_a_command() {
+    let p = policy("");
+    let mut s = session(&p, UNTRUSTED);
+    let (c, _, _) = drive(
+        &mut s,
+        b"EHLO x\r\nMAIL FROM:<a@b.example>\nRCPT TO:<alice@local.test>\r\n",
+        &QueueOutcome::Committed,
+    );
+    assert_eq!(c, vec![220, 250, 500, 503]);
+    let p = policy("[smtpd]\nbare_newline = \"normalize\"\n");
+    let c = codes(&p, UNTRUSTED, "EHLO x\nMAIL FROM:<a@b.example>\n");
+    assert_eq!(c, vec![220, 250, 250]);
+}
+
+/// Regression: NOOP and RSET were free, so a client could keep a worker busy forever.
+/// Past `smtpd.junk_command_limit` each counts as an error (Postfix's junk commands);
+/// an accepted message resets the count.
+#[test]
+fn a_flood_of_junk_commands_ends_the_session() {
+    let p = policy("");
+    let flood = "NOOP\r\nRSET\r\n".repeat(100);
+    let mut s = session(&p, UNTRUSTED);
+    let (c, _, closed) = drive(&mut s, flood.as_bytes(), &QueueOutcome::Committed);
+    // 100 free, then 10 more counted as errors (smtpd.max_errors = 10), then 421.
+    assert_eq!(c.len(), 1 + 110 + 1, "{c:?}");
+    assert!(c[1..111].iter().all(|&x| x == 250));
+    assert_eq!(c.last(), Some(&421));
+    assert!(closed);
+    let message = "MAIL FROM:<a@b.example>\r\nRCPT TO:<alice@local.test>\r\nDATA\r\nx\r\n.\r\n";
+    let input = format!(
+        "EHLO x\r\n{}{message}{}QUIT\r\n",
+        "NOOP\r\n".repeat(100),
+        "NOOP\r\n".repeat(100)
+    );
+    let c = codes(&p, UNTRUSTED, &input);
+    assert!(!c.contains(&421), "{c:?}");
+    assert_eq!(c.last(), Some(&221));
+}
+
+/// Pipelined commands cost work linear in the input: one 64 KiB read of RCPTs moves
+/// and scans each octet a bounded number of times (octets counted, not time).
+#[test]
+fn pipelined_input_costs_linear_work() {
+    let p = policy("[smtpd]\nmax_recipients = 100000\n");
+    let mut s = session(&p, UNTRUSTED);
+    let mut input = b"EHLO x\r\nMAIL FROM:<a@b.example>\r\n".to_vec();
+    while input.len() < 64 * 1024 - 40 {
+        input.extend_from_slice(b"RCPT TO:<alice@local.test>\r\n");
+    }
+    let (c, _, _) = drive(&mut s, &input, &QueueOutcome::Committed);
+    assert!(c[3..].iter().all(|&x| x == 250));
+    assert!(
+        s.input.work() <= 2 * input.len() as u64,
+        "{} octets of work for {}",
+        s.input.work(),
+        input.len()
+    );
+}
+
 #[test]
 fn pipelined_batch_answers_in_order() {
     let p = policy("");
@@ -248,6 +311,47 @@ fn bdat_chunks() {
         "EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<bob@local.test>\r\nBDAT 1\r\nxDATA\r\nRSET\r\n",
     );
     assert_eq!(c, vec![220, 250, 250, 250, 250, 503, 250]);
+}
+
+/// Sends `chunks` as BDAT chunks (the last one LAST) in one transaction; returns the
+/// final reply's code and the committed message.
+fn bdat_message(p: &Policy, chunks: &[&[u8]]) -> (u16, Option<Vec<u8>>) {
+    let mut s = session(p, UNTRUSTED);
+    let mut input = b"EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<alice@local.test>\r\n".to_vec();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+        input.extend_from_slice(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes());
+        input.extend_from_slice(chunk);
+    }
+    let (c, jobs, _) = drive(&mut s, &input, &QueueOutcome::Committed);
+    assert_eq!(c.len(), 4 + chunks.len(), "{c:?}");
+    let body = jobs
+        .into_iter()
+        .next()
+        .map(|j| j.message[j.trace_len..].to_vec());
+    (*c.last().unwrap(), body)
+}
+
+/// Regression: BDAT skipped the bare CR/LF, NUL and line-length checks DATA applies.
+/// They hold across chunk boundaries: a CRLF split over two chunks is one line end,
+/// a line split over chunks is measured whole.
+#[test]
+fn bdat_gets_the_checks_data_gets() {
+    let p = policy("");
+    assert_eq!(bdat_message(&p, &[b"a\nb\r\n"]).0, 554);
+    assert_eq!(bdat_message(&p, &[b"a\rb\r\n"]).0, 554);
+    assert_eq!(bdat_message(&p, &[b"a\0b\r\n"]).0, 554);
+    assert_eq!(bdat_message(&p, &[b"a\r\n", b"b\r"]).0, 554);
+    let (code, body) = bdat_message(&p, &[b"Subject: x\r", b"\n\r\nbody\r\n"]);
+    assert_eq!(code, 250);
+    assert_eq!(body.unwrap(), b"Subject: x\r\n\r\nbody\r\n");
+    let half = vec![b'x'; 500];
+    assert_eq!(bdat_message(&p, &[&half, &half, b"\r\n"]).0, 554);
+    assert_eq!(bdat_message(&p, &[&half, &half[2..], b"\r\n"]).0, 250);
+    let p = policy("[smtpd]\nbare_newline = \"normalize\"\n");
+    let (code, body) = bdat_message(&p, &[b"a\nb\r", b"c\r\n"]);
+    assert_eq!(code, 250);
+    assert_eq!(body.unwrap(), b"a\r\nb\r\nc\r\n");
 }
 
 #[test]

@@ -36,6 +36,9 @@ pub struct QueueJob {
     pub envelope: Envelope,
     /// The message as committed: our `Received` header, then the client's octets.
     pub message: Vec<u8>,
+    /// Octets of our own `Received` header at the front of `message`: the size limit
+    /// applies to the client's octets only.
+    pub trace_len: usize,
 }
 
 /// Facts about the session that go into the Received header.
@@ -76,6 +79,7 @@ impl Txn {
             id: self.id,
             envelope,
             message,
+            trace_len: received.len(),
         }
     }
 
