@@ -11,12 +11,14 @@
 //! Relative paths in the file are taken relative to the file's own directory, so a
 //! checkout's `etc/dev.toml` works from any working directory.
 
+mod man;
 pub mod params;
 mod reader;
 mod render;
 mod sections;
 pub mod values;
 
+pub use man::render_man;
 pub use render::{render_docs, render_sample};
 pub use sections::*;
 pub use values::{AccessAction, AccessRule, HostPort};

@@ -4,10 +4,18 @@
 
 use super::params::{Kind, PARAMS, SECTIONS};
 
-/// Values the packaged config sets differently from the built-in defaults.
+/// Values the packaged config (the Debian package's /etc/sloop/sloop.toml) sets
+/// differently from the built-in defaults: safe on a fresh machine, like Debian's
+/// other MTAs in their "local only" setup (docs/packaging.md). An entry whose key is
+/// not declared in the table is not rendered.
 const PACKAGED: &[(&str, &str)] = &[
-    ("smtpd.listen", "[\"0.0.0.0:25\", \"[::]:25\"]"),
     ("server.user", "\"sloop\""),
+    ("server.drop_group", "\"sloopdrop\""),
+    ("server.bin_dir", "\"/usr/lib/sloop\""),
+    ("smtpd.listen", "[\"127.0.0.1:25\", \"[::1]:25\"]"),
+    ("local.system_users", "true"),
+    ("local.system_mailbox", "\"mbox\""),
+    ("log.target", "\"syslog\""),
 ];
 
 /// The packaged `etc/sloop.toml`: every key present, commented, with FHS paths.
@@ -72,7 +80,7 @@ pub fn render_docs() -> String {
     out
 }
 
-fn kind_name(kind: Kind) -> String {
+pub(super) fn kind_name(kind: Kind) -> String {
     match kind {
         Kind::Hostname => "host name".into(),
         Kind::Text { max } => format!("text (≤ {max} octets)"),

@@ -106,6 +106,8 @@ pub enum ConfigCmd {
     Sample,
     /// Print the configuration reference (docs/configuration.md).
     Docs,
+    /// Print the sloop.toml(5) man page (roff), as the package installs it.
+    Man,
 }
 
 /// Parses argv the clap way but with sysexits: usage errors exit 64, help exits 0.
@@ -153,6 +155,7 @@ fn run_config(cmd: &ConfigCmd, path: Option<&Path>, out: &mut impl Write) -> Res
     match cmd {
         ConfigCmd::Sample => write_out(out, &config::render_sample()),
         ConfigCmd::Docs => write_out(out, &config::render_docs()),
+        ConfigCmd::Man => write_out(out, &config::render_man(env!("CARGO_PKG_VERSION"))),
         ConfigCmd::Check { show } => {
             let cfg = load_config(path, exitcode::EX_CONFIG)?;
             cfg.check_tables()
