@@ -30,7 +30,12 @@ fn main() -> ExitCode {
             return code(EX_CONFIG);
         }
     };
-    sloop_common::logging::init("sloop-deliver", cfg.log_level);
+    let syslog_name = if transport == "local" {
+        "local"
+    } else {
+        "smtp"
+    };
+    sloop_common::logging::init_with("sloop-deliver", syslog_name, &cfg.log);
     let mut agent: Box<dyn Agent> = match transport.as_str() {
         "local" => Box::new(sloop_delivery::local::LocalAgent::new(cfg)),
         _ => Box::new(sloop_delivery::remote::RemoteAgent::new(cfg)),
