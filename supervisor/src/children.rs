@@ -1,7 +1,9 @@
 //! Starting, signalling and reaping `sloopd`'s children.
 //!
-//! A child is one of the programs next to `sloopd` (`server.bin_dir`): an smtpd worker
-//! or the queue manager. It gets `-c <config>` and `SLOOP_CONFIG`; an smtpd worker also
+//! A child is one of the programs next to `sloopd` (`server.bin_dir`): an smtpd worker,
+//! the queue manager, or (with `local.system_users`) the root local spawner
+//! (`sloop-deliver spawner`, see delivery/src/local/spawner.rs), the one child that
+//! keeps root. It gets `-c <config>` and `SLOOP_CONFIG`; an smtpd worker also
 //! gets `SLOOP_LISTEN_FDS` and `SLOOP_STATUS_FD` (pool_proto.rs), whose descriptors the
 //! caller has made inheritable for the duration of the spawn. Children inherit
 //! `sloopd`'s stderr, so their log lines go where the supervisor's go, and run as
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 pub enum ChildKind {
     Smtpd,
     Qmgr,
+    LocalSpawner,
 }
 
 impl ChildKind {
@@ -34,6 +37,15 @@ impl ChildKind {
         match self {
             ChildKind::Smtpd => "sloop-smtpd",
             ChildKind::Qmgr => "sloop-qmgr",
+            ChildKind::LocalSpawner => "sloop-deliver",
+        }
+    }
+
+    /// Arguments before `-c <config>`.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            ChildKind::LocalSpawner => &["spawner"],
+            _ => &[],
         }
     }
 
@@ -42,7 +54,7 @@ impl ChildKind {
     pub fn startup_window(self) -> Option<Duration> {
         match self {
             ChildKind::Smtpd => None,
-            ChildKind::Qmgr => Some(Duration::from_secs(1)),
+            ChildKind::Qmgr | ChildKind::LocalSpawner => Some(Duration::from_secs(1)),
         }
     }
 }
@@ -102,7 +114,8 @@ pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
     let program = spec.bin_dir.join(kind.program());
     let mut cmd = Command::new(&program);
     spec.config.pass_to(&mut cmd);
-    cmd.arg("-c")
+    cmd.args(kind.args())
+        .arg("-c")
         .arg(&spec.config.file)
         .env_remove(ENV_LISTEN_FDS)
         .env_remove(ENV_STATUS_FD)
@@ -111,7 +124,7 @@ pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
         cmd.env(ENV_LISTEN_FDS, listen)
             .env(ENV_STATUS_FD, status.to_string());
     }
-    if let Some((uid, gid)) = spec.creds {
+    if let Some((uid, gid)) = spec.creds.filter(|_| kind != ChildKind::LocalSpawner) {
         cmd.uid(uid.as_raw()).gid(gid.as_raw());
     }
     match cmd.spawn() {

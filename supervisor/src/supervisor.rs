@@ -41,6 +41,7 @@ pub struct Supervisor {
     running: BTreeMap<Pid, Running>,
     smtpd_backoff: Backoff,
     qmgr_backoff: Backoff,
+    spawner_backoff: Backoff,
     policy: Policy,
     /// Set once SIGTERM/SIGINT arrived: the deadline for children to exit.
     stopping: Option<Instant>,
@@ -67,6 +68,7 @@ impl Supervisor {
             running: BTreeMap::new(),
             smtpd_backoff: Backoff::default(),
             qmgr_backoff: Backoff::default(),
+            spawner_backoff: Backoff::default(),
             stopping: None,
             last_limit_warning: None,
             surplus_since: None,
@@ -83,6 +85,16 @@ impl Supervisor {
     pub fn start_children(&mut self, now: Instant) {
         if self.stopping.is_some() {
             return;
+        }
+        // The root local spawner: only with local.system_users, and only when the
+        // other children drop to server.user (else they are root already).
+        let spawner_wanted = self.cfg.local.system_users && self.creds.is_some();
+        let spawner_running = self
+            .running
+            .values()
+            .any(|r| r.kind == ChildKind::LocalSpawner);
+        if spawner_wanted && !spawner_running && self.spawner_backoff.ready(now) {
+            self.spawn_one(ChildKind::LocalSpawner, now);
         }
         let qmgr_running = self.running.values().any(|r| r.kind == ChildKind::Qmgr);
         if !qmgr_running && self.qmgr_backoff.ready(now) {
@@ -220,6 +232,7 @@ impl Supervisor {
         match kind {
             ChildKind::Smtpd => &mut self.smtpd_backoff,
             ChildKind::Qmgr => &mut self.qmgr_backoff,
+            ChildKind::LocalSpawner => &mut self.spawner_backoff,
         }
     }
 
