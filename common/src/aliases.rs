@@ -119,7 +119,7 @@ impl fmt::Display for AliasError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AliasError::Read { file, source } => {
-                write!(f, "cannot read aliases file {}: {source}", file.display())
+                write!(f, "cannot read {}: {source}", file.display())
             }
             AliasError::Invalid(issues) => {
                 write!(f, "invalid aliases file:")?;
