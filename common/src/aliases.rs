@@ -12,12 +12,69 @@
 //! starting with white space continues the previous entry; values are separated by
 //! commas outside double quotes. A value is an address (a local name or `user@domain`),
 //! a `|command`, an absolute `/path/file`, or `:include:/path` (a file of values).
+//! `\name` is the local mailbox of `name` with no further alias or `.forward`
+//! expansion (used in `.forward` files: `\alice, alice@elsewhere.example`).
 //! The smtpd uses this to accept recipients; `sloop-deliver local` expands it.
 //! Problems are reported with file and line, all at once.
+//!
+//! Files are read once through one descriptor and their owner and mode taken from
+//! `fstat` on that descriptor ([`FileFacts`]), never from a second look by path;
+//! `:include:` and `.forward` files are opened with `O_NOFOLLOW` ([`read_include`]).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+/// What `fstat` said about a file we read, on the descriptor we read it through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileFacts {
+    pub uid: u32,
+    pub mode: u32,
+}
+
+impl FileFacts {
+    /// Writable by group or others: anyone but the owner could have put lines in it.
+    pub fn shared_writable(self) -> bool {
+        self.mode & 0o022 != 0
+    }
+}
+
+/// Reads `path` through one descriptor; `nofollow` refuses a symlink (`ELOOP`). The
+/// file must be a regular file of at most 1 MiB.
+pub fn read_file(path: &Path, nofollow: bool) -> Result<(String, FileFacts), AliasError> {
+    let err = |source: std::io::Error| AliasError::Read {
+        file: path.to_path_buf(),
+        source,
+    };
+    let flags = if nofollow { libc::O_NOFOLLOW } else { 0 };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => err(std::io::Error::other(
+                "is a symbolic link; refused (O_NOFOLLOW)",
+            )),
+            _ => err(e),
+        })?;
+    let meta = file.metadata().map_err(err)?;
+    if !meta.file_type().is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
+    }
+    let mut bytes = Vec::new();
+    file.take(1 << 20).read_to_end(&mut bytes).map_err(err)?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| err(std::io::Error::other("not valid UTF-8 text")))?;
+    Ok((
+        text,
+        FileFacts {
+            uid: meta.uid(),
+            mode: meta.mode(),
+        },
+    ))
+}
 
 /// One destination of an alias.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +87,8 @@ pub enum AliasTarget {
     File(PathBuf),
     /// `:include:/path`: more targets, read from that file at expansion time.
     Include(PathBuf),
+    /// `\name`: the local mailbox of `name`, without further expansion.
+    Local(String),
 }
 
 /// A problem in an aliases file.
@@ -60,7 +119,7 @@ impl fmt::Display for AliasError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AliasError::Read { file, source } => {
-                write!(f, "cannot read aliases file {}: {source}", file.display())
+                write!(f, "cannot read {}: {source}", file.display())
             }
             AliasError::Invalid(issues) => {
                 write!(f, "invalid aliases file:")?;
@@ -81,6 +140,8 @@ pub struct Aliases {
     map: HashMap<String, Vec<AliasTarget>>,
     /// The file it came from (for include paths and messages).
     pub file: Option<PathBuf>,
+    /// Its owner and mode, from `fstat` on the descriptor it was read through.
+    pub facts: Option<FileFacts>,
 }
 
 impl Aliases {
@@ -89,13 +150,13 @@ impl Aliases {
         Aliases::default()
     }
 
-    /// Reads and parses `path`.
+    /// Reads and parses `path` (the operator names it in the config, so a symlink is
+    /// followed; owner and mode are those of the file read).
     pub fn load(path: &Path) -> Result<Aliases, AliasError> {
-        let text = std::fs::read_to_string(path).map_err(|source| AliasError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
-        Aliases::parse(&text, path)
+        let (text, facts) = read_file(path, false)?;
+        let mut a = Aliases::parse(&text, path)?;
+        a.facts = Some(facts);
+        Ok(a)
     }
 
     /// The table named by the config (`local.aliases`), or an empty one.
@@ -146,6 +207,7 @@ impl Aliases {
             Ok(Aliases {
                 map,
                 file: Some(file.to_path_buf()),
+                facts: None,
             })
         } else {
             Err(AliasError::Invalid(issues))
@@ -175,12 +237,16 @@ impl Aliases {
     }
 }
 
-/// Reads an `:include:` file: values separated by commas or newlines, `#` comments.
-pub fn read_include(path: &Path) -> Result<Vec<AliasTarget>, AliasError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AliasError::Read {
-        file: path.to_path_buf(),
-        source,
-    })?;
+/// Reads an `:include:` or `.forward` file with `O_NOFOLLOW`: its targets, and its
+/// owner and mode from `fstat` on the descriptor read.
+pub fn read_include(path: &Path) -> Result<(Vec<AliasTarget>, FileFacts), AliasError> {
+    let (text, facts) = read_file(path, true)?;
+    Ok((parse_list(&text, path)?, facts))
+}
+
+/// Parses the text of an include or `.forward` file: values separated by commas or
+/// newlines, `#` comments.
+pub fn parse_list(text: &str, path: &Path) -> Result<Vec<AliasTarget>, AliasError> {
     let mut out = Vec::new();
     let mut issues = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -287,6 +353,12 @@ fn classify_value(v: &str) -> Result<AliasTarget, String> {
     if unq.starts_with('/') {
         return Ok(AliasTarget::File(PathBuf::from(unq)));
     }
+    if let Some(name) = unq.strip_prefix('\\') {
+        if name.is_empty() || name.contains(['@', '/', ' ']) {
+            return Err(format!("bad local name {:?}", clip(v)));
+        }
+        return Ok(AliasTarget::Local(name.to_lowercase()));
+    }
     if unq.chars().any(|c| c.is_whitespace() || c.is_control()) && !v.starts_with('"') {
         return Err(format!("bad address {:?}", clip(v)));
     }
@@ -319,6 +391,37 @@ mod tests {
         assert_eq!(team[3], AliasTarget::File("/var/mail/archive".into()));
         assert_eq!(team[4], AliasTarget::Include("/etc/sloop/team.list".into()));
         assert!(a.contains("odd name"));
+    }
+
+    #[test]
+    fn forward_files_and_symlinks() {
+        let list = parse_list(
+            "# mine\n\\alice, alice@elsewhere.example\n\"|/usr/bin/vacation alice\"\n",
+            Path::new("/home/alice/.forward"),
+        )
+        .unwrap();
+        assert_eq!(
+            list,
+            vec![
+                AliasTarget::Local("alice".into()),
+                AliasTarget::Address("alice@elsewhere.example".into()),
+                AliasTarget::Command("/usr/bin/vacation alice".into()),
+            ]
+        );
+        let dir = std::env::temp_dir().join(format!("sloop-alias-nf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let real = dir.join("real");
+        std::fs::write(&real, "bob\n").unwrap();
+        let link = dir.join("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let (t, facts) = read_include(&real).unwrap();
+        assert_eq!(t, vec![AliasTarget::Address("bob".into())]);
+        assert_eq!(facts.uid, nix::unistd::geteuid().as_raw());
+        let e = read_include(&link).unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(read_include(&dir).is_err(), "a directory is refused");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! case; `user+tag` falls back to `user` (`local.recipient_delimiter`). Aliases apply to
 //! every local domain, as in the classic `/etc/aliases`.
 //!
+//! With `local.system_users`, a local-part naming a local account (`getpwnam`, after
+//! the aliases and the virtual mailboxes, with the extension dropped) is that account
+//! ([`LocalVerdict::Account`]), in every local domain, as Postfix's `local` does for
+//! `mydestination`.
+//!
 //! Local-parts become directory names, so [`safe_local_part`] refuses anything that
 //! could leave the mailbox root (`/`, `..`, leading dot, NUL, control characters).
 
@@ -21,6 +26,8 @@ pub enum LocalVerdict {
     Alias { name: String },
     /// A virtual mailbox: `<mailbox_root>/<domain>/<user>/Maildir`.
     Mailbox { domain: String, user: String },
+    /// A local account (`local.system_users`): `/var/mail/<user>` or `~<user>/Maildir`.
+    Account { user: String },
     /// A local domain, but no such mailbox or alias (550 5.1.1).
     Unknown,
     /// A local-part that cannot name a mailbox safely (550 5.1.3).
@@ -77,7 +84,21 @@ pub fn classify(cfg: &Config, aliases: &Aliases, address: &str) -> LocalVerdict 
             Err(e) => LocalVerdict::Invalid(e),
         };
     }
+    if cfg.local.system_users {
+        for name in [local.as_str(), base] {
+            if safe_local_part(name).is_ok() && account_exists(name) {
+                return LocalVerdict::Account {
+                    user: name.to_string(),
+                };
+            }
+        }
+    }
     LocalVerdict::Unknown
+}
+
+/// True when `name` is a local account (`getpwnam`); a lookup error counts as "no".
+pub fn account_exists(name: &str) -> bool {
+    matches!(nix::unistd::User::from_name(name), Ok(Some(_)))
 }
 
 /// `user+tag` -> `user` (the whole part when there is no delimiter or nothing before it).
@@ -164,6 +185,46 @@ mod tests {
         ));
         assert!(matches!(c("a/b@catch.test"), LocalVerdict::Invalid(_)));
         assert!(matches!(c(".hidden@catch.test"), LocalVerdict::Invalid(_)));
+    }
+
+    #[test]
+    fn local_accounts_when_system_users_is_on() {
+        let text = "[domains]\nlocal = [\"example.test\"]\n[local]\nsystem_users = true\nmailboxes = [\"alice@example.test\"]\n";
+        let cfg = Config::parse(Path::new("/t.toml"), text).unwrap();
+        let aliases = Aliases::parse("postmaster: root\n", Path::new("/a")).unwrap();
+        let c = |a: &str| classify(&cfg, &aliases, a);
+        let root = LocalVerdict::Account {
+            user: "root".into(),
+        };
+        assert_eq!(c("root@example.test"), root);
+        assert_eq!(c("ROOT+cron@Example.Test"), root);
+        assert_eq!(c("root"), root, "a bare name is the first local domain");
+        assert_eq!(
+            c("postmaster@example.test"),
+            LocalVerdict::Alias {
+                name: "postmaster".into()
+            }
+        );
+        assert!(matches!(
+            c("alice@example.test"),
+            LocalVerdict::Mailbox { .. }
+        ));
+        assert_eq!(
+            c("no-such-account-here@example.test"),
+            LocalVerdict::Unknown
+        );
+        assert_eq!(
+            classify(&cfg_off(), &aliases, "root@example.test"),
+            LocalVerdict::Unknown
+        );
+    }
+
+    fn cfg_off() -> Config {
+        Config::parse(
+            Path::new("/t.toml"),
+            "[domains]\nlocal = [\"example.test\"]\n",
+        )
+        .unwrap()
     }
 
     #[test]

@@ -1,11 +1,25 @@
-//! One line per event on stderr: `<program>[<pid>]: <level>: <message>`, in the spirit
-//! of Postfix's syslog lines. Messages about a queued message start with its queue ID
-//! (`0193AB...: to=<..>, relay=.., status=sent`), so `grep ID` shows its whole life.
-//! Under systemd, stderr goes to the journal; `sloopd` children inherit its stderr.
+//! One line per event, in the spirit of Postfix's syslog lines. Messages about a queued
+//! message start with its queue ID (`0193AB...: to=<..>, relay=.., status=sent`), so
+//! `grep ID` shows its whole life.
+//!
+//! Two targets (`log.target`):
+//! - `stderr`: `<timestamp> <program>[<pid>]: <level>: <message>`. Under systemd,
+//!   stderr goes to the journal; `sloopd`'s children inherit its stderr.
+//! - `syslog`: each line is one RFC 3164 datagram to `log.syslog_socket` (`/dev/log`),
+//!   `<PRI>sloop/<name>[<pid>]: <message>`, with facility `log.facility` and the
+//!   severity of the level; as in Postfix, informational lines carry no level word and
+//!   the others start with `warning: `, `error: ` or `debug: `. The timestamp is left
+//!   to the syslog daemon (it stamps what it receives in local time). When the socket
+//!   cannot be reached, the line goes to stderr instead, so nothing is lost silently.
 
+use crate::config::{LogConfig, LogTarget};
 use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::sync::Mutex;
 
-/// Initialises logging for `program` at `level`. `RUST_LOG` overrides the level.
+/// Initialises logging for `program` at `level` on stderr. `RUST_LOG` overrides the
+/// level.
 pub fn init(program: &'static str, level: log::LevelFilter) {
     let pid = std::process::id();
     let mut builder = env_logger::Builder::new();
@@ -23,6 +37,105 @@ pub fn init(program: &'static str, level: log::LevelFilter) {
         )
     });
     let _ = builder.try_init();
+}
+
+/// Initialises logging as `log` says: on stderr as `program`, or to syslog as
+/// `sloop/<syslog_name>` (Postfix's names: `smtpd`, `qmgr`, `local`, `smtp`, `pickup`,
+/// `master`, ...).
+pub fn init_with(program: &'static str, syslog_name: &str, log: &LogConfig) {
+    if log.target == LogTarget::Stderr {
+        return init(program, log.level);
+    }
+    let mut level = log.level;
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        if let Ok(l) = spec.trim().parse::<log::LevelFilter>() {
+            level = l;
+        }
+    }
+    let logger = SyslogLogger {
+        ident: format!("sloop/{syslog_name}"),
+        pid: std::process::id(),
+        facility: log.facility,
+        level,
+        socket: log.syslog_socket.clone(),
+        conn: Mutex::new(None),
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// One syslog datagram (RFC 3164 without a timestamp) for a record.
+pub fn syslog_line(facility: u8, ident: &str, pid: u32, level: log::Level, msg: &str) -> String {
+    let (severity, word) = match level {
+        log::Level::Error => (3, "error: "),
+        log::Level::Warn => (4, "warning: "),
+        log::Level::Info => (6, ""),
+        log::Level::Debug | log::Level::Trace => (7, "debug: "),
+    };
+    let pri = u32::from(facility) * 8 + severity;
+    let text: String = msg
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!("<{pri}>{ident}[{pid}]: {word}{text}")
+}
+
+struct SyslogLogger {
+    ident: String,
+    pid: u32,
+    facility: u8,
+    level: log::LevelFilter,
+    socket: PathBuf,
+    conn: Mutex<Option<UnixDatagram>>,
+}
+
+impl SyslogLogger {
+    /// Sends one datagram, connecting (again) when needed.
+    fn send(&self, line: &str) -> std::io::Result<()> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        for _ in 0..2 {
+            if conn.is_none() {
+                let s = UnixDatagram::unbound()?;
+                s.connect(&self.socket)?;
+                *conn = Some(s);
+            }
+            if let Some(s) = conn.as_ref() {
+                match s.send(line.as_bytes()) {
+                    Ok(_) => return Ok(()),
+                    Err(_) => *conn = None,
+                }
+            }
+        }
+        Err(std::io::Error::other("syslog socket refused the line"))
+    }
+}
+
+impl log::Log for SyslogLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let msg = record.args().to_string();
+        let line = syslog_line(self.facility, &self.ident, self.pid, record.level(), &msg);
+        if let Err(e) = self.send(&line) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{} {}[{}]: {}: {msg} (syslog {}: {e})",
+                chrono_like_now(),
+                self.ident,
+                self.pid,
+                record.level().as_str().to_ascii_lowercase(),
+                self.socket.display()
+            );
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` without pulling in a date crate.
@@ -103,6 +216,21 @@ pub fn rfc5322_date(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syslog_lines_look_like_postfix() {
+        let l = syslog_line(
+            2,
+            "sloop/smtpd",
+            42,
+            log::Level::Info,
+            "ABC: client=x[1.2.3.4]",
+        );
+        assert_eq!(l, "<22>sloop/smtpd[42]: ABC: client=x[1.2.3.4]");
+        let w = syslog_line(2, "sloop/qmgr", 7, log::Level::Warn, "a\nb");
+        assert_eq!(w, "<20>sloop/qmgr[7]: warning: a b");
+        assert!(syslog_line(3, "x", 1, log::Level::Error, "e").starts_with("<27>x[1]: error: "));
+    }
 
     #[test]
     fn dates() {

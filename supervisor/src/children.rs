@@ -1,7 +1,10 @@
 //! Starting, signalling and reaping `sloopd`'s children.
 //!
 //! A child is one of the programs next to `sloopd` (`server.bin_dir`): an smtpd worker,
-//! the queue manager or the pickup (local submissions from `maildrop/`). It gets `-c <config>` and `SLOOP_CONFIG`; an smtpd worker also
+//! the queue manager, the pickup (local submissions from `maildrop/`), or (with
+//! `local.system_users`) the root local spawner (`sloop-deliver spawner`, see
+//! delivery/src/local/spawner.rs), the one child that keeps root. It gets
+//! `-c <config>` and `SLOOP_CONFIG`; an smtpd worker also
 //! gets `SLOOP_LISTEN_FDS` and `SLOOP_STATUS_FD` (pool_proto.rs), whose descriptors the
 //! caller has made inheritable for the duration of the spawn. Children inherit
 //! `sloopd`'s stderr, so their log lines go where the supervisor's go, and run as
@@ -29,6 +32,7 @@ pub enum ChildKind {
     Smtpd,
     Qmgr,
     Pickup,
+    LocalSpawner,
 }
 
 impl ChildKind {
@@ -38,6 +42,15 @@ impl ChildKind {
             ChildKind::Smtpd => "sloop-smtpd",
             ChildKind::Qmgr => "sloop-qmgr",
             ChildKind::Pickup => "sloop-pickup",
+            ChildKind::LocalSpawner => "sloop-deliver",
+        }
+    }
+
+    /// Arguments before `-c <config>`.
+    pub fn args(self) -> &'static [&'static str] {
+        match self {
+            ChildKind::LocalSpawner => &["spawner"],
+            _ => &[],
         }
     }
 
@@ -46,7 +59,9 @@ impl ChildKind {
     pub fn startup_window(self) -> Option<Duration> {
         match self {
             ChildKind::Smtpd => None,
-            ChildKind::Qmgr | ChildKind::Pickup => Some(Duration::from_secs(1)),
+            ChildKind::Qmgr | ChildKind::Pickup | ChildKind::LocalSpawner => {
+                Some(Duration::from_secs(1))
+            }
         }
     }
 }
@@ -106,7 +121,8 @@ pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
     let program = spec.bin_dir.join(kind.program());
     let mut cmd = Command::new(&program);
     spec.config.pass_to(&mut cmd);
-    cmd.arg("-c")
+    cmd.args(kind.args())
+        .arg("-c")
         .arg(&spec.config.file)
         .env_remove(ENV_LISTEN_FDS)
         .env_remove(ENV_STATUS_FD)
@@ -115,7 +131,7 @@ pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
         cmd.env(ENV_LISTEN_FDS, listen)
             .env(ENV_STATUS_FD, status.to_string());
     }
-    if let Some((uid, gid)) = spec.creds {
+    if let Some((uid, gid)) = spec.creds.filter(|_| kind != ChildKind::LocalSpawner) {
         cmd.uid(uid.as_raw()).gid(gid.as_raw());
     }
     match cmd.spawn() {

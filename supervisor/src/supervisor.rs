@@ -42,6 +42,7 @@ pub struct Supervisor {
     smtpd_backoff: Backoff,
     qmgr_backoff: Backoff,
     pickup_backoff: Backoff,
+    spawner_backoff: Backoff,
     policy: Policy,
     /// Set once SIGTERM/SIGINT arrived: the deadline for children to exit.
     stopping: Option<Instant>,
@@ -69,6 +70,7 @@ impl Supervisor {
             smtpd_backoff: Backoff::default(),
             qmgr_backoff: Backoff::default(),
             pickup_backoff: Backoff::default(),
+            spawner_backoff: Backoff::default(),
             stopping: None,
             last_limit_warning: None,
             surplus_since: None,
@@ -85,6 +87,16 @@ impl Supervisor {
     pub fn start_children(&mut self, now: Instant) {
         if self.stopping.is_some() {
             return;
+        }
+        // The root local spawner: only with local.system_users, and only when the
+        // other children drop to server.user (else they are root already).
+        let spawner_wanted = self.cfg.local.system_users && self.creds.is_some();
+        let spawner_running = self
+            .running
+            .values()
+            .any(|r| r.kind == ChildKind::LocalSpawner);
+        if spawner_wanted && !spawner_running && self.spawner_backoff.ready(now) {
+            self.spawn_one(ChildKind::LocalSpawner, now);
         }
         for kind in [ChildKind::Qmgr, ChildKind::Pickup] {
             let running = self.running.values().any(|r| r.kind == kind);
@@ -232,6 +244,7 @@ impl Supervisor {
             ChildKind::Smtpd => &mut self.smtpd_backoff,
             ChildKind::Qmgr => &mut self.qmgr_backoff,
             ChildKind::Pickup => &mut self.pickup_backoff,
+            ChildKind::LocalSpawner => &mut self.spawner_backoff,
         }
     }
 

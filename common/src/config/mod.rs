@@ -41,6 +41,9 @@ pub const ENV_CONFIG_TEXT: &str = "SLOOP_CONFIG_TEXT";
 /// Environment variable naming the file [`ENV_CONFIG_TEXT`] was read from.
 pub const ENV_CONFIG_TEXT_FILE: &str = "SLOOP_CONFIG_TEXT_FILE";
 
+/// The `domains.local` entry that stands for `server.hostname`.
+pub const HOSTNAME_TOKEN: &str = "@hostname";
+
 /// Longest config text passed through the environment (Linux caps one string at 128 KiB).
 const MAX_INHERITED_TEXT: usize = 100 * 1024;
 
@@ -131,6 +134,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub supervisor: SupervisorConfig,
     pub log_level: log::LevelFilter,
+    pub log: LogConfig,
     /// Every key with its effective value (TOML syntax), for `sloop config check --show`.
     pub effective: BTreeMap<&'static str, String>,
     /// Keys that were omitted and took their default.
@@ -228,7 +232,17 @@ impl Config {
             queue_program: r.opt_path("smtpd.queue_program"),
             queue_timeout: r.duration("smtpd.queue_timeout"),
         };
-        let local_domains = r.strings("domains.local");
+        let local_domains: Vec<String> = r
+            .strings("domains.local")
+            .into_iter()
+            .map(|d| {
+                if d == HOSTNAME_TOKEN {
+                    server.hostname.clone()
+                } else {
+                    d
+                }
+            })
+            .collect();
         let local = LocalConfig {
             mailbox_root: r.path("local.mailbox_root"),
             mailboxes: r.strings("local.mailboxes"),
@@ -239,6 +253,13 @@ impl Config {
             } else {
                 MailboxFormat::Maildir
             },
+            system_users: r.boolean("local.system_users"),
+            system_mailbox: if r.string("local.system_mailbox") == "maildir" {
+                MailboxFormat::Maildir
+            } else {
+                MailboxFormat::Mbox
+            },
+            mail_spool_dir: r.path("local.mail_spool_dir"),
         };
         let relay_networks = r.cidrs("relay.networks");
         let remote = RemoteConfig {
@@ -268,6 +289,16 @@ impl Config {
             startup_crash_pause: r.duration("supervisor.startup_crash_pause"),
         };
         let log_level = r.level("log.level");
+        let log = LogConfig {
+            level: log_level,
+            target: if r.string("log.target") == "syslog" {
+                LogTarget::Syslog
+            } else {
+                LogTarget::Stderr
+            },
+            facility: facility_code(&r.string("log.facility")),
+            syslog_socket: r.path("log.syslog_socket"),
+        };
         let cfg = Config {
             file: file.to_path_buf(),
             server,
@@ -279,6 +310,7 @@ impl Config {
             queue,
             supervisor,
             log_level,
+            log,
             effective: BTreeMap::new(),
             defaulted: Vec::new(),
             text: text.to_string(),

@@ -168,7 +168,7 @@ pub const PARAMS: &[Param] = &[
         doc: "The queue program is killed (451 4.3.0) if it runs longer than this." },
     // domains
     Param { key: "domains.local", kind: Kind::DomainList, default: "[]",
-        doc: "Domains whose mail is delivered on this node (to local.mailboxes and local.aliases)." },
+        doc: "Domains whose mail is delivered on this node (to local.mailboxes, local.aliases and, with local.system_users, local accounts). The entry \"@hostname\" stands for server.hostname." },
     // local
     Param { key: "local.mailbox_root", kind: Kind::Path { must_exist: false }, default: "\"/var/mail/sloop\"",
         doc: "Virtual Maildirs live at <mailbox_root>/<domain>/<local-part>/Maildir." },
@@ -180,6 +180,12 @@ pub const PARAMS: &[Param] = &[
         doc: "Separates a local-part from its extension (user+tag delivers to user). Empty: none." },
     Param { key: "local.mailbox_format", kind: Kind::Choice(&["maildir", "mbox"]), default: "\"maildir\"",
         doc: "maildir: <root>/<domain>/<user>/Maildir/; mbox: <root>/<domain>/<user>.mbox with fcntl and dot-lock locking." },
+    Param { key: "local.system_users", kind: Kind::Bool, default: "false",
+        doc: "Deliver mail for local accounts (getpwnam) of the local domains as that user, to local.mail_spool_dir or ~/Maildir/, honouring ~/.forward. Needs sloopd to run as root." },
+    Param { key: "local.system_mailbox", kind: Kind::Choice(&["mbox", "maildir"]), default: "\"mbox\"",
+        doc: "Mailbox of a local account: mbox: <mail_spool_dir>/<user> (owner the user, group mail, 0660); maildir: ~<user>/Maildir/." },
+    Param { key: "local.mail_spool_dir", kind: Kind::Path { must_exist: false }, default: "\"/var/mail\"",
+        doc: "Directory of the local accounts' mbox files (local.system_mailbox = \"mbox\")." },
     // relay
     Param { key: "relay.networks", kind: Kind::CidrList, default: "[\"127.0.0.0/8\", \"::1/128\"]",
         doc: "Clients allowed to relay to non-local domains." },
@@ -227,6 +233,12 @@ pub const PARAMS: &[Param] = &[
     // log
     Param { key: "log.level", kind: Kind::LogLevel, default: "\"info\"",
         doc: "Least severity logged: error, warn, info, debug, trace." },
+    Param { key: "log.target", kind: Kind::Choice(&["stderr", "syslog"]), default: "\"stderr\"",
+        doc: "stderr: one line per event on standard error (the journal under systemd); syslog: to log.syslog_socket as sloop/<program>[pid] with facility log.facility." },
+    Param { key: "log.facility", kind: Kind::Choice(&["mail", "daemon", "user", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7"]), default: "\"mail\"",
+        doc: "Syslog facility (log.target = \"syslog\"); mail lands in /var/log/mail.log on Debian." },
+    Param { key: "log.syslog_socket", kind: Kind::Path { must_exist: false }, default: "\"/dev/log\"",
+        doc: "The syslog daemon's datagram socket (log.target = \"syslog\")." },
 ];
 
 /// The declaration of `key`, if there is one.

@@ -379,7 +379,13 @@ impl<'a> Reader<'a> {
             None => return Vec::new(),
         };
         match param.kind {
-            Kind::DomainList => self.parsed_list(key, values::parse_hostname),
+            Kind::DomainList => self.parsed_list(key, |s| {
+                if s == super::HOSTNAME_TOKEN {
+                    Ok(s.to_string())
+                } else {
+                    values::parse_hostname(s)
+                }
+            }),
             Kind::MailboxList => self.parsed_list(key, values::parse_mailbox),
             _ => self.list(key).into_iter().map(|(_, s)| s).collect(),
         }

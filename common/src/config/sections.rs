@@ -67,6 +67,12 @@ pub struct LocalConfig {
     pub aliases: Option<PathBuf>,
     pub recipient_delimiter: Option<char>,
     pub mailbox_format: MailboxFormat,
+    /// Deliver to local accounts (`getpwnam`) of the local domains.
+    pub system_users: bool,
+    /// The mailbox of a local account.
+    pub system_mailbox: MailboxFormat,
+    /// Where local accounts' mbox files live (`/var/mail`).
+    pub mail_spool_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -99,4 +105,37 @@ pub struct SupervisorConfig {
     pub restart_min: Duration,
     pub restart_max: Duration,
     pub startup_crash_pause: Duration,
+}
+
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    Stderr,
+    Syslog,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub level: log::LevelFilter,
+    pub target: LogTarget,
+    /// The syslog facility code (RFC 5424 numbering: mail = 2).
+    pub facility: u8,
+    pub syslog_socket: PathBuf,
+}
+
+/// The syslog facility code of a `log.facility` word (validated by the table).
+pub fn facility_code(word: &str) -> u8 {
+    match word {
+        "user" => 1,
+        "daemon" => 3,
+        "local0" => 16,
+        "local1" => 17,
+        "local2" => 18,
+        "local3" => 19,
+        "local4" => 20,
+        "local5" => 21,
+        "local6" => 22,
+        "local7" => 23,
+        _ => 2,
+    }
 }

@@ -174,3 +174,20 @@ fn inherited_config_tolerates_missing_files_and_tables_are_checked_separately() 
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn hostname_token_in_local_domains_and_log_keys() {
+    let text = "[server]\nhostname = \"mx.example.test\"\n[domains]\nlocal = [\"@hostname\", \"Other.test\"]\n[local]\nsystem_users = true\n[log]\ntarget = \"syslog\"\nfacility = \"local3\"\n";
+    let cfg = parse(text).expect("valid");
+    assert_eq!(cfg.local_domains, vec!["mx.example.test", "other.test"]);
+    assert!(cfg.is_local_domain("MX.example.test"));
+    assert!(cfg.local.system_users);
+    assert_eq!(cfg.local.system_mailbox, MailboxFormat::Mbox);
+    assert_eq!(cfg.local.mail_spool_dir, Path::new("/var/mail"));
+    assert_eq!(cfg.log.target, LogTarget::Syslog);
+    assert_eq!(cfg.log.facility, 19);
+    assert_eq!(cfg.log.syslog_socket, Path::new("/dev/log"));
+    let bad = parse("[log]\ntarget = \"journal\"\n").expect_err("bad target");
+    assert!(bad.to_string().contains("log.target"), "{bad}");
+    assert!(parse("[domains]\nlocal = [\"@host\"]\n").is_err());
+}

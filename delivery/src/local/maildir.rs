@@ -228,6 +228,43 @@ fn hostname_component(h: &str) -> String {
     h.replace('/', "\\057").replace(':', "\\072")
 }
 
+/// Delivers into the Maildir `dir` (a local account's `~/Maildir`), creating it and
+/// its `tmp/`, `new/` and `cur/` (0700) when missing; refuses symlinks on the way.
+/// The file is fsync'd, published into `new/`, and `new/` fsync'd. Returns its path.
+pub fn deliver_into(
+    dir: &Path,
+    hostname: &str,
+    prefix: &[u8],
+    message: &mut dyn Read,
+) -> io::Result<PathBuf> {
+    for d in [
+        dir.to_path_buf(),
+        dir.join("tmp"),
+        dir.join("new"),
+        dir.join("cur"),
+    ] {
+        if !real_dir(&d)? {
+            return Err(io::Error::other(format!(
+                "{} is not a directory (or is a symlink)",
+                d.display()
+            )));
+        }
+    }
+    static DELIVERIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut names = MaildirWriter::new(dir, hostname);
+    names.counter = DELIVERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = names.unique_name();
+    let tmp = dir.join("tmp").join(&name);
+    let new = dir.join("new").join(&name);
+    let written = write_file(&tmp, prefix, message)
+        .and_then(|()| publish(&tmp, &new))
+        .and_then(|()| fsync_dir(&dir.join("new")));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map(|()| new)
+}
+
 /// Makes sure `d` is a directory that is not a symlink, creating it (0700, then
 /// fsyncing its parent) when missing. `Ok(false)`: something else is in the way.
 fn real_dir(d: &Path) -> io::Result<bool> {

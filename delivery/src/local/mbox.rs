@@ -42,9 +42,24 @@ pub fn append(
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| fail(&e))?;
-    lock_file(&file).map_err(|e| fail(&e))?;
+    append_file(&file, path, sender, prefix, message)
+}
+
+/// Appends one message to the already open mbox `file` (named `path` in messages):
+/// fcntl lock, entry, fsync; on error the file is cut back to its old length. The
+/// caller holds the dot-lock.
+pub fn append_file(
+    file: &File,
+    path: &Path,
+    sender: &str,
+    prefix: &[u8],
+    message: &mut dyn Read,
+) -> Result<(), RcptResult> {
+    let fail =
+        |e: &io::Error| io_error_result(e, &format!("cannot write mailbox {}", path.display()));
+    lock_file(file).map_err(|e| fail(&e))?;
     let original = file.metadata().map_err(|e| fail(&e))?.len();
-    match write_entry(&file, sender, prefix, message) {
+    match write_entry(file, sender, prefix, message) {
         Ok(()) => Ok(()),
         Err(e) => {
             let _ = file.set_len(original);
@@ -132,12 +147,12 @@ fn lock_file(file: &File) -> io::Result<()> {
 
 /// `<file>.lock`, removed on drop.
 #[derive(Debug)]
-struct DotLock {
+pub struct DotLock {
     path: PathBuf,
 }
 
 impl DotLock {
-    fn acquire(mbox: &Path) -> Result<DotLock, RcptResult> {
+    pub fn acquire(mbox: &Path) -> Result<DotLock, RcptResult> {
         let mut name = mbox.as_os_str().to_owned();
         name.push(".lock");
         let path = PathBuf::from(name);

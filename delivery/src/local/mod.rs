@@ -1,10 +1,18 @@
 //! `sloop-deliver local`: delivery into this node's mailboxes.
 //!
 //! For each recipient of a job: refuse a `Delivered-To:` loop (5.4.6), expand aliases
-//! (expand.rs), then deliver to each target: a virtual Maildir (maildir.rs) or mbox
-//! file (mbox.rs) per `local.mailbox_format`, a `|command` (pipe.rs), a `/path/file`
-//! (mbox-style, confined under `local.mailbox_root`), or a forward (forward.rs). Each
-//! copy gets `Return-Path:` and `Delivered-To:` (headers.rs).
+//! and `.forward` files (expand.rs), then deliver to each target: a virtual Maildir
+//! (maildir.rs) or mbox file (mbox.rs) per `local.mailbox_format`, a local account's
+//! mailbox (account.rs), a `|command` (pipe.rs), a `/path/file` (mbox-style), or a
+//! forward (forward.rs). Each copy gets `Return-Path:` and `Delivered-To:`
+//! (headers.rs).
+//!
+//! Each target is written as the user privs.rs names for it: the account, the owner of
+//! the file a command or file member came from (`nobody` for root's), or
+//! `server.user` for virtual mailboxes and forwards. That needs root (the agent then
+//! forks a child per target that drops to the user); an agent that is not root
+//! delivers everything as itself, confines `/path/file` members under
+//! `local.mailbox_root`, and defers deliveries that would need another user.
 //!
 //! One recipient may expand to many targets; its one result is: `defer` if any target
 //! deferred (the whole recipient is retried, so earlier targets may get a duplicate,
@@ -12,11 +20,14 @@
 //! else `ok`. The aliases file is re-read when its mtime changes; while it cannot be
 //! read or parsed, every recipient is deferred rather than bounced.
 
+pub mod account;
 pub mod expand;
 pub mod forward;
 pub mod maildir;
 pub mod mbox;
 pub mod pipe;
+pub mod privs;
+pub mod spawner;
 
 use crate::headers::{has_delivered_to, trace_headers};
 use crate::message::QueuedMessage;
@@ -24,6 +35,7 @@ use crate::result::RcptResult;
 use crate::worker::Agent;
 use expand::{Expander, OwnerTrust, Target};
 use maildir::{safe_component, MaildirWriter};
+use privs::{can_switch, run_as, Identity};
 use sloop_common::aliases::Aliases;
 use sloop_common::config::MailboxFormat;
 use sloop_common::delivery_proto::{Job, Transport};
@@ -58,7 +70,11 @@ struct Ctx<'a> {
 impl LocalAgent {
     pub fn new(cfg: Config) -> LocalAgent {
         let mut maildir = MaildirWriter::new(&cfg.local.mailbox_root, &cfg.server.hostname);
-        maildir.defer_syncs();
+        if !can_switch() {
+            // As root each delivery runs in a child of its own, which syncs before it
+            // reports: there is no batch to sync later.
+            maildir.defer_syncs();
+        }
         let spool = Spool::new(cfg.server.spool_dir.clone());
         let trust = OwnerTrust::from_config(&cfg);
         let mut agent = LocalAgent {
@@ -133,13 +149,13 @@ impl LocalAgent {
             }
         }
         if !forwards.is_empty() {
-            results.push(forward::forward(
-                &self.spool,
-                c.msg,
-                c.rcpt,
-                &forwards,
-                c.crlf,
-            ));
+            let r = match self.spool_owner() {
+                Ok(who) => run_as(&who, || {
+                    forward::forward(&self.spool, c.msg, c.rcpt, &forwards, c.crlf)
+                }),
+                Err(r) => r,
+            };
+            results.push(r);
         }
         combine(results).via("local")
     }
@@ -148,6 +164,60 @@ impl LocalAgent {
         let sender = c.msg.envelope.sender.as_str();
         let prefix = |to: &str| trace_headers(sender, to, c.crlf);
         match t {
+            Target::Account { user, address } => {
+                if address != c.rcpt && has_delivered_to(c.header, address) {
+                    return RcptResult::fail(
+                        "5.4.6",
+                        format!("mail forwarding loop for {address}"),
+                    );
+                }
+                account::deliver(
+                    &self.cfg.local,
+                    user,
+                    sender,
+                    &prefix(address),
+                    &mut c.msg.reader(),
+                    &self.cfg.server.hostname,
+                )
+            }
+            Target::Command { command, uid } => {
+                let who = match member_identity(*uid) {
+                    Ok(w) => w,
+                    Err(r) => return r,
+                };
+                let env = pipe::PipeEnv {
+                    sender: sender.to_string(),
+                    recipient: c.rcpt.to_string(),
+                    original: c.rcpt.to_string(),
+                    user: who.name.clone(),
+                    home: who.home.clone(),
+                    shell: who.shell.clone(),
+                    extension: extension(c.rcpt, self.cfg.local.recipient_delimiter),
+                };
+                let timeout = self.cfg.queue.delivery_timeout / 2;
+                let head = prefix(c.rcpt);
+                run_as(&who, || {
+                    pipe::run(command, &env, &head, &mut c.msg.reader(), timeout)
+                })
+            }
+            Target::File { path, uid } => {
+                let who = match member_identity(*uid) {
+                    Ok(w) => w,
+                    Err(r) => return r,
+                };
+                let p = match self.file_target(path) {
+                    Ok(p) => p,
+                    Err(r) => return r,
+                };
+                let head = prefix(c.rcpt);
+                run_as(&who, || {
+                    mbox::append(&p, sender, &head, &mut c.msg.reader())
+                        .map(|()| {
+                            RcptResult::ok("2.0.0", format!("delivered to file: {}", p.display()))
+                        })
+                        .unwrap_or_else(|r| r)
+                })
+            }
             Target::Mailbox {
                 domain,
                 user,
@@ -159,28 +229,40 @@ impl LocalAgent {
                         format!("mail forwarding loop for {address}"),
                     );
                 }
-                self.deliver_mailbox(c, domain, user, &prefix(address))
-            }
-            Target::Command(cmd) => {
-                let env = pipe::PipeEnv {
-                    sender: sender.to_string(),
-                    recipient: c.rcpt.to_string(),
-                    original: c.rcpt.to_string(),
+                let who = match self.spool_owner() {
+                    Ok(w) => w,
+                    Err(r) => return r,
                 };
-                let timeout = self.cfg.queue.delivery_timeout / 2;
-                pipe::run(cmd, &env, &prefix(c.rcpt), &mut c.msg.reader(), timeout)
+                let head = prefix(address);
+                run_as(&who, || self.deliver_mailbox(c, domain, user, &head))
             }
-            Target::File(path) => match self.confined_file(path) {
-                Ok(p) => mbox::append(&p, sender, &prefix(c.rcpt), &mut c.msg.reader())
-                    .map(|()| {
-                        RcptResult::ok("2.0.0", format!("delivered to file: {}", p.display()))
-                    })
-                    .unwrap_or_else(|r| r),
+            Target::Forward(a) => match self.spool_owner() {
+                Ok(who) => run_as(&who, || {
+                    forward::forward(&self.spool, c.msg, c.rcpt, std::slice::from_ref(a), c.crlf)
+                }),
                 Err(r) => r,
             },
-            Target::Forward(a) => {
-                forward::forward(&self.spool, c.msg, c.rcpt, std::slice::from_ref(a), c.crlf)
-            }
+        }
+    }
+
+    /// Who writes virtual mailboxes and forwards: `server.user` when we are root and
+    /// one is set, else ourselves.
+    fn spool_owner(&self) -> Result<Identity, RcptResult> {
+        if can_switch() && !self.cfg.server.user.is_empty() {
+            Identity::of_name(&self.cfg.server.user)
+        } else {
+            Identity::current()
+        }
+    }
+
+    /// A `/path/file` member: a plain absolute path; when we cannot switch users (the
+    /// write would be ours), also under the mailbox root.
+    fn file_target(&self, path: &Path) -> Result<PathBuf, RcptResult> {
+        if can_switch() {
+            plain_absolute(path)?;
+            Ok(path.to_path_buf())
+        } else {
+            self.confined_file(path)
         }
     }
 
@@ -231,19 +313,7 @@ impl LocalAgent {
 
     /// An alias `/path/file` target, accepted only under the mailbox root.
     fn confined_file(&self, path: &Path) -> Result<PathBuf, RcptResult> {
-        let plain = path.is_absolute()
-            && path
-                .components()
-                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-        if !plain {
-            return Err(RcptResult::fail(
-                "5.7.1",
-                format!(
-                    "file target {} is not a plain absolute path",
-                    path.display()
-                ),
-            ));
-        }
+        plain_absolute(path)?;
         self.confined(path)
     }
 
@@ -306,6 +376,44 @@ impl Agent for LocalAgent {
                 self.deliver_rcpt(&c)
             })
             .collect()
+    }
+}
+
+/// Who a command or file member owned by `uid` runs as: that user (root's: `nobody`)
+/// when we can switch users, else ourselves.
+fn member_identity(uid: u32) -> Result<Identity, RcptResult> {
+    if can_switch() {
+        Identity::for_owner(uid)
+    } else {
+        Identity::current()
+    }
+}
+
+/// Refuses a file member that is not a plain absolute path (no `..`, no `.`).
+fn plain_absolute(path: &Path) -> Result<(), RcptResult> {
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if plain {
+        Ok(())
+    } else {
+        Err(RcptResult::fail(
+            "5.7.1",
+            format!(
+                "file target {} is not a plain absolute path",
+                path.display()
+            ),
+        ))
+    }
+}
+
+/// The address extension of `rcpt` (`tag` of `user+tag@domain`), or empty.
+pub fn extension(rcpt: &str, delimiter: Option<char>) -> String {
+    let local = rcpt.rsplit_once('@').map(|(l, _)| l).unwrap_or(rcpt);
+    match delimiter.and_then(|d| local.find(d).map(|i| (i, d))) {
+        Some((i, d)) if i > 0 => local[i + d.len_utf8()..].to_string(),
+        _ => String::new(),
     }
 }
 

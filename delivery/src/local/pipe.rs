@@ -1,15 +1,19 @@
 //! `|command` alias targets: the message is piped to `/bin/sh -c command`.
 //!
 //! The command gets the message (with the trace headers) on stdin and a clean
-//! environment: `PATH`, `HOME=/`, `SHELL`, and `SENDER`, `RECIPIENT`, `LOCAL`,
+//! environment, as Postfix's local(8) gives it: `PATH`, `HOME`, `USER`, `LOGNAME` and
+//! `SHELL` of the user it runs as, `SENDER`, `RECIPIENT`, `LOCAL`, `EXTENSION`,
 //! `DOMAIN` and `ORIGINAL_RECIPIENT` (nothing of the worker's own), in its own
-//! process group with the working directory `/`. Exit 0 is delivered, 75 (EX_TEMPFAIL)
-//! defers, any other exit bounces with the first line the command wrote (stdout or
-//! stderr, at most [`MAX_OUTPUT`] octets kept). Killed by a signal, or still running
-//! after the time limit (its whole process group is then killed): deferred.
+//! process group, in the user's home directory when it has one (else `/`).
 //!
-//! Commands run with the worker's own privileges and only come from a trusted
-//! aliases source (see expand.rs).
+//! Exit codes are read as Postfix reads them (sysexits.h): 0 delivered;
+//! EX_OSERR (71), EX_IOERR (74), EX_TEMPFAIL (75) and EX_CONFIG (78) defer; any other
+//! exit bounces, with the first line the command wrote (stdout or stderr, at most
+//! [`MAX_OUTPUT`] octets kept). Killed by a signal, or still running after the time
+//! limit (its whole process group is then killed): deferred.
+//!
+//! Commands run as the user privs.rs chose (the caller switches to it first) and only
+//! come from a trusted source (see expand.rs).
 
 use crate::result::RcptResult;
 use nix::sys::signal::{killpg, Signal};
@@ -29,6 +33,12 @@ pub struct PipeEnv {
     pub sender: String,
     pub recipient: String,
     pub original: String,
+    /// The user the command runs as: name, home directory and login shell.
+    pub user: String,
+    pub home: std::path::PathBuf,
+    pub shell: std::path::PathBuf,
+    /// The recipient's address extension (`tag` of `user+tag`), or empty.
+    pub extension: String,
 }
 
 /// Runs `command` with `prefix` + `message` on stdin.
@@ -43,19 +53,27 @@ pub fn run(
         .recipient
         .rsplit_once('@')
         .unwrap_or((env.recipient.as_str(), ""));
+    let cwd = if env.home.is_dir() {
+        env.home.as_path()
+    } else {
+        std::path::Path::new("/")
+    };
     let child = Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", "/")
-        .env("SHELL", "/bin/sh")
+        .env("HOME", &env.home)
+        .env("USER", &env.user)
+        .env("LOGNAME", &env.user)
+        .env("SHELL", &env.shell)
         .env("SENDER", &env.sender)
         .env("RECIPIENT", &env.recipient)
         .env("ORIGINAL_RECIPIENT", &env.original)
         .env("LOCAL", local)
+        .env("EXTENSION", &env.extension)
         .env("DOMAIN", domain)
-        .current_dir("/")
+        .current_dir(cwd)
         .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -172,8 +190,8 @@ fn verdict(command: &str, status: Option<io::Result<ExitStatus>>, output: &str) 
         Some(Err(e)) => RcptResult::defer("4.3.0", format!("cannot wait for command {cmd}: {e}")),
         Some(Ok(s)) => match (s.code(), s.signal()) {
             (Some(0), _) => RcptResult::ok("2.0.0", format!("delivered to command: {cmd}")),
-            (Some(75), _) => {
-                RcptResult::defer("4.3.0", format!("command {cmd} deferred (exit 75){said}"))
+            (Some(c @ (71 | 74 | 75 | 78)), _) => {
+                RcptResult::defer("4.3.0", format!("command {cmd} deferred (exit {c}){said}"))
             }
             (Some(c), _) => {
                 RcptResult::fail("5.3.0", format!("command {cmd} failed with exit {c}{said}"))
@@ -198,6 +216,10 @@ mod tests {
             sender: "s@x.test".into(),
             recipient: "r@y.test".into(),
             original: "o@y.test".into(),
+            user: "u".into(),
+            home: "/".into(),
+            shell: "/bin/sh".into(),
+            extension: "ext".into(),
         }
     }
 
@@ -216,6 +238,9 @@ mod tests {
         assert_eq!((f.outcome, f.dsn.as_str()), (Outcome::Fail, "5.3.0"));
         assert!(f.text.contains("nope"), "{}", f.text);
         assert_eq!(go("kill -9 $$", t).outcome, Outcome::Defer);
+        assert_eq!(go("exit 74", t).outcome, Outcome::Defer, "EX_IOERR");
+        assert_eq!(go("exit 78", t).outcome, Outcome::Defer, "EX_CONFIG");
+        assert_eq!(go("exit 67", t).outcome, Outcome::Fail, "EX_NOUSER");
     }
 
     #[test]
@@ -224,12 +249,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("out");
         let cmd = format!(
-            "cat > {0}; echo \"$SENDER $RECIPIENT $LOCAL $DOMAIN $HOME\" >> {0}",
+            "cat > {0}; echo \"$SENDER $RECIPIENT $LOCAL $DOMAIN $HOME $USER $EXTENSION\" >> {0}",
             out.display()
         );
         assert_eq!(go(&cmd, Duration::from_secs(10)).outcome, Outcome::Ok);
         let text = std::fs::read_to_string(&out).unwrap();
-        assert_eq!(text, "H: 1\nbody\ns@x.test r@y.test r y.test /\n");
+        assert_eq!(text, "H: 1\nbody\ns@x.test r@y.test r y.test / u ext\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -38,7 +38,7 @@ pub fn run(args: &[String]) -> Result<String, ToolError> {
                 e.message.replace(":\n  ", ": ").replace("\n  ", "; "),
             )
         })?;
-    sloop_common::logging::init("sloop-queue", cfg.log_level);
+    sloop_common::logging::init_with("sloop-queue", "queue", &cfg.log);
     let spool = Spool::new(&cfg.server.spool_dir);
     if !spool.exists() {
         spool.ensure_layout().map_err(|e| spool_error(&e))?;

@@ -13,6 +13,11 @@
 //!
 //! The listing (`mailq`, `-bp`) reads the spool directly for root and the spool owner;
 //! anybody else gets it from `sloop-pickup` through `sloop-drop mailq`.
+//!
+//! Invoked as `newaliases` (or with `-bi`) it parses `local.aliases` and says how many
+//! entries it holds, as Postfix's does (`newaliases: /etc/aliases: 3 aliases`); a file
+//! with errors lists each with its line and exits EX_DATAERR. Sloop reads the text file
+//! directly (it is re-read when its mtime changes), so there is no database to rebuild.
 
 use super::operator::{run_queue, QueueCmd};
 use super::sendmail_args::{self, Mode, Options};
@@ -26,12 +31,15 @@ use std::process::{Command, ExitStatus, Stdio};
 
 /// Runs sloop-sendmail with argv (argv[0] included).
 pub fn run(argv: &[String]) -> Result<(), ToolError> {
-    let as_mailq = argv
+    let name = argv
         .first()
-        .map(|a| a.rsplit('/').next().unwrap_or(a).ends_with("mailq"))
-        .unwrap_or(false);
-    let opts = sendmail_args::parse(argv.get(1..).unwrap_or(&[]), as_mailq)
+        .map(|a| a.rsplit('/').next().unwrap_or(a))
+        .unwrap_or("");
+    let mut opts = sendmail_args::parse(argv.get(1..).unwrap_or(&[]), name.ends_with("mailq"))
         .map_err(|e| ToolError::new(exitcode::EX_USAGE, e))?;
+    if name.ends_with("newaliases") {
+        opts.mode = Mode::Newaliases;
+    }
     let cfg = load_config(opts.config.as_deref(), exitcode::EX_CONFIG)?;
     let spool = Spool::new(&cfg.server.spool_dir);
     let mut out = std::io::stdout().lock();
@@ -39,7 +47,12 @@ pub fn run(argv: &[String]) -> Result<(), ToolError> {
         Mode::List if !may_read(&spool) => showq_through_drop(&cfg),
         Mode::List => run_queue(&QueueCmd::List { json: false }, &spool, &mut out),
         Mode::Flush => run_queue(&QueueCmd::Flush, &spool, &mut out),
+        Mode::Newaliases => newaliases(&cfg, &mut out),
         Mode::Deliver => {
+            // Logged only to syslog: on stderr the line would reach cron's mail.
+            if cfg.log.target == sloop_common::config::LogTarget::Syslog {
+                sloop_common::logging::init_with("sloop-sendmail", "pickup", &cfg.log);
+            }
             let stdin = std::io::stdin().lock();
             let id = deliver(&cfg, &opts, stdin)?;
             if opts.verbose {
@@ -48,6 +61,26 @@ pub fn run(argv: &[String]) -> Result<(), ToolError> {
             Ok(())
         }
     }
+}
+
+/// Checks `local.aliases` and prints how many entries it holds.
+fn newaliases(cfg: &Config, out: &mut impl Write) -> Result<(), ToolError> {
+    let Some(path) = &cfg.local.aliases else {
+        return Err(ToolError::new(
+            exitcode::EX_CONFIG,
+            "local.aliases is not set in the configuration: there is no aliases file",
+        ));
+    };
+    let aliases = sloop_common::aliases::Aliases::load(path)
+        .map_err(|e| ToolError::new(exitcode::EX_DATAERR, e.to_string()))?;
+    let n = aliases.len();
+    writeln!(
+        out,
+        "newaliases: {}: {n} alias{}",
+        path.display(),
+        if n == 1 { "" } else { "es" }
+    )
+    .map_err(|e| ToolError::new(exitcode::EX_IOERR, format!("cannot write: {e}")))
 }
 
 /// Reads the message from `input`, completes it and queues it; returns the queue ID.
@@ -96,6 +129,11 @@ pub fn deliver(
         &envelope.to_qmail(),
         opts.verbose,
     )?;
+    log::info!(
+        "{id}: uid={} from=<{}>",
+        nix::unistd::getuid(),
+        envelope.sender
+    );
     Ok(id)
 }
 

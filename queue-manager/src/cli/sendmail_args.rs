@@ -20,6 +20,8 @@ pub enum Mode {
     List,
     /// `-q`: retry deferred mail now.
     Flush,
+    /// `-bi`, or invoked as `newaliases`: check the aliases file and count its entries.
+    Newaliases,
 }
 
 /// The parsed command line.
@@ -131,6 +133,7 @@ fn mode(value: &str) -> Result<Mode, String> {
     match value {
         "m" => Ok(Mode::Deliver),
         "p" => Ok(Mode::List),
+        "i" => Ok(Mode::Newaliases),
         other => Err(format!("-b{other} is not supported by sloop-sendmail")),
     }
 }
@@ -184,6 +187,7 @@ mod tests {
     #[test]
     fn modes_and_ignored_legacy_flags() {
         assert_eq!(p("-bp").unwrap().mode, Mode::List);
+        assert_eq!(p("-bi").unwrap().mode, Mode::Newaliases);
         assert_eq!(p("-q").unwrap().mode, Mode::Flush);
         assert_eq!(p("-q1h").unwrap().mode, Mode::Flush);
         assert_eq!(parse(&[], true).unwrap().mode, Mode::List);

@@ -55,7 +55,7 @@ pub fn run(config: Option<&Path>) -> i32 {
             return exitcode::EX_CONFIG;
         }
     };
-    sloop_common::logging::init("sloop-qmgr", cfg.log_level);
+    sloop_common::logging::init_with("sloop-qmgr", "qmgr", &cfg.log);
     let spool = Spool::new(&cfg.server.spool_dir);
     match recovery::recover(&spool) {
         Ok(r) => log::info!(

@@ -43,7 +43,7 @@ fn run() -> i32 {
             return EX_CONFIG;
         }
     };
-    sloop_common::logging::init("sloop-smtpd", cfg.log_level);
+    sloop_common::logging::init_with("sloop-smtpd", "smtpd", &cfg.log);
     std::panic::set_hook(Box::new(|info| {
         log::error!("panic: {}", info.to_string().replace('\n', " "));
     }));

@@ -120,7 +120,6 @@ impl Session<'_> {
             );
         }
         let id = queue_id::new_id();
-        log::info!("{id}: client={}", self.client.display());
         self.state = State::Mail(Txn {
             id,
             sender,
@@ -142,6 +141,12 @@ impl Session<'_> {
         let reply = match result {
             Ok(r) => {
                 txn.recipients.push(r);
+                if txn.recipients.len() == 1 {
+                    // As Postfix, at the first accepted recipient (where its queue
+                    // file is made): log readers (pflogsumm) count this line as a
+                    // message received, so a transaction with no recipient has none.
+                    log::info!("{}: client={}", txn.id, self.client.display());
+                }
                 Reply::new(250, (2, 1, 5), "Ok")
             }
             Err(r) => {

@@ -85,7 +85,9 @@ impl Policy {
                 ));
             };
             return match classify(&self.cfg, aliases, &address) {
-                LocalVerdict::Mailbox { .. } | LocalVerdict::Alias { .. } => Ok(Accepted {
+                LocalVerdict::Mailbox { .. }
+                | LocalVerdict::Alias { .. }
+                | LocalVerdict::Account { .. } => Ok(Accepted {
                     address,
                     trick: r.trick,
                 }),

@@ -70,7 +70,7 @@ fn run(args: &Args) -> i32 {
             return code;
         }
     };
-    sloop_common::logging::init("sloopd", cfg.log_level);
+    sloop_common::logging::init_with("sloopd", "master", &cfg.log);
     log::debug!("keys left at their default: {}", cfg.defaulted.join(", "));
     log::info!(
         "starting with {}: hostname {}, greeting \"{}\", listening on {:?}",

@@ -7,9 +7,10 @@ use std::path::Path;
 
 struct Trust(Vec<PathBuf>);
 
+/// Listed files are trusted; their members run as uid 1000.
 impl TrustPolicy for Trust {
-    fn trusted(&self, path: &Path) -> bool {
-        self.0.iter().any(|p| p == path)
+    fn privileges(&self, path: &Path, _facts: Option<FileFacts>) -> Option<u32> {
+        self.0.iter().any(|p| p == path).then_some(1000)
     }
 }
 
@@ -50,8 +51,14 @@ fn lists_commands_files_and_forwards() {
             mb("alice", "d.test"),
             mb("bob", "e.test"),
             Target::Forward("carol@far.test".into()),
-            Target::Command("/bin/true".into()),
-            Target::File("/var/mail/x".into()),
+            Target::Command {
+                command: "/bin/true".into(),
+                uid: 1000
+            },
+            Target::File {
+                path: "/var/mail/x".into(),
+                uid: 1000
+            },
         ]
     );
 }
@@ -141,5 +148,43 @@ fn path_tricks_in_alias_members_are_refused() {
         e.problems.iter().all(|p| p.dsn == "5.1.3"),
         "{:?}",
         e.problems
+    );
+}
+
+#[test]
+fn privileges_follow_the_owner_of_the_source() {
+    let f = |uid, mode| FileFacts { uid, mode };
+    // As root: the owner's uid (root is mapped to nobody when the command runs).
+    assert_eq!(run_as_for(f(0, 0o100644), 0, &[]), Some(0));
+    assert_eq!(run_as_for(f(1000, 0o100600), 0, &[]), Some(1000));
+    // Group- or world-writable: refused whoever owns it.
+    assert_eq!(run_as_for(f(0, 0o100664), 0, &[]), None);
+    assert_eq!(run_as_for(f(0, 0o100646), 0, &[]), None);
+    // Unprivileged agent (uid 500): trusted owners only, and it runs as itself.
+    assert_eq!(run_as_for(f(0, 0o100644), 500, &[0, 500]), Some(500));
+    assert_eq!(run_as_for(f(1000, 0o100644), 500, &[0, 500]), None);
+}
+
+#[test]
+fn forward_files_must_be_the_accounts_own() {
+    let f = |uid, mode| FileFacts { uid, mode };
+    assert!(forward_usable(f(1000, 0o100644), 1000).is_ok());
+    assert!(
+        forward_usable(f(0, 0o100644), 1000).is_err(),
+        "root's file in a user's home"
+    );
+    assert!(forward_usable(f(1001, 0o100644), 1000).is_err());
+    let e = forward_usable(f(1000, 0o100666), 1000).unwrap_err();
+    assert!(e.contains("world-writable"), "{e}");
+}
+
+#[test]
+fn backslash_names_the_mailbox_without_expansion() {
+    let cfg = config("[\"@d.test\"]");
+    let a = aliases("alice: \\alice, x@far.test\n");
+    let e = expand(&cfg, &a, &[], "alice@d.test");
+    assert_eq!(
+        e.targets,
+        vec![mb("alice", "d.test"), Target::Forward("x@far.test".into())]
     );
 }

@@ -1,0 +1,227 @@
+//! Local system users (`local.system_users`), end to end as an operator runs it:
+//! `sloopd` as root with an unprivileged `server.user`, mail by SMTP to real accounts
+//! made with `useradd -m`. Checks: the mbox in `local.mail_spool_dir` is owned by the
+//! account, group `mail`, mode 0660, and holds the message intact; `~/.forward` sends
+//! on to another address and to a `|command` that runs as the account; a `|command` in
+//! a root-owned aliases file runs as `nobody`; `postmaster: root` lands in root's
+//! mailbox; a symlinked `.forward` is refused and deferred with a log line, never
+//! followed; the spawner is the only child left as root.
+//!
+//! Needs root (CI runs the tests as root); prints SKIP otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use sloop_tests::{free_port, wait_until, Daemon, Smtp, TestDir};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// A local account made for one test, removed (with its home) on drop.
+struct Account {
+    name: String,
+    home: PathBuf,
+    uid: u32,
+}
+
+impl Account {
+    fn create(tag: &str) -> Account {
+        let name = format!("sl{tag}{}", std::process::id() % 100_000);
+        let _ = Command::new("userdel").args(["-r", &name]).output();
+        let out = Command::new("useradd")
+            .args(["-m", "-s", "/bin/sh", &name])
+            .output()
+            .expect("useradd");
+        assert!(out.status.success(), "useradd {name}: {out:?}");
+        let pw = nix::unistd::User::from_name(&name).unwrap().unwrap();
+        Account {
+            name,
+            home: pw.dir,
+            uid: pw.uid.as_raw(),
+        }
+    }
+
+    /// Writes a file in the home directory owned by the account.
+    fn write(&self, file: &str, text: &str, mode: u32) -> PathBuf {
+        let p = self.home.join(file);
+        std::fs::write(&p, text).unwrap();
+        std::os::unix::fs::chown(&p, Some(self.uid), None).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-u", &self.name])
+            .output();
+        let _ = Command::new("userdel").args(["-r", &self.name]).output();
+    }
+}
+
+fn uid_of(name: &str) -> u32 {
+    nix::unistd::User::from_name(name)
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw()
+}
+
+fn send(port: u16, rcpt: &str, subject: &str) {
+    let mut s = Smtp::connect(port);
+    assert_eq!(s.code(), 220);
+    assert_eq!(s.cmd("EHLO client.test"), 250);
+    assert_eq!(s.cmd("MAIL FROM:<alice@far.test>"), 250);
+    assert_eq!(s.cmd(&format!("RCPT TO:<{rcpt}>")), 250, "RCPT {rcpt}");
+    assert_eq!(s.cmd("DATA"), 354);
+    s.send_raw(
+        format!(
+            "From: alice@far.test\r\nSubject: {subject}\r\n\r\nFrom the start of a line.\r\nbody of {subject}\r\n.\r\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(s.code(), 250);
+    assert_eq!(s.cmd("QUIT"), 221);
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[test]
+fn system_users_get_mbox_forward_and_commands_as_themselves() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP: system_users_get_mbox_forward_and_commands_as_themselves: needs root");
+        return;
+    }
+    let dir = TestDir::new("local-users");
+    let daemon_user = Account::create("d");
+    let user = Account::create("u");
+    let spool_dir = dir.path.join("varmail");
+    let out = dir.path.join("out");
+    for d in [&spool_dir, &out] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    let aliases = dir.path.join("aliases");
+    std::fs::write(
+        &aliases,
+        format!(
+            "postmaster: root\nrun: \"|id -u > {}/alias-uid\"\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&aliases, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let port = free_port();
+    let server_user = format!("{:?}", daemon_user.name);
+    let config = dir.write_config(
+        port,
+        &[
+            ("server.user", &server_user),
+            ("domains.local", "[\"@hostname\"]"),
+            ("local.mailboxes", "[]"),
+            ("local.system_users", "true"),
+            ("local.mail_spool_dir", &q(&spool_dir)),
+            ("local.aliases", &q(&aliases)),
+        ],
+        "",
+    );
+    let d = Daemon::start(&config, port);
+    let log_has = |s: &str| wait_until(Duration::from_secs(30), || d.log_text().contains(s));
+    let mbox = spool_dir.join(&user.name);
+    let rcpt = format!("{}@sloop.test", user.name);
+
+    // 1. Plain delivery to the account's mbox.
+    send(port, &rcpt, "first");
+    assert!(
+        wait_until(Duration::from_secs(30), || read(&mbox)
+            .contains("body of first")),
+        "{}",
+        d.log_text()
+    );
+    let m = std::fs::metadata(&mbox).unwrap();
+    assert_eq!(m.uid(), user.uid, "mbox owner");
+    assert_eq!(m.gid(), 8, "mbox group mail");
+    assert_eq!(m.mode() & 0o7777, 0o660, "mbox mode");
+    let text = read(&mbox);
+    assert!(text.starts_with("From alice@far.test "), "{text}");
+    assert!(text.contains("\n>From the start of a line.\n"), "{text}");
+    assert!(text.contains(&format!("Delivered-To: {rcpt}")), "{text}");
+    assert!(log_has(&format!("to=<{rcpt}>, relay=local")));
+
+    // 2. ~/.forward: the mailbox (\user) and a command, which runs as the account.
+    let uid_file = user.home.join("forward-uid");
+    user.write(
+        ".forward",
+        &format!("\\{}, \"|id -u > {}\"\n", user.name, uid_file.display()),
+        0o644,
+    );
+    send(port, &rcpt, "second");
+    assert!(
+        wait_until(Duration::from_secs(30), || read(&mbox)
+            .contains("body of second")),
+        "{}",
+        d.log_text()
+    );
+    assert!(wait_until(Duration::from_secs(10), || !read(&uid_file).is_empty()));
+    assert_eq!(
+        read(&uid_file).trim(),
+        user.uid.to_string(),
+        ".forward command uid"
+    );
+
+    // 3. A command in the root-owned aliases file runs as nobody.
+    send(port, "run@sloop.test", "third");
+    let alias_uid = out.join("alias-uid");
+    assert!(
+        wait_until(Duration::from_secs(30), || !read(&alias_uid).is_empty()),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(read(&alias_uid).trim(), uid_of("nobody").to_string());
+
+    // 4. postmaster: root lands in root's mailbox, owned by root.
+    send(port, "postmaster@sloop.test", "fourth");
+    let root_mbox = spool_dir.join("root");
+    assert!(
+        wait_until(Duration::from_secs(30), || read(&root_mbox)
+            .contains("body of fourth")),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(std::fs::metadata(&root_mbox).unwrap().uid(), 0);
+
+    // 5. A symlinked .forward is refused: deferred with a line saying why, not followed.
+    std::fs::remove_file(user.home.join(".forward")).unwrap();
+    let target = user.write("elsewhere", "somebody@far.test\n", 0o644);
+    std::os::unix::fs::symlink(&target, user.home.join(".forward")).unwrap();
+    send(port, &rcpt, "fifth");
+    assert!(
+        log_has(".forward: is a symbolic link; refused"),
+        "{}",
+        d.log_text()
+    );
+    assert!(log_has("status=deferred"), "{}", d.log_text());
+    assert!(!read(&mbox).contains("body of fifth"));
+
+    // Every child but the spawner runs as server.user.
+    let ps = Command::new("ps")
+        .args(["-o", "user=,args=", "--ppid", &d.pid().to_string()])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout).to_string();
+    for line in ps.lines() {
+        let (who, args) = line.trim().split_once(' ').unwrap();
+        if args.contains("spawner") {
+            assert_eq!(who, "root", "{ps}");
+        } else {
+            assert!(
+                daemon_user.name.starts_with(who.trim_end_matches('+')),
+                "{ps}"
+            );
+        }
+    }
+    assert!(ps.contains("spawner"), "{ps}");
+}
