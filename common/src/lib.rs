@@ -12,6 +12,7 @@ pub mod exitcode;
 pub mod local_recipient;
 pub mod logging;
 pub mod pool_proto;
+pub mod pool_state;
 pub mod spool;
 
 pub use config::Config;

@@ -26,6 +26,9 @@ pub enum ReadOutcome {
     Data(usize),
     Eof,
     Timeout,
+    /// `sloopd` signalled a change of overload (overload.rs): the caller recomputes
+    /// its deadline and reads again.
+    Interrupted,
 }
 
 /// A client connection: where replies are written and where commands are read.
@@ -38,18 +41,22 @@ pub struct Conn {
     /// On a socket, the `SO_RCVTIMEO` now set (`Some(ZERO)` until the first read);
     /// `None` when `rd` is not a socket and reads wait with `poll(2)`.
     rcv_timeout: Option<Duration>,
+    /// The `SO_SNDTIMEO` now set on a TCP connection.
+    snd_timeout: Duration,
 }
 
 impl Conn {
     /// An accepted TCP connection; writes time out after `send_timeout`.
     pub fn new(stream: TcpStream, send_timeout: Duration) -> io::Result<Conn> {
         stream.set_nonblocking(false)?;
-        stream.set_write_timeout(Some(send_timeout.max(Duration::from_millis(100))))?;
+        let snd_timeout = send_timeout.max(Duration::from_millis(100));
+        stream.set_write_timeout(Some(snd_timeout))?;
         let _ = stream.set_nodelay(true);
         Ok(Conn {
             rd: File::from(OwnedFd::from(stream)),
             wr: None,
             rcv_timeout: Some(Duration::ZERO),
+            snd_timeout,
         })
     }
 
@@ -61,6 +68,7 @@ impl Conn {
             rd: File::from(rd),
             wr: Some(File::from(wr)),
             rcv_timeout: None,
+            snd_timeout: Duration::ZERO,
         })
     }
 
@@ -98,7 +106,12 @@ impl Conn {
             match self.rd.read(buf) {
                 Ok(0) => return Ok(ReadOutcome::Eof),
                 Ok(n) => return Ok(ReadOutcome::Data(n)),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if crate::overload::signalled() {
+                        return Ok(ReadOutcome::Interrupted);
+                    }
+                    continue;
+                }
                 // SO_RCVTIMEO ran out: the loop checks the deadline.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.rcv_timeout.is_some() => {
                     continue
@@ -109,6 +122,21 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Sets the send timeout of a TCP connection (no-op when unchanged, and on stdio).
+    pub fn set_send_timeout(&mut self, t: Duration) -> io::Result<()> {
+        let t = t.max(Duration::from_millis(100));
+        if self.wr.is_some() || self.snd_timeout == t {
+            return Ok(());
+        }
+        let tv = TimeVal::new(
+            t.as_secs().try_into().unwrap_or(i64::MAX),
+            t.subsec_micros().into(),
+        );
+        setsockopt(&self.rd, sockopt::SendTimeout, &tv).map_err(io::Error::from)?;
+        self.snd_timeout = t;
+        Ok(())
     }
 
     /// Writes all of `bytes` (bounded by the send timeout).
@@ -136,6 +164,7 @@ impl Conn {
             match poll(&mut fds, timeout) {
                 Ok(0) => continue,
                 Ok(_) => return Ok(true),
+                Err(nix::errno::Errno::EINTR) if crate::overload::signalled() => return Ok(true),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(io::Error::from(e)),
             }
