@@ -392,7 +392,7 @@ fn g4_a_transfer_in_data_is_not_cut_by_overload() {
 
 #[test]
 fn a_session_waiting_for_a_command_takes_the_short_budget_when_overload_begins() {
-    let (_dir, d, port) = small_pool("overload-running");
+    let (dir, d, port) = small_pool("overload-running");
     // Greeted and silent before any overload: its budget is idle_timeout (300s).
     let mut early = smtp_from("127.0.0.50", port);
     assert_eq!(early.code(), 220);
@@ -401,6 +401,18 @@ fn a_session_waiting_for_a_command_takes_the_short_budget_when_overload_begins()
         .log_text()
         .contains("overload: process limit reached")));
     let t0 = Instant::now();
+    // `sloop status` shows the pool, the overload and the spool's free space.
+    let out = std::process::Command::new(sloop_tests::bin("sloop"))
+        .arg("-c")
+        .arg(dir.path.join("sloop.toml"))
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("3 busy, 0 idle"), "{text}");
+    assert!(text.contains("limit 3 (smtpd.max_processes)"), "{text}");
+    assert!(text.contains("overload: yes, since "), "{text}");
+    assert!(text.contains(" free on "), "{text}");
     let r = early.reply();
     assert!(r[0].starts_with("421 4.4.2 "), "{r:?}");
     // 2s counted from the start of its wait, which began before the overload.

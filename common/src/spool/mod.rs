@@ -22,6 +22,7 @@ pub mod envelope;
 pub mod inject;
 pub mod pool;
 pub mod queue_id;
+pub mod space;
 pub mod status;
 
 pub use envelope::{Envelope, EnvelopeError, Recipient, Ret};
