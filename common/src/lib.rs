@@ -13,6 +13,7 @@ pub mod exitcode;
 pub mod local_recipient;
 pub mod logging;
 pub mod pool_proto;
+pub mod pool_state;
 pub mod secure_fs;
 pub mod spool;
 

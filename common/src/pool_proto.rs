@@ -15,6 +15,22 @@
 //! the worker exits after its session. A worker exits by itself after
 //! `smtpd.max_use` sessions.
 //!
+//! Right after its `B` record a worker writes a 52-octet client record: `A`, its pid
+//! as 10 digits, a space, the client's address left-justified in 39 octets, `\n`. The
+//! supervisor uses it to share the pool fairly between addresses under overload.
+//!
+//! - `SLOOP_HANDOFF_FD=6`: the receiving end of a datagram socket pair shared by all
+//!   workers. While the pool is overloaded the supervisor accepts connections itself
+//!   (its busy acceptor); when a worker becomes idle it passes the oldest of them down
+//!   this socket (`SCM_RIGHTS`, one octet of payload). An idle worker waits on it as on
+//!   the listeners and prefers it.
+//!
+//! Overload: while every worker is busy at `smtpd.max_processes`, the supervisor keeps
+//! `<run_dir>/overload` (`pool_state.rs`) and sends `SIGWINCH` to every worker when it
+//! appears, changes or goes; a worker re-reads it then (SIGWINCH is ignored by
+//! default, so a worker that has not yet set its handler loses nothing) and in overload
+//! waits for a client command at most `smtpd.overload_idle_timeout`.
+//!
 //! Signals from the supervisor to a worker: `SIGHUP`: finish the current session (if
 //! any) and exit, so a new worker starts on the reloaded config; `SIGTERM`: stop
 //! accepting, finish the session within `supervisor.stop_timeout`, exit. The supervisor
@@ -24,8 +40,12 @@
 pub const ENV_LISTEN_FDS: &str = "SLOOP_LISTEN_FDS";
 /// Environment variable naming the status pipe's write end.
 pub const ENV_STATUS_FD: &str = "SLOOP_STATUS_FD";
+/// Environment variable naming the hand-off socket's receiving end.
+pub const ENV_HANDOFF_FD: &str = "SLOOP_HANDOFF_FD";
 /// Octets in one status record.
 pub const RECORD_LEN: usize = 16;
+/// Octets in one client record.
+pub const CLIENT_RECORD_LEN: usize = 52;
 
 /// A worker's availability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +82,40 @@ pub fn decode(rec: &[u8]) -> Option<(u32, Availability)> {
     Some((pid, state))
 }
 
+/// Encodes a client record: worker `pid` now serves a client at `ip`.
+pub fn encode_client(pid: u32, ip: std::net::IpAddr) -> [u8; CLIENT_RECORD_LEN] {
+    let mut rec = [b' '; CLIENT_RECORD_LEN];
+    rec[0] = b'A';
+    let digits = format!("{pid:010}");
+    rec[1..11].copy_from_slice(&digits.as_bytes()[..10]);
+    let addr = ip.to_string();
+    let n = addr.len().min(CLIENT_RECORD_LEN - 13);
+    rec[12..12 + n].copy_from_slice(&addr.as_bytes()[..n]);
+    rec[CLIENT_RECORD_LEN - 1] = b'\n';
+    rec
+}
+
+/// Decodes a client record; `None` for garbage.
+pub fn decode_client(rec: &[u8]) -> Option<(u32, std::net::IpAddr)> {
+    if rec.len() != CLIENT_RECORD_LEN || rec[0] != b'A' || rec[CLIENT_RECORD_LEN - 1] != b'\n' {
+        return None;
+    }
+    let pid = std::str::from_utf8(&rec[1..11]).ok()?.parse().ok()?;
+    let ip = std::str::from_utf8(&rec[12..CLIENT_RECORD_LEN - 1])
+        .ok()?
+        .trim_end()
+        .parse()
+        .ok()?;
+    Some((pid, ip))
+}
+
+/// Parses `SLOOP_HANDOFF_FD`.
+pub fn handoff_fd_from_env() -> Option<i32> {
+    std::env::var(ENV_HANDOFF_FD)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Parses `SLOOP_LISTEN_FDS`.
 pub fn listen_fds_from_env() -> Vec<i32> {
     std::env::var(ENV_LISTEN_FDS)
@@ -78,6 +132,7 @@ pub fn status_fd_from_env() -> Option<i32> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -90,5 +145,19 @@ mod tests {
         );
         assert_eq!(decode(b"garbage garbage\n"), None);
         assert_eq!(decode(b"short"), None);
+    }
+
+    #[test]
+    fn client_records_round_trip() {
+        for ip in [
+            "127.0.0.2",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::1",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let rec = encode_client(77, ip);
+            assert_eq!(decode_client(&rec), Some((77, ip)));
+        }
+        assert_eq!(decode_client(&encode(1, Availability::Busy)), None);
     }
 }

@@ -27,6 +27,9 @@ pub enum ReadOutcome {
     Data(usize),
     Eof,
     Timeout,
+    /// `sloopd` signalled a change of overload (overload.rs): the caller recomputes
+    /// its deadline and reads again.
+    Interrupted,
 }
 
 /// A client connection: where replies are written and where commands are read.
@@ -126,7 +129,12 @@ impl Conn {
             match self.rd.read(buf) {
                 Ok(0) => return Ok(ReadOutcome::Eof),
                 Ok(n) => return Ok(ReadOutcome::Data(n)),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    if crate::overload::signalled() {
+                        return Ok(ReadOutcome::Interrupted);
+                    }
+                    continue;
+                }
                 // SO_RCVTIMEO ran out: the loop checks the deadline.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.rcv_timeout.is_some() => {
                     continue
@@ -209,6 +217,7 @@ impl Conn {
             match poll(&mut fds, timeout) {
                 Ok(0) => continue,
                 Ok(_) => return Ok(true),
+                Err(nix::errno::Errno::EINTR) if crate::overload::signalled() => return Ok(true),
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(io::Error::from(e)),
             }

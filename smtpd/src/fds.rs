@@ -24,6 +24,9 @@ pub enum Kind {
     Listener,
     /// The write end of the status pipe (`SLOOP_STATUS_FD`).
     StatusPipe,
+    /// The datagram socket on which the busy acceptor hands over connections
+    /// (`SLOOP_HANDOFF_FD`).
+    HandoffSocket,
 }
 
 impl fmt::Display for Kind {
@@ -31,6 +34,7 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Kind::Listener => "listening socket",
             Kind::StatusPipe => "status pipe",
+            Kind::HandoffSocket => "hand-off socket",
         })
     }
 }
@@ -131,6 +135,11 @@ fn check_kind(borrowed: BorrowedFd<'_>, fd: RawFd, kind: Kind) -> Result<(), FdE
         },
         Kind::StatusPipe if ty == SFlag::S_IFIFO => Ok(()),
         Kind::StatusPipe => wrong(type_name(ty)),
+        Kind::HandoffSocket if ty != SFlag::S_IFSOCK => wrong(type_name(ty)),
+        Kind::HandoffSocket => match getsockopt(&borrowed, sockopt::SockType) {
+            Ok(nix::sys::socket::SockType::Datagram) => Ok(()),
+            _ => wrong("a socket that is not a datagram socket"),
+        },
     }
 }
 

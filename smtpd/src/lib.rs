@@ -14,6 +14,7 @@
 //! - [`connect`]: the connect phase (access rules, early talkers, fault injection);
 //! - [`rdns`]: forward-confirmed reverse DNS within its own timeout;
 //! - [`client_limit`]: per-client concurrency across worker processes;
+//! - [`overload`]: the short idle budget while the pool is overloaded;
 //! - [`serve`]: one session on one connection, deadlines and the panic boundary;
 //! - [`queue_client`]: queueing a message (in-process commit or the queue program);
 //! - [`faults`]: test-only fault injection (cargo feature `fault-injection`);
@@ -28,6 +29,7 @@ pub mod connect;
 pub mod data;
 pub mod faults;
 pub mod fds;
+pub mod overload;
 pub mod parser;
 pub mod queue_client;
 pub mod rdns;

@@ -94,7 +94,7 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) {
                     &mut session,
                     conn,
                     &mut buf,
-                    session_deadline,
+                    (ip, session_deadline),
                     policy,
                     watchdog,
                 );
@@ -113,31 +113,43 @@ thread_local! {
 }
 
 /// Reads what the client sends next into the session, within the phase's deadline.
+/// While waiting for a command the budget follows overload (overload.rs), also when
+/// it begins during the wait.
 fn read_input(
     session: &mut Session<'_>,
     conn: &mut Conn,
     buf: &mut [u8],
-    session_deadline: Instant,
+    (ip, session_deadline): (IpAddr, Instant),
     policy: &Policy,
     watchdog: &Watchdog,
 ) {
     let s = &policy.cfg.smtpd;
-    let budget = match session.phase() {
-        Phase::Command => s.idle_timeout,
-        Phase::Data => s.data_timeout,
-    };
-    let deadline = (Instant::now() + budget).min(session_deadline);
-    watchdog.arm("read", deadline);
-    match conn.read(buf, deadline) {
-        Ok(ReadOutcome::Data(n)) => {
-            watchdog.arm("command", Instant::now() + s.command_timeout);
-            session.input(&buf[..n]);
+    let wait_start = Instant::now();
+    loop {
+        let budget = match session.phase() {
+            Phase::Command => crate::overload::idle_budget(s, ip),
+            Phase::Data => s.data_timeout,
+        };
+        let deadline = (wait_start + budget).min(session_deadline);
+        watchdog.arm("read", deadline);
+        match conn.read(buf, deadline) {
+            Ok(ReadOutcome::Data(n)) => {
+                watchdog.arm("command", Instant::now() + s.command_timeout);
+                session.input(&buf[..n]);
+            }
+            Ok(ReadOutcome::Interrupted) => continue,
+            Ok(ReadOutcome::Timeout)
+                if budget < s.idle_timeout && session.phase() == Phase::Command =>
+            {
+                session.overload_timeout();
+            }
+            Ok(ReadOutcome::Timeout) => session.timeout(),
+            Ok(ReadOutcome::Eof) | Err(_) => {
+                conn.release_slot();
+                session.eof();
+            }
         }
-        Ok(ReadOutcome::Timeout) => session.timeout(),
-        Ok(ReadOutcome::Eof) | Err(_) => {
-            conn.release_slot();
-            session.eof();
-        }
+        return;
     }
 }
 
@@ -146,9 +158,16 @@ fn flush(conn: &mut Conn, out: &mut Vec<u8>, policy: &Policy, watchdog: &Watchdo
     if out.is_empty() {
         return true;
     }
-    // One deadline for the whole write: the socket layer gives up at it, before the
+    let s = &policy.cfg.smtpd;
+    // A client that does not read its replies holds a worker like a silent one. One
+    // deadline for the whole write: the socket layer gives up at it, before the
     // watchdog (armed with the same deadline, plus its grace) would end the worker.
-    let deadline = Instant::now() + policy.cfg.smtpd.command_timeout;
+    let budget = if crate::overload::active() {
+        s.command_timeout.min(s.overload_idle_timeout)
+    } else {
+        s.command_timeout
+    };
+    let deadline = Instant::now() + budget;
     watchdog.arm("write", deadline);
     let ok = conn.write_all_before(out, deadline).is_ok();
     out.clear();

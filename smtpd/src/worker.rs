@@ -2,9 +2,11 @@
 //! `sloop_common::pool_proto`).
 //!
 //! The worker adopts the listening sockets and the status pipe `sloopd` passed down,
-//! reports `Idle`, waits in `poll(2)` on all listeners, accepts one connection (the
-//! listeners are non-blocking, so a worker that loses the race goes back to waiting),
-//! reports `Busy`, takes a per-client slot (`client_limit.rs`), serves the session
+//! reports `Idle`, waits in `poll(2)` on all listeners and on the hand-off socket,
+//! takes a connection the supervisor's busy acceptor passes down (preferred: it has
+//! waited longest) or accepts one (the listeners are non-blocking, so a worker that
+//! loses the race goes back to waiting), reports `Busy` and the client's address,
+//! takes a per-client slot (`client_limit.rs`), serves the session
 //! (`serve.rs`), reports `Idle`, and repeats. It exits after `smtpd.max_use` sessions,
 //! after a session that panicked, on SIGTERM or SIGHUP (after the session in
 //! progress), when a status write fails (`EPIPE`: the supervisor is gone) or when its
@@ -17,11 +19,11 @@ use crate::session::policy::canonical;
 use crate::session::Policy;
 use crate::watchdog::Watchdog;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use sloop_common::pool_proto::{encode, Availability};
+use sloop_common::pool_proto::{encode, encode_client, Availability};
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,6 +34,8 @@ pub struct Worker {
     pub policy: Policy,
     pub listeners: Vec<TcpListener>,
     pub status: Option<File>,
+    /// The receiving end of the supervisor's hand-off socket (pool_proto.rs).
+    pub handoff: Option<OwnedFd>,
     pub watchdog: Watchdog,
 }
 
@@ -87,6 +91,12 @@ impl Worker {
                 self.session(stream);
                 return;
             }
+            if let Ok(peer) = stream.peer_addr() {
+                if !self.report_client(canonical(peer.ip())) {
+                    self.session(stream);
+                    return;
+                }
+            }
             served += 1;
             if self.session(stream) == SessionEnd::Panicked || !self.report(Availability::Idle) {
                 return;
@@ -95,13 +105,17 @@ impl Worker {
         log::info!("served {served} sessions (smtpd.max_use); worker exits");
     }
 
-    /// Waits up to a second for a connection on any listener.
+    /// Waits up to a second for a connection: one passed down by the busy acceptor
+    /// first, else one accepted from any listener.
     fn accept(&self) -> Option<TcpStream> {
         let mut fds: Vec<PollFd<'_>> = self
             .listeners
             .iter()
             .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
             .collect();
+        if let Some(h) = &self.handoff {
+            fds.push(PollFd::new(h.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::from(1000u16)) {
             Ok(n) if n > 0 => {}
             _ => return None,
@@ -112,7 +126,15 @@ impl Worker {
             .filter(|(_, f)| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
             .map(|(i, _)| i)
             .collect();
-        for i in ready {
+        drop(fds);
+        if let Some(h) = &self.handoff {
+            if ready.contains(&self.listeners.len()) {
+                if let Some(fd) = receive_handoff(h.as_raw_fd()) {
+                    return Some(TcpStream::from(fd));
+                }
+            }
+        }
+        for i in ready.into_iter().filter(|i| *i < self.listeners.len()) {
             match self.listeners[i].accept() {
                 Ok((s, _)) => return Some(s),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -187,6 +209,20 @@ impl Worker {
         SessionEnd::Normal
     }
 
+    /// Writes a client record; false when the supervisor is gone.
+    fn report_client(&mut self, ip: std::net::IpAddr) -> bool {
+        let Some(f) = self.status.as_mut() else {
+            return true;
+        };
+        match f.write_all(&encode_client(std::process::id(), ip)) {
+            Ok(()) => true,
+            Err(e) => {
+                log::info!("status pipe: {e}; supervisor gone, worker exits");
+                false
+            }
+        }
+    }
+
     /// Writes a status record; false when the supervisor is gone.
     fn report(&mut self, state: Availability) -> bool {
         let Some(f) = self.status.as_mut() else {
@@ -200,4 +236,28 @@ impl Worker {
             }
         }
     }
+}
+
+/// Takes one connection from the hand-off socket, if one is still there (another
+/// worker, or the supervisor taking it back, may have been first).
+fn receive_handoff(fd: RawFd) -> Option<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), flags).ok()?;
+    let mut got = None;
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for raw in fds {
+                // SAFETY: the kernel has just installed `raw` in our descriptor table
+                // for this message; nothing else owns it.
+                #[allow(unsafe_code)]
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                got.get_or_insert(owned);
+            }
+        }
+    }
+    got
 }

@@ -19,7 +19,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 use sloop_common::exitcode::SMTPD_WATCHDOG;
-use sloop_common::pool_proto::{ENV_LISTEN_FDS, ENV_STATUS_FD};
+use sloop_common::pool_proto::{ENV_HANDOFF_FD, ENV_LISTEN_FDS, ENV_STATUS_FD};
 use std::fmt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -80,6 +80,8 @@ pub struct SpawnSpec<'a> {
     pub config: &'a sloop_common::Config,
     /// `Some((listen fds, status fd))` for smtpd workers.
     pub pool_fds: Option<(String, i32)>,
+    /// The hand-off socket's receiving end (smtpd workers only, pool_proto.rs).
+    pub handoff_fd: Option<i32>,
     /// Run as this user (only when `sloopd` is root and `server.user` is set).
     pub creds: Option<(Uid, Gid)>,
 }
@@ -126,7 +128,11 @@ pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
         .arg(&spec.config.file)
         .env_remove(ENV_LISTEN_FDS)
         .env_remove(ENV_STATUS_FD)
+        .env_remove(ENV_HANDOFF_FD)
         .stdin(Stdio::null());
+    if let Some(fd) = spec.handoff_fd {
+        cmd.env(ENV_HANDOFF_FD, fd.to_string());
+    }
     if let Some((listen, status)) = &spec.pool_fds {
         cmd.env(ENV_LISTEN_FDS, listen)
             .env(ENV_STATUS_FD, status.to_string());
@@ -281,6 +287,7 @@ mod tests {
             bin_dir: Path::new("/nonexistent/sloop-bin"),
             config: &cfg,
             pool_fds: None,
+            handoff_fd: None,
             creds: None,
         };
         let e = spawn(ChildKind::Qmgr, &spec).unwrap_err();

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 const SIGNALS: Token = Token(0);
 const STATUS: Token = Token(1);
+/// Listening sockets, watched only while the busy acceptor takes connections.
+const LISTENER: Token = Token(2);
 
 /// Which signals arrived since the last turn of the loop.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +61,9 @@ pub fn run(sup: &mut Supervisor, mut signals: Signals) -> io::Result<()> {
         .register(&mut SourceFd(&status_fd), STATUS, Interest::READABLE)?;
     let mut events = Events::with_capacity(64);
     sup.start_children(Instant::now());
+    let mut watched: Vec<std::os::fd::RawFd> = Vec::new();
     loop {
+        watch_listeners(&poll, &mut watched, sup.accept_fds());
         let timeout = sup.next_timeout(Instant::now());
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() == io::ErrorKind::Interrupted {
@@ -72,6 +76,7 @@ pub fn run(sup: &mut Supervisor, mut signals: Signals) -> io::Result<()> {
             match event.token() {
                 STATUS => sup.read_status(),
                 SIGNALS => signals.pending().for_each(|s| flags.note(s)),
+                // The turn's balance() accepts.
                 _ => {}
             }
         }
@@ -99,7 +104,33 @@ fn act(sup: &mut Supervisor, flags: Flags, now: Instant) -> bool {
         return true;
     }
     sup.start_children(Instant::now());
+    sup.balance(Instant::now());
     false
+}
+
+/// Registers the listening sockets while the busy acceptor wants them, and only then
+/// (otherwise every connection would wake `sloopd` for nothing). A listener closed by
+/// a reload has left the poller by itself; errors deregistering it are ignored.
+fn watch_listeners(
+    poll: &Poll,
+    watched: &mut Vec<std::os::fd::RawFd>,
+    wanted: Vec<std::os::fd::RawFd>,
+) {
+    if *watched == wanted {
+        return;
+    }
+    for fd in watched.drain(..) {
+        let _ = poll.registry().deregister(&mut SourceFd(&fd));
+    }
+    for fd in wanted {
+        match poll
+            .registry()
+            .register(&mut SourceFd(&fd), LISTENER, Interest::READABLE)
+        {
+            Ok(()) => watched.push(fd),
+            Err(e) => log::warn!("cannot watch listening socket {fd}: {e}"),
+        }
+    }
 }
 
 /// Polls `done` every 10 ms until it holds or `timeout` passes (used only at the very

@@ -7,6 +7,8 @@
 //! `supervisor.stop_timeout` on SIGTERM. It never parses client input and never exits
 //! because a child misbehaves (SEED.md G4).
 //!
+//! - [`acceptor`]: the busy acceptor (421 4.3.2 instead of a silent backlog).
+//! - [`overload`]: when the pool is overloaded, who is over their share (pure).
 //! - [`backoff`]: restart delays (pure).
 //! - [`pool`]: idle/busy accounting of smtpd workers (pure).
 //! - [`listeners`]: binding and passing the listening sockets.
@@ -16,10 +18,12 @@
 //! - [`supervisor`]: the state and the action for each event.
 //! - [`event_loop`]: the mio loop and signals.
 
+pub mod acceptor;
 pub mod backoff;
 pub mod children;
 pub mod event_loop;
 pub mod listeners;
+pub mod overload;
 pub mod pool;
 pub mod setup;
 pub mod status_pipe;

@@ -67,6 +67,11 @@ impl Listeners {
         self.bound.iter().map(|(a, _)| *a).collect()
     }
 
+    /// The listening sockets.
+    pub fn iter(&self) -> impl Iterator<Item = &TcpListener> {
+        self.bound.iter().map(|(_, l)| l)
+    }
+
     /// The descriptors as `SLOOP_LISTEN_FDS` wants them: `3,4`.
     pub fn fd_list(&self) -> String {
         let fds: Vec<String> = self
@@ -138,7 +143,12 @@ fn bind_one(addr: SocketAddr) -> Result<TcpListener, BindError> {
     .map_err(err("bind"))?;
     let backlog = Backlog::new(BACKLOG).map_err(err("listen"))?;
     listen(&fd, backlog).map_err(err("listen"))?;
-    Ok(TcpListener::from(fd))
+    let l = TcpListener::from(fd);
+    // Workers and the busy acceptor (acceptor.rs) all accept from it: never block.
+    l.set_nonblocking(true).map_err(|e| {
+        err("fcntl(O_NONBLOCK)")(nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))
+    })?;
+    Ok(l)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 use sloop_common::pool_proto::Availability;
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 /// What the supervisor knows about one worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,8 @@ pub struct Worker {
     pub retiring: bool,
     /// True once it has sent any status record.
     pub reported: bool,
+    /// The client it serves (from its client record), while busy.
+    pub client: Option<IpAddr>,
 }
 
 /// Counts for logs and decisions. Retiring workers count only in `total` and
@@ -59,6 +62,7 @@ impl Pool {
                 state: WorkerState::Starting,
                 retiring: false,
                 reported: false,
+                client: None,
             },
         );
     }
@@ -72,8 +76,27 @@ impl Pool {
             Availability::Idle => WorkerState::Idle,
             Availability::Busy => WorkerState::Busy,
         };
+        w.client = None;
         w.reported = true;
         true
+    }
+
+    /// Applies a client record; `false` when `pid` is not a worker of this pool.
+    pub fn report_client(&mut self, pid: u32, ip: IpAddr) -> bool {
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return false;
+        };
+        w.client = Some(ip);
+        true
+    }
+
+    /// The client of every busy worker that named one.
+    pub fn busy_clients(&self) -> Vec<IpAddr> {
+        self.workers
+            .values()
+            .filter(|w| w.state == WorkerState::Busy)
+            .filter_map(|w| w.client)
+            .collect()
     }
 
     /// Forgets a reaped worker; returns what was known about it.
@@ -221,6 +244,19 @@ mod tests {
         assert_eq!(p.to_spawn(2, 100), 0);
         let c = p.counts();
         assert_eq!((c.idle, c.busy, c.total), (2, 1, 3));
+    }
+
+    #[test]
+    fn a_busy_worker_names_its_client_until_idle() {
+        let mut p = pool_of(&[10, 11]);
+        let ip: IpAddr = "127.0.0.3".parse().unwrap();
+        p.report(10, Busy);
+        assert!(p.report_client(10, ip));
+        assert!(!p.report_client(99, ip));
+        p.report(11, Busy);
+        assert_eq!(p.busy_clients(), vec![ip]);
+        p.report(10, Idle);
+        assert!(p.busy_clients().is_empty());
     }
 
     #[test]

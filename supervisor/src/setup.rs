@@ -254,6 +254,31 @@ impl Drop for PidFile {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (each connection the
+/// busy acceptor holds is one descriptor; children inherit the limit). Returns the
+/// soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => return hard,
+            Err(e) => log::warn!("cannot raise the descriptor limit from {soft} to {hard}: {e}"),
+        }
+    }
+    soft
+}
+
+/// How many connections the busy acceptor may hold with `fd_limit` descriptors: all
+/// but a reserve for `sloopd`'s own files, pipes and children.
+pub fn acceptor_cap(fd_limit: u64) -> usize {
+    const RESERVE: u64 = 256;
+    const MOST: u64 = 100_000;
+    fd_limit.saturating_sub(RESERVE).clamp(16, MOST) as usize
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

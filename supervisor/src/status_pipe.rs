@@ -9,15 +9,18 @@
 //! logging and skipped up to the next newline, and reading goes on.
 
 use nix::fcntl::OFlag;
-use sloop_common::pool_proto::{self, Availability, RECORD_LEN};
+use sloop_common::pool_proto::{self, Availability, CLIENT_RECORD_LEN, RECORD_LEN};
 use std::fs::File;
 use std::io::{self, Read};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// One thing read from the pipe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Status(u32, Availability),
+    /// A worker's client address.
+    Client(u32, IpAddr),
     /// Undecodable bytes, shown escaped for the log.
     Garbage(String),
 }
@@ -85,6 +88,17 @@ impl StatusReader {
         let mut out = Vec::new();
         let mut start = 0;
         while self.pending.len() - start >= RECORD_LEN {
+            if self.pending[start] == b'A' {
+                if self.pending.len() - start < CLIENT_RECORD_LEN {
+                    break;
+                }
+                let rec = &self.pending[start..start + CLIENT_RECORD_LEN];
+                if let Some((pid, ip)) = pool_proto::decode_client(rec) {
+                    out.push(Record::Client(pid, ip));
+                    start += CLIENT_RECORD_LEN;
+                    continue;
+                }
+            }
             let rec = &self.pending[start..start + RECORD_LEN];
             if let Some((pid, a)) = pool_proto::decode(rec) {
                 out.push(Record::Status(pid, a));
@@ -121,6 +135,20 @@ mod tests {
             r.feed(&rec[5..]),
             vec![Record::Status(42, Availability::Idle)]
         );
+    }
+
+    #[test]
+    fn client_records_are_read_whole() {
+        let mut r = StatusReader::default();
+        let ip: IpAddr = "127.0.0.7".parse().unwrap();
+        let mut bytes = encode(7, Availability::Busy).to_vec();
+        bytes.extend_from_slice(&pool_proto::encode_client(7, ip));
+        assert_eq!(
+            r.feed(&bytes[..30]),
+            vec![Record::Status(7, Availability::Busy)]
+        );
+        assert!(r.feed(&bytes[30..60]).is_empty());
+        assert_eq!(r.feed(&bytes[60..]), vec![Record::Client(7, ip)]);
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! with its status or signal and the restart delay; a program that cannot be started
 //! is retried with backoff. A reload that fails validation changes nothing.
 
+use crate::acceptor::Acceptor;
 use crate::backoff::{Backoff, ExitClass, Policy};
 use crate::children::{self, ChildKind, Exit, Running, SpawnSpec};
 use crate::listeners::{self, Listeners};
+use crate::overload::Tracker;
 use crate::pool::Pool;
 use crate::setup;
 use crate::status_pipe::{Record, StatusPipe};
@@ -21,8 +23,8 @@ use sloop_common::Config;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// How often "process limit reached" may be logged.
-const LIMIT_WARNING_EVERY: Duration = Duration::from_secs(10);
+mod balance;
+
 /// How long SIGKILLed children get to disappear before `sloopd` exits anyway.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long more than `min_idle` workers must have been idle before the surplus is
@@ -46,7 +48,13 @@ pub struct Supervisor {
     policy: Policy,
     /// Set once SIGTERM/SIGINT arrived: the deadline for children to exit.
     stopping: Option<Instant>,
-    last_limit_warning: Option<Instant>,
+    /// The busy acceptor (acceptor.rs) and the overload state (overload.rs, balance.rs).
+    pub(crate) acceptor: Acceptor,
+    pub(crate) overload: Tracker,
+    /// Addresses over their share of the pool, as last written to the overload file.
+    pub(crate) over_share: Vec<std::net::IpAddr>,
+    /// The status file's last text and when it was written.
+    pub(crate) status_written: Option<(Instant, String)>,
     /// Since when more than `min_idle` workers have been idle.
     surplus_since: Option<Instant>,
 }
@@ -58,6 +66,7 @@ impl Supervisor {
         creds: Option<(Uid, Gid)>,
         listeners: Listeners,
         status: StatusPipe,
+        acceptor: Acceptor,
     ) -> Supervisor {
         Supervisor {
             policy: Policy::from_config(&cfg.supervisor),
@@ -72,7 +81,10 @@ impl Supervisor {
             pickup_backoff: Backoff::default(),
             spawner_backoff: Backoff::default(),
             stopping: None,
-            last_limit_warning: None,
+            acceptor,
+            overload: Tracker::default(),
+            over_share: Vec::new(),
+            status_written: None,
             surplus_since: None,
         }
     }
@@ -111,9 +123,6 @@ impl Supervisor {
                 break;
             }
         }
-        if wanted == 0 && self.pool.limit_reached(max) {
-            self.warn_limit(now);
-        }
         self.trim_idle(now);
     }
 
@@ -147,21 +156,6 @@ impl Supervisor {
         );
     }
 
-    fn warn_limit(&mut self, now: Instant) {
-        let due = match self.last_limit_warning {
-            Some(t) => now.duration_since(t) >= LIMIT_WARNING_EVERY,
-            None => true,
-        };
-        if due {
-            self.last_limit_warning = Some(now);
-            log::warn!(
-                "sloop-smtpd: process limit reached (smtpd.max_processes={}, all busy); \
-                 new clients wait in the listen backlog",
-                self.cfg.smtpd.max_processes
-            );
-        }
-    }
-
     /// Spawns one child; on failure logs it and backs off. Returns whether it started.
     fn spawn_one(&mut self, kind: ChildKind, now: Instant) -> bool {
         let bin_dir = self.cfg.bin_dir();
@@ -178,6 +172,7 @@ impl Supervisor {
             bin_dir: &bin_dir,
             config: &self.cfg,
             pool_fds,
+            handoff_fd: (kind == ChildKind::Smtpd).then(|| self.acceptor.recv_fd()),
             creds,
         };
         let result = if kind == ChildKind::Smtpd {
@@ -218,10 +213,12 @@ impl Supervisor {
     /// just that spawn.
     fn spawn_inheriting(&self, spec: &SpawnSpec<'_>) -> Result<Pid, String> {
         let status_fd = self.status.write_fd();
+        let handoff_fd = self.acceptor.recv_fd();
         let open = self
             .listeners
             .inheritable(true)
-            .and_then(|()| listeners::set_inheritable(status_fd, true));
+            .and_then(|()| listeners::set_inheritable(status_fd, true))
+            .and_then(|()| listeners::set_inheritable(handoff_fd, true));
         let result = match open {
             Ok(()) => children::spawn(ChildKind::Smtpd, spec).map_err(|e| e.to_string()),
             Err(e) => Err(format!(
@@ -232,7 +229,8 @@ impl Supervisor {
         let close = self
             .listeners
             .inheritable(false)
-            .and_then(|()| listeners::set_inheritable(status_fd, false));
+            .and_then(|()| listeners::set_inheritable(status_fd, false))
+            .and_then(|()| listeners::set_inheritable(handoff_fd, false));
         if let Err(e) = close {
             log::error!("cannot mark descriptors close-on-exec: {}", e.desc());
         }
@@ -263,6 +261,9 @@ impl Supervisor {
                     if !self.pool.report(pid, a) {
                         log::debug!("status record from pid={pid}, not a current worker");
                     }
+                }
+                Record::Client(pid, ip) => {
+                    self.pool.report_client(pid, ip);
                 }
                 Record::Garbage(g) => log::warn!("garbage on the status pipe ignored: {g}"),
             }
@@ -395,6 +396,7 @@ impl Supervisor {
         let timeout = self.cfg.supervisor.stop_timeout;
         self.stopping = Some(now + timeout);
         self.listeners.close_all();
+        self.refuse_all_waiting();
         for (pid, run) in self.running.iter_mut() {
             run.asked = Some(Signal::SIGTERM);
             children::signal(*pid, Signal::SIGTERM);
@@ -443,6 +445,7 @@ impl Supervisor {
         due.extend(self.smtpd_backoff.not_before());
         due.extend(self.qmgr_backoff.not_before());
         due.extend(self.pickup_backoff.not_before());
+        due.extend(self.balance_due());
         due.into_iter()
             .filter(|t| *t > now)
             .min()

@@ -231,6 +231,7 @@ impl Config {
             access: r.access("smtpd.access"),
             queue_program: r.opt_path("smtpd.queue_program"),
             queue_timeout: r.duration("smtpd.queue_timeout"),
+            overload_idle_timeout: r.duration("smtpd.overload_idle_timeout"),
         };
         let local_domains: Vec<String> = r
             .strings("domains.local")
@@ -281,6 +282,10 @@ impl Config {
             remote_concurrency: r.int("queue.remote_concurrency") as usize,
             destination_concurrency: r.int("queue.destination_concurrency") as usize,
             delivery_timeout: r.duration("queue.delivery_timeout"),
+            min_free: match r.size("queue.min_free") {
+                0 => smtpd.max_message_size.saturating_mul(3) / 2,
+                n => n,
+            },
         };
         let supervisor = SupervisorConfig {
             stop_timeout: r.duration("supervisor.stop_timeout"),

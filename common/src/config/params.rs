@@ -166,6 +166,8 @@ pub const PARAMS: &[Param] = &[
         doc: "qmail-queue compatible program run per message (message on fd 0, envelope on fd 1). Empty: the smtpd commits into the spool itself, with the same fsyncs as sloop-queue." },
     Param { key: "smtpd.queue_timeout", kind: Kind::Duration { min: SEC, max: HOUR }, default: "\"120s\"",
         doc: "The queue program is killed (451 4.3.0) if it runs longer than this." },
+    Param { key: "smtpd.overload_idle_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"10s\"",
+        doc: "Client silence after which a session ends with 421 4.4.2 while the pool is overloaded (every worker busy at smtpd.max_processes); applies to running sessions too. Sessions in DATA keep data_timeout." },
     // domains
     Param { key: "domains.local", kind: Kind::DomainList, default: "[]",
         doc: "Domains whose mail is delivered on this node (to local.mailboxes, local.aliases and, with local.system_users, local accounts). The entry \"@hostname\" stands for server.hostname." },
@@ -221,6 +223,8 @@ pub const PARAMS: &[Param] = &[
         doc: "Most parallel deliveries to one destination domain." },
     Param { key: "queue.delivery_timeout", kind: Kind::Duration { min: SEC, max: DAY }, default: "\"15m\"",
         doc: "A delivery worker that takes longer on one job is killed and its recipients deferred." },
+    Param { key: "queue.min_free", kind: Kind::Size { min: 0, max: 1024 * GIB }, default: "0",
+        doc: "Free space the spool's file system must keep: below it MAIL FROM gets 452 4.3.1 and sloop-sendmail fails temporarily. 0: 1.5 times smtpd.max_message_size. A value below smtpd.max_message_size is refused." },
     // supervisor
     Param { key: "supervisor.stop_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"30s\"",
         doc: "On SIGTERM, how long sessions may finish before children are killed." },

@@ -484,6 +484,15 @@ impl<'a> Reader<'a> {
                 "at most smtpd.max_processes".to_string(),
             );
         }
+        if cfg.queue.min_free < cfg.smtpd.max_message_size {
+            self.issue(
+                "queue.min_free",
+                cfg.queue.min_free.to_string(),
+                "0 (1.5 times smtpd.max_message_size) or at least smtpd.max_message_size, \
+                 so that one more message always fits"
+                    .to_string(),
+            );
+        }
         if cfg.smtpd.dns_timeout > cfg.smtpd.connect_timeout {
             let found = values::format_duration(cfg.smtpd.dns_timeout);
             self.issue(

@@ -52,6 +52,7 @@ pub struct SmtpdConfig {
     /// The qmail-queue compatible program; `None` means sloop-queue from the bin dir.
     pub queue_program: Option<PathBuf>,
     pub queue_timeout: Duration,
+    pub overload_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +98,9 @@ pub struct QueueConfig {
     pub remote_concurrency: usize,
     pub destination_concurrency: usize,
     pub delivery_timeout: Duration,
+    /// Free octets the spool's file system must keep (0 in the file: resolved at load
+    /// to 1.5 times `smtpd.max_message_size`).
+    pub min_free: u64,
 }
 
 #[derive(Debug, Clone)]

@@ -28,6 +28,7 @@ pub mod inject;
 pub mod maildrop;
 pub mod pool;
 pub mod queue_id;
+pub mod space;
 pub mod status;
 
 pub use envelope::{Envelope, EnvelopeError, Recipient, Ret};

@@ -177,6 +177,10 @@ fn status(cfg: &Config, out: &mut impl Write) -> Result<(), ToolError> {
         None => format!("sloopd: not running (pid file {})\n", pid_file.display()),
     };
     write_out(out, &line)?;
+    if running.is_some() {
+        write_out(out, &pool_lines(&cfg.server.run_dir))?;
+    }
+    write_out(out, &space_line(cfg))?;
     let spool = Spool::new(&cfg.server.spool_dir);
     match queue_view::print_stats(&spool, false, out) {
         Ok(()) => {}
@@ -185,6 +189,50 @@ fn status(cfg: &Config, out: &mut impl Write) -> Result<(), ToolError> {
     match running {
         Some(_) => Ok(()),
         None => Err(ToolError::new(STATUS_NOT_RUNNING, "sloopd is not running")),
+    }
+}
+
+/// The smtpd pool and overload, from the status file sloopd keeps (pool_state.rs).
+fn pool_lines(run_dir: &Path) -> String {
+    use sloop_common::pool_state::{unix_now, PoolStatus, STATUS_FILE};
+    let Ok(text) = std::fs::read_to_string(run_dir.join(STATUS_FILE)) else {
+        return "smtpd pool: unknown (no status file yet)\n".to_string();
+    };
+    let p = PoolStatus::parse(&text);
+    let mut s = format!(
+        "smtpd pool: {} busy, {} idle, {} starting, limit {} (smtpd.max_processes); \
+         {} connection(s) waiting for a worker; {} refused busy (421 4.3.2) since start\n",
+        p.busy, p.idle, p.starting, p.limit, p.waiting, p.refused_busy
+    );
+    match p.overload_since {
+        Some(t) => s.push_str(&format!(
+            "overload: yes, since {} ({}s)\n",
+            sloop_common::logging::rfc5322_date(t),
+            unix_now().saturating_sub(t)
+        )),
+        None => s.push_str("overload: no\n"),
+    }
+    s
+}
+
+/// The spool's free space against `queue.min_free`.
+fn space_line(cfg: &Config) -> String {
+    use sloop_common::spool::space::{free_bytes, human, room_for};
+    let dir = &cfg.server.spool_dir;
+    let min = cfg.queue.min_free;
+    match free_bytes(dir) {
+        Ok(free) => format!(
+            "spool: {} free on {} (queue.min_free {}){}\n",
+            human(free),
+            dir.display(),
+            human(min),
+            if room_for(free, min, 0) {
+                ""
+            } else {
+                "; BELOW queue.min_free: new mail gets 452 4.3.1"
+            }
+        ),
+        Err(e) => format!("spool: free space unknown ({}: {e})\n", dir.display()),
     }
 }
 

@@ -9,7 +9,7 @@
 //! the socket's peer; on a pipe it is `0.0.0.0`, which no default rule trusts.
 
 use sloop_common::exitcode::{EX_CONFIG, EX_OSERR, EX_USAGE};
-use sloop_common::pool_proto::{listen_fds_from_env, status_fd_from_env};
+use sloop_common::pool_proto::{handoff_fd_from_env, listen_fds_from_env, status_fd_from_env};
 use sloop_smtpd::conn::Conn;
 use sloop_smtpd::fds::{Adopter, Kind};
 use sloop_smtpd::session::Policy;
@@ -115,13 +115,26 @@ fn start(policy: Policy) -> Result<(), (i32, String)> {
         )),
         None => None,
     };
+    let handoff = match handoff_fd_from_env() {
+        Some(fd) => Some(
+            adopter
+                .adopt(fd, Kind::HandoffSocket)
+                .map_err(|e| (EX_OSERR, e.to_string()))?,
+        ),
+        None => None,
+    };
     let flags = StopFlags::register().map_err(|e| (EX_OSERR, format!("signals: {e}")))?;
-    let watchdog = Watchdog::spawn(policy.cfg.smtpd.watchdog_grace)
-        .map_err(|e| (EX_OSERR, format!("watchdog thread: {e}")))?;
+    sloop_smtpd::overload::install(&policy.cfg.server.run_dir)
+        .map_err(|e| (EX_OSERR, format!("signals: {e}")))?;
+    // The watchdog thread must not take the overload signal meant to break a read.
+    let watchdog =
+        sloop_smtpd::overload::without_signal(|| Watchdog::spawn(policy.cfg.smtpd.watchdog_grace))
+            .map_err(|e| (EX_OSERR, format!("watchdog thread: {e}")))?;
     Worker {
         policy,
         listeners,
         status,
+        handoff,
         watchdog,
     }
     .run(&flags);

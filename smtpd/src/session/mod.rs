@@ -283,6 +283,22 @@ impl<'a> Session<'a> {
         self.close();
     }
 
+    /// A command did not come within the short budget of an overloaded pool.
+    pub fn overload_timeout(&mut self) {
+        log::info!(
+            "timeout after {} from {} (overload: smtpd.overload_idle_timeout)",
+            self.last_verb,
+            self.client.display()
+        );
+        let host = &self.policy.cfg.server.hostname;
+        self.push(Reply::new(
+            421,
+            (4, 4, 2),
+            format!("{host} Timeout, closing connection"),
+        ));
+        self.close();
+    }
+
     /// The queue program's verdict for the job last returned by [`step`](Self::step).
     pub fn queued(&mut self, id: &str, outcome: QueueOutcome) {
         let reply = match outcome {

@@ -11,6 +11,7 @@ use nix::unistd::{Gid, Uid};
 use signal_hook_mio::v1_0::Signals;
 use sloop_common::exitcode::{EX_CANTCREAT, EX_CONFIG, EX_OK, EX_OSERR, EX_UNAVAILABLE};
 use sloop_common::Config;
+use sloop_supervisor::acceptor::Acceptor;
 use sloop_supervisor::event_loop;
 use sloop_supervisor::listeners::Listeners;
 use sloop_supervisor::setup::{self, PidFile};
@@ -126,7 +127,14 @@ fn serve(
             format!("cannot create the status pipe: {}", e.desc()),
         )
     })?;
-    let mut sup = Supervisor::new(cfg, creds, listeners, status);
+    let fd_limit = setup::raise_fd_limit();
+    let acceptor = Acceptor::new(setup::acceptor_cap(fd_limit)).map_err(|e| {
+        (
+            EX_OSERR,
+            format!("cannot create the hand-off socket: {}", e.desc()),
+        )
+    })?;
+    let mut sup = Supervisor::new(cfg, creds, listeners, status, acceptor);
     let result = event_loop::run(&mut sup, signals);
     drop(pid_file);
     result.map_err(|e| (EX_OSERR, format!("event loop failed: {e}")))
