@@ -12,6 +12,7 @@
 //!   status/     per-recipient results of each message, an append-only log (status.rs)
 //!   free/0..f/  finished queue files kept for reuse by the next commit (pool.rs)
 //!   trigger     FIFO: a byte after each commit wakes the queue manager
+//!   workers.lock  held (shared) by every delivery worker while it runs (workers.rs)
 //! ```
 //!
 //! A queue file is the message followed by its envelope (envelope.rs), written and
@@ -23,9 +24,11 @@ pub mod inject;
 pub mod pool;
 pub mod queue_id;
 pub mod status;
+pub mod workers;
 
 pub use envelope::{Envelope, EnvelopeError, Recipient, Ret};
 pub use inject::{commit, InjectError};
+pub use queue_id::QueueId;
 
 use std::fmt;
 use std::fs::{self, File};

@@ -6,8 +6,10 @@
 //! with `defer` first) or when stdin/stdout fail. stdout carries protocol lines only.
 
 use sloop_common::exitcode::{EX_CONFIG, EX_SOFTWARE, EX_USAGE};
+use sloop_common::spool::workers::WorkerLock;
+use sloop_common::spool::Spool;
 use sloop_common::Config;
-use sloop_delivery::worker::{serve, Agent, Ending};
+use sloop_delivery::worker::{serve_recording, Agent, Ending};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +33,16 @@ fn main() -> ExitCode {
         }
     };
     sloop_common::logging::init("sloop-deliver", cfg.log_level);
+    let spool = Spool::new(cfg.server.spool_dir.clone());
+    // Held until exit: a queue manager starting after ours died waits for it
+    // (spool/workers.rs). Without it we still deliver; the cost is a possible duplicate.
+    let _lock = match WorkerLock::hold(&spool) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::warn!("{transport} worker: {e}");
+            None
+        }
+    };
     let mut agent: Box<dyn Agent> = match transport.as_str() {
         "local" => Box::new(sloop_delivery::local::LocalAgent::new(cfg)),
         _ => Box::new(sloop_delivery::remote::RemoteAgent::new(cfg)),
@@ -46,7 +58,7 @@ fn main() -> ExitCode {
     };
     // Buffered: a batch's result lines go out in one write when the loop flushes.
     let output = std::io::BufWriter::new(std::io::stdout().lock());
-    match serve(agent.as_mut(), input, output) {
+    match serve_recording(agent.as_mut(), input, output, Some(&spool)) {
         Ok(Ending::Eof) => ExitCode::SUCCESS,
         Ok(Ending::Panicked) => code(EX_SOFTWARE),
         Err(e) => {
