@@ -8,13 +8,15 @@
 //! Sloop program.
 //!
 //! ```text
-//! job  <job-id> <queue-id> <queue-file-path> <transport> <nexthop> <sender> <rcpt>...
+//! job  <job-id> <queue-id> <queue-file-path> <transport> <nexthop> <sender> <indices> <rcpt>...
 //! rcpt <job-id> <index>    <ok|defer|fail>   <dsn>       <relay>   <text>
 //! done <job-id>
 //! ```
 //!
 //! `transport` is `local` or `remote`; `nexthop` is the destination domain (remote) or
-//! empty (local). `index` is the recipient's position in the job (0-based); `dsn` is an
+//! empty (local). `indices` lists, comma-separated, each job recipient's position in the
+//! message's envelope (the worker records its successes under these in the message's
+//! status log, spool/status.rs). `index` is the recipient's position in the job (0-based); `dsn` is an
 //! enhanced status code such as `2.0.0`; `relay` names where it went
 //! (`local`, `mx.example.com[192.0.2.1]:25`); `text` is the SMTP reply or the reason.
 //! EOF, a malformed line, or a missing result defers the job's recipients and the worker
@@ -31,6 +33,8 @@ pub struct Job {
     pub transport: Transport,
     pub nexthop: String,
     pub sender: String,
+    /// Each recipient's index in the message's envelope, in the order of `recipients`.
+    pub indices: Vec<usize>,
     pub recipients: Vec<String>,
 }
 
@@ -109,6 +113,11 @@ impl Job {
             self.transport.word().to_string(),
             escape(&self.nexthop),
             escape(&self.sender),
+            self.indices
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
         ];
         fields.extend(self.recipients.iter().map(|r| escape(r)));
         let mut line = fields.join("\t");
@@ -132,8 +141,16 @@ impl Job {
         };
         let nexthop = unescape(f.next()?)?;
         let sender = unescape(f.next()?)?;
+        let indices = f
+            .next()?
+            .split(',')
+            .map(|i| i.parse().ok())
+            .collect::<Option<Vec<usize>>>()?;
         let recipients = f.map(unescape).collect::<Option<Vec<_>>>()?;
-        if recipients.is_empty() || recipients.iter().any(String::is_empty) {
+        if recipients.is_empty()
+            || recipients.iter().any(String::is_empty)
+            || indices.len() != recipients.len()
+        {
             return None;
         }
         Some(Job {
@@ -143,6 +160,7 @@ impl Job {
             transport,
             nexthop,
             sender,
+            indices,
             recipients,
         })
     }
@@ -217,6 +235,7 @@ mod tests {
             transport: Transport::Remote,
             nexthop: "example.net".into(),
             sender: String::new(),
+            indices: vec![3, 0],
             recipients: vec!["a@example.net".into(), "\"we\tird%\"@example.net".into()],
         };
         let line = job.to_line();
@@ -246,7 +265,17 @@ mod tests {
         ] {
             assert_eq!(Reply::parse(bad), None, "{bad:?}");
         }
-        assert_eq!(Job::parse("job\t1\tX\t/p\tlocal\t\ta@b\textra%"), None);
-        assert_eq!(Job::parse("job\t1\tX\t/p\tlocal\t\t"), None);
+        // Fields: job, id, queue id, path, transport, nexthop, sender, indices, rcpts.
+        let ok = "job\t1\tX\t/p\tlocal\t\ts@x\t4\ta@b";
+        assert_eq!(Job::parse(ok).map(|j| j.indices), Some(vec![4]));
+        for bad in [
+            "job\t1\tX\t/p\tlocal\t\t\t0,1\ta@b\textra%",
+            "job\t1\tX\t/p\tlocal\t\t\t0\t",
+            "job\t1\tX\t/p\tlocal\t\t\t0,1\ta@b",
+            "job\t1\tX\t/p\tlocal\t\t\tx\ta@b",
+            "job\t1\tX\t/p\tlocal\t\t\ta@b",
+        ] {
+            assert_eq!(Job::parse(bad), None, "{bad:?}");
+        }
     }
 }

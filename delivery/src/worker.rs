@@ -14,6 +14,13 @@
 //! manager queues a second job on a busy local worker only when every local worker is
 //! busy (qmgr/workers.rs), so a batch forms only under load.
 //!
+//! Delivered recipients are recorded in the message's status log as soon as the sync
+//! succeeded and before the results are written ([`serve_recording`],
+//! spool/status.rs `record_delivered`): if the worker or the queue manager is killed
+//! between the two, the next attempt sees those recipients as delivered instead of
+//! delivering them again. A record that cannot be written is logged and changes
+//! nothing else (the result still goes to the queue manager).
+//!
 //! Nothing but protocol lines is written to stdout. A job line that does not parse is
 //! logged and skipped (the queue manager times the job out and replaces us). A panic
 //! inside an agent is caught: the job's recipients are deferred, then the worker exits
@@ -23,7 +30,8 @@ use crate::message::QueuedMessage;
 use crate::result::RcptResult;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use sloop_common::delivery_proto::{Job, Reply, Transport};
-use sloop_common::spool::status::Outcome;
+use sloop_common::spool::status::{self, Outcome};
+use sloop_common::spool::Spool;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -74,7 +82,22 @@ pub enum Ending {
 }
 
 /// Runs jobs from `input` until EOF.
-pub fn serve<I, O>(agent: &mut dyn Agent, input: I, mut output: O) -> io::Result<Ending>
+pub fn serve<I, O>(agent: &mut dyn Agent, input: I, output: O) -> io::Result<Ending>
+where
+    I: Read + AsFd,
+    O: Write,
+{
+    serve_recording(agent, input, output, None)
+}
+
+/// Runs jobs from `input` until EOF, recording each batch's deliveries in the status
+/// logs of `spool` (when given) before answering.
+pub fn serve_recording<I, O>(
+    agent: &mut dyn Agent,
+    input: I,
+    mut output: O,
+    spool: Option<&Spool>,
+) -> io::Result<Ending>
 where
     I: Read + AsFd,
     O: Write,
@@ -84,7 +107,7 @@ where
     let mut batch: Vec<Done> = Vec::new();
     loop {
         if !batch.is_empty() && (batch.len() >= MAX_BATCH || !line_waiting(&input)) {
-            answer(agent, &mut output, &mut batch)?;
+            answer(agent, &mut output, &mut batch, spool)?;
         }
         if batch.is_empty() && input.buffer().is_empty() && !wait_readable(agent, input.get_ref())?
         {
@@ -92,7 +115,7 @@ where
         }
         line.clear();
         if input.read_line(&mut line)? == 0 {
-            answer(agent, &mut output, &mut batch)?;
+            answer(agent, &mut output, &mut batch, spool)?;
             agent.shutdown();
             return Ok(Ending::Eof);
         }
@@ -107,7 +130,7 @@ where
             delay,
         });
         if panicked {
-            answer(agent, &mut output, &mut batch)?;
+            answer(agent, &mut output, &mut batch, spool)?;
             return Ok(Ending::Panicked);
         }
     }
@@ -129,6 +152,7 @@ fn answer<O: Write>(
     agent: &mut dyn Agent,
     output: &mut O,
     batch: &mut Vec<Done>,
+    spool: Option<&Spool>,
 ) -> io::Result<()> {
     if batch.is_empty() {
         return Ok(());
@@ -143,12 +167,30 @@ fn answer<O: Write>(
                 *r = RcptResult::defer("4.3.0", format!("cannot make the delivery durable: {e}"));
             }
         }
+        if let Some(spool) = spool {
+            record(spool, &done);
+        }
         for (rcpt, r) in done.job.recipients.iter().zip(&done.results) {
             log_result(&done.job.queue_id, rcpt, r, done.delay);
         }
         write_results(output, &done.job, &done.results)?;
     }
     output.flush()
+}
+
+/// Appends the job's successes to its message's status log (see the module comment).
+fn record(spool: &Spool, done: &Done) {
+    let delivered: Vec<(usize, &str, &str)> = done
+        .job
+        .indices
+        .iter()
+        .zip(&done.results)
+        .filter(|(_, r)| r.outcome == Outcome::Ok)
+        .map(|(&i, r)| (i, r.dsn.as_str(), r.text.as_str()))
+        .collect();
+    if let Err(e) = status::record_delivered(spool, &done.job.queue_id, &delivered) {
+        log::warn!("{}: cannot record the delivery: {e}", done.job.queue_id);
+    }
 }
 
 /// Waits for input, running the agent's idle work when its timer expires. Returns
@@ -315,6 +357,43 @@ mod tests {
         (agent, replies)
     }
 
+    /// Runs one job of message `id` (envelope indices 4 and 7) with a spool to record in;
+    /// returns what the message's status log then says about those recipients.
+    fn run_recorded(fail: bool) -> Vec<bool> {
+        let (dir, path) = spool_message(&format!("record-{fail}"));
+        let spool = Spool::new(dir.join("spool"));
+        let id = path.file_name().unwrap().to_str().unwrap().to_string();
+        let mut job = Job::parse(&job_line(1, &path, "a@d.test")).unwrap();
+        job.queue_id = id.clone();
+        job.indices = vec![4, 7];
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (input, mut writer) = (File::from(r), File::from(w));
+        writer.write_all(job.to_line().as_bytes()).unwrap();
+        drop(writer);
+        let mut agent = Batching {
+            syncs: 0,
+            fail,
+            unsynced: 0,
+            batches: Vec::new(),
+        };
+        let mut out = Vec::new();
+        serve_recording(&mut agent, input, &mut out, Some(&spool)).unwrap();
+        let st = status::load(&spool, &id, 8).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        (0..8).map(|i| st.is_final(i)).collect()
+    }
+
+    #[test]
+    fn deliveries_are_recorded_under_their_envelope_index_once_synced() {
+        let finals = run_recorded(false);
+        assert_eq!(
+            finals,
+            [false, false, false, false, true, false, false, true]
+        );
+        // A failed sync reports deferrals and records nothing.
+        assert!(run_recorded(true).iter().all(|f| !f));
+    }
+
     #[test]
     fn waiting_jobs_are_answered_together_after_one_sync() {
         let (agent, replies) = run_batch(false, 3);
@@ -382,6 +461,7 @@ mod tests {
             transport: Transport::Local,
             nexthop: String::new(),
             sender: String::new(),
+            indices: (0..2).collect(),
             recipients: vec![rcpt.into(), "b@d.test".into()],
         }
         .to_line()

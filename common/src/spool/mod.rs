@@ -15,6 +15,7 @@
 //!   maildrop/   local submissions written by sloop-drop, taken by sloop-pickup
 //!   public/     pickup FIFO and showq socket, reachable by the submission group
 //!   corrupt/    maildrop files that did not pass sloop-pickup's checks
+//!   workers.lock  held (shared) by every delivery worker while it runs (workers.rs)
 //! ```
 //!
 //! Owners and modes are in [`LAYOUT`] and docs/security.md; `sloopd` applies them.
@@ -30,9 +31,11 @@ pub mod pool;
 pub mod queue_id;
 pub mod space;
 pub mod status;
+pub mod workers;
 
 pub use envelope::{Envelope, EnvelopeError, Recipient, Ret};
 pub use inject::{commit, InjectError};
+pub use queue_id::QueueId;
 
 use std::fmt;
 use std::fs::{self, File};

@@ -6,6 +6,7 @@
 //! spool creates the file with `O_EXCL`, so a clash (a clock stepped back) is detected
 //! and a new ID taken instead of overwriting.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,7 +15,73 @@ pub const ID_LEN: usize = 22;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A new queue ID.
+/// A queue ID known to be well formed (so safe as a file name), cheap to copy and hash.
+///
+/// Made by [`QueueId::new`] or checked by [`QueueId::parse`]; code that moves messages
+/// around takes this type rather than a bare string, so a name that is not an ID (a
+/// stray file in a queue directory, `../x`) never reaches a path.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId([u8; ID_LEN]);
+
+impl QueueId {
+    /// A new, unique ID.
+    pub fn new() -> QueueId {
+        let s = new_id();
+        QueueId::parse(&s).unwrap_or(QueueId([b'0'; ID_LEN]))
+    }
+
+    /// `s` as an ID, or `None` when it does not have the shape of one.
+    pub fn parse(s: &str) -> Option<QueueId> {
+        if !is_valid(s) {
+            return None;
+        }
+        let mut b = [0u8; ID_LEN];
+        b.copy_from_slice(s.as_bytes());
+        Some(QueueId(b))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever stored (parse checks them).
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+
+    /// Arrival time embedded in the ID, in seconds since the epoch.
+    pub fn timestamp(&self) -> u64 {
+        timestamp(self.as_str()).unwrap_or(0)
+    }
+}
+
+impl Default for QueueId {
+    fn default() -> QueueId {
+        QueueId::new()
+    }
+}
+
+impl AsRef<str> for QueueId {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QueueId({})", self.as_str())
+    }
+}
+
+impl PartialEq<str> for QueueId {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+/// A new queue ID, as text.
 pub fn new_id() -> String {
     let micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -80,5 +147,22 @@ mod tests {
         assert!(timestamp(&ids[0]).unwrap_or(0) > 1_700_000_000);
         assert!(!is_valid("../../etc/passwd"));
         assert!(!is_valid("0123456789abcdef012345"));
+    }
+
+    #[test]
+    fn typed_ids_round_trip_and_refuse_non_ids() {
+        let id = QueueId::new();
+        assert_eq!(QueueId::parse(id.as_str()), Some(id));
+        assert_eq!(id.to_string().len(), ID_LEN);
+        assert!(id.timestamp() > 1_700_000_000);
+        assert!(QueueId::new() > id, "sorted by arrival");
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "0123456789abcdef012345",
+            "0123456789ABCDEF01234",
+        ] {
+            assert_eq!(QueueId::parse(bad), None, "{bad:?}");
+        }
     }
 }

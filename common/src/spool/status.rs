@@ -4,8 +4,19 @@
 //! One line per event: `<unix secs> <recipient index> <kind> <dsn> <text>`, where kind is
 //! `ok`, `fail` or `defer`, or `<unix secs> - bounced <bounce id>` once the bounce for the
 //! failed recipients has itself been committed. Each append is fsync'd before the
-//! queue manager acts on it. The last `ok`/`fail` of a recipient is final; a torn last
+//! queue manager acts on it. The **first** `ok`/`fail` of a recipient is final: later
+//! lines about it are ignored (a recipient once delivered stays delivered); a torn last
 //! line (crash mid-write) is ignored, so the worst case is a retried delivery.
+//!
+//! Two writers append: the queue manager (every result, group-committed once per loop
+//! turn), and a delivery worker, which appends an `ok` line for each recipient it
+//! delivered as soon as the mailbox write is synced and before it reports the result
+//! ([`record_delivered`]: one `write(2)` per job, no fsync). A crash of the queue
+//! manager or of the worker after that point therefore no longer makes the recipient
+//! be delivered a second time. The worker's line is not fsync'd: losing it in a power
+//! failure costs a duplicate, never a loss, and the queue manager syncs the log before
+//! it acts on any result. Each line is written by one `write(2)` on an `O_APPEND`
+//! descriptor, so lines of the two writers never interleave.
 
 use super::{ctx, Spool, SpoolError};
 use std::fs::{self, OpenOptions};
@@ -127,6 +138,38 @@ pub fn append(spool: &Spool, id: &str, lines: &[String]) -> Result<(), SpoolErro
     ctx(f.sync_data(), "fsync", &p)
 }
 
+/// Records that a delivery agent delivered recipients `delivered` (envelope index,
+/// enhanced status code, text) of message `id`: one `O_APPEND` write, not fsync'd (see
+/// the module comment). The log is created if missing (mode 0600) and never followed
+/// through a symbolic link.
+pub fn record_delivered(
+    spool: &Spool,
+    id: &str,
+    delivered: &[(usize, &str, &str)],
+) -> Result<(), SpoolError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if delivered.is_empty() {
+        return Ok(());
+    }
+    let p = path(spool, id);
+    let mut buf = String::new();
+    for (index, dsn, text) in delivered {
+        buf.push_str(&result_line(*index, Outcome::Ok, dsn, text));
+        buf.push('\n');
+    }
+    let mut f = ctx(
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&p),
+        "open",
+        &p,
+    )?;
+    ctx(f.write_all(buf.as_bytes()), "append to", &p)
+}
+
 /// A result line for recipient `index`.
 pub fn result_line(index: usize, outcome: Outcome, dsn: &str, text: &str) -> String {
     format!(
@@ -238,6 +281,42 @@ mod tests {
         );
         assert_eq!(st.bounce_id.as_deref(), Some("ABC"));
         assert!(st.is_final(0) && st.is_final(1));
+    }
+
+    #[test]
+    fn a_workers_delivery_record_is_final_for_the_next_load() {
+        let dir = std::env::temp_dir().join(format!("sloop-status-rec-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let spool = Spool::new(&dir);
+        spool.ensure_layout().expect("layout");
+        let id = "0123456789ABCDEF012345";
+        append(
+            &spool,
+            id,
+            &[result_line(1, Outcome::Defer, "4.2.0", "busy")],
+        )
+        .expect("append");
+        record_delivered(
+            &spool,
+            id,
+            &[(1, "2.0.0", "delivered"), (0, "2.0.0", "x\ny")],
+        )
+        .expect("record");
+        let st = load(&spool, id, 2).expect("load");
+        assert!(st.is_final(0) && st.is_final(1));
+        assert_eq!(
+            st.recipients[0].as_ref().map(|r| r.text.as_str()),
+            Some("x y")
+        );
+        // A later deferral (the queue manager seeing a crash) does not undo it.
+        append(
+            &spool,
+            id,
+            &[result_line(0, Outcome::Defer, "4.3.0", "died")],
+        )
+        .expect("append");
+        assert!(load(&spool, id, 2).expect("load").is_final(0));
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -10,9 +10,11 @@
 //! 77 for the spawner not started as root. stdout carries protocol lines only.
 
 use sloop_common::exitcode::{EX_CONFIG, EX_SOFTWARE, EX_USAGE};
+use sloop_common::spool::workers::WorkerLock;
+use sloop_common::spool::Spool;
 use sloop_common::Config;
 use sloop_delivery::local::spawner;
-use sloop_delivery::worker::{serve, Agent, Ending};
+use sloop_delivery::worker::{serve_recording, Agent, Ending};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +58,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    let spool = Spool::new(cfg.server.spool_dir.clone());
+    // Held until exit: a queue manager starting after ours died waits for it
+    // (spool/workers.rs). Without it we still deliver; the cost is a possible duplicate.
+    let _lock = match WorkerLock::hold(&spool) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::warn!("{transport} worker: {e}");
+            None
+        }
+    };
     if transport == "local" && cfg.local.system_users && !root {
         if let Some(status) = spawner::hand_off(&cfg) {
             return ExitCode::from(status);
@@ -76,7 +88,7 @@ fn main() -> ExitCode {
     };
     // Buffered: a batch's result lines go out in one write when the loop flushes.
     let output = std::io::BufWriter::new(std::io::stdout().lock());
-    match serve(agent.as_mut(), input, output) {
+    match serve_recording(agent.as_mut(), input, output, Some(&spool)) {
         Ok(Ending::Eof) => ExitCode::SUCCESS,
         Ok(Ending::Panicked) => code(EX_SOFTWARE),
         Err(e) => {

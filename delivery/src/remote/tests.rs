@@ -18,6 +18,7 @@ fn recipients_are_grouped_by_domain() {
         transport: Transport::Remote,
         nexthop: "a.test".into(),
         sender: String::new(),
+        indices: (0..3).collect(),
         recipients: vec!["x@a.test".into(), "y@B.test".into(), "z@A.TEST".into()],
     };
     assert_eq!(
@@ -100,6 +101,7 @@ fn a_refused_mx_moves_on_to_the_next() {
         transport: Transport::Remote,
         nexthop: "multi.test".into(),
         sender: "s@x.test".into(),
+        indices: vec![0],
         recipients: vec!["u@multi.test".into()],
     };
     let res = agent.deliver(&job, &msg);

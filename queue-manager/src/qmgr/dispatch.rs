@@ -50,6 +50,7 @@ impl Qmgr {
             transport: spec.dest.transport,
             nexthop: spec.dest.domain.clone(),
             sender: msg.env.sender.clone(),
+            indices: spec.rcpts.clone(),
             recipients: spec
                 .rcpts
                 .iter()

@@ -276,11 +276,11 @@ impl Qmgr {
         if let Err(e) = fsync_dir(&self.spool.state_dir(QueueState::Active)) {
             log::error!("{e}");
         }
-        for (id, status_on_disk) in std::mem::take(&mut self.removed) {
-            if status_on_disk {
-                if let Err(e) = status::remove(&self.spool, &id) {
-                    log::warn!("{id}: {e}");
-                }
+        for (id, _) in std::mem::take(&mut self.removed) {
+            // Removed even when we wrote nothing: the delivery workers record their
+            // successes there too (status.rs).
+            if let Err(e) = status::remove(&self.spool, &id) {
+                log::warn!("{id}: {e}");
             }
             log::info!("{id}: removed");
         }

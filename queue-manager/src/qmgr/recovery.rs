@@ -1,7 +1,9 @@
 //! Start-up recovery from the spool alone (ARCHITECTURE.md §3, invariant 3).
 //!
 //! Before the queue manager schedules anything it: creates the layout where missing;
-//! removes `tmp/` files whose writer is dead (or older than 36 hours); moves everything
+//! removes `tmp/` files whose writer is dead (or older than 36 hours); waits (up to
+//! 10 s) for the delivery workers of a previous queue manager to exit, so that what
+//! they delivered is in the status logs (spool/workers.rs); moves everything
 //! left in `active/` back to `incoming/`, since work that was in flight when the last
 //! queue manager died must be retried (the per-recipient status log keeps recipients
 //! already delivered from being delivered again, so the worst case is one duplicate for
@@ -10,11 +12,13 @@
 //! from being used at all (layout cannot be created or listed) is returned to the caller,
 //! which exits with a temporary-failure status so `sloopd` restarts it with backoff.
 
-use sloop_common::spool::{queue_id, status, QueueState, Spool, SpoolError};
+use sloop_common::spool::{queue_id, status, workers, QueueState, Spool, SpoolError};
 use std::time::Duration;
 
 /// Age after which a `tmp/` file is removed even if its writer seems alive.
 const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
+/// Longest wait for the delivery workers of a previous queue manager to finish.
+const OLD_WORKERS_WAIT: Duration = Duration::from_secs(10);
 
 /// What recovery did, for the start-up log line.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -28,6 +32,14 @@ pub struct Recovered {
 pub fn recover(spool: &Spool) -> Result<Recovered, SpoolError> {
     spool.ensure_layout()?;
     let tmp_removed = spool.clean_tmp(TMP_MAX_AGE)?;
+    // Workers of a queue manager that died finish their jobs and record them first.
+    if !workers::wait_for_workers(spool, OLD_WORKERS_WAIT)? {
+        log::warn!(
+            "delivery workers of the previous queue manager still run after {}s; \
+             requeueing active/ anyway (their messages may be delivered twice)",
+            OLD_WORKERS_WAIT.as_secs()
+        );
+    }
     let mut requeued = 0;
     for id in spool.list(QueueState::Active)? {
         match spool.move_to(&id, QueueState::Active, QueueState::Incoming) {

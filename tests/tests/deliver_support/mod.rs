@@ -90,6 +90,7 @@ impl Worker {
             transport,
             nexthop: String::new(),
             sender: sender.to_string(),
+            indices: (0..rcpts.len()).collect(),
             recipients: rcpts.iter().map(|r| r.to_string()).collect(),
         };
         self.next_job += 1;

@@ -50,7 +50,7 @@ while True:
         break
     f = line.rstrip('\n').split('\t')
     job, qid, path, sender = f[1], unquote(f[2]), unquote(f[3]), unquote(f[6])
-    rcpts = [unquote(x) for x in f[7:]]
+    rcpts = [unquote(x) for x in f[8:]]  # f[7]: envelope indices
     first = first_time(qid)
     if sender == '':
         save(qid, path)
