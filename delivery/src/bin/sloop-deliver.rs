@@ -15,6 +15,7 @@ use sloop_common::spool::Spool;
 use sloop_common::Config;
 use sloop_delivery::local::spawner;
 use sloop_delivery::worker::{serve_recording, Agent, Ending};
+use std::ops::Not;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,14 +60,20 @@ fn main() -> ExitCode {
         };
     }
     let spool = Spool::new(cfg.server.spool_dir.clone());
+    // A root worker started by the local spawner leaves the spool to its owner: files
+    // it created there would be root's, which the queue manager cannot read. Its
+    // stand-in (the process the queue manager started) holds the lock meanwhile, and
+    // its results are recorded by the queue manager as they arrive.
+    let spool_ours = root_but_not_spool_owner(&spool).not();
     // Held until exit: a queue manager starting after ours died waits for it
     // (spool/workers.rs). Without it we still deliver; the cost is a possible duplicate.
-    let _lock = match WorkerLock::hold(&spool) {
-        Ok(l) => Some(l),
-        Err(e) => {
+    let _lock = match spool_ours.then(|| WorkerLock::hold(&spool)) {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
             log::warn!("{transport} worker: {e}");
             None
         }
+        None => None,
     };
     if transport == "local" && cfg.local.system_users && !root {
         if let Some(status) = spawner::hand_off(&cfg) {
@@ -88,7 +95,7 @@ fn main() -> ExitCode {
     };
     // Buffered: a batch's result lines go out in one write when the loop flushes.
     let output = std::io::BufWriter::new(std::io::stdout().lock());
-    match serve_recording(agent.as_mut(), input, output, Some(&spool)) {
+    match serve_recording(agent.as_mut(), input, output, spool_ours.then_some(&spool)) {
         Ok(Ending::Eof) => ExitCode::SUCCESS,
         Ok(Ending::Panicked) => code(EX_SOFTWARE),
         Err(e) => {
@@ -115,4 +122,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(String, Option<
 
 fn code(c: i32) -> ExitCode {
     ExitCode::from(u8::try_from(c).unwrap_or(1))
+}
+
+/// True when this process is root and the spool's state directories belong to
+/// another user (`server.user`): then it must create nothing there.
+fn root_but_not_spool_owner(spool: &Spool) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    nix::unistd::geteuid().is_root()
+        && std::fs::metadata(spool.root().join("status")).is_ok_and(|m| m.uid() != 0)
 }
