@@ -11,7 +11,9 @@ pub mod delivery_proto;
 pub mod exitcode;
 pub mod local_recipient;
 pub mod logging;
+pub mod passwd;
 pub mod pool_proto;
 pub mod spool;
+pub mod tls_material;
 
 pub use config::Config;

@@ -11,6 +11,7 @@
 //! (`watchdog.rs`) backs both up. [`Conn::has_early_input`] tells the connect phase
 //! whether the client spoke before the greeting.
 
+use crate::tls::TlsStream;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
@@ -38,6 +39,8 @@ pub struct Conn {
     /// On a socket, the `SO_RCVTIMEO` now set (`Some(ZERO)` until the first read);
     /// `None` when `rd` is not a socket and reads wait with `poll(2)`.
     rcv_timeout: Option<Duration>,
+    /// After a TLS handshake (`tls.rs`): reads and writes go through it.
+    tls: Option<Box<TlsStream>>,
 }
 
 impl Conn {
@@ -50,6 +53,7 @@ impl Conn {
             rd: File::from(OwnedFd::from(stream)),
             wr: None,
             rcv_timeout: Some(Duration::ZERO),
+            tls: None,
         })
     }
 
@@ -61,6 +65,7 @@ impl Conn {
             rd: File::from(rd),
             wr: Some(File::from(wr)),
             rcv_timeout: None,
+            tls: None,
         })
     }
 
@@ -74,8 +79,24 @@ impl Conn {
             .map(OwnedFd::from)
     }
 
-    /// Reads into `buf`, waiting no later than `deadline`.
+    /// Reads into `buf`, waiting no later than `deadline` (plaintext under TLS).
     pub fn read(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<ReadOutcome> {
+        match self.tls.take() {
+            Some(mut t) => {
+                let r = t.read(self, buf, deadline);
+                self.tls = Some(t);
+                r
+            }
+            None => self.read_raw(buf, deadline),
+        }
+    }
+
+    /// Reads octets from the socket itself, waiting no later than `deadline`.
+    pub(crate) fn read_raw(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Instant,
+    ) -> io::Result<ReadOutcome> {
         if self.rcv_timeout.is_none() && !self.wait_readable(deadline)? {
             return Ok(ReadOutcome::Timeout);
         }
@@ -111,8 +132,37 @@ impl Conn {
         }
     }
 
-    /// Writes all of `bytes` (bounded by the send timeout).
+    /// Writes all of `bytes` (bounded by the send timeout), through TLS when active.
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self.tls.take() {
+            Some(mut t) => {
+                let r = t.write_all(self, bytes);
+                self.tls = Some(t);
+                r
+            }
+            None => self.write_raw(bytes),
+        }
+    }
+
+    /// From now on, reads and writes go through `tls`.
+    pub(crate) fn set_tls(&mut self, tls: TlsStream) {
+        self.tls = Some(Box::new(tls));
+    }
+
+    /// True once a TLS handshake completed on this connection.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Sends TLS close_notify when TLS is active (before the socket is closed).
+    pub fn close_tls(&mut self) {
+        if let Some(mut t) = self.tls.take() {
+            t.close(self);
+        }
+    }
+
+    /// Writes octets to the socket itself.
+    pub(crate) fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut out = self.wr.as_ref().unwrap_or(&self.rd);
         out.write_all(bytes)?;
         out.flush()
@@ -120,6 +170,9 @@ impl Conn {
 
     /// True when the client has already sent something (or closed).
     pub fn has_early_input(&self) -> bool {
+        if self.tls.as_ref().is_some_and(|t| t.has_buffered_input()) {
+            return true;
+        }
         let mut fds = [PollFd::new(self.rd.as_fd(), PollFlags::POLLIN)];
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
     }

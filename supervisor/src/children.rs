@@ -14,7 +14,7 @@
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
-use sloop_common::pool_proto::{ENV_LISTEN_FDS, ENV_STATUS_FD};
+use sloop_common::pool_proto::{ENV_LISTEN_FDS, ENV_STATUS_FD, ENV_TLS_FD};
 use std::fmt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -61,6 +61,8 @@ pub struct SpawnSpec<'a> {
     pub config: &'a sloop_common::Config,
     /// `Some((listen fds, status fd))` for smtpd workers.
     pub pool_fds: Option<(String, i32)>,
+    /// The TLS memory file (`SLOOP_TLS_FD`) for smtpd workers, when configured.
+    pub tls_fd: Option<i32>,
     /// Run as this user (only when `sloopd` is root and `server.user` is set).
     pub creds: Option<(Uid, Gid)>,
 }
@@ -106,10 +108,14 @@ pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
         .arg(&spec.config.file)
         .env_remove(ENV_LISTEN_FDS)
         .env_remove(ENV_STATUS_FD)
+        .env_remove(ENV_TLS_FD)
         .stdin(Stdio::null());
     if let Some((listen, status)) = &spec.pool_fds {
         cmd.env(ENV_LISTEN_FDS, listen)
             .env(ENV_STATUS_FD, status.to_string());
+        if let Some(fd) = spec.tls_fd {
+            cmd.env(ENV_TLS_FD, fd.to_string());
+        }
     }
     if let Some((uid, gid)) = spec.creds {
         cmd.uid(uid.as_raw()).gid(gid.as_raw());
@@ -219,6 +225,7 @@ mod tests {
             bin_dir: Path::new("/nonexistent/sloop-bin"),
             config: &cfg,
             pool_fds: None,
+            tls_fd: None,
             creds: None,
         };
         let e = spawn(ChildKind::Qmgr, &spec).unwrap_err();

@@ -13,6 +13,7 @@ use crate::listeners::{self, Listeners};
 use crate::pool::Pool;
 use crate::setup;
 use crate::status_pipe::{Record, StatusPipe};
+use crate::tls_keys::TlsHandoff;
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Pid, Uid};
 use sloop_common::config::values::format_duration;
@@ -37,6 +38,7 @@ pub struct Supervisor {
     creds: Option<(Uid, Gid)>,
     listeners: Listeners,
     status: StatusPipe,
+    tls: TlsHandoff,
     pool: Pool,
     running: BTreeMap<Pid, Running>,
     smtpd_backoff: Backoff,
@@ -56,6 +58,7 @@ impl Supervisor {
         creds: Option<(Uid, Gid)>,
         listeners: Listeners,
         status: StatusPipe,
+        tls: TlsHandoff,
     ) -> Supervisor {
         Supervisor {
             policy: Policy::from_config(&cfg.supervisor),
@@ -63,6 +66,7 @@ impl Supervisor {
             creds,
             listeners,
             status,
+            tls,
             pool: Pool::default(),
             running: BTreeMap::new(),
             smtpd_backoff: Backoff::default(),
@@ -83,6 +87,9 @@ impl Supervisor {
     pub fn start_children(&mut self, now: Instant) {
         if self.stopping.is_some() {
             return;
+        }
+        if self.tls.rotate_if_due(now) {
+            self.retire_workers();
         }
         let qmgr_running = self.running.values().any(|r| r.kind == ChildKind::Qmgr);
         if !qmgr_running && self.qmgr_backoff.ready(now) {
@@ -155,6 +162,7 @@ impl Supervisor {
             bin_dir: &bin_dir,
             config: &self.cfg,
             pool_fds,
+            tls_fd: self.tls.fd().filter(|_| kind == ChildKind::Smtpd),
             creds: self.creds,
         };
         let result = if kind == ChildKind::Smtpd {
@@ -195,10 +203,12 @@ impl Supervisor {
     /// just that spawn.
     fn spawn_inheriting(&self, spec: &SpawnSpec<'_>) -> Result<Pid, String> {
         let status_fd = self.status.write_fd();
+        let tls_fd = self.tls.fd();
         let open = self
             .listeners
             .inheritable(true)
-            .and_then(|()| listeners::set_inheritable(status_fd, true));
+            .and_then(|()| listeners::set_inheritable(status_fd, true))
+            .and_then(|()| tls_fd.map_or(Ok(()), |fd| listeners::set_inheritable(fd, true)));
         let result = match open {
             Ok(()) => children::spawn(ChildKind::Smtpd, spec).map_err(|e| e.to_string()),
             Err(e) => Err(format!(
@@ -209,7 +219,8 @@ impl Supervisor {
         let close = self
             .listeners
             .inheritable(false)
-            .and_then(|()| listeners::set_inheritable(status_fd, false));
+            .and_then(|()| listeners::set_inheritable(status_fd, false))
+            .and_then(|()| tls_fd.map_or(Ok(()), |fd| listeners::set_inheritable(fd, false)));
         if let Err(e) = close {
             log::error!("cannot mark descriptors close-on-exec: {}", e.desc());
         }
@@ -322,13 +333,17 @@ impl Supervisor {
         if let Err(e) = setup::prepare_dirs(&new, creds) {
             return log_rejected_because(&e.to_string());
         }
+        if let Err(e) = self.tls.reload(&new, Instant::now()) {
+            return log_rejected_because(&e.to_string());
+        }
         if new.log_level != self.cfg.log_level {
             log::warn!("log.level changed: sloopd's own level changes when it restarts");
         }
         if new.server.run_dir != self.cfg.server.run_dir {
             log::warn!("server.run_dir changed: the pid file moves only when sloopd restarts");
         }
-        for e in self.listeners.reconcile(&new.smtpd.listen) {
+        let addrs: Vec<_> = new.all_listen().into_iter().map(|(a, _)| a).collect();
+        for e in self.listeners.reconcile(&addrs) {
             log::error!("reload: {e}; that address is not served until sloopd restarts");
         }
         self.policy = Policy::from_config(&new.supervisor);
@@ -339,6 +354,17 @@ impl Supervisor {
         self.creds = creds;
         self.cfg = new;
         self.retire_all();
+    }
+
+    /// Asks every smtpd worker to finish and exit (after a ticket key rotation).
+    fn retire_workers(&mut self) {
+        for pid in self.pool.retire_all() {
+            let pid = Pid::from_raw(pid as i32);
+            if let Some(run) = self.running.get_mut(&pid) {
+                run.asked = Some(Signal::SIGHUP);
+            }
+            children::signal(pid, Signal::SIGHUP);
+        }
     }
 
     /// Asks every child to finish and exit (SIGHUP, pool_proto.rs); replacements start
@@ -414,6 +440,7 @@ impl Supervisor {
         due.extend(self.surplus_since.map(|t| t + IDLE_SURPLUS_GRACE));
         due.extend(self.smtpd_backoff.not_before());
         due.extend(self.qmgr_backoff.not_before());
+        due.extend(self.tls.next_rotation());
         due.into_iter()
             .filter(|t| *t > now)
             .min()

@@ -9,6 +9,7 @@
 
 pub mod inject;
 pub mod operator;
+pub mod passwd;
 pub mod queue_ops;
 pub mod queue_view;
 pub mod sendmail;

@@ -16,6 +16,7 @@ use sloop_supervisor::listeners::Listeners;
 use sloop_supervisor::setup::{self, PidFile};
 use sloop_supervisor::status_pipe::StatusPipe;
 use sloop_supervisor::supervisor::Supervisor;
+use sloop_supervisor::tls_keys::TlsHandoff;
 use std::path::{Path, PathBuf};
 
 /// Sloop's supervisor: binds the SMTP listeners and runs the smtpd pool and the queue
@@ -51,6 +52,13 @@ fn run(args: &Args) -> i32 {
             return EX_CONFIG;
         }
     };
+    let tls = match TlsHandoff::load(&cfg, std::time::Instant::now()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sloopd: {e}");
+            return EX_CONFIG;
+        }
+    };
     if args.check {
         println!("sloopd: {}: configuration is valid", path.display());
         return EX_OK;
@@ -81,7 +89,7 @@ fn run(args: &Args) -> i32 {
     if let Some(note) = setup::user_note(&cfg, creds) {
         log::warn!("{note}");
     }
-    match serve(cfg, creds, listeners, signals) {
+    match serve(cfg, creds, listeners, tls, signals) {
         Ok(()) => {
             log::info!("stopped");
             EX_OK
@@ -98,8 +106,8 @@ fn run(args: &Args) -> i32 {
 fn prepare(cfg: &Config, daemon: bool) -> Result<(Option<(Uid, Gid)>, Listeners), Failure> {
     let creds = setup::credentials(cfg).map_err(|e| (EX_CONFIG, e.to_string()))?;
     setup::prepare_dirs(cfg, creds).map_err(|e| (EX_CANTCREAT, e.to_string()))?;
-    let listeners =
-        Listeners::bind_all(&cfg.smtpd.listen).map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
+    let addrs: Vec<_> = cfg.all_listen().into_iter().map(|(a, _)| a).collect();
+    let listeners = Listeners::bind_all(&addrs).map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
     if daemon {
         detach().map_err(|e| (EX_OSERR, format!("cannot detach: {}", e.desc())))?;
     }
@@ -111,6 +119,7 @@ fn serve(
     cfg: Config,
     creds: Option<(Uid, Gid)>,
     listeners: Listeners,
+    tls: TlsHandoff,
     signals: Signals,
 ) -> Result<(), Failure> {
     let pid_file =
@@ -122,7 +131,7 @@ fn serve(
             format!("cannot create the status pipe: {}", e.desc()),
         )
     })?;
-    let mut sup = Supervisor::new(cfg, creds, listeners, status);
+    let mut sup = Supervisor::new(cfg, creds, listeners, status, tls);
     let result = event_loop::run(&mut sup, signals);
     drop(pid_file);
     result.map_err(|e| (EX_OSERR, format!("event loop failed: {e}")))
