@@ -12,9 +12,11 @@ pub mod delivery_proto;
 pub mod exitcode;
 pub mod local_recipient;
 pub mod logging;
+pub mod passwd;
 pub mod pool_proto;
 pub mod pool_state;
 pub mod secure_fs;
 pub mod spool;
+pub mod tls_material;
 
 pub use config::Config;

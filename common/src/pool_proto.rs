@@ -7,6 +7,10 @@
 //! - `SLOOP_LISTEN_FDS=3,4`: listening TCP sockets, in the order of `smtpd.listen`.
 //! - `SLOOP_STATUS_FD=5`: write end of the status pipe shared by all smtpd workers.
 //! - `SLOOP_CONFIG=/path`: the config file the supervisor validated.
+//! - `SLOOP_TLS_FD=6`: a sealed memory file with the TLS material (when configured).
+//!
+//! Each listening socket's role (`smtpd`, `submission`, `submissions`) is not passed:
+//! the worker matches the socket's local address against the three `*.listen` lists.
 //!
 //! A worker writes one 16-octet record per state change (atomic: less than PIPE_BUF):
 //! `I` or `B` (idle / busy), then its pid as 10 decimal digits, then 4 octets of
@@ -42,6 +46,10 @@ pub const ENV_LISTEN_FDS: &str = "SLOOP_LISTEN_FDS";
 pub const ENV_STATUS_FD: &str = "SLOOP_STATUS_FD";
 /// Environment variable naming the hand-off socket's receiving end.
 pub const ENV_HANDOFF_FD: &str = "SLOOP_HANDOFF_FD";
+/// Environment variable naming the inherited, sealed memory file holding the TLS
+/// certificates, keys and session-ticket keys (`sloop_common::tls_material::Bundle`);
+/// absent when TLS is not configured. The worker reads it once and closes it.
+pub const ENV_TLS_FD: &str = "SLOOP_TLS_FD";
 /// Octets in one status record.
 pub const RECORD_LEN: usize = 16;
 /// Octets in one client record.
@@ -121,6 +129,13 @@ pub fn listen_fds_from_env() -> Vec<i32> {
     std::env::var(ENV_LISTEN_FDS)
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
         .unwrap_or_default()
+}
+
+/// Parses `SLOOP_TLS_FD`.
+pub fn tls_fd_from_env() -> Option<i32> {
+    std::env::var(ENV_TLS_FD)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Parses `SLOOP_STATUS_FD`.

@@ -12,6 +12,7 @@
 //! watchdog (`watchdog.rs`) backs both up. [`Conn::has_early_input`] tells the connect phase
 //! whether the client spoke before the greeting.
 
+use crate::tls::TlsStream;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
@@ -49,6 +50,10 @@ pub struct Conn {
     snd_timeout: Option<Duration>,
     /// The budget of a write without a deadline of its own ([`Conn::write_all`]).
     send_timeout: Duration,
+    /// After a TLS handshake (`tls.rs`): reads and writes go through it.
+    tls: Option<Box<TlsStream>>,
+    /// The deadline of the write in progress through TLS, for [`Conn::write_raw`].
+    write_deadline: Option<Instant>,
 }
 
 impl Conn {
@@ -65,6 +70,8 @@ impl Conn {
             rcv_timeout: Some(Duration::ZERO),
             snd_timeout: Some(send_timeout),
             send_timeout,
+            tls: None,
+            write_deadline: None,
         })
     }
 
@@ -79,6 +86,8 @@ impl Conn {
             rcv_timeout: None,
             snd_timeout: None,
             send_timeout: Duration::from_secs(300),
+            tls: None,
+            write_deadline: None,
         })
     }
 
@@ -105,8 +114,24 @@ impl Conn {
             .map(OwnedFd::from)
     }
 
-    /// Reads into `buf`, waiting no later than `deadline`.
+    /// Reads into `buf`, waiting no later than `deadline` (plaintext under TLS).
     pub fn read(&mut self, buf: &mut [u8], deadline: Instant) -> io::Result<ReadOutcome> {
+        match self.tls.take() {
+            Some(mut t) => {
+                let r = t.read(self, buf, deadline);
+                self.tls = Some(t);
+                r
+            }
+            None => self.read_raw(buf, deadline),
+        }
+    }
+
+    /// Reads octets from the socket itself, waiting no later than `deadline`.
+    pub(crate) fn read_raw(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Instant,
+    ) -> io::Result<ReadOutcome> {
         if self.rcv_timeout.is_none() && !self.wait_readable(deadline)? {
             return Ok(ReadOutcome::Timeout);
         }
@@ -147,7 +172,8 @@ impl Conn {
         }
     }
 
-    /// Writes all of `bytes` within the send timeout the connection was made with.
+    /// Writes all of `bytes` within the send timeout the connection was made with
+    /// (through TLS when active).
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.write_all_before(bytes, Instant::now() + self.send_timeout)
     }
@@ -156,7 +182,30 @@ impl Conn {
     /// a socket, `SO_SNDTIMEO` is budgeted against the time left, so a client that
     /// reads a few octets now and then cannot stretch one write past its deadline (a
     /// send timeout per `send(2)` restarts with every octet the client takes).
-    pub fn write_all_before(&mut self, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    pub fn write_all_before(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+        match self.tls.take() {
+            Some(mut t) => {
+                self.write_deadline = Some(deadline);
+                let r = t.write_all(self, bytes);
+                self.write_deadline = None;
+                self.tls = Some(t);
+                r
+            }
+            None => self.write_raw_before(bytes, deadline),
+        }
+    }
+
+    /// Writes octets to the socket itself, within the deadline of the write in
+    /// progress (or the connection's send timeout).
+    pub(crate) fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let deadline = self
+            .write_deadline
+            .unwrap_or_else(|| Instant::now() + self.send_timeout);
+        self.write_raw_before(bytes, deadline)
+    }
+
+    /// Writes octets to the socket itself, or fails with `TimedOut` at `deadline`.
+    fn write_raw_before(&mut self, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
         if self.snd_timeout.is_none() {
             // A pipe (`--inetd`): plain blocking writes, backed by the watchdog.
             let mut out = self.wr.as_ref().unwrap_or(&self.rd);
@@ -199,8 +248,28 @@ impl Conn {
         Ok(())
     }
 
+    /// From now on, reads and writes go through `tls`.
+    pub(crate) fn set_tls(&mut self, tls: TlsStream) {
+        self.tls = Some(Box::new(tls));
+    }
+
+    /// True once a TLS handshake completed on this connection.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Sends TLS close_notify when TLS is active (before the socket is closed).
+    pub fn close_tls(&mut self) {
+        if let Some(mut t) = self.tls.take() {
+            t.close(self);
+        }
+    }
+
     /// True when the client has already sent something (or closed).
     pub fn has_early_input(&self) -> bool {
+        if self.tls.as_ref().is_some_and(|t| t.has_buffered_input()) {
+            return true;
+        }
         let mut fds = [PollFd::new(self.rd.as_fd(), PollFlags::POLLIN)];
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
     }

@@ -27,6 +27,8 @@ pub enum Kind {
     /// The datagram socket on which the busy acceptor hands over connections
     /// (`SLOOP_HANDOFF_FD`).
     HandoffSocket,
+    /// The sealed memory file with the TLS material (`SLOOP_TLS_FD`).
+    TlsBundle,
 }
 
 impl fmt::Display for Kind {
@@ -35,6 +37,7 @@ impl fmt::Display for Kind {
             Kind::Listener => "listening socket",
             Kind::StatusPipe => "status pipe",
             Kind::HandoffSocket => "hand-off socket",
+            Kind::TlsBundle => "TLS material file",
         })
     }
 }
@@ -136,6 +139,8 @@ fn check_kind(borrowed: BorrowedFd<'_>, fd: RawFd, kind: Kind) -> Result<(), FdE
         Kind::StatusPipe if ty == SFlag::S_IFIFO => Ok(()),
         Kind::StatusPipe => wrong(type_name(ty)),
         Kind::HandoffSocket if ty != SFlag::S_IFSOCK => wrong(type_name(ty)),
+        Kind::TlsBundle if ty == SFlag::S_IFREG => Ok(()),
+        Kind::TlsBundle => wrong(type_name(ty)),
         Kind::HandoffSocket => match getsockopt(&borrowed, sockopt::SockType) {
             Ok(nix::sys::socket::SockType::Datagram) => Ok(()),
             _ => wrong("a socket that is not a datagram socket"),

@@ -16,12 +16,16 @@
 //! - [`client_limit`]: per-client concurrency across worker processes;
 //! - [`overload`]: the short idle budget while the pool is overloaded;
 //! - [`serve`]: one session on one connection, deadlines and the panic boundary;
+//! - [`auth`]: AUTH: SASL decoding, the password check, failure counts, sender rules;
+//! - [`serve_tls`]: the TLS handshake and the password check as steps of a session;
 //! - [`queue_client`]: queueing a message (in-process commit or the queue program);
 //! - [`faults`]: test-only fault injection (cargo feature `fault-injection`);
 //! - [`fds`]: adopting inherited descriptors (the only `unsafe`);
+//! - [`tls`]: the TLS server context and TLS over the client socket;
 //! - [`worker`]: the accept loop and the status pipe.
 
 pub mod address;
+pub mod auth;
 pub mod bdat;
 pub mod client_limit;
 pub mod conn;
@@ -35,6 +39,8 @@ pub mod queue_client;
 pub mod rdns;
 pub mod reply;
 pub mod serve;
+pub mod serve_tls;
 pub mod session;
+pub mod tls;
 pub mod watchdog;
 pub mod worker;

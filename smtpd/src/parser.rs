@@ -147,7 +147,8 @@ pub enum Command {
     Expn(String),
     Help,
     StartTls,
-    Auth,
+    /// `AUTH` with its raw arguments (mechanism and optional initial response).
+    Auth(String),
     /// A known verb with arguments it does not take, or missing ones.
     Syntax(&'static str),
     /// Not UTF-8 or not a command at all.
@@ -171,7 +172,7 @@ impl Command {
             Command::Expn(_) => "expn",
             Command::Help => "help",
             Command::StartTls => "starttls",
-            Command::Auth => "auth",
+            Command::Auth(_) => "auth",
             Command::Syntax(v) => v,
             Command::Unknown(_) => "unknown",
         }
@@ -201,7 +202,7 @@ pub fn parse(line: &[u8]) -> Command {
         "EXPN" => with_arg(rest, "expn", |a| Command::Expn(a.to_string())),
         "HELP" => Command::Help,
         "STARTTLS" => Command::StartTls,
-        "AUTH" => Command::Auth,
+        "AUTH" => Command::Auth(rest.to_string()),
         _ => Command::Unknown(text.to_string()),
     }
 }

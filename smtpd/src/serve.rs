@@ -13,6 +13,7 @@
 use crate::conn::{Conn, ReadOutcome};
 use crate::session::{Phase, Policy, Session, Step};
 use crate::watchdog::Watchdog;
+use sloop_common::config::ListenRole;
 use std::any::Any;
 use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -26,12 +27,24 @@ pub enum SessionEnd {
     Panicked,
 }
 
-/// Serves one session on `conn` from a client at `ip`.
+/// Serves one session on `conn` from a client at `ip` (the `smtpd.listen` role).
 pub fn serve(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) -> SessionEnd {
+    serve_as(policy, conn, ip, watchdog, ListenRole::Smtp)
+}
+
+/// Serves one session for a listener of `role` (on `submissions.listen` the TLS
+/// handshake comes first).
+pub fn serve_as(
+    policy: &Policy,
+    conn: &mut Conn,
+    ip: IpAddr,
+    watchdog: &Watchdog,
+    role: ListenRole,
+) -> SessionEnd {
     let host = policy.cfg.server.hostname.clone();
     let timeout_line = format!("421 4.4.2 {host} Error: timeout exceeded\r\n").into_bytes();
     watchdog.attach(conn.watchdog_fd(), timeout_line);
-    let result = catch_unwind(AssertUnwindSafe(|| run(policy, conn, ip, watchdog)));
+    let result = catch_unwind(AssertUnwindSafe(|| run(policy, conn, ip, watchdog, role)));
     let end = match result {
         Ok(()) => SessionEnd::Normal,
         Err(payload) => {
@@ -53,14 +66,27 @@ pub fn serve(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) 
     end
 }
 
-fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) {
+fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog, role: ListenRole) {
     let s = &policy.cfg.smtpd;
     let started = Instant::now();
     let session_deadline = started + s.session_timeout;
+    let implicit = if role == ListenRole::Submissions {
+        let who = format!("unknown[{}]", crate::session::policy::canonical(ip));
+        match crate::serve_tls::start(policy, conn, watchdog, &who) {
+            Some(info) => Some(info),
+            None => {
+                log::info!("lost connection after CONNECT from {who}");
+                return;
+            }
+        }
+    } else {
+        None
+    };
     watchdog.arm("connect", started + s.connect_timeout);
     let (client, opening) = crate::connect::check(policy, ip, conn);
     log::info!("connect from {}", client.display());
-    let mut session = Session::start(policy, client, opening);
+    let mut session =
+        Session::start(policy, client, opening).with_listener(role, policy.tls.is_some(), implicit);
     let mut out: Vec<u8> = Vec::new();
     // The read buffer is kept for the worker's next session (a panic just loses it).
     let mut buf = READ_BUF.take();
@@ -85,6 +111,26 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) {
                 flush(conn, &mut out, policy, watchdog);
                 break;
             }
+            Step::StartTls => {
+                if !flush(conn, &mut out, policy, watchdog) {
+                    session.eof();
+                    continue;
+                }
+                let who = session.client().display();
+                match crate::serve_tls::start(policy, conn, watchdog, &who) {
+                    Some(info) => session.tls_started(info),
+                    None => session.tls_failed(),
+                }
+            }
+            Step::Authenticate(creds) => {
+                if !flush(conn, &mut out, policy, watchdog) {
+                    session.eof();
+                    continue;
+                }
+                let outcome =
+                    crate::serve_tls::authenticate(policy, session.client(), watchdog, &creds);
+                session.authenticated(creds.mechanism, &creds.username, outcome);
+            }
             Step::NeedInput => {
                 if !flush(conn, &mut out, policy, watchdog) {
                     session.eof();
@@ -101,6 +147,7 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog) {
             }
         }
     }
+    conn.close_tls();
     log::info!("{}", session.disconnect_line());
     READ_BUF.set(buf);
 }

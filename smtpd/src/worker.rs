@@ -14,7 +14,7 @@
 
 use crate::conn::Conn;
 use crate::reply::Reply;
-use crate::serve::{serve, SessionEnd};
+use crate::serve::{serve_as, SessionEnd};
 use crate::session::policy::canonical;
 use crate::session::Policy;
 use crate::watchdog::Watchdog;
@@ -151,6 +151,10 @@ impl Worker {
             return SessionEnd::Normal;
         };
         let ip = canonical(peer.ip());
+        let role = match stream.local_addr() {
+            Ok(local) => self.policy.cfg.role_of(local),
+            Err(_) => sloop_common::config::ListenRole::Smtp,
+        };
         let mut conn = match Conn::new(stream, s.command_timeout) {
             Ok(c) => c,
             Err(e) => {
@@ -194,8 +198,8 @@ impl Worker {
                     Reply::new(421, (4, 3, 0), format!("{host} Error: temporary failure")),
                 );
             }
-        }
-        serve(&self.policy, &mut conn, ip, &self.watchdog)
+        };
+        serve_as(&self.policy, &mut conn, ip, &self.watchdog, role)
     }
 
     fn refuse(&self, conn: &mut Conn, reply: Reply) -> SessionEnd {

@@ -19,7 +19,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
 use sloop_common::exitcode::SMTPD_WATCHDOG;
-use sloop_common::pool_proto::{ENV_HANDOFF_FD, ENV_LISTEN_FDS, ENV_STATUS_FD};
+use sloop_common::pool_proto::{ENV_HANDOFF_FD, ENV_LISTEN_FDS, ENV_STATUS_FD, ENV_TLS_FD};
 use std::fmt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -82,6 +82,8 @@ pub struct SpawnSpec<'a> {
     pub pool_fds: Option<(String, i32)>,
     /// The hand-off socket's receiving end (smtpd workers only, pool_proto.rs).
     pub handoff_fd: Option<i32>,
+    /// The TLS memory file (`SLOOP_TLS_FD`) for smtpd workers, when configured.
+    pub tls_fd: Option<i32>,
     /// Run as this user (only when `sloopd` is root and `server.user` is set).
     pub creds: Option<(Uid, Gid)>,
 }
@@ -129,6 +131,7 @@ pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
         .env_remove(ENV_LISTEN_FDS)
         .env_remove(ENV_STATUS_FD)
         .env_remove(ENV_HANDOFF_FD)
+        .env_remove(ENV_TLS_FD)
         .stdin(Stdio::null());
     if let Some(fd) = spec.handoff_fd {
         cmd.env(ENV_HANDOFF_FD, fd.to_string());
@@ -136,6 +139,9 @@ pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
     if let Some((listen, status)) = &spec.pool_fds {
         cmd.env(ENV_LISTEN_FDS, listen)
             .env(ENV_STATUS_FD, status.to_string());
+        if let Some(fd) = spec.tls_fd {
+            cmd.env(ENV_TLS_FD, fd.to_string());
+        }
     }
     if let Some((uid, gid)) = spec.creds.filter(|_| kind != ChildKind::LocalSpawner) {
         cmd.uid(uid.as_raw()).gid(gid.as_raw());
@@ -288,6 +294,7 @@ mod tests {
             config: &cfg,
             pool_fds: None,
             handoff_fd: None,
+            tls_fd: None,
             creds: None,
         };
         let e = spawn(ChildKind::Qmgr, &spec).unwrap_err();

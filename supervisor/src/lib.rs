@@ -28,3 +28,4 @@ pub mod pool;
 pub mod setup;
 pub mod status_pipe;
 pub mod supervisor;
+pub mod tls_keys;

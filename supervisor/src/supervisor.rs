@@ -15,6 +15,7 @@ use crate::overload::Tracker;
 use crate::pool::Pool;
 use crate::setup;
 use crate::status_pipe::{Record, StatusPipe};
+use crate::tls_keys::TlsHandoff;
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Pid, Uid};
 use sloop_common::config::values::format_duration;
@@ -39,6 +40,7 @@ pub struct Supervisor {
     creds: Option<(Uid, Gid)>,
     listeners: Listeners,
     status: StatusPipe,
+    tls: TlsHandoff,
     pool: Pool,
     running: BTreeMap<Pid, Running>,
     smtpd_backoff: Backoff,
@@ -67,6 +69,7 @@ impl Supervisor {
         listeners: Listeners,
         status: StatusPipe,
         acceptor: Acceptor,
+        tls: TlsHandoff,
     ) -> Supervisor {
         Supervisor {
             policy: Policy::from_config(&cfg.supervisor),
@@ -74,6 +77,7 @@ impl Supervisor {
             creds,
             listeners,
             status,
+            tls,
             pool: Pool::default(),
             running: BTreeMap::new(),
             smtpd_backoff: Backoff::default(),
@@ -99,6 +103,9 @@ impl Supervisor {
     pub fn start_children(&mut self, now: Instant) {
         if self.stopping.is_some() {
             return;
+        }
+        if self.tls.rotate_if_due(now) {
+            self.retire_workers();
         }
         // The root local spawner: only with local.system_users, and only when the
         // other children drop to server.user (else they are root already).
@@ -173,6 +180,7 @@ impl Supervisor {
             config: &self.cfg,
             pool_fds,
             handoff_fd: (kind == ChildKind::Smtpd).then(|| self.acceptor.recv_fd()),
+            tls_fd: self.tls.fd().filter(|_| kind == ChildKind::Smtpd),
             creds,
         };
         let result = if kind == ChildKind::Smtpd {
@@ -214,11 +222,13 @@ impl Supervisor {
     fn spawn_inheriting(&self, spec: &SpawnSpec<'_>) -> Result<Pid, String> {
         let status_fd = self.status.write_fd();
         let handoff_fd = self.acceptor.recv_fd();
+        let tls_fd = self.tls.fd();
         let open = self
             .listeners
             .inheritable(true)
             .and_then(|()| listeners::set_inheritable(status_fd, true))
-            .and_then(|()| listeners::set_inheritable(handoff_fd, true));
+            .and_then(|()| listeners::set_inheritable(handoff_fd, true))
+            .and_then(|()| tls_fd.map_or(Ok(()), |fd| listeners::set_inheritable(fd, true)));
         let result = match open {
             Ok(()) => children::spawn(ChildKind::Smtpd, spec).map_err(|e| e.to_string()),
             Err(e) => Err(format!(
@@ -230,7 +240,8 @@ impl Supervisor {
             .listeners
             .inheritable(false)
             .and_then(|()| listeners::set_inheritable(status_fd, false))
-            .and_then(|()| listeners::set_inheritable(handoff_fd, false));
+            .and_then(|()| listeners::set_inheritable(handoff_fd, false))
+            .and_then(|()| tls_fd.map_or(Ok(()), |fd| listeners::set_inheritable(fd, false)));
         if let Err(e) = close {
             log::error!("cannot mark descriptors close-on-exec: {}", e.desc());
         }
@@ -350,13 +361,17 @@ impl Supervisor {
         if let Err(e) = setup::prepare_dirs(&new, creds) {
             return log_rejected_because(&e.to_string());
         }
+        if let Err(e) = self.tls.reload(&new, Instant::now()) {
+            return log_rejected_because(&e.to_string());
+        }
         if new.log_level != self.cfg.log_level {
             log::warn!("log.level changed: sloopd's own level changes when it restarts");
         }
         if new.server.run_dir != self.cfg.server.run_dir {
             log::warn!("server.run_dir changed: the pid file moves only when sloopd restarts");
         }
-        for e in self.listeners.reconcile(&new.smtpd.listen) {
+        let addrs: Vec<_> = new.all_listen().into_iter().map(|(a, _)| a).collect();
+        for e in self.listeners.reconcile(&addrs) {
             log::error!("reload: {e}; that address is not served until sloopd restarts");
         }
         self.policy = Policy::from_config(&new.supervisor);
@@ -368,6 +383,17 @@ impl Supervisor {
         self.creds = creds;
         self.cfg = new;
         self.retire_all();
+    }
+
+    /// Asks every smtpd worker to finish and exit (after a ticket key rotation).
+    fn retire_workers(&mut self) {
+        for pid in self.pool.retire_all() {
+            let pid = Pid::from_raw(pid as i32);
+            if let Some(run) = self.running.get_mut(&pid) {
+                run.asked = Some(Signal::SIGHUP);
+            }
+            children::signal(pid, Signal::SIGHUP);
+        }
     }
 
     /// Asks every child to finish and exit (SIGHUP, pool_proto.rs); replacements start
@@ -446,6 +472,7 @@ impl Supervisor {
         due.extend(self.qmgr_backoff.not_before());
         due.extend(self.pickup_backoff.not_before());
         due.extend(self.balance_due());
+        due.extend(self.tls.next_rotation());
         due.into_iter()
             .filter(|t| *t > now)
             .min()

@@ -14,6 +14,7 @@
 mod man;
 pub mod params;
 mod reader;
+mod reader_tls;
 mod render;
 mod sections;
 pub mod values;
@@ -130,6 +131,12 @@ pub struct Config {
     pub local_domains: Vec<String>,
     pub local: LocalConfig,
     pub relay_networks: Vec<IpNet>,
+    /// `submission.listen` (port 587).
+    pub submission_listen: Vec<std::net::SocketAddr>,
+    /// `submissions.listen` (port 465).
+    pub submissions_listen: Vec<std::net::SocketAddr>,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
     pub remote: RemoteConfig,
     pub queue: QueueConfig,
     pub supervisor: SupervisorConfig,
@@ -169,6 +176,16 @@ impl Config {
             }
             _ => Config::load(file),
         }
+    }
+
+    /// Reads and validates `file` without requiring the files it names to exist (for
+    /// `sloop passwd`, which creates `auth.password_file`).
+    pub fn load_unchecked(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Config::parse_with(file, &text, false)
     }
 
     /// Makes `cmd` start on exactly this configuration: `SLOOP_CONFIG` names the file
@@ -263,6 +280,10 @@ impl Config {
             mail_spool_dir: r.path("local.mail_spool_dir"),
         };
         let relay_networks = r.cidrs("relay.networks");
+        let submission_listen = r.listen("submission.listen");
+        let submissions_listen = r.listen("submissions.listen");
+        let tls = r.tls();
+        let auth = r.auth();
         let remote = RemoteConfig {
             smarthost: r.hostport("remote.smarthost"),
             routes: r.routes("remote.routes"),
@@ -311,6 +332,10 @@ impl Config {
             local_domains,
             local,
             relay_networks,
+            submission_listen,
+            submissions_listen,
+            tls,
+            auth,
             remote,
             queue,
             supervisor,
@@ -321,6 +346,7 @@ impl Config {
             text: text.to_string(),
         };
         r.cross_checks(&cfg);
+        r.tls_cross_checks(&cfg);
         let (effective, defaulted) = r.finish()?;
         Ok(Config {
             effective,
@@ -355,6 +381,46 @@ impl Config {
                     .collect(),
             )),
         }
+    }
+
+    /// Every listening address with its role: `smtpd.listen`, then `submission.listen`,
+    /// then `submissions.listen`.
+    pub fn all_listen(&self) -> Vec<(std::net::SocketAddr, ListenRole)> {
+        let mut out: Vec<_> = self
+            .smtpd
+            .listen
+            .iter()
+            .map(|a| (*a, ListenRole::Smtp))
+            .collect();
+        out.extend(
+            self.submission_listen
+                .iter()
+                .map(|a| (*a, ListenRole::Submission)),
+        );
+        out.extend(
+            self.submissions_listen
+                .iter()
+                .map(|a| (*a, ListenRole::Submissions)),
+        );
+        out
+    }
+
+    /// The role of the listener a connection arrived on, from the connection's local
+    /// address: an exact match, else a wildcard address (`0.0.0.0`, `[::]`) of the same
+    /// family and port; `Smtp` when none matches.
+    pub fn role_of(&self, local: std::net::SocketAddr) -> ListenRole {
+        let all = self.all_listen();
+        all.iter()
+            .find(|(a, _)| *a == local)
+            .or_else(|| {
+                all.iter().find(|(a, _)| {
+                    a.port() == local.port()
+                        && a.ip().is_unspecified()
+                        && a.is_ipv4() == local.is_ipv4()
+                })
+            })
+            .map(|(_, r)| *r)
+            .unwrap_or(ListenRole::Smtp)
     }
 
     /// True when `domain` (any case) is one of `domains.local`.

@@ -57,6 +57,8 @@ pub enum Kind {
     RouteTable,
     /// A log level: error, warn, info, debug, trace.
     LogLevel,
+    /// A table of user -> list of addresses (`user@domain`) or `@domain` wildcards.
+    SendersTable,
 }
 
 /// One declared parameter.
@@ -90,6 +92,22 @@ pub const SECTIONS: &[(&str, &str)] = &[
         "Local delivery: virtual Maildirs, mailboxes and aliases.",
     ),
     ("relay", "Who may relay through this node."),
+    (
+        "submission",
+        "Message submission on port 587 (RFC 6409): STARTTLS, then AUTH before MAIL.",
+    ),
+    (
+        "submissions",
+        "Message submission over implicit TLS on port 465 (RFC 8314): AUTH before MAIL.",
+    ),
+    (
+        "tls",
+        "TLS for the SMTP receiver: certificates, handshake deadline, session tickets.",
+    ),
+    (
+        "auth",
+        "SMTP AUTH (RFC 4954): PLAIN and LOGIN over TLS, backends, sender ownership.",
+    ),
     ("remote", "Remote delivery over SMTP."),
     (
         "queue",
@@ -191,6 +209,39 @@ pub const PARAMS: &[Param] = &[
     // relay
     Param { key: "relay.networks", kind: Kind::CidrList, default: "[\"127.0.0.0/8\", \"::1/128\"]",
         doc: "Clients allowed to relay to non-local domains." },
+    // submission, submissions, tls, auth
+    Param { key: "submission.listen", kind: Kind::ListenList, default: "[]",
+        doc: "Addresses of the submission service (port 587): STARTTLS offered, AUTH required before MAIL. Needs tls.cert_file and auth.backend." },
+    Param { key: "submissions.listen", kind: Kind::ListenList, default: "[]",
+        doc: "Addresses of the submissions service (port 465): TLS from the first octet, AUTH required before MAIL. Needs tls.cert_file and auth.backend." },
+    Param { key: "tls.cert_file", kind: Kind::Path { must_exist: true }, default: "\"\"",
+        doc: "PEM certificate chain (server certificate first) of the RSA (or only) key pair. Empty: no TLS, STARTTLS not offered." },
+    Param { key: "tls.key_file", kind: Kind::Path { must_exist: true }, default: "\"\"",
+        doc: "PEM private key of tls.cert_file; read by sloopd as root (keep it mode 0600 root), never by the workers from disk." },
+    Param { key: "tls.ecdsa_cert_file", kind: Kind::Path { must_exist: true }, default: "\"\"",
+        doc: "Optional second PEM chain with an ECDSA (or Ed25519) key, preferred for clients that support it." },
+    Param { key: "tls.ecdsa_key_file", kind: Kind::Path { must_exist: true }, default: "\"\"",
+        doc: "PEM private key of tls.ecdsa_cert_file." },
+    Param { key: "tls.handshake_timeout", kind: Kind::Duration { min: 100, max: 5 * MIN }, default: "\"10s\"",
+        doc: "Budget of one TLS handshake (STARTTLS or port 465); a stalled or garbage handshake is closed after it." },
+    Param { key: "tls.session_tickets", kind: Kind::Bool, default: "true",
+        doc: "Offer session resumption with tickets whose keys sloopd generates and shares with every worker." },
+    Param { key: "tls.ticket_rotation", kind: Kind::Duration { min: MIN, max: 7 * DAY }, default: "\"12h\"",
+        doc: "How often sloopd makes a new ticket key (the previous one is still accepted for one more period)." },
+    Param { key: "auth.backend", kind: Kind::Choice(&["none", "file"]), default: "\"none\"",
+        doc: "Where AUTH checks passwords: none (AUTH not offered), file (auth.password_file)." },
+    Param { key: "auth.password_file", kind: Kind::Path { must_exist: false }, default: "\"\"",
+        doc: "user:hash lines (argon2id; bcrypt and SHA-512-crypt accepted for migration), managed with `sloop passwd`. Readable by server.user (mode 0640 root:<group of server.user>)." },
+    Param { key: "auth.offer_on_smtpd", kind: Kind::Bool, default: "false",
+        doc: "Also offer AUTH (after STARTTLS) on smtpd.listen; submission ports always offer it." },
+    Param { key: "auth.senders", kind: Kind::SendersTable, default: "{}",
+        doc: "Addresses each user may send from, user = [\"addr@domain\", \"@domain\"]; a user not listed may use only the address equal to the user name. Others get 553 5.7.1." },
+    Param { key: "auth.max_failures", kind: Kind::Int { min: 1, max: 1000 }, default: "5",
+        doc: "Failed AUTH attempts from one client address (across all workers, within auth.failure_window) after which its sessions are closed with 421 4.7.0." },
+    Param { key: "auth.failure_window", kind: Kind::Duration { min: SEC, max: DAY }, default: "\"15m\"",
+        doc: "How long a failed AUTH counts against its client address." },
+    Param { key: "auth.failure_delay", kind: Kind::Duration { min: 0, max: MIN }, default: "\"1s\"",
+        doc: "535 replies are delayed by this times the client's recent failures (at most 5 times)." },
     // remote
     Param { key: "remote.smarthost", kind: Kind::HostPort, default: "\"\"",
         doc: "Send all non-local mail through this host:port. Empty: look up MX records." },

@@ -97,6 +97,11 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Whether files the config names must exist now (see the field).
+    pub(super) fn checking_files(&self) -> bool {
+        self.check_files
+    }
+
     pub(super) fn issue(&mut self, key: &str, found: String, expected: String) {
         let line = locate(self.text, key);
         self.issues.push(ConfigIssue {

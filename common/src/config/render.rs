@@ -100,5 +100,6 @@ pub(super) fn kind_name(kind: Kind) -> String {
         Kind::HostPort => "host:port".into(),
         Kind::RouteTable => "table domain = host:port".into(),
         Kind::LogLevel => "log level".into(),
+        Kind::SendersTable => "table user = list of addresses".into(),
     }
 }

@@ -143,3 +143,71 @@ pub fn facility_code(word: &str) -> u8 {
         _ => 2,
     }
 }
+/// Which SMTP service a listening socket provides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenRole {
+    /// `smtpd.listen`: the MX role (port 25): STARTTLS offered when a certificate is
+    /// configured, AUTH only with `auth.offer_on_smtpd`.
+    Smtp,
+    /// `submission.listen` (port 587): STARTTLS, then AUTH before MAIL.
+    Submission,
+    /// `submissions.listen` (port 465): implicit TLS, then AUTH before MAIL.
+    Submissions,
+}
+
+impl ListenRole {
+    /// The name used in logs and the config (`smtpd`, `submission`, `submissions`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenRole::Smtp => "smtpd",
+            ListenRole::Submission => "submission",
+            ListenRole::Submissions => "submissions",
+        }
+    }
+
+    /// True for the submission roles, where AUTH is required before MAIL.
+    pub fn requires_auth(self) -> bool {
+        self != ListenRole::Smtp
+    }
+}
+
+/// A certificate chain and its private key, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertKeyFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// The configured pairs (RSA or only pair first, then the ECDSA pair); empty: no TLS.
+    pub pairs: Vec<CertKeyFiles>,
+    pub handshake_timeout: Duration,
+    pub session_tickets: bool,
+    pub ticket_rotation: Duration,
+}
+
+impl TlsConfig {
+    /// True when a certificate is configured.
+    pub fn enabled(&self) -> bool {
+        !self.pairs.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthBackend {
+    None,
+    File,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub backend: AuthBackend,
+    pub password_file: Option<PathBuf>,
+    pub offer_on_smtpd: bool,
+    /// user (lower case) -> addresses (`a@b`) or `@domain` wildcards (lower case).
+    pub senders: BTreeMap<String, Vec<String>>,
+    pub max_failures: u32,
+    pub failure_window: Duration,
+    pub failure_delay: Duration,
+}

@@ -10,6 +10,7 @@
 pub mod drop;
 pub mod inject;
 pub mod operator;
+pub mod passwd;
 pub mod queue_ops;
 pub mod queue_view;
 pub mod sendmail;

@@ -6,6 +6,7 @@
 //! 78 configuration error; `sloop status` exits 3 when sloopd is not running (the LSB
 //! init-script convention).
 
+use super::passwd::PasswdAction;
 use super::queue_ops::{self, Action, Targets};
 use super::queue_view::{self, write_out};
 use super::{load_config, ToolError};
@@ -23,7 +24,7 @@ pub const STATUS_NOT_RUNNING: i32 = 3;
 #[command(
     name = "sloop",
     version,
-    about = "Sloop operator tool: queue, config, status"
+    about = "Sloop operator tool: queue, config, status, passwd"
 )]
 pub struct Cli {
     /// Configuration file (default: $SLOOP_CONFIG, else /etc/sloop/sloop.toml).
@@ -43,6 +44,19 @@ pub enum Command {
     Config(ConfigCmd),
     /// Is sloopd running, and what is in the queue.
     Status,
+    /// Manage the AUTH users of auth.password_file.
+    #[command(subcommand)]
+    Passwd(PasswdCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PasswdCmd {
+    /// Add a user or change its password (read from the first line of standard input).
+    Add { user: String },
+    /// Remove a user.
+    Delete { user: String },
+    /// List the users and their hash schemes.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +148,17 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> Result<(), ToolError> {
         Command::Status => {
             let cfg = load_config(cfg_path, exitcode::EX_CONFIG)?;
             status(&cfg, out)
+        }
+        Command::Passwd(cmd) => {
+            let path = config::resolve_path(cfg_path);
+            let cfg = Config::load_unchecked(&path)
+                .map_err(|e| ToolError::new(exitcode::EX_CONFIG, e.to_string()))?;
+            let action = match cmd {
+                PasswdCmd::Add { user } => PasswdAction::Add(user.clone()),
+                PasswdCmd::Delete { user } => PasswdAction::Delete(user.clone()),
+                PasswdCmd::List => PasswdAction::List,
+            };
+            super::passwd::run(&cfg, &action, &mut std::io::stdin().lock(), out)
         }
     }
 }

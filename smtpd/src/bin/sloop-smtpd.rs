@@ -49,7 +49,15 @@ fn run() -> i32 {
     }));
     // A broken aliases file must not stop the port from answering (G1): local
     // recipients get 451 until it is fixed and the workers are restarted.
-    let policy = match sloop_common::aliases::Aliases::from_config(&cfg) {
+    // The TLS material is read (and its descriptor closed) before anything is served.
+    let tls = match sloop_smtpd::tls::TlsContext::load(&cfg) {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("{e}");
+            return EX_CONFIG;
+        }
+    };
+    let mut policy = match sloop_common::aliases::Aliases::from_config(&cfg) {
         Ok(a) => Policy::new(cfg, a),
         Err(e) => {
             let why = e.to_string().replace('\n', " ");
@@ -57,6 +65,7 @@ fn run() -> i32 {
             Policy::without_aliases(cfg, why)
         }
     };
+    policy.tls = tls;
     let result = if inetd {
         standalone(&policy)
     } else {

@@ -36,13 +36,16 @@ impl Session<'_> {
             Command::Rcpt(arg) => Some(self.rcpt(&arg)),
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
+            Command::StartTls => self.starttls(),
+            Command::Auth(arg) => self.auth_command(&arg),
             Command::Rset => {
                 self.state = State::Ready;
                 Some(Reply::new(250, (2, 0, 0), "Ok"))
             }
             other => Some(stateless_reply(&other)),
         };
-        // DATA/BDAT accepted (None) are counted at the end of the message.
+        // DATA/BDAT accepted (None) are counted at the end of the message, STARTTLS
+        // and AUTH when they complete.
         if let Some(r) = reply {
             self.counters.count(verb, !r.is_error());
             self.answer(r);
@@ -75,19 +78,20 @@ impl Session<'_> {
         if !esmtp {
             return Reply::bare(250, vec![host]);
         }
-        Reply::bare(
-            250,
-            vec![
-                host,
-                "PIPELINING".into(),
-                format!("SIZE {}", cfg.smtpd.max_message_size),
-                "8BITMIME".into(),
-                "ENHANCEDSTATUSCODES".into(),
-                "SMTPUTF8".into(),
-                "CHUNKING".into(),
-                "DSN".into(),
-            ],
-        )
+        let mut lines = vec![
+            host,
+            "PIPELINING".into(),
+            format!("SIZE {}", cfg.smtpd.max_message_size),
+        ];
+        lines.extend(self.secure_keywords());
+        lines.extend([
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "SMTPUTF8".into(),
+            "CHUNKING".into(),
+            "DSN".into(),
+        ]);
+        Reply::bare(250, lines)
     }
 
     fn mail(&mut self, arg: &str) -> Reply {
@@ -118,6 +122,9 @@ impl Session<'_> {
                 (5, 6, 7),
                 "Error: SMTPUTF8 is required for this address",
             );
+        }
+        if let Some(r) = self.mail_auth_check(&sender) {
+            return r;
         }
         let id = queue_id::new_id();
         self.state = State::Mail(Txn {
@@ -178,7 +185,8 @@ impl Session<'_> {
                 "Error: SMTPUTF8 is required for this address",
             ));
         }
-        let accepted = self.policy.recipient(&mailbox, self.client.addr)?;
+        let relay = self.identity().is_some() || self.policy.may_relay(self.client.addr);
+        let accepted = self.policy.recipient_with(&mailbox, relay)?;
         if let Some(trick) = accepted.trick {
             log::info!(
                 "{}: RCPT from {}: <{}> resolved ({trick}) to <{}>",
@@ -261,9 +269,6 @@ fn stateless_reply(cmd: &Command) -> Reply {
         ),
         Command::Expn(_) => Reply::new(502, (5, 5, 1), "Error: EXPN not available"),
         Command::Help => Reply::new(214, (2, 0, 0), "See https://www.rfc-editor.org/rfc/rfc5321"),
-        Command::StartTls | Command::Auth => {
-            Reply::new(502, (5, 5, 1), "Error: command not implemented")
-        }
         Command::Syntax(v) => Reply::new(501, (5, 5, 4), format!("Syntax: {}", syntax_hint(v))),
         Command::Unknown(_) => Reply::new(500, (5, 5, 2), "Error: command not recognized"),
         _ => Reply::new(250, (2, 0, 0), "Ok"),

@@ -14,13 +14,18 @@
 
 mod commands;
 pub mod policy;
+mod secure;
 pub mod txn;
 
+use crate::auth::sasl::{Credentials, Pending};
 use crate::bdat::BdatReceiver;
 use crate::data::{count_received, DataLimits, DataReceiver};
 use crate::parser::{self, Input, Line, LineSplitter, MAX_COMMAND_LINE};
 use crate::reply::{Enhanced, Reply};
+use crate::tls::TlsInfo;
 pub use policy::Policy;
+pub use secure::Identity;
+use sloop_common::config::ListenRole;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 pub use txn::{QueueJob, Txn};
@@ -61,6 +66,11 @@ pub enum Step {
     NeedInput,
     /// Flush replies and close the connection.
     Close,
+    /// Flush replies (the `220` to STARTTLS), run the TLS handshake and report with
+    /// [`Session::tls_started`] or [`Session::tls_failed`].
+    StartTls,
+    /// Check the credentials and report with [`Session::authenticated`].
+    Authenticate(Credentials),
 }
 
 /// What the queue program said.
@@ -124,6 +134,10 @@ enum State {
     Bdat(Chunk),
     /// The queue program runs.
     Queueing,
+    /// An AUTH exchange waits for the client's next response line.
+    Sasl(Pending),
+    /// The credentials are being checked.
+    Authenticating,
     Closed,
 }
 
@@ -182,6 +196,13 @@ pub struct Session<'a> {
     /// The last command verb, for `lost connection after X` log lines.
     last_verb: &'static str,
     now: fn() -> u64,
+    /// The listener's role and whether it can offer STARTTLS.
+    role: ListenRole,
+    tls_available: bool,
+    /// Set once TLS is up.
+    tls: Option<TlsInfo>,
+    /// Set once AUTH succeeded.
+    auth: Option<Identity>,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -209,6 +230,10 @@ impl<'a> Session<'a> {
             counters: Counters::default(),
             last_verb: "CONNECT",
             now: unix_now,
+            role: ListenRole::Smtp,
+            tls_available: false,
+            tls: None,
+            auth: None,
         };
         match opening {
             Opening::Greet => {
@@ -321,6 +346,11 @@ impl<'a> Session<'a> {
         self.answer(reply);
     }
 
+    /// The client as the connect phase named it.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The `disconnect from ...` log line's text.
     pub fn disconnect_line(&self) -> String {
         format!(
@@ -338,6 +368,11 @@ impl<'a> Session<'a> {
                 self.state = State::Queueing;
                 false
             }
+            State::Authenticating => {
+                self.state = State::Authenticating;
+                false
+            }
+            State::Sasl(pending) => self.advance_sasl(pending),
             State::Data(txn, rx) => self.advance_data(txn, rx),
             State::Bdat(chunk) => self.advance_bdat(chunk),
             other => {
@@ -478,9 +513,14 @@ impl<'a> Session<'a> {
             client_addr: &addr,
             hostname: &cfg.server.hostname,
             esmtp,
+            tls: self.tls.as_ref(),
+            authenticated: self.auth.is_some(),
             now: (self.now)(),
         };
-        let job = txn.into_job(body, &trace);
+        let mut job = txn.into_job(body, &trace);
+        if let Some(c) = job.envelope.client.as_mut() {
+            c.push_str(&self.sasl_suffix());
+        }
         log::info!(
             "{}: from=<{}>, size={}, nrcpt={}",
             job.id,
@@ -592,3 +632,5 @@ fn unix_now() -> u64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_secure;

@@ -24,6 +24,8 @@ pub struct Policy {
     pub cfg: Config,
     /// The aliases, or why they could not be loaded.
     pub aliases: Result<Aliases, String>,
+    /// The TLS server context, when a certificate is configured (set at worker start).
+    pub tls: Option<crate::tls::TlsContext>,
 }
 
 /// An accepted recipient: the address to store and the trick seen, if any.
@@ -38,6 +40,7 @@ impl Policy {
         Policy {
             cfg,
             aliases: Ok(aliases),
+            tls: None,
         }
     }
 
@@ -46,6 +49,7 @@ impl Policy {
         Policy {
             cfg,
             aliases: Err(why),
+            tls: None,
         }
     }
 
@@ -57,6 +61,12 @@ impl Policy {
 
     /// The RCPT decision for `m` from a client at `ip`.
     pub fn recipient(&self, m: &Mailbox, ip: IpAddr) -> Result<Accepted, Reply> {
+        self.recipient_with(m, self.may_relay(ip))
+    }
+
+    /// The RCPT decision for `m` when relaying is (`relay`) or is not permitted (a
+    /// client in `relay.networks`, or one that authenticated).
+    pub fn recipient_with(&self, m: &Mailbox, relay: bool) -> Result<Accepted, Reply> {
         let shown = display(m);
         let m = if m.domain.is_empty() && m.local.eq_ignore_ascii_case("postmaster") {
             match self.cfg.local_domains.first() {
@@ -99,7 +109,7 @@ impl Policy {
                 LocalVerdict::Unknown | LocalVerdict::NotLocal => Err(unknown(&shown)),
             };
         }
-        if self.may_relay(ip) {
+        if relay {
             return Ok(Accepted {
                 address,
                 trick: r.trick,

@@ -51,6 +51,7 @@ fn drive(
             }
             Step::NeedInput => return (codes, jobs, false),
             Step::Close => return (codes, jobs, true),
+            Step::StartTls | Step::Authenticate(_) => panic!("no TLS/AUTH in these tests"),
         }
     }
 }

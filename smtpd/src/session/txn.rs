@@ -49,17 +49,25 @@ pub struct Trace<'a> {
     pub client_addr: &'a str,
     pub hostname: &'a str,
     pub esmtp: bool,
+    /// The TLS in use, for the `(using ...)` comment and the `S` of ESMTPS.
+    pub tls: Option<&'a crate::tls::TlsInfo>,
+    /// True after AUTH: the `A` of ESMTPA.
+    pub authenticated: bool,
     pub now: u64,
 }
 
 impl Txn {
-    /// The protocol name for the Received header (RFC 3848 / RFC 6531).
-    pub fn protocol(&self, esmtp: bool) -> &'static str {
-        match (esmtp, self.params.smtputf8) {
+    /// The protocol name for the Received header (RFC 3848 / RFC 6531): `ESMTP`, then
+    /// `S` for TLS and `A` for AUTH (`ESMTPSA`); `UTF8SMTP` likewise.
+    pub fn protocol(&self, t: &Trace<'_>) -> String {
+        let base = match (t.esmtp, self.params.smtputf8) {
             (_, true) => "UTF8SMTP",
             (true, false) => "ESMTP",
-            (false, false) => "SMTP",
-        }
+            (false, false) => return "SMTP".to_string(),
+        };
+        let s = if t.tls.is_some() { "S" } else { "" };
+        let a = if t.authenticated { "A" } else { "" };
+        format!("{base}{s}{a}")
     }
 
     /// Builds the queue job from the received body.
@@ -85,12 +93,16 @@ impl Txn {
 
     fn received_header(&self, t: &Trace<'_>) -> String {
         let helo = clean(t.helo);
+        let using = match t.tls {
+            Some(tls) => format!("\r\n\t(using {})", tls.describe()),
+            None => String::new(),
+        };
         let mut h = format!(
-            "Received: from {helo} ({} [{}])\r\n\tby {} (Sloop) with {} id {}",
+            "Received: from {helo} ({} [{}]){using}\r\n\tby {} (Sloop) with {} id {}",
             clean(t.client_name),
             t.client_addr,
             t.hostname,
-            self.protocol(t.esmtp),
+            self.protocol(t),
             self.id
         );
         if let [only] = self.recipients.as_slice() {
@@ -312,6 +324,8 @@ mod tests {
             client_addr: "127.0.0.1",
             hostname: "sloop.test",
             esmtp: true,
+            tls: None,
+            authenticated: false,
             now: 0,
         };
         let job = txn.into_job(b"Subject: x\r\n\r\nhi\r\n".to_vec(), &t);

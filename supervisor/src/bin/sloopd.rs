@@ -17,6 +17,7 @@ use sloop_supervisor::listeners::Listeners;
 use sloop_supervisor::setup::{self, PidFile};
 use sloop_supervisor::status_pipe::StatusPipe;
 use sloop_supervisor::supervisor::Supervisor;
+use sloop_supervisor::tls_keys::TlsHandoff;
 use std::path::{Path, PathBuf};
 
 /// Sloop's supervisor: binds the SMTP listeners and runs the smtpd pool and the queue
@@ -48,6 +49,13 @@ fn run(args: &Args) -> i32 {
     let path = absolute(&sloop_common::config::resolve_path(args.config.as_deref()));
     let cfg = match Config::load(&path).and_then(|c| c.check_tables().map(|()| c)) {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("sloopd: {e}");
+            return EX_CONFIG;
+        }
+    };
+    let tls = match TlsHandoff::load(&cfg, std::time::Instant::now()) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("sloopd: {e}");
             return EX_CONFIG;
@@ -86,7 +94,7 @@ fn run(args: &Args) -> i32 {
     if let Some(note) = setup::drop_group_note(&cfg, creds) {
         log::warn!("{note}");
     }
-    match serve(cfg, creds, listeners, signals) {
+    match serve(cfg, creds, listeners, tls, signals) {
         Ok(()) => {
             log::info!("stopped");
             EX_OK
@@ -103,8 +111,8 @@ fn run(args: &Args) -> i32 {
 fn prepare(cfg: &Config, daemon: bool) -> Result<(Option<(Uid, Gid)>, Listeners), Failure> {
     let creds = setup::credentials(cfg).map_err(|e| (EX_CONFIG, e.to_string()))?;
     setup::prepare_dirs(cfg, creds).map_err(|e| (EX_CANTCREAT, e.to_string()))?;
-    let listeners =
-        Listeners::bind_all(&cfg.smtpd.listen).map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
+    let addrs: Vec<_> = cfg.all_listen().into_iter().map(|(a, _)| a).collect();
+    let listeners = Listeners::bind_all(&addrs).map_err(|e| (EX_UNAVAILABLE, e.to_string()))?;
     if daemon {
         detach().map_err(|e| (EX_OSERR, format!("cannot detach: {}", e.desc())))?;
     }
@@ -116,6 +124,7 @@ fn serve(
     cfg: Config,
     creds: Option<(Uid, Gid)>,
     listeners: Listeners,
+    tls: TlsHandoff,
     signals: Signals,
 ) -> Result<(), Failure> {
     let pid_file =
@@ -134,7 +143,7 @@ fn serve(
             format!("cannot create the hand-off socket: {}", e.desc()),
         )
     })?;
-    let mut sup = Supervisor::new(cfg, creds, listeners, status, acceptor);
+    let mut sup = Supervisor::new(cfg, creds, listeners, status, acceptor, tls);
     let result = event_loop::run(&mut sup, signals);
     drop(pid_file);
     result.map_err(|e| (EX_OSERR, format!("event loop failed: {e}")))
