@@ -327,3 +327,37 @@ fn sendmail_and_mailq_work_for_an_ordinary_user_and_corrupt_drops_are_kept() {
     );
     assert!(!peek.status.success(), "{}", text(&peek));
 }
+
+#[test]
+fn sloop_queue_run_by_root_gives_the_queue_file_to_the_spool_owner() {
+    if !root_or_skip("sloop_queue_run_by_root_gives_the_queue_file_to_the_spool_owner") {
+        return;
+    }
+    let td = TestDir::new("priv-root-queue");
+    let cfg = td.write_config(free_port(), &[], "");
+    let spool = sloop_common::spool::Spool::new(td.spool());
+    spool.ensure_layout().unwrap();
+    let nobody = uid_of("nobody");
+    for entry in ["tmp", "incoming"] {
+        std::os::unix::fs::chown(td.spool().join(entry), Some(nobody), Some(nobody)).unwrap();
+    }
+    // Close-on-exec, so the child does not hold the write end open itself.
+    let (env_read, env_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    let mut child = Command::new(bin("sloop-queue"))
+        .args(["-c", cfg.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(env_read))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(MSG).unwrap();
+    std::fs::File::from(env_write)
+        .write_all(b"Froot@sloop.test\0Tx@localhost.test\0\0")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let queued = files_under(&td.spool().join("incoming"));
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    let m = std::fs::metadata(&queued[0]).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (nobody, 0o600));
+}
