@@ -482,15 +482,9 @@ impl Supervisor {
     /// SIGUSR1: one line of status.
     pub fn log_status(&self) {
         let c = self.pool.counts();
-        let qmgr: Vec<String> = self
-            .running
-            .iter()
-            .filter(|(_, r)| r.kind == ChildKind::Qmgr)
-            .map(|(p, _)| p.to_string())
-            .collect();
         log::info!(
             "status: smtpd workers={} idle={} busy={} starting={} retiring={} \
-             (min_idle={} max_processes={}); qmgr pid={}; listening on {:?}{}",
+             (min_idle={} max_processes={}); qmgr pid={}; pickup pid={}; listening on {:?}{}",
             c.total,
             c.idle,
             c.busy,
@@ -498,11 +492,8 @@ impl Supervisor {
             c.retiring,
             self.cfg.smtpd.min_idle,
             self.cfg.smtpd.max_processes,
-            if qmgr.is_empty() {
-                "none".to_string()
-            } else {
-                qmgr.join(",")
-            },
+            self.pids_of(ChildKind::Qmgr),
+            self.pids_of(ChildKind::Pickup),
             self.listeners.addrs(),
             if self.stopping.is_some() {
                 "; stopping"
@@ -510,6 +501,21 @@ impl Supervisor {
                 ""
             }
         );
+    }
+
+    /// The pids of the running children of `kind`, comma-separated, or `none`.
+    fn pids_of(&self, kind: ChildKind) -> String {
+        let pids: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.kind == kind)
+            .map(|(p, _)| p.to_string())
+            .collect();
+        if pids.is_empty() {
+            "none".to_string()
+        } else {
+            pids.join(",")
+        }
     }
 }
 

@@ -116,7 +116,13 @@ fn create(spool: &Spool, preset_id: Option<&str>) -> Result<(String, PathBuf, Fi
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path);
         match opened {
-            Ok(f) => return Ok((id, path, f)),
+            Ok(f) => {
+                if let Err(e) = give_to_maildrop_group(&f, &dir) {
+                    let _ = fs::remove_file(&path);
+                    return Err(ctx(Err(e), "chown", &path)?);
+                }
+                return Ok((id, path, f));
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 last = Some(e);
                 id = queue_id::new_id();
@@ -126,6 +132,18 @@ fn create(spool: &Spool, preset_id: Option<&str>) -> Result<(String, PathBuf, Fi
     }
     let err = last.unwrap_or_else(|| io::Error::other("queue ID clash"));
     Err(ctx(Err(err), "create", &dir)?)
+}
+
+/// Run by root (whose `sendmail` comes here too), the set-group-ID bit is not needed to
+/// write the maildrop, so the file's group may be root's: give it the directory's
+/// group, which `sloop-pickup` reads with. A no-op for everybody else.
+fn give_to_maildrop_group(file: &File, dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(());
+    }
+    let gid = fs::symlink_metadata(dir)?.gid();
+    std::os::unix::fs::fchown(file, None, Some(gid))
 }
 
 fn write<R: Read>(

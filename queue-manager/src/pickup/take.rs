@@ -217,7 +217,58 @@ fn remove(spool: &Spool, name: &str) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use sloop_common::spool::{QueueState, Recipient};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn spool(name: &str) -> Spool {
+        let d = std::env::temp_dir().join(format!("sloop-pickup-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let s = Spool::new(d);
+        s.ensure_layout().unwrap();
+        s
+    }
+
+    #[test]
+    fn a_dropped_message_is_committed_under_its_id_with_a_local_client() {
+        let s = spool("take");
+        let env = Envelope::new("u@h.test", vec![Recipient::new("r@h.test")]);
+        let id = maildrop::drop_message(&s, &mut &b"Subject: x\n\nhi\n"[..], || Ok(env), 0, None)
+            .unwrap();
+        assert_eq!(take(&s, &id, 0), Outcome::Queued);
+        let queued = s.path(QueueState::Incoming, &id);
+        let back = Spool::read_envelope(&queued).unwrap();
+        assert_eq!(back.sender, "u@h.test");
+        assert!(back.client.unwrap().starts_with("local uid="));
+        assert!(!s.maildrop_dir().join(&id).exists());
+        // Seen again after a crash before the removal: removed, not queued twice.
+        let env = Envelope::new("u@h.test", vec![Recipient::new("r@h.test")]);
+        maildrop::drop_message(&s, &mut &b"x"[..], || Ok(env), 0, Some(&id)).unwrap();
+        assert_eq!(take(&s, &id, 0), Outcome::Removed);
+        assert_eq!(s.list(QueueState::Incoming).unwrap(), vec![id]);
+        std::fs::remove_dir_all(s.root()).unwrap();
+    }
+
+    #[test]
+    fn garbage_goes_to_corrupt_and_a_file_being_written_waits() {
+        let s = spool("corrupt");
+        let bad = "00000000000000000000AB";
+        let path = s.maildrop_dir().join(bad);
+        std::fs::write(&path, b"not a queue file").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(take(&s, bad, 0), Outcome::Corrupt);
+        assert!(s.corrupt_dir().join(bad).exists());
+        let writing = "00000000000000000000AC";
+        let path = s.maildrop_dir().join(writing);
+        std::fs::write(&path, b"half").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(take(&s, writing, 0), Outcome::Waiting);
+        std::os::unix::fs::symlink("/etc/passwd", s.maildrop_dir().join("link")).unwrap();
+        assert_eq!(take(&s, "link", 0), Outcome::Corrupt);
+        assert!(std::fs::read("/etc/passwd").is_ok());
+        std::fs::remove_dir_all(s.root()).unwrap();
+    }
 
     fn ready() -> Seen {
         Seen {
