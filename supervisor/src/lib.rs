@@ -13,6 +13,7 @@
 //! - [`status_pipe`]: the workers' status records.
 //! - [`children`]: spawning, signalling and reaping.
 //! - [`setup`]: directories, credentials, pid file.
+//! - [`tmp_sweep`]: removing the `tmp/` queue files of workers that died.
 //! - [`supervisor`]: the state and the action for each event.
 //! - [`event_loop`]: the mio loop and signals.
 
@@ -24,3 +25,4 @@ pub mod pool;
 pub mod setup;
 pub mod status_pipe;
 pub mod supervisor;
+pub mod tmp_sweep;

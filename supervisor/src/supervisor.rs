@@ -260,6 +260,19 @@ impl Supervisor {
                     .is_some_and(|w| w.reported),
             };
             self.account_exit(pid, &run, exit, reported, uptime, now);
+            if run.kind == ChildKind::Smtpd && !exit.is_clean() {
+                self.remove_tmp_files_of(pid);
+            }
+        }
+    }
+
+    /// A worker that died may have left a half-written queue file in `tmp/`.
+    fn remove_tmp_files_of(&self, pid: Pid) {
+        let spool = sloop_common::spool::Spool::new(&self.cfg.server.spool_dir);
+        let pid = pid.as_raw().unsigned_abs();
+        let n = crate::tmp_sweep::remove_files_of(&spool, pid, std::time::SystemTime::now());
+        if n > 0 {
+            log::info!("removed {n} tmp/ file(s) of dead sloop-smtpd pid={pid}");
         }
     }
 
