@@ -1,4 +1,4 @@
-//! Committing the message at the end of data (issue 3, point 6; issue 5), on one of
+//! Committing the message at the end of data on one of
 //! two paths chosen by `smtpd.queue_program`.
 //!
 //! **In-process (the default, `smtpd.queue_program` empty).** The worker calls
@@ -27,7 +27,7 @@
 //! permanent, anything else (and a signal, a hang, a spawn failure, a write failure)
 //! temporary. The program logs its own `(queued)` line (`sloop-queue` does).
 //!
-//! Either way `250` is sent only after the commit succeeded (ARCHITECTURE.md §3,
+//! Either way `250` is sent only after the commit succeeded (docs/architecture.md §3,
 //! invariant 1).
 
 use crate::session::{QueueJob, QueueOutcome};

@@ -6,7 +6,7 @@
 //! resolves back to the client's address; that lookup runs in a helper thread that is
 //! abandoned at the deadline), as Postfix does. Any failure, timeout or garbage answer
 //! names the client `unknown`: the name is for logs and the Received header only and
-//! never grants anything (SEED.md G5).
+//! never grants anything (docs/invariants.md G5).
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::path::{Path, PathBuf};

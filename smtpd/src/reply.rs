@@ -1,4 +1,4 @@
-//! SMTP replies that cannot be malformed (SEED.md G7).
+//! SMTP replies that cannot be malformed (docs/invariants.md G7).
 //!
 //! A [`Reply`] is a basic code, an enhanced status code and one or more text lines.
 //! Only the greeting and the answer to EHLO/HELO go without an enhanced code, as

@@ -1,11 +1,11 @@
-//! `sloopd`, Sloop's supervisor (ARCHITECTURE.md §2, in the Postfix `master` model).
+//! `sloopd`, Sloop's supervisor (docs/architecture.md §1, in the Postfix `master` model).
 //!
-//! It validates the config (refusing to start on an invalid one, SEED.md G6), binds
+//! It validates the config (refusing to start on an invalid one, docs/invariants.md G6), binds
 //! every listener before any child exists, starts the smtpd prefork pool and the queue
 //! manager, keeps `smtpd.min_idle` workers idle from their status records, restarts
 //! crashed children with exponential backoff, reloads on SIGHUP and stops within
 //! `supervisor.stop_timeout` on SIGTERM. It never parses client input and never exits
-//! because a child misbehaves (SEED.md G4).
+//! because a child misbehaves (docs/invariants.md G4).
 //!
 //! - [`backoff`]: restart delays (pure).
 //! - [`pool`]: idle/busy accounting of smtpd workers (pure).

@@ -1,4 +1,4 @@
-//! The SEED.md invariants of the smtpd as end-to-end tests through `sloopd`:
+//! The invariants (docs/invariants.md) of the smtpd as end-to-end tests through `sloopd`:
 //! G1/G6 default and broken greetings, G3 an injected panic and an injected hang at
 //! connect, G4 a worker killed mid-DATA loses only its own session.
 //!

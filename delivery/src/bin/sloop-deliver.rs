@@ -1,8 +1,8 @@
 //! `sloop-deliver local|remote [-c FILE]`: a long-lived delivery worker started by
-//! `sloop-qmgr` (ARCHITECTURE.md §4; the protocol is common/src/delivery_proto.rs).
+//! `sloop-qmgr` (docs/architecture.md §4; the protocol is common/src/delivery_proto.rs).
 //!
 //! Exit codes: 0 at EOF on stdin; 64 for a bad command line; 78 when the config is
-//! missing or invalid (SEED.md G6); 70 after an agent panicked (the job was answered
+//! missing or invalid (docs/invariants.md G6); 70 after an agent panicked (the job was answered
 //! with `defer` first) or when stdin/stdout fail. stdout carries protocol lines only.
 
 use sloop_common::exitcode::{EX_CONFIG, EX_SOFTWARE, EX_USAGE};

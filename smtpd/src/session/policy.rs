@@ -1,11 +1,11 @@
-//! Who may send what: the recipient policy of the RCPT phase (issue 3, point 4).
+//! Who may send what: the recipient policy of the RCPT phase.
 //!
 //! A [`Policy`] holds the validated config and the aliases, loaded once at worker
 //! start. [`Policy::recipient`] sees through relay tricks (`address.rs`), then accepts
 //! a local domain's address only when it is a known mailbox or alias (`550 5.1.1`
 //! otherwise, at RCPT time, so nothing is bounced later), and a remote address only for
 //! clients in `relay.networks` (`554 5.7.1 Relay access denied`). Relay permission
-//! comes only from that built-in rule (SEED.md G5). Pure functions of their inputs.
+//! comes only from that built-in rule (docs/invariants.md G5). Pure functions of their inputs.
 //!
 //! If the aliases file could not be loaded when the worker started, local recipients
 //! get `451 4.3.0` (the client retries later; nothing is refused for good on a broken

@@ -466,7 +466,7 @@ impl Rng {
     }
 }
 
-/// Checks one reply's wire form against SEED.md G7 on its own terms, not against the
+/// Checks one reply's wire form against docs/invariants.md G7 on its own terms, not against the
 /// reply's own fields: every line matches `^[2-5]\d\d[ -]`, all lines share the code,
 /// only the last has a space after it, each ends in CRLF with no other CR, LF or NUL,
 /// and is at most 512 octets; an enhanced code `c.d.d` whose class is the code's
