@@ -8,7 +8,7 @@
 //! is retried with backoff. A reload that fails validation changes nothing.
 
 use crate::backoff::{Backoff, ExitClass, Policy};
-use crate::children::{self, ChildKind, Exit, Running, SpawnSpec};
+use crate::children::{self, ChildKind, Exit, Running, SpawnError, SpawnSpec};
 use crate::listeners::{self, Listeners};
 use crate::pool::Pool;
 use crate::setup;
@@ -160,7 +160,7 @@ impl Supervisor {
         let result = if kind == ChildKind::Smtpd {
             self.spawn_inheriting(&spec)
         } else {
-            children::spawn(kind, &spec).map_err(|e| e.to_string())
+            children::spawn(kind, &spec)
         };
         match result {
             Ok(pid) => {
@@ -193,18 +193,18 @@ impl Supervisor {
 
     /// Spawns an smtpd worker with the listeners and the status pipe inheritable for
     /// just that spawn.
-    fn spawn_inheriting(&self, spec: &SpawnSpec<'_>) -> Result<Pid, String> {
+    fn spawn_inheriting(&self, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
         let status_fd = self.status.write_fd();
         let open = self
             .listeners
             .inheritable(true)
             .and_then(|()| listeners::set_inheritable(status_fd, true));
         let result = match open {
-            Ok(()) => children::spawn(ChildKind::Smtpd, spec).map_err(|e| e.to_string()),
-            Err(e) => Err(format!(
-                "cannot pass descriptors to sloop-smtpd: {}",
-                e.desc()
-            )),
+            Ok(()) => children::spawn(ChildKind::Smtpd, spec),
+            Err(errno) => Err(SpawnError::PassFds {
+                kind: ChildKind::Smtpd,
+                errno,
+            }),
         };
         let close = self
             .listeners

@@ -59,7 +59,7 @@ impl RemoteAgent {
             tls: match tls::client_config() {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    log::error!("STARTTLS disabled: {e}");
+                    log::error!("STARTTLS disabled: TLS setup: {e}");
                     None
                 }
             },

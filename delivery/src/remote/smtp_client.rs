@@ -153,7 +153,7 @@ impl Session {
             return Err(OpenError::Other(text));
         }
         self.check_not_me("greeted me", &greeting)?;
-        self.hello().map_err(OpenError::Other)?;
+        self.hello()?;
         if let Some(ehlo) = &self.ehlo {
             self.check_not_me("answered EHLO", ehlo)?;
         }
@@ -163,7 +163,7 @@ impl Session {
             .is_some_and(|e| e.has_extension("STARTTLS"));
         if let (true, Some(tls)) = (offered, self.cfg.tls.clone()) {
             if self.starttls(&tls, name)? {
-                self.hello().map_err(OpenError::Other)?;
+                self.hello()?;
             }
         }
         Ok(())
@@ -187,19 +187,20 @@ impl Session {
     }
 
     /// EHLO, or HELO when EHLO is refused.
-    fn hello(&mut self) -> Result<(), String> {
+    fn hello(&mut self) -> Result<(), OpenError> {
+        let other = |e: io::Error| OpenError::Other(io_text(e));
         let helo = self.cfg.helo_name.clone();
-        let ehlo = self.command(&format!("EHLO {helo}")).map_err(io_text)?;
+        let ehlo = self.command(&format!("EHLO {helo}")).map_err(other)?;
         if ehlo.is_positive() {
             self.ehlo = Some(ehlo);
             return Ok(());
         }
         self.ehlo = None;
-        let r = self.command(&format!("HELO {helo}")).map_err(io_text)?;
+        let r = self.command(&format!("HELO {helo}")).map_err(other)?;
         if r.is_positive() {
             Ok(())
         } else {
-            Err(format!("HELO refused: {}", r.one_line()))
+            Err(OpenError::Other(format!("HELO refused: {}", r.one_line())))
         }
     }
 

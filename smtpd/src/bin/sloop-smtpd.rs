@@ -53,7 +53,7 @@ fn run() -> i32 {
         Err(e) => {
             let why = e.to_string().replace('\n', " ");
             log::error!("{why}; local recipients get 451 4.3.0 until it is fixed");
-            Policy::without_aliases(cfg, why)
+            Policy::without_aliases(cfg, e)
         }
     };
     let result = if inetd {

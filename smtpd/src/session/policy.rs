@@ -13,7 +13,7 @@
 
 use crate::address::{resolve, Mailbox};
 use crate::reply::Reply;
-use sloop_common::aliases::Aliases;
+use sloop_common::aliases::{AliasError, Aliases};
 use sloop_common::local_recipient::{classify, LocalVerdict};
 use sloop_common::Config;
 use std::net::IpAddr;
@@ -23,7 +23,7 @@ use std::net::IpAddr;
 pub struct Policy {
     pub cfg: Config,
     /// The aliases, or why they could not be loaded.
-    pub aliases: Result<Aliases, String>,
+    pub aliases: Result<Aliases, AliasError>,
 }
 
 /// An accepted recipient: the address to store and the trick seen, if any.
@@ -42,7 +42,7 @@ impl Policy {
     }
 
     /// A policy whose aliases file is unusable (`why` is logged, not shown).
-    pub fn without_aliases(cfg: Config, why: String) -> Policy {
+    pub fn without_aliases(cfg: Config, why: AliasError) -> Policy {
         Policy {
             cfg,
             aliases: Err(why),
@@ -92,7 +92,7 @@ impl Policy {
                 LocalVerdict::Invalid(why) => Err(Reply::new(
                     550,
                     (5, 1, 3),
-                    format!("<{shown}>: Recipient address rejected: {why}"),
+                    format!("<{shown}>: Recipient address rejected: local-part {why}"),
                 )),
                 LocalVerdict::Unknown | LocalVerdict::NotLocal => Err(unknown(&shown)),
             };

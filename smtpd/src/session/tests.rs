@@ -149,7 +149,10 @@ fn recipients_local_unknown_and_relay() {
 #[test]
 fn unusable_aliases_give_temporary_failures_for_local_recipients() {
     let p = policy("");
-    let p = Policy::without_aliases(p.cfg, "invalid aliases file".into());
+    let p = Policy::without_aliases(
+        p.cfg,
+        sloop_common::aliases::AliasError::Invalid(Vec::new()),
+    );
     let pre = "EHLO x\r\nMAIL FROM:<s@x.example>\r\n";
     let c = codes(
         &p,
