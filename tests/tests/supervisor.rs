@@ -174,8 +174,9 @@ fn sigterm_stops_everything_within_the_deadline() {
         took >= Duration::from_millis(900),
         "waited for the deadline: {took:?}"
     );
+    // The stop deadline (1 s), then SIGKILL: done by then, give or take the margin.
     assert!(
-        took < Duration::from_secs(4),
+        took < Duration::from_secs(1) + sloop_tests::LOAD_MARGIN,
         "stopped soon after it: {took:?}"
     );
     let all: Vec<i32> = [pids(&td, "sloop-smtpd"), pids(&td, "sloop-qmgr")].concat();
