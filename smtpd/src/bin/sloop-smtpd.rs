@@ -9,7 +9,7 @@
 //! the socket's peer; on a pipe it is `0.0.0.0`, which no default rule trusts.
 
 use sloop_common::exitcode::{EX_CONFIG, EX_OSERR, EX_USAGE};
-use sloop_common::pool_proto::{listen_fds_from_env, status_fd_from_env};
+use sloop_common::pool_proto::{listen_fds_from_env, status_fd_from_env, BadFdVar};
 use sloop_smtpd::conn::Conn;
 use sloop_smtpd::fds::FdError;
 use sloop_smtpd::fds::{Adopter, Kind};
@@ -26,6 +26,8 @@ use std::path::PathBuf;
 enum Failure {
     /// Started without the listening sockets `sloopd` passes.
     NoListeners,
+    /// SLOOP_LISTEN_FDS or SLOOP_STATUS_FD is not a list of numbers.
+    Environment(BadFdVar),
     /// An inherited descriptor failed its checks.
     Descriptor(FdError),
     /// A listening socket could not be made non-blocking.
@@ -54,6 +56,7 @@ impl fmt::Display for Failure {
             Failure::NoListeners => f.write_str(
                 "no listening sockets (SLOOP_LISTEN_FDS): sloop-smtpd is started by sloopd",
             ),
+            Failure::Environment(e) => write!(f, "{e}"),
             Failure::Descriptor(e) => write!(f, "{e}"),
             Failure::Listener { fd, source } => write!(f, "listening socket {fd}: {source}"),
             Failure::Stdio(e) => write!(f, "standard streams: {e}"),
@@ -132,7 +135,7 @@ fn standalone(policy: &Policy) -> Result<(), Failure> {
 }
 
 fn start(policy: Policy) -> Result<(), Failure> {
-    let fds = listen_fds_from_env();
+    let fds = listen_fds_from_env().map_err(Failure::Environment)?;
     if fds.is_empty() {
         return Err(Failure::NoListeners);
     }
@@ -147,7 +150,7 @@ fn start(policy: Policy) -> Result<(), Failure> {
             .map_err(|source| Failure::Listener { fd, source })?;
         listeners.push(l);
     }
-    let status = match status_fd_from_env() {
+    let status = match status_fd_from_env().map_err(Failure::Environment)? {
         Some(fd) => Some(std::fs::File::from(
             adopter
                 .adopt(fd, Kind::StatusPipe)
