@@ -47,6 +47,8 @@ pub struct Supervisor {
     last_limit_warning: Option<Instant>,
     /// Since when more than `min_idle` workers have been idle.
     surplus_since: Option<Instant>,
+    /// The periodic sweep of `tmp/` files whose writer died.
+    tmp_sweeper: crate::tmp_sweep::Sweeper,
 }
 
 impl Supervisor {
@@ -70,6 +72,7 @@ impl Supervisor {
             stopping: None,
             last_limit_warning: None,
             surplus_since: None,
+            tmp_sweeper: Default::default(),
         }
     }
 
@@ -99,6 +102,8 @@ impl Supervisor {
             self.warn_limit(now);
         }
         self.trim_idle(now);
+        let spool = sloop_common::spool::Spool::new(&self.cfg.server.spool_dir);
+        self.tmp_sweeper.tick(&spool, now);
     }
 
     /// Retires idle workers beyond `min_idle` once the surplus has lasted

@@ -10,13 +10,84 @@
 //! that ID too) and that were last written before the reap: a file named by a new
 //! process that reused the pid is younger and stays.
 //!
+//! Writers that are not `sloopd`'s children (`sloop-queue` run by `sloop-sendmail` or a
+//! script) can die too: once a minute ([`Sweeper`]) `sloopd` also removes the `tmp/`
+//! files older than [`ORPHAN_AGE`] whose writer (the pid in the queue ID) no longer
+//! runs.
+//!
 //! Only names are unlinked (never followed, whatever `sloopd` runs as); a missing
 //! `tmp/` or a file already gone is not an error. Nothing here can lose a message: a
 //! file in `tmp/` was never acknowledged to anyone.
 
 use sloop_common::spool::{queue_id, Spool};
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How old a `tmp/` file of a dead writer must be before the periodic sweep takes it.
+pub const ORPHAN_AGE: Duration = Duration::from_secs(60);
+/// How often the periodic sweep runs.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The periodic sweep's clock.
+#[derive(Debug, Default)]
+pub struct Sweeper {
+    last: Option<Instant>,
+}
+
+impl Sweeper {
+    /// Sweeps `spool`'s `tmp/` when [`SWEEP_EVERY`] has passed since the last sweep.
+    pub fn tick(&mut self, spool: &Spool, now: Instant) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < SWEEP_EVERY)
+        {
+            return;
+        }
+        self.last = Some(now);
+        let Some(before) = SystemTime::now().checked_sub(ORPHAN_AGE) else {
+            return;
+        };
+        let n = remove_orphans(spool, before);
+        if n > 0 {
+            log::info!("removed {n} tmp/ file(s) of writers no longer running");
+        }
+    }
+}
+
+/// Removes the files in `spool`'s `tmp/` last written before `before` whose writer
+/// (the pid in the queue ID) no longer runs; returns how many went.
+pub fn remove_orphans(spool: &Spool, before: SystemTime) -> usize {
+    let dir = spool.tmp_dir();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(queue_id::creator_pid) else {
+            continue;
+        };
+        if pid_alive(pid) {
+            continue;
+        }
+        let written = entry.metadata().and_then(|m| m.modified());
+        if written.is_ok_and(|t| t < before) && remove(&entry.path()) {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// True when a process with this pid exists (pid 0 never names a writer).
+fn pid_alive(pid: u32) -> bool {
+    match i32::try_from(pid) {
+        Ok(p) if p > 0 => !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None),
+            Err(nix::errno::Errno::ESRCH)
+        ),
+        _ => false,
+    }
+}
 
 /// Removes the files in `spool`'s `tmp/` written by `pid` no later than `before`;
 /// returns how many went.
@@ -59,6 +130,39 @@ mod tests {
 
     fn id(pid: u32, n: u32) -> String {
         format!("{:013X}{pid:06X}{n:03X}", 0x18d_0000_0000u64)
+    }
+
+    #[test]
+    fn the_periodic_sweep_takes_old_files_of_dead_writers_only() {
+        let root = std::env::temp_dir().join(format!("sloop-orphans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let spool = Spool::new(&root);
+        std::fs::create_dir_all(spool.tmp_dir()).unwrap();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead = gone.id();
+        gone.wait().unwrap();
+        let alive = std::process::id();
+        let old = SystemTime::now() - Duration::from_secs(600);
+        let write = |name: String, mtime: SystemTime| {
+            let f = std::fs::File::create(spool.tmp_dir().join(name)).unwrap();
+            f.set_modified(mtime).unwrap();
+        };
+        write(id(dead, 1), old);
+        write(id(dead, 2), SystemTime::now());
+        write(id(alive, 1), old);
+        let before = SystemTime::now() - ORPHAN_AGE;
+        assert_eq!(remove_orphans(&spool, before), 1);
+        assert!(!spool.tmp_dir().join(id(dead, 1)).exists());
+        assert!(spool.tmp_dir().join(id(dead, 2)).exists(), "too young");
+        assert!(spool.tmp_dir().join(id(alive, 1)).exists(), "writer alive");
+        // The sweeper runs at once, then not again within SWEEP_EVERY.
+        let mut s = Sweeper::default();
+        let t0 = Instant::now();
+        s.tick(&spool, t0);
+        assert_eq!(s.last, Some(t0));
+        s.tick(&spool, t0 + Duration::from_secs(1));
+        assert_eq!(s.last, Some(t0));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
