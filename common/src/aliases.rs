@@ -256,10 +256,10 @@ pub fn parse_list(text: &str, path: &Path) -> Result<Vec<AliasTarget>, AliasErro
         }
         match parse_values(line) {
             Ok(v) => out.extend(v),
-            Err(message) => issues.push(AliasIssue {
+            Err(e) => issues.push(AliasIssue {
                 file: path.to_path_buf(),
                 line: i + 1,
-                message,
+                message: e.to_string(),
             }),
         }
     }
@@ -298,8 +298,36 @@ fn split_entry(entry: &str) -> Option<(&str, &str)> {
     entry.split_once(':')
 }
 
+/// Why one alias value (or a value list) cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BadValue {
+    UnbalancedQuote,
+    ControlCharacter,
+    EmptyCommand,
+    RelativeInclude(PathBuf),
+    BadAddress(String),
+    BadLocalName(String),
+}
+
+impl fmt::Display for BadValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadValue::UnbalancedQuote => f.write_str("unbalanced double quote"),
+            BadValue::ControlCharacter => f.write_str("value contains a control character"),
+            BadValue::EmptyCommand => f.write_str("empty command"),
+            BadValue::RelativeInclude(p) => write!(
+                f,
+                ":include: needs an absolute path, found {:?}",
+                p.display()
+            ),
+            BadValue::BadAddress(v) => write!(f, "bad address {v:?}"),
+            BadValue::BadLocalName(v) => write!(f, "bad local name {v:?}"),
+        }
+    }
+}
+
 /// Splits values at commas outside quotes and classifies each.
-fn parse_values(values: &str) -> Result<Vec<AliasTarget>, String> {
+fn parse_values(values: &str) -> Result<Vec<AliasTarget>, BadValue> {
     let mut parts = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
@@ -314,7 +342,7 @@ fn parse_values(values: &str) -> Result<Vec<AliasTarget>, String> {
         }
     }
     if quoted {
-        return Err("unbalanced double quote".to_string());
+        return Err(BadValue::UnbalancedQuote);
     }
     parts.push(cur);
     parts
@@ -325,28 +353,25 @@ fn parse_values(values: &str) -> Result<Vec<AliasTarget>, String> {
         .collect()
 }
 
-fn classify_value(v: &str) -> Result<AliasTarget, String> {
+fn classify_value(v: &str) -> Result<AliasTarget, BadValue> {
     let unq = if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
         &v[1..v.len() - 1]
     } else {
         v
     };
     if unq.contains(['\0', '\r', '\n']) {
-        return Err("value contains a control character".to_string());
+        return Err(BadValue::ControlCharacter);
     }
     if let Some(cmd) = unq.strip_prefix('|') {
         if cmd.trim().is_empty() {
-            return Err("empty command".to_string());
+            return Err(BadValue::EmptyCommand);
         }
         return Ok(AliasTarget::Command(cmd.trim().to_string()));
     }
     if let Some(path) = unq.strip_prefix(":include:") {
         let path = PathBuf::from(path.trim());
         if !path.is_absolute() {
-            return Err(format!(
-                ":include: needs an absolute path, found {:?}",
-                path.display()
-            ));
+            return Err(BadValue::RelativeInclude(path));
         }
         return Ok(AliasTarget::Include(path));
     }
@@ -355,12 +380,12 @@ fn classify_value(v: &str) -> Result<AliasTarget, String> {
     }
     if let Some(name) = unq.strip_prefix('\\') {
         if name.is_empty() || name.contains(['@', '/', ' ']) {
-            return Err(format!("bad local name {:?}", clip(v)));
+            return Err(BadValue::BadLocalName(clip(v)));
         }
         return Ok(AliasTarget::Local(name.to_lowercase()));
     }
     if unq.chars().any(|c| c.is_whitespace() || c.is_control()) && !v.starts_with('"') {
-        return Err(format!("bad address {:?}", clip(v)));
+        return Err(BadValue::BadAddress(clip(v)));
     }
     Ok(AliasTarget::Address(unq.to_string()))
 }

@@ -63,7 +63,7 @@ pub const EX_CANTCREAT: i32 = 73;
 pub const EX_IOERR: i32 = 74;
 pub const EX_TEMPFAIL: i32 = 75;
 pub const EX_NOPERM: i32 = 77;
-/// Configuration error: `sloopd` refuses to start with this (SEED.md G6).
+/// Configuration error: `sloopd` refuses to start with this (docs/invariants.md G6).
 pub const EX_CONFIG: i32 = 78;
 
 #[cfg(test)]

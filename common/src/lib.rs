@@ -1,7 +1,15 @@
 //! `sloop-common`: what every Sloop program shares.
 //!
-//! - [`config`]: the one validated configuration (SEED.md G6).
+//! - [`config`]: the one validated configuration, parsed and checked at load, never
+//!   read raw during a session (a config that fails validation never reaches a serving
+//!   process: `docs/architecture.md` §2).
 //! - [`spool`]: the queue's on-disk layout, queue IDs, envelopes, commit and recovery.
+//! - [`aliases`]: the aliases file (aliases(5) syntax), loaded and checked as a table.
+//! - [`local_recipient`]: what an address is to this node (not local, alias, mailbox,
+//!   unknown, invalid), for the smtpd at RCPT time and for local delivery.
+//! - [`delivery_proto`]: the line protocol between `sloop-qmgr` and `sloop-deliver`.
+//! - [`pool_proto`]: what `sloopd` passes to smtpd workers (descriptors, environment)
+//!   and the workers' status records.
 //! - [`exitcode`]: qmail-queue and sysexits exit codes, one mapping per boundary.
 //! - [`logging`]: one line per event, program name and pid first.
 //! - [`secure_fs`]: umask, and owner/mode changes that never follow a symlink.

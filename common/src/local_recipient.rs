@@ -31,7 +31,7 @@ pub enum LocalVerdict {
     /// A local domain, but no such mailbox or alias (550 5.1.1).
     Unknown,
     /// A local-part that cannot name a mailbox safely (550 5.1.3).
-    Invalid(String),
+    Invalid(UnsafeName),
 }
 
 /// Classifies `address` (`local@domain`, without angle brackets).
@@ -109,21 +109,56 @@ pub fn strip_extension(local: &str, delimiter: Option<char>) -> &str {
     }
 }
 
+/// Why a name from an address cannot be one directory component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsafeName {
+    Empty,
+    /// Longer than the limit (64 octets for a local-part, 255 for a domain).
+    TooLong {
+        limit: usize,
+    },
+    LeadingDot,
+    /// `/`, `\`, NUL or another control character.
+    BadCharacter,
+}
+
+impl std::fmt::Display for UnsafeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnsafeName::Empty => f.write_str("empty"),
+            UnsafeName::TooLong { limit } => write!(f, "longer than {limit} octets"),
+            UnsafeName::LeadingDot => f.write_str("starts with a dot"),
+            UnsafeName::BadCharacter => {
+                f.write_str("contains '/', '\\', NUL or a control character")
+            }
+        }
+    }
+}
+
+impl std::error::Error for UnsafeName {}
+
 /// The local-part as a safe directory name (lower case), or why it is not one.
-pub fn safe_local_part(local: &str) -> Result<String, String> {
-    if local.is_empty() {
-        return Err("empty local-part".into());
+pub fn safe_local_part(local: &str) -> Result<String, UnsafeName> {
+    safe_name(local, 64)
+}
+
+/// `name` (a local-part or a domain) as one safe directory component, lower case:
+/// not empty, at most `limit` octets, no leading dot, no `/`, `\`, NUL or control
+/// character.
+pub fn safe_name(name: &str, limit: usize) -> Result<String, UnsafeName> {
+    if name.is_empty() {
+        return Err(UnsafeName::Empty);
     }
-    if local.len() > 64 {
-        return Err("local-part longer than 64 octets".into());
+    if name.len() > limit {
+        return Err(UnsafeName::TooLong { limit });
     }
-    if local.starts_with('.') {
-        return Err("local-part starts with a dot".into());
+    if name.starts_with('.') {
+        return Err(UnsafeName::LeadingDot);
     }
-    if local.contains(['/', '\\', '\0']) || local.chars().any(char::is_control) {
-        return Err("local-part contains '/', '\\', NUL or a control character".into());
+    if name.contains(['/', '\\', '\0']) || name.chars().any(char::is_control) {
+        return Err(UnsafeName::BadCharacter);
     }
-    Ok(local.to_lowercase())
+    Ok(name.to_lowercase())
 }
 
 #[cfg(test)]

@@ -124,13 +124,6 @@ pub fn handoff_fd_from_env() -> Option<i32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Parses `SLOOP_LISTEN_FDS`.
-pub fn listen_fds_from_env() -> Vec<i32> {
-    std::env::var(ENV_LISTEN_FDS)
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_default()
-}
-
 /// Parses `SLOOP_TLS_FD`.
 pub fn tls_fd_from_env() -> Option<i32> {
     std::env::var(ENV_TLS_FD)
@@ -138,11 +131,66 @@ pub fn tls_fd_from_env() -> Option<i32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Parses `SLOOP_STATUS_FD`.
-pub fn status_fd_from_env() -> Option<i32> {
-    std::env::var(ENV_STATUS_FD)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
+/// A descriptor variable that is set but is not what it must be (a comma-separated
+/// list of descriptor numbers, or one number).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadFdVar {
+    pub var: &'static str,
+    pub value: String,
+}
+
+impl std::fmt::Display for BadFdVar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}={:?}: not a list of descriptor numbers",
+            self.var, self.value
+        )
+    }
+}
+
+impl std::error::Error for BadFdVar {}
+
+/// Parses `SLOOP_LISTEN_FDS` (unset: none). Garbage is an error, not skipped: a
+/// worker that silently dropped a listener would serve fewer ports than configured.
+pub fn listen_fds_from_env() -> Result<Vec<i32>, BadFdVar> {
+    match std::env::var(ENV_LISTEN_FDS) {
+        Ok(v) => parse_fd_list(ENV_LISTEN_FDS, &v),
+        Err(_) => Ok(Vec::new()),
+    }
+}
+
+/// Parses `SLOOP_STATUS_FD` (unset: none).
+pub fn status_fd_from_env() -> Result<Option<i32>, BadFdVar> {
+    match std::env::var(ENV_STATUS_FD) {
+        Ok(v) => match parse_fd_list(ENV_STATUS_FD, &v)?.as_slice() {
+            [fd] => Ok(Some(*fd)),
+            _ => Err(BadFdVar {
+                var: ENV_STATUS_FD,
+                value: v,
+            }),
+        },
+        Err(_) => Ok(None),
+    }
+}
+
+/// `3,4,5` as descriptor numbers; anything else (an empty item, a sign, a word) is
+/// refused whole.
+pub fn parse_fd_list(var: &'static str, value: &str) -> Result<Vec<i32>, BadFdVar> {
+    let bad = || BadFdVar {
+        var,
+        value: value.to_string(),
+    };
+    value
+        .split(',')
+        .map(|s| {
+            let s = s.trim();
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            s.parse().map_err(|_| bad())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -174,5 +222,15 @@ mod tests {
             assert_eq!(decode_client(&rec), Some((77, ip)));
         }
         assert_eq!(decode_client(&encode(1, Availability::Busy)), None);
+    }
+
+    /// Regression: `SLOOP_LISTEN_FDS=3,x` adopted fd 3 and silently dropped the rest.
+    #[test]
+    fn descriptor_lists_are_numbers_or_refused() {
+        assert_eq!(parse_fd_list(ENV_LISTEN_FDS, "3, 4,5"), Ok(vec![3, 4, 5]));
+        for bad in ["3,x", "", "3,,4", "-1", "3;4", "99999999999"] {
+            let e = parse_fd_list(ENV_LISTEN_FDS, bad).unwrap_err();
+            assert_eq!(e.var, ENV_LISTEN_FDS, "{bad:?}");
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! `sloop-delivery`: the delivery agents behind `sloop-deliver local` and
-//! `sloop-deliver remote` (ARCHITECTURE.md §1, §4).
+//! `sloop-deliver remote` (docs/architecture.md §1, §4).
 //!
 //! A worker is started by `sloop-qmgr`, reads job lines on stdin and answers with
 //! result lines on stdout ([`worker`]). The [`local`] agent writes Maildirs and mbox

@@ -12,7 +12,7 @@
 //! so a client that reconnects on reading `221` is not counted twice. Clients in
 //! `relay.networks` take no slot (`worker.rs`). Errors (run directory missing, unwritable) are returned to the
 //! caller, which answers with a temporary failure: a failing check narrows access,
-//! never widens it (SEED.md G5).
+//! never widens it (docs/invariants.md G5).
 
 use nix::fcntl::{fcntl, FcntlArg};
 use std::fs::{File, OpenOptions};

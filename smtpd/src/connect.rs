@@ -1,4 +1,4 @@
-//! The connect phase: everything between accept and the greeting (issue 3, point 5).
+//! The connect phase: everything between accept and the greeting.
 //!
 //! In order: the test-only injected fault (`faults.rs`), the client access rules
 //! (`smtpd.access`, first matching CIDR wins: allow, `554 5.7.1` reject, `421 4.7.1`

@@ -1,4 +1,4 @@
-//! `sloop-smtpd`: Sloop's SMTP receiver (issue 3).
+//! `sloop-smtpd`: Sloop's SMTP receiver.
 //!
 //! A prefork worker started by `sloopd`: it inherits the listening sockets and a status
 //! pipe (`sloop_common::pool_proto`), serves one SMTP session at a time and exits after
@@ -7,7 +7,7 @@
 //! watchdog thread ([`watchdog`]); messages are committed into the spool in-process, or
 //! handed to a configured qmail-queue compatible program ([`queue_client`]). Modules:
 //!
-//! - [`reply`]: replies that cannot be malformed (SEED.md G7);
+//! - [`reply`]: replies that cannot be malformed (docs/invariants.md G7);
 //! - [`parser`], [`address`], [`data`], [`bdat`]: command lines, paths, the DATA and
 //!   BDAT receivers;
 //! - [`session`]: the state machine, its transaction and recipient policy;

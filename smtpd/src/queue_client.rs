@@ -1,4 +1,4 @@
-//! Committing the message at the end of data (issue 3, point 6; issue 5), on one of
+//! Committing the message at the end of data on one of
 //! two paths chosen by `smtpd.queue_program`.
 //!
 //! **In-process (the default, `smtpd.queue_program` empty).** The worker calls
@@ -27,13 +27,13 @@
 //! permanent, anything else (and a signal, a hang, a spawn failure, a write failure)
 //! temporary. The program logs its own `(queued)` line (`sloop-queue` does).
 //!
-//! Either way `250` is sent only after the commit succeeded (ARCHITECTURE.md §3,
+//! Either way `250` is sent only after the commit succeeded (docs/architecture.md §3,
 //! invariant 1).
 
 use crate::session::{QueueJob, QueueOutcome};
 use sloop_common::exitcode::{queue_verdict, QueueVerdict};
 use sloop_common::spool::inject::commit_bytes;
-use sloop_common::spool::Spool;
+use sloop_common::spool::{Spool, SpoolError};
 use sloop_common::Config;
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -85,7 +85,7 @@ static LAYOUT_CHECKED: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 /// Checks (creating what is missing) the layout of `spool` unless this process already
 /// did for `dir` since the last failed commit.
-fn ensure_layout_once(spool: &Spool, dir: &Path) -> Result<(), String> {
+fn ensure_layout_once(spool: &Spool, dir: &Path) -> Result<(), SpoolError> {
     let mut checked = LAYOUT_CHECKED
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
@@ -93,7 +93,7 @@ fn ensure_layout_once(spool: &Spool, dir: &Path) -> Result<(), String> {
         return Ok(());
     }
     if !spool.exists() {
-        spool.ensure_layout().map_err(|e| e.to_string())?;
+        spool.ensure_layout()?;
     }
     *checked = Some(dir.to_path_buf());
     Ok(())
@@ -150,13 +150,10 @@ fn feed_and_wait(
     let message = job.message;
     let (tx, rx) = mpsc::channel();
     let feeder = std::thread::spawn(move || {
-        let written = fd0
-            .write_all(&message)
-            .and_then(|()| {
-                drop(fd0);
-                fd1.write_all(&envelope)
-            })
-            .map_err(|e| e.to_string());
+        let written = fd0.write_all(&message).and_then(|()| {
+            drop(fd0);
+            fd1.write_all(&envelope)
+        });
         drop(fd1);
         let _ = tx.send((written, child.wait()));
     });
@@ -176,7 +173,7 @@ fn feed_and_wait(
     outcome
 }
 
-fn verdict(status: ExitStatus, written: Result<(), String>) -> QueueOutcome {
+fn verdict(status: ExitStatus, written: std::io::Result<()>) -> QueueOutcome {
     let Some(code) = status.code() else {
         let sig = status.signal().unwrap_or(0);
         return QueueOutcome::Temporary(format!("queue program killed by signal {sig}"));

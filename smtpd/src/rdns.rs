@@ -6,18 +6,48 @@
 //! resolves back to the client's address; that lookup runs in a helper thread that is
 //! abandoned at the deadline), as Postfix does. Any failure, timeout or garbage answer
 //! names the client `unknown`: the name is for logs and the Received header only and
-//! never grants anything (SEED.md G5).
+//! never grants anything (docs/invariants.md G5).
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// Where names come from: the system's files and resolver, or stand-ins in tests.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The hosts file (`/etc/hosts`).
+    pub hosts_file: PathBuf,
+    /// The server PTR queries go to (the first `nameserver` of `/etc/resolv.conf`).
+    pub nameserver: Option<SocketAddr>,
+    /// The forward lookup that confirms a name (the C library's, through std).
+    pub forward: fn(&str) -> Vec<IpAddr>,
+}
+
+impl Sources {
+    /// The system's hosts file, resolver and forward lookups.
+    pub fn system() -> Sources {
+        Sources {
+            hosts_file: PathBuf::from("/etc/hosts"),
+            nameserver: resolver(),
+            forward: system_forward,
+        }
+    }
+}
 
 /// The client's confirmed name, or `unknown`, within `budget`.
 pub fn client_name(ip: IpAddr, budget: Duration) -> String {
+    client_name_from(ip, budget, &Sources::system())
+}
+
+/// [`client_name`] with the given sources.
+pub fn client_name_from(ip: IpAddr, budget: Duration, src: &Sources) -> String {
     let deadline = Instant::now() + budget;
-    let Some(name) = hosts_name(ip).or_else(|| ptr_lookup(ip, deadline)) else {
+    let found = hosts_name(&src.hosts_file, ip)
+        .or_else(|| src.nameserver.and_then(|ns| ptr_lookup(ns, ip, deadline)));
+    let Some(name) = found else {
         return "unknown".into();
     };
-    if forward_confirmed(&name, ip, deadline) {
+    if forward_confirmed(&name, ip, deadline, src.forward) {
         name
     } else {
         log::info!("reverse name {name} of [{ip}] does not resolve back; using unknown");
@@ -25,9 +55,17 @@ pub fn client_name(ip: IpAddr, budget: Duration) -> String {
     }
 }
 
-/// The first name `/etc/hosts` gives `ip`.
-fn hosts_name(ip: IpAddr) -> Option<String> {
-    let text = std::fs::read_to_string("/etc/hosts").ok()?;
+/// The addresses the C library gives `host`.
+fn system_forward(host: &str) -> Vec<IpAddr> {
+    (host, 0)
+        .to_socket_addrs()
+        .map(|it| it.map(|a| a.ip()).collect())
+        .unwrap_or_default()
+}
+
+/// The first name the hosts file gives `ip`.
+fn hosts_name(hosts_file: &Path, ip: IpAddr) -> Option<String> {
+    let text = std::fs::read_to_string(hosts_file).ok()?;
     text.lines()
         .map(|l| l.split('#').next().unwrap_or(""))
         .find_map(|l| {
@@ -37,17 +75,18 @@ fn hosts_name(ip: IpAddr) -> Option<String> {
         })
 }
 
-fn forward_confirmed(name: &str, ip: IpAddr, deadline: Instant) -> bool {
+fn forward_confirmed(
+    name: &str,
+    ip: IpAddr,
+    deadline: Instant,
+    forward: fn(&str) -> Vec<IpAddr>,
+) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
     let host = name.to_string();
     let spawned = std::thread::Builder::new()
         .name("rdns-forward".into())
         .spawn(move || {
-            let addrs: Vec<IpAddr> = (host.as_str(), 0)
-                .to_socket_addrs()
-                .map(|it| it.map(|a| a.ip()).collect())
-                .unwrap_or_default();
-            let _ = tx.send(addrs);
+            let _ = tx.send(forward(&host));
         });
     if spawned.is_err() {
         return false;
@@ -58,9 +97,8 @@ fn forward_confirmed(name: &str, ip: IpAddr, deadline: Instant) -> bool {
         .unwrap_or(false)
 }
 
-/// One PTR query to the first resolver, answered before `deadline`.
-fn ptr_lookup(ip: IpAddr, deadline: Instant) -> Option<String> {
-    let server = resolver()?;
+/// One PTR query to `server`, answered before `deadline`.
+fn ptr_lookup(server: SocketAddr, ip: IpAddr, deadline: Instant) -> Option<String> {
     let bind: SocketAddr = if server.is_ipv4() {
         "0.0.0.0:0".parse().ok()?
     } else {
@@ -245,13 +283,73 @@ mod tests {
         assert_eq!(parse_ptr_answer(&msg, 7), None);
     }
 
-    #[test]
-    fn loopback_from_hosts_file() {
-        if hosts_name("127.0.0.1".parse().unwrap()).as_deref() == Some("localhost") {
-            assert_eq!(
-                client_name("127.0.0.1".parse().unwrap(), Duration::from_secs(2)),
-                "localhost"
-            );
+    /// Forward lookups of the test names: both resolve to 192.0.2.9 only.
+    fn fake_forward(name: &str) -> Vec<IpAddr> {
+        match name {
+            "host.example.test" | "ptr.example.test" => vec!["192.0.2.9".parse().unwrap()],
+            _ => Vec::new(),
         }
+    }
+
+    /// A DNS server on loopback answering every PTR query with `name` (or never).
+    fn fake_ptr_server(name: Option<&'static str>) -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                let Some(name) = name else { continue };
+                let mut msg = buf[..n].to_vec();
+                msg[2] |= 0x80;
+                msg[7] = 1;
+                msg.extend_from_slice(&[0xc0, 12, 0, 12, 0, 1, 0, 0, 0, 60]);
+                let mut rdata = Vec::new();
+                for label in name.split('.') {
+                    rdata.push(label.len() as u8);
+                    rdata.extend_from_slice(label.as_bytes());
+                }
+                rdata.push(0);
+                msg.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+                msg.extend_from_slice(&rdata);
+                let _ = sock.send_to(&msg, peer);
+            }
+        });
+        addr
+    }
+
+    fn sources(hosts: &str, nameserver: Option<SocketAddr>) -> (Sources, PathBuf) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("sloop-rdns-{}-{n}", std::process::id()));
+        std::fs::write(&path, hosts).unwrap();
+        let src = Sources {
+            hosts_file: path.clone(),
+            nameserver,
+            forward: fake_forward,
+        };
+        (src, path)
+    }
+
+    /// The name the client gets, from the hosts file or a PTR answer, is checked
+    /// itself, and only a forward-confirmed name is used.
+    #[test]
+    fn the_client_is_named_by_hosts_or_ptr_when_confirmed() {
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let budget = Duration::from_secs(5);
+        let (src, f) = sources("# comment\n192.0.2.9 Host.Example.Test alias\n", None);
+        assert_eq!(client_name_from(ip, budget, &src), "host.example.test");
+        std::fs::remove_file(f).unwrap();
+        let (src, f) = sources("", Some(fake_ptr_server(Some("ptr.example.test"))));
+        assert_eq!(client_name_from(ip, budget, &src), "ptr.example.test");
+        std::fs::remove_file(f).unwrap();
+        // A PTR name that does not resolve back to the client is not used.
+        let (src, f) = sources("", Some(fake_ptr_server(Some("liar.example.test"))));
+        assert_eq!(client_name_from(ip, budget, &src), "unknown");
+        std::fs::remove_file(f).unwrap();
+        // A silent server: unknown, once the budget is spent.
+        let (src, f) = sources("", Some(fake_ptr_server(None)));
+        let short = Duration::from_millis(200);
+        assert_eq!(client_name_from(ip, short, &src), "unknown");
+        std::fs::remove_file(f).unwrap();
     }
 }

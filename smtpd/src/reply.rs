@@ -1,4 +1,4 @@
-//! SMTP replies that cannot be malformed (SEED.md G7).
+//! SMTP replies that cannot be malformed (docs/invariants.md G7).
 //!
 //! A [`Reply`] is a basic code, an enhanced status code and one or more text lines.
 //! Only the greeting and the answer to EHLO/HELO go without an enhanced code, as
@@ -112,21 +112,43 @@ impl Reply {
     }
 }
 
+/// How a reply on the wire breaks G7 (with the offending line, lossily decoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WireError {
+    NoFinalCrlf,
+    TooLong(String),
+    BareCrOrNul(String),
+    BadCode(String),
+    NoEnhancedCode(String),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::NoFinalCrlf => f.write_str("reply does not end in CRLF"),
+            WireError::TooLong(l) => write!(f, "line longer than {MAX_LINE} octets: {l}"),
+            WireError::BareCrOrNul(l) => write!(f, "bare CR or NUL: {l}"),
+            WireError::BadCode(l) => write!(f, "bad code: {l}"),
+            WireError::NoEnhancedCode(l) => write!(f, "no enhanced status code: {l}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
+
 /// Checks a reply as sent on the wire against G7: every line `^[2-5]\d\d[ -]`, an
 /// enhanced code after it (unless `enhanced` is false: greeting, EHLO/HELO), no CR,
 /// LF or NUL inside, at most 512 octets with CRLF. Used by tests and fuzz targets.
-pub fn check_wire(wire: &[u8], enhanced: bool) -> Result<(), String> {
-    let body = wire
-        .strip_suffix(b"\r\n")
-        .ok_or("reply does not end in CRLF")?;
+pub fn check_wire(wire: &[u8], enhanced: bool) -> Result<(), WireError> {
+    let body = wire.strip_suffix(b"\r\n").ok_or(WireError::NoFinalCrlf)?;
     for line in body.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let shown = String::from_utf8_lossy(line);
+        let shown = || String::from_utf8_lossy(line).into_owned();
         if line.len() + 2 > MAX_LINE {
-            return Err(format!("line longer than {MAX_LINE} octets: {shown}"));
+            return Err(WireError::TooLong(shown()));
         }
         if line.iter().any(|&b| b == b'\r' || b == 0) {
-            return Err(format!("bare CR or NUL: {shown}"));
+            return Err(WireError::BareCrOrNul(shown()));
         }
         let ok_code = line.len() >= 4
             && (b'2'..=b'5').contains(&line[0])
@@ -134,10 +156,10 @@ pub fn check_wire(wire: &[u8], enhanced: bool) -> Result<(), String> {
             && line[2].is_ascii_digit()
             && (line[3] == b' ' || line[3] == b'-');
         if !ok_code {
-            return Err(format!("bad code: {shown}"));
+            return Err(WireError::BadCode(shown()));
         }
         if enhanced && !has_enhanced(&line[4..], line[0]) {
-            return Err(format!("no enhanced status code: {shown}"));
+            return Err(WireError::NoEnhancedCode(shown()));
         }
     }
     Ok(())

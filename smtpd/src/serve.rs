@@ -8,7 +8,7 @@
 //! octets, `command_timeout` for handling and writing, `queue_timeout` for the queue
 //! program, and `session_timeout` overall; the watchdog is armed with each. A panic
 //! anywhere in the session is caught here: the client gets `421 4.3.0` and the worker
-//! exits after this session (SEED.md G3, G4).
+//! exits after this session (docs/invariants.md G3, G4).
 
 use crate::conn::{Conn, ReadOutcome};
 use crate::session::{Phase, Policy, Session, Step};

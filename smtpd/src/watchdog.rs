@@ -1,5 +1,5 @@
 //! The watchdog: a thread that ends the worker if a phase blocks past its deadline plus
-//! `smtpd.watchdog_grace` (SEED.md: "the session, not the check, owns the deadline").
+//! `smtpd.watchdog_grace` (docs/invariants.md: "the session, not the check, owns the deadline").
 //!
 //! The session arms it before each phase (connect checks, reading, command handling,
 //! queueing, writing) with that phase's deadline, and disarms it only after the reply is

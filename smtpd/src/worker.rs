@@ -1,4 +1,4 @@
-//! The prefork worker: accept loop and status pipe (ARCHITECTURE.md §2,
+//! The prefork worker: accept loop and status pipe (docs/architecture.md §4,
 //! `sloop_common::pool_proto`).
 //!
 //! The worker adopts the listening sockets and the status pipe `sloopd` passed down,

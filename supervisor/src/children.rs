@@ -101,19 +101,29 @@ pub struct Running {
 
 /// A failed spawn.
 #[derive(Debug)]
-pub struct SpawnError {
-    pub program: PathBuf,
-    pub source: std::io::Error,
+pub enum SpawnError {
+    /// The program could not be started (missing, not executable, ...).
+    Exec {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    /// The descriptors a worker inherits could not be made inheritable.
+    PassFds {
+        kind: ChildKind,
+        errno: nix::errno::Errno,
+    },
 }
 
 impl fmt::Display for SpawnError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "cannot start {}: {}",
-            self.program.display(),
-            self.source
-        )
+        match self {
+            SpawnError::Exec { program, source } => {
+                write!(f, "cannot start {}: {source}", program.display())
+            }
+            SpawnError::PassFds { kind, errno } => {
+                write!(f, "cannot pass descriptors to {kind}: {}", errno.desc())
+            }
+        }
     }
 }
 
@@ -148,7 +158,7 @@ pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
     }
     match cmd.spawn() {
         Ok(child) => Ok(Pid::from_raw(child.id() as i32)),
-        Err(source) => Err(SpawnError { program, source }),
+        Err(source) => Err(SpawnError::Exec { program, source }),
     }
 }
 

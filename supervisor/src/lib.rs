@@ -1,11 +1,12 @@
-//! `sloopd`, Sloop's supervisor (ARCHITECTURE.md §2, in the Postfix `master` model).
+//! `sloopd`, Sloop's supervisor (docs/architecture.md §1, in the Postfix `master` model).
 //!
-//! It validates the config (refusing to start on an invalid one, SEED.md G6), binds
-//! every listener before any child exists, starts the smtpd prefork pool, the queue
-//! manager and the pickup, keeps `smtpd.min_idle` workers idle from their status records, restarts
+//! It validates the config (refusing to start on an invalid one, docs/invariants.md G6),
+//! binds every listener before any child exists, starts the smtpd prefork pool, the
+//! queue manager and the pickup, keeps `smtpd.min_idle` workers idle from their status
+//! records, restarts
 //! crashed children with exponential backoff, reloads on SIGHUP and stops within
 //! `supervisor.stop_timeout` on SIGTERM. It never parses client input and never exits
-//! because a child misbehaves (SEED.md G4).
+//! because a child misbehaves (docs/invariants.md G4).
 //!
 //! - [`acceptor`]: the busy acceptor (421 4.3.2 instead of a silent backlog).
 //! - [`overload`]: when the pool is overloaded, who is over their share (pure).
@@ -15,6 +16,7 @@
 //! - [`status_pipe`]: the workers' status records.
 //! - [`children`]: spawning, signalling and reaping.
 //! - [`setup`]: directories, credentials, pid file.
+//! - [`tmp_sweep`]: removing the `tmp/` queue files of workers that died.
 //! - [`supervisor`]: the state and the action for each event.
 //! - [`event_loop`]: the mio loop and signals.
 
@@ -29,3 +31,4 @@ pub mod setup;
 pub mod status_pipe;
 pub mod supervisor;
 pub mod tls_keys;
+pub mod tmp_sweep;

@@ -1,4 +1,4 @@
-//! The listening sockets `sloopd` holds for the smtpd pool (ARCHITECTURE.md §2).
+//! The listening sockets `sloopd` holds for the smtpd pool (docs/architecture.md §1, §4).
 //!
 //! Every `smtpd.listen` address is bound by the supervisor before any child starts, with
 //! `SO_REUSEADDR` and a deep backlog, so a port stays bound (and connections queue in

@@ -9,7 +9,7 @@
 
 use crate::acceptor::Acceptor;
 use crate::backoff::{Backoff, ExitClass, Policy};
-use crate::children::{self, ChildKind, Exit, Running, SpawnSpec};
+use crate::children::{self, ChildKind, Exit, Running, SpawnError, SpawnSpec};
 use crate::listeners::{self, Listeners};
 use crate::overload::Tracker;
 use crate::pool::Pool;
@@ -59,6 +59,8 @@ pub struct Supervisor {
     pub(crate) status_written: Option<(Instant, String)>,
     /// Since when more than `min_idle` workers have been idle.
     surplus_since: Option<Instant>,
+    /// The periodic sweep of `tmp/` files whose writer died.
+    tmp_sweeper: crate::tmp_sweep::Sweeper,
 }
 
 impl Supervisor {
@@ -90,6 +92,7 @@ impl Supervisor {
             over_share: Vec::new(),
             status_written: None,
             surplus_since: None,
+            tmp_sweeper: Default::default(),
         }
     }
 
@@ -131,6 +134,8 @@ impl Supervisor {
             }
         }
         self.trim_idle(now);
+        let spool = sloop_common::spool::Spool::new(&self.cfg.server.spool_dir);
+        self.tmp_sweeper.tick(&spool, now);
     }
 
     /// Retires idle workers beyond `min_idle` once the surplus has lasted
@@ -186,7 +191,7 @@ impl Supervisor {
         let result = if kind == ChildKind::Smtpd {
             self.spawn_inheriting(&spec)
         } else {
-            children::spawn(kind, &spec).map_err(|e| e.to_string())
+            children::spawn(kind, &spec)
         };
         match result {
             Ok(pid) => {
@@ -219,7 +224,7 @@ impl Supervisor {
 
     /// Spawns an smtpd worker with the listeners and the status pipe inheritable for
     /// just that spawn.
-    fn spawn_inheriting(&self, spec: &SpawnSpec<'_>) -> Result<Pid, String> {
+    fn spawn_inheriting(&self, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
         let status_fd = self.status.write_fd();
         let handoff_fd = self.acceptor.recv_fd();
         let tls_fd = self.tls.fd();
@@ -230,11 +235,11 @@ impl Supervisor {
             .and_then(|()| listeners::set_inheritable(handoff_fd, true))
             .and_then(|()| tls_fd.map_or(Ok(()), |fd| listeners::set_inheritable(fd, true)));
         let result = match open {
-            Ok(()) => children::spawn(ChildKind::Smtpd, spec).map_err(|e| e.to_string()),
-            Err(e) => Err(format!(
-                "cannot pass descriptors to sloop-smtpd: {}",
-                e.desc()
-            )),
+            Ok(()) => children::spawn(ChildKind::Smtpd, spec),
+            Err(errno) => Err(SpawnError::PassFds {
+                kind: ChildKind::Smtpd,
+                errno,
+            }),
         };
         let close = self
             .listeners
@@ -297,6 +302,19 @@ impl Supervisor {
                     .is_some_and(|w| w.reported),
             };
             self.account_exit(pid, &run, exit, reported, uptime, now);
+            if run.kind == ChildKind::Smtpd && !exit.is_clean() {
+                self.remove_tmp_files_of(pid);
+            }
+        }
+    }
+
+    /// A worker that died may have left a half-written queue file in `tmp/`.
+    fn remove_tmp_files_of(&self, pid: Pid) {
+        let spool = sloop_common::spool::Spool::new(&self.cfg.server.spool_dir);
+        let pid = pid.as_raw().unsigned_abs();
+        let n = crate::tmp_sweep::remove_files_of(&spool, pid, std::time::SystemTime::now());
+        if n > 0 {
+            log::info!("removed {n} tmp/ file(s) of dead sloop-smtpd pid={pid}");
         }
     }
 

@@ -33,6 +33,28 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// What a test adds to a documented deadline before it calls a reply late: the machine
+/// running the tests may be loaded (CI, other builds), so an upper bound checks "by the
+/// deadline, give or take a loaded scheduler", never a measurement. Speed belongs in
+/// `bench/`, not in tests.
+pub const LOAD_MARGIN: Duration = Duration::from_secs(5);
+
+/// The path of a real peer program `program` from Debian package `package`, or `None`
+/// after printing `SKIP: <test>: <package> not installed` when it is missing, unless
+/// `SLOOP_REQUIRE_PEERS=1` is set: then a missing peer fails the test.
+pub fn peer_program(test: &str, package: &str, program: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(program);
+    if path.is_file() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("SLOOP_REQUIRE_PEERS").as_deref() != Ok("1"),
+        "{test}: {package} not installed ({program} missing) and SLOOP_REQUIRE_PEERS=1"
+    );
+    println!("SKIP: {test}: {package} not installed");
+    None
+}
+
 /// Polls `cond` until it holds or `timeout` passes. Returns whether it held.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

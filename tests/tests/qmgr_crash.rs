@@ -1,5 +1,5 @@
 //! SIGKILL sloop-qmgr in the middle of a queue, restart it: every message is delivered
-//! at least once (duplicates counted and printed), none missing (ARCHITECTURE.md §3,
+//! at least once (duplicates counted and printed), none missing (docs/architecture.md §3,
 //! invariant 3). Once restarted by hand (500 messages), once by `sloopd` (2,000).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -182,6 +182,7 @@ fn inherited_descriptors_are_checked() {
         ("{P}", "", "not a listening socket"),
         ("{L}", "{L}0", "not open"),
         ("{L}", "2", "standard stream"),
+        ("{L},x", "", "not a list of descriptor numbers"),
     ] {
         let (code, err) = start_with_fds(&cfg, listen, status);
         assert!(

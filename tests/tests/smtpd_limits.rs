@@ -230,3 +230,51 @@ fn fifty_parallel_sessions_back_to_back_are_never_refused() {
         assert_eq!(c.cmd("QUIT"), 221);
     }
 }
+
+/// The issue as reported, with the real peer: Postfix's `smtp-source` as one relay
+/// client with 50 parallel sessions (one message each), three rounds back to back, at
+/// the packaged defaults (`smtpd.max_per_client = 50`, `smtpd.max_processes = 100`):
+/// never refused at the banner.
+#[test]
+fn smtp_source_with_fifty_parallel_sessions_is_never_refused() {
+    let Some(smtp_source) = sloop_tests::peer_program(
+        "smtp_source_with_fifty_parallel_sessions_is_never_refused",
+        "postfix",
+        "/usr/sbin/smtp-source",
+    ) else {
+        return;
+    };
+    let server = Server::start(
+        "smtpd-smtp-source",
+        &[
+            ("smtpd.max_processes", "100"),
+            ("smtpd.min_idle", "4"),
+            ("smtpd.queue_program", "\"\""),
+        ],
+        &[],
+    );
+    for round in 0..3 {
+        let out = std::process::Command::new(&smtp_source)
+            .args(["-4", "-s", "50", "-m", "150", "-l", "1024"])
+            .args(["-f", "a@b.example", "-t", "u@localhost.test"])
+            .arg(format!("127.0.0.1:{}", server.port))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("421"),
+            "round {round}: {:?}: {text}\n{}",
+            out.status,
+            server.log()
+        );
+    }
+    assert!(
+        !server.log().contains("too many connections"),
+        "{}",
+        server.log()
+    );
+}

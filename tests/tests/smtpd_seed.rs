@@ -1,4 +1,4 @@
-//! The SEED.md invariants of the smtpd as end-to-end tests through `sloopd`:
+//! The invariants (docs/invariants.md) of the smtpd as end-to-end tests through `sloopd`:
 //! G1/G6 default and broken greetings, G3 an injected panic and an injected hang at
 //! connect, G4 a worker killed mid-DATA loses only its own session.
 //!
@@ -35,8 +35,9 @@ fn reverse_dns_names_the_client_within_its_budget() {
     let start = Instant::now();
     let mut c = Smtp::connect(server.port);
     assert_eq!(c.code(), 220);
+    // Within the DNS budget (1 s), give or take a loaded machine.
     assert!(
-        start.elapsed() < Duration::from_secs(3),
+        start.elapsed() < Duration::from_secs(1) + sloop_tests::LOAD_MARGIN,
         "{:?}",
         start.elapsed()
     );
@@ -140,10 +141,12 @@ fn injected_hang_gives_421_before_deadline_plus_grace() {
     let reply = c.reply();
     let elapsed = start.elapsed();
     assert!(reply[0].starts_with("421 4.4.2 "), "{reply:?}");
-    // Deadline (1 s) plus grace (500 ms); the upper bound is a margin for a loaded
-    // machine, not a measurement.
+    // Deadline (1 s) plus grace (500 ms), give or take a loaded machine.
     assert!(elapsed >= Duration::from_millis(1400), "{elapsed:?}");
-    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(1500) + sloop_tests::LOAD_MARGIN,
+        "{elapsed:?}"
+    );
     assert!(server.wait_log("watchdog fired: phase connect", Duration::from_secs(5)));
     // One stuck session is not a crash: the worker is replaced at once, no backoff.
     assert!(

@@ -1,6 +1,6 @@
 //! `sloop-queue`, end to end: concurrent injections all commit; SIGKILL at random
 //! moments never leaves an incomplete committed message; refusals exit with
-//! qmail-queue's codes and leave nothing in the spool (ARCHITECTURE.md §3 invariant 1,
+//! qmail-queue's codes and leave nothing in the spool (docs/architecture.md §3 invariant 1,
 //! §4; docs/sloop-queue.8.md).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

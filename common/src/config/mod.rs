@@ -1,5 +1,5 @@
 //! Sloop's configuration: one TOML file, parsed and validated into a typed [`Config`] at
-//! load, so nothing reads raw settings during a session (SEED.md, "where the error
+//! load, so nothing reads raw settings during a session (docs/invariants.md, "where the error
 //! boundaries go").
 //!
 //! Every key is declared once in [`params::PARAMS`] with its kind, default and doc. The
@@ -36,7 +36,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/sloop/sloop.toml";
 
 /// Environment variable through which a parent passes the config text it validated,
 /// so a child started later (a replacement worker) runs on exactly that configuration
-/// even if the file has since been edited into an invalid state (SEED.md G6).
+/// even if the file has since been edited into an invalid state (docs/invariants.md G6).
 pub const ENV_CONFIG_TEXT: &str = "SLOOP_CONFIG_TEXT";
 
 /// Environment variable naming the file [`ENV_CONFIG_TEXT`] was read from.

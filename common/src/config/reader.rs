@@ -305,7 +305,7 @@ impl<'a> Reader<'a> {
         let parsed = match &value {
             toml::Value::Integer(n) if *n >= 0 => Ok(*n as u64),
             toml::Value::String(s) => values::parse_size(s),
-            _ => Err("a size such as 25M".to_string()),
+            _ => Err(values::Expected("a size such as 25M".to_string())),
         };
         match parsed {
             Ok(n) if n >= min && n <= max => n,
@@ -327,7 +327,9 @@ impl<'a> Reader<'a> {
         };
         let parsed = match value.as_str() {
             Some(s) => values::parse_duration(s),
-            None => Err("a duration string with a unit, such as \"30s\"".to_string()),
+            None => Err(values::Expected(
+                "a duration string with a unit, such as \"30s\"".to_string(),
+            )),
         };
         match parsed {
             Ok(d) if d.as_millis() as u64 >= min && d.as_millis() as u64 <= max => d,
@@ -366,7 +368,7 @@ impl<'a> Reader<'a> {
     pub(super) fn parsed_list<T>(
         &mut self,
         key: &'static str,
-        parse: fn(&str) -> Result<T, String>,
+        parse: fn(&str) -> Result<T, values::Expected>,
     ) -> Vec<T> {
         let mut out = Vec::new();
         for (raw, s) in self.list(key) {
@@ -437,7 +439,7 @@ impl<'a> Reader<'a> {
                 (Ok(d), Some(Ok(t))) => {
                     out.insert(d, t);
                 }
-                (Err(e), _) => self.issue(key, format!("domain {domain:?}"), e),
+                (Err(e), _) => self.issue(key, format!("domain {domain:?}"), e.into()),
                 (_, Some(Err(e))) => self.bad(key, target, e),
                 (_, None) => self.bad(key, target, "a string \"host:port\""),
             }

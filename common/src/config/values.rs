@@ -39,29 +39,55 @@ pub struct AccessRule {
     pub action: AccessAction,
 }
 
+/// Why a value is refused: what was expected instead, in words an operator reads in
+/// the error that names the file and key (`ConfigError`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected(pub String);
+
+impl Expected {
+    fn new(what: &str) -> Expected {
+        Expected(what.to_string())
+    }
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Expected {}
+
+impl From<Expected> for String {
+    fn from(e: Expected) -> String {
+        e.0
+    }
+}
+
 /// Parses `25M`, `10K`, `1G`, `512` (bytes). Units are binary (K = 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, Expected> {
     let s = s.trim();
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(digits_end);
     let n: u64 = num
         .parse()
-        .map_err(|_| "a size such as 25M, 512K or 10485760".to_string())?;
+        .map_err(|_| Expected::new("a size such as 25M, 512K or 10485760"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" | "b" => 1,
         "K" | "k" | "KB" | "kB" | "KiB" => 1024,
         "M" | "MB" | "MiB" => 1024 * 1024,
         "G" | "GB" | "GiB" => 1024 * 1024 * 1024,
-        _ => return Err("a size with unit K, M or G (such as 25M)".to_string()),
+        _ => return Err(Expected::new("a size with unit K, M or G (such as 25M)")),
     };
     n.checked_mul(mult)
-        .ok_or_else(|| "a size that fits in 64 bits".to_string())
+        .ok_or_else(|| Expected::new("a size that fits in 64 bits"))
 }
 
 /// Parses `30s`, `5m`, `100ms`, `4h`, `5d`, `1w`. A bare number is refused: the unit
 /// is part of the meaning.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let expected = || "a duration with a unit: ms, s, m, h, d or w (such as 30s or 5d)".to_string();
+pub fn parse_duration(s: &str) -> Result<Duration, Expected> {
+    let expected =
+        || Expected::new("a duration with a unit: ms, s, m, h, d or w (such as 30s or 5d)");
     let s = s.trim();
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(digits_end);
@@ -99,11 +125,11 @@ pub fn format_duration(d: Duration) -> String {
 
 /// A host name as RFC 1123 allows: labels of letters, digits and `-`, 1..63 octets, the
 /// whole at most 253 octets.
-pub fn parse_hostname(s: &str) -> Result<String, String> {
+pub fn parse_hostname(s: &str) -> Result<String, Expected> {
     let expected = "a host name of letters, digits, '-' and '.' (such as mail.example.com)";
     let s = s.trim_end_matches('.');
     if s.is_empty() || s.len() > 253 {
-        return Err(expected.to_string());
+        return Err(Expected::new(expected));
     }
     for label in s.split('.') {
         let ok = !label.is_empty()
@@ -114,14 +140,14 @@ pub fn parse_hostname(s: &str) -> Result<String, String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !ok {
-            return Err(expected.to_string());
+            return Err(Expected::new(expected));
         }
     }
     Ok(s.to_ascii_lowercase())
 }
 
 /// A CIDR network; a bare address means a single host.
-pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+pub fn parse_cidr(s: &str) -> Result<IpNet, Expected> {
     let s = s.trim();
     if let Ok(net) = s.parse::<IpNet>() {
         return Ok(net.trunc());
@@ -129,23 +155,25 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Ok(IpNet::from(ip));
     }
-    Err("a network in CIDR notation such as 192.0.2.0/24 or 2001:db8::/32".to_string())
+    Err(Expected::new(
+        "a network in CIDR notation such as 192.0.2.0/24 or 2001:db8::/32",
+    ))
 }
 
 /// An `addr:port` to listen on, with a port in 1..=65535.
-pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+pub fn parse_listen(s: &str) -> Result<SocketAddr, Expected> {
     let addr: SocketAddr = s.trim().parse().map_err(|_| {
-        "an address and port such as 127.0.0.1:25 or [::1]:25, port 1-65535".to_string()
+        Expected::new("an address and port such as 127.0.0.1:25 or [::1]:25, port 1-65535")
     })?;
     if addr.port() == 0 {
-        return Err("a port from 1 to 65535".to_string());
+        return Err(Expected::new("a port from 1 to 65535"));
     }
     Ok(addr)
 }
 
 /// `host:port`, `[v6]:port`, or `host` (port 25).
-pub fn parse_hostport(s: &str) -> Result<HostPort, String> {
-    let expected = || "host:port such as relay.example.net:25 or [192.0.2.1]:587".to_string();
+pub fn parse_hostport(s: &str) -> Result<HostPort, Expected> {
+    let expected = || Expected::new("host:port such as relay.example.net:25 or [192.0.2.1]:587");
     let s = s.trim();
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (h, tail) = rest.split_once(']').ok_or_else(expected)?;
@@ -176,10 +204,11 @@ pub fn parse_hostport(s: &str) -> Result<HostPort, String> {
 }
 
 /// `"CIDR action"`.
-pub fn parse_access_rule(s: &str) -> Result<AccessRule, String> {
+pub fn parse_access_rule(s: &str) -> Result<AccessRule, Expected> {
     let expected = || {
-        "\"CIDR action\" with action allow, reject or tempfail (such as \"192.0.2.0/24 reject\")"
-            .to_string()
+        Expected::new(
+            "\"CIDR action\" with action allow, reject or tempfail (such as \"192.0.2.0/24 reject\")",
+        )
     };
     let mut words = s.split_whitespace();
     let (Some(net), Some(action), None) = (words.next(), words.next(), words.next()) else {
@@ -196,8 +225,8 @@ pub fn parse_access_rule(s: &str) -> Result<AccessRule, String> {
 }
 
 /// `user@domain` or `@domain`, lower-casing the domain.
-pub fn parse_mailbox(s: &str) -> Result<String, String> {
-    let expected = || "an address user@domain, or @domain for the whole domain".to_string();
+pub fn parse_mailbox(s: &str) -> Result<String, Expected> {
+    let expected = || Expected::new("an address user@domain, or @domain for the whole domain");
     let (local, domain) = s.rsplit_once('@').ok_or_else(expected)?;
     if local.bytes().any(|b| b <= b' ' || b == 0x7f) || local.len() > 64 {
         return Err(expected());
@@ -207,15 +236,15 @@ pub fn parse_mailbox(s: &str) -> Result<String, String> {
 }
 
 /// Free text on one line.
-pub fn check_text(s: &str, max: usize) -> Result<(), String> {
+pub fn check_text(s: &str, max: usize) -> Result<(), Expected> {
     if s.contains(['\r', '\n', '\0']) {
-        return Err("one line of text without CR, LF or NUL".to_string());
+        return Err(Expected::new("one line of text without CR, LF or NUL"));
     }
     if s.len() > max {
-        return Err(format!("at most {max} octets"));
+        return Err(Expected(format!("at most {max} octets")));
     }
     if s.chars().any(|c| c.is_control() && c != '\t') {
-        return Err("text without control characters".to_string());
+        return Err(Expected::new("text without control characters"));
     }
     Ok(())
 }

@@ -16,7 +16,7 @@
 
 use super::io_error_result;
 use crate::result::RcptResult;
-use sloop_common::local_recipient::safe_local_part;
+use sloop_common::local_recipient::{safe_local_part, safe_name, UnsafeName};
 use std::collections::HashSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -212,14 +212,8 @@ impl MaildirWriter {
 }
 
 /// A domain (or other name) as one directory component, lower case.
-pub fn safe_component(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.len() > 255 {
-        return Err("empty or longer than 255 octets".into());
-    }
-    if s.starts_with('.') || s.contains(['/', '\\', '\0']) || s.chars().any(char::is_control) {
-        return Err("contains '/', '\\', NUL, a control character or starts with a dot".into());
-    }
-    Ok(s.to_lowercase())
+pub fn safe_component(s: &str) -> Result<String, UnsafeName> {
+    safe_name(s, 255)
 }
 
 /// The host name as Maildir wants it: `/` and `:` escaped as `\057` and `\072`.

@@ -29,7 +29,7 @@ use mx::HopResolver;
 use route::{domain_of, next_hop, NextHop};
 use sloop_common::delivery_proto::{Job, Transport};
 use sloop_common::Config;
-use smtp_client::{ClientConfig, Session, Transaction};
+use smtp_client::{ClientConfig, OpenError, Session, Transaction};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -59,15 +59,16 @@ impl RemoteAgent {
             tls: match tls::client_config() {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    log::error!("STARTTLS disabled: {e}");
+                    log::error!("STARTTLS disabled: TLS setup: {e}");
                     None
                 }
             },
         };
+        let resolver = HopResolver::default().refusing(mx::ThisHost::of(&cfg.server.hostname));
         RemoteAgent {
             cfg,
             client,
-            resolver: HopResolver::default(),
+            resolver,
             cache: HashMap::new(),
         }
     }
@@ -109,9 +110,14 @@ impl RemoteAgent {
         for c in &candidates {
             match Session::open(c, &self.client) {
                 Ok(mut s) => return self.finish(key, s.send(&t), s),
+                Err(OpenError::Loop(why)) => {
+                    log::warn!("{}: {why}", job.queue_id);
+                    let r = RcptResult::fail("5.4.6", why).via(c.relay());
+                    return vec![r; recipients.len()];
+                }
                 Err(reason) => {
                     log::info!("{}: {reason}", job.queue_id);
-                    last = reason;
+                    last = reason.to_string();
                     last_relay = c.relay();
                 }
             }

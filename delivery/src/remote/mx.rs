@@ -47,9 +47,74 @@ pub enum MxAnswer {
     NxDomain,
 }
 
+/// What counts as this host among MX targets (mail loop prevention).
+#[derive(Debug, Clone, Default)]
+pub struct ThisHost {
+    /// Our host names (`server.hostname`), lower case.
+    pub names: Vec<String>,
+    /// The addresses of our interfaces.
+    pub addrs: Vec<IpAddr>,
+    /// Loopback and unspecified addresses are this host (off only in tests whose
+    /// fake MX hosts live on loopback).
+    pub loopback: bool,
+}
+
+impl ThisHost {
+    /// `hostname` and the addresses of this machine's interfaces.
+    pub fn of(hostname: &str) -> ThisHost {
+        let addrs = nix::ifaddrs::getifaddrs()
+            .map(|ifs| {
+                ifs.filter_map(|i| i.address)
+                    .filter_map(|a| {
+                        a.as_sockaddr_in()
+                            .map(|v4| IpAddr::V4(v4.ip()))
+                            .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ThisHost {
+            names: vec![hostname.trim_end_matches('.').to_ascii_lowercase()],
+            addrs,
+            loopback: true,
+        }
+    }
+
+    fn is_me(&self, c: &Candidate) -> bool {
+        let ip = c.addr.ip();
+        self.names.contains(&c.name.to_ascii_lowercase())
+            || self.addrs.contains(&ip)
+            || (self.loopback && (ip.is_loopback() || ip.is_unspecified()))
+    }
+}
+
+/// Drops this host and every less preferred MX from `candidates` (best first), as
+/// Postfix does: as a backup MX we deliver only to better ones; as the best MX, or
+/// when the MX hosts are all loopback, the mail would loop back to us: `5.4.6`.
+pub fn without_this_host(
+    domain: &str,
+    mut candidates: Vec<Candidate>,
+    me: &ThisHost,
+) -> Result<Vec<Candidate>, RcptResult> {
+    if let Some(first_me) = candidates.iter().position(|c| me.is_me(c)) {
+        let relay = candidates[first_me].relay();
+        candidates.truncate(first_me);
+        if candidates.is_empty() {
+            return Err(RcptResult::fail(
+                "5.4.6",
+                format!("mail for {domain} loops back to myself (MX host {relay})"),
+            )
+            .via(relay));
+        }
+    }
+    Ok(candidates)
+}
+
 /// Resolves next hops; holds the DNS resolver once created.
 pub struct HopResolver {
     dns: Option<Resolver>,
+    /// This host, never an MX target (explicit routes and the smarthost are exempt).
+    me: ThisHost,
     /// Port of MX hosts (25; tests point it at a loopback sink).
     mx_port: u16,
     /// Varies the order of equal-preference MX hosts between lookups.
@@ -60,6 +125,7 @@ impl Default for HopResolver {
     fn default() -> HopResolver {
         HopResolver {
             dns: None,
+            me: ThisHost::default(),
             mx_port: SMTP_PORT,
             seed: sloop_common::spool::queue_id::process_seed(),
         }
@@ -86,9 +152,17 @@ impl HopResolver {
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         HopResolver {
             dns: Resolver::new(config, opts).ok(),
+            // The fake MX hosts of tests live on loopback.
+            me: ThisHost::default(),
             mx_port,
             seed: sloop_common::spool::queue_id::process_seed(),
         }
+    }
+
+    /// Sets what counts as this host among MX targets.
+    pub fn refusing(mut self, me: ThisHost) -> HopResolver {
+        self.me = me;
+        self
     }
 
     /// The addresses to try for `hop`, best first; the error applies to every recipient.
@@ -119,6 +193,7 @@ impl HopResolver {
             }
         }
         out.truncate(MAX_ADDRESSES);
+        let out = without_this_host(domain, out, &self.me)?;
         if out.is_empty() {
             // An MX host without an address is a DNS problem that may be fixed: defer.
             let why = last_err

@@ -54,6 +54,31 @@ pub fn parse_line(line: &str) -> Option<ReplyLine> {
     })
 }
 
+/// Why the server's lines are not a reply (garbage from the peer, not our bug).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyError {
+    /// Not `ddd`, `ddd-text` or `ddd text`.
+    Malformed(String),
+    /// A multi-line reply whose lines do not share one code.
+    CodeChanged { from: u16, to: u16 },
+    /// More than `MAX_LINES` lines.
+    TooManyLines,
+}
+
+impl std::fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReplyError::Malformed(line) => write!(f, "malformed reply line {line:?}"),
+            ReplyError::CodeChanged { from, to } => {
+                write!(f, "reply code changed from {from} to {to}")
+            }
+            ReplyError::TooManyLines => f.write_str("reply has too many lines"),
+        }
+    }
+}
+
+impl std::error::Error for ReplyError {}
+
 /// Accumulates lines into a reply.
 #[derive(Debug, Default)]
 pub struct ReplyBuilder {
@@ -63,16 +88,18 @@ pub struct ReplyBuilder {
 
 impl ReplyBuilder {
     /// Feeds one line; `Ok(Some(reply))` when complete, `Err` on garbage.
-    pub fn push(&mut self, raw: &str) -> Result<Option<ServerReply>, String> {
-        let line =
-            parse_line(raw).ok_or_else(|| format!("malformed reply line {:?}", clip(raw)))?;
+    pub fn push(&mut self, raw: &str) -> Result<Option<ServerReply>, ReplyError> {
+        let line = parse_line(raw).ok_or_else(|| ReplyError::Malformed(clip(raw)))?;
         if let Some(c) = self.code {
             if c != line.code {
-                return Err(format!("reply code changed from {c} to {}", line.code));
+                return Err(ReplyError::CodeChanged {
+                    from: c,
+                    to: line.code,
+                });
             }
         }
         if self.lines.len() >= MAX_LINES {
-            return Err("reply has too many lines".to_string());
+            return Err(ReplyError::TooManyLines);
         }
         self.code = Some(line.code);
         self.lines.push(line.text);
@@ -169,7 +196,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn feed(lines: &[&str]) -> Result<Option<ServerReply>, String> {
+    fn feed(lines: &[&str]) -> Result<Option<ServerReply>, ReplyError> {
         let mut b = ReplyBuilder::default();
         let mut out = None;
         for l in lines {

@@ -41,12 +41,26 @@ pub struct ClientConfig {
 }
 
 /// Why a session could not be opened.
-#[derive(Debug)]
-enum OpenError {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
     /// The TLS handshake failed: worth a plaintext retry.
     Tls(String),
+    /// The server greeted us (220 or EHLO) with our own host name: the mail would
+    /// loop back to this host. Permanent (5.4.6), as in Postfix.
+    Loop(String),
+    /// Anything else (connect, greeting, EHLO): try the next address.
     Other(String),
 }
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Tls(why) | OpenError::Loop(why) | OpenError::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
 
 /// What one transaction sends.
 #[derive(Debug)]
@@ -83,9 +97,8 @@ pub struct Session {
 impl Session {
     /// Connects to `c`, reads the greeting, says EHLO (HELO if EHLO is refused) and
     /// starts TLS when offered; a failed TLS handshake is retried in plaintext.
-    pub fn open(c: &Candidate, cfg: &ClientConfig) -> Result<Session, String> {
+    pub fn open(c: &Candidate, cfg: &ClientConfig) -> Result<Session, OpenError> {
         match Session::open_once(c, cfg) {
-            Ok(s) => Ok(s),
             Err(OpenError::Tls(why)) => {
                 log::warn!("{why}; retrying {} without TLS", c.relay());
                 let plain = ClientConfig {
@@ -93,10 +106,11 @@ impl Session {
                     ..cfg.clone()
                 };
                 Session::open_once(c, &plain).map_err(|e| match e {
-                    OpenError::Tls(s) | OpenError::Other(s) => s,
+                    OpenError::Tls(s) => OpenError::Other(s),
+                    other => other,
                 })
             }
-            Err(OpenError::Other(why)) => Err(why),
+            other => other,
         }
     }
 
@@ -115,6 +129,7 @@ impl Session {
         };
         s.handshake(&c.name).map_err(|e| match e {
             OpenError::Tls(why) => OpenError::Tls(format!("{}: {why}", s.relay)),
+            OpenError::Loop(why) => OpenError::Loop(format!("{}: {why}", s.relay)),
             OpenError::Other(why) => OpenError::Other(format!("{}: {why}", s.relay)),
         })?;
         Ok(s)
@@ -137,33 +152,55 @@ impl Session {
             let text = format!("greeting was {}", greeting.one_line());
             return Err(OpenError::Other(text));
         }
-        self.hello().map_err(OpenError::Other)?;
+        self.check_not_me("greeted me", &greeting)?;
+        self.hello()?;
+        if let Some(ehlo) = &self.ehlo {
+            self.check_not_me("answered EHLO", ehlo)?;
+        }
         let offered = self
             .ehlo
             .as_ref()
             .is_some_and(|e| e.has_extension("STARTTLS"));
         if let (true, Some(tls)) = (offered, self.cfg.tls.clone()) {
             if self.starttls(&tls, name)? {
-                self.hello().map_err(OpenError::Other)?;
+                self.hello()?;
             }
         }
         Ok(())
     }
 
+    /// Fails with [`OpenError::Loop`] when `reply` (the 220 greeting or the EHLO
+    /// reply) names the server by our own host name: this host would receive the mail
+    /// it is sending, and a bounce would travel the same loop.
+    fn check_not_me(&self, what: &str, reply: &ServerReply) -> Result<(), OpenError> {
+        let named = reply
+            .lines
+            .first()
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("");
+        if names_this_host(named, &self.cfg.helo_name) {
+            return Err(OpenError::Loop(format!(
+                "{what} with my own hostname {named}: mail loops back to myself"
+            )));
+        }
+        Ok(())
+    }
+
     /// EHLO, or HELO when EHLO is refused.
-    fn hello(&mut self) -> Result<(), String> {
+    fn hello(&mut self) -> Result<(), OpenError> {
+        let other = |e: io::Error| OpenError::Other(io_text(e));
         let helo = self.cfg.helo_name.clone();
-        let ehlo = self.command(&format!("EHLO {helo}")).map_err(io_text)?;
+        let ehlo = self.command(&format!("EHLO {helo}")).map_err(other)?;
         if ehlo.is_positive() {
             self.ehlo = Some(ehlo);
             return Ok(());
         }
         self.ehlo = None;
-        let r = self.command(&format!("HELO {helo}")).map_err(io_text)?;
+        let r = self.command(&format!("HELO {helo}")).map_err(other)?;
         if r.is_positive() {
             Ok(())
         } else {
-            Err(format!("HELO refused: {}", r.one_line()))
+            Err(OpenError::Other(format!("HELO refused: {}", r.one_line())))
         }
     }
 
@@ -475,6 +512,13 @@ fn push_param(cmd: &mut String, name: &str, value: Option<&str>) {
             cmd.push_str(&format!(" {name}={v}"));
         }
     }
+}
+
+/// True when `named` (a host name from a server's reply) is `hostname`, ignoring case
+/// and a trailing dot.
+pub fn names_this_host(named: &str, hostname: &str) -> bool {
+    let norm = |s: &str| s.trim_end_matches('.').to_ascii_lowercase();
+    !named.is_empty() && norm(named) == norm(hostname)
 }
 
 fn io_text(e: io::Error) -> String {

@@ -217,5 +217,5 @@ fn failed_handshake_is_retried_without_tls() {
 fn response_injection_after_starttls_is_refused() {
     let (port, _log) = sink(vec![Mode::Inject]);
     let err = Session::open(&candidate(port), &client()).unwrap_err();
-    assert!(err.contains("injection"), "{err}");
+    assert!(err.to_string().contains("injection"), "{err}");
 }

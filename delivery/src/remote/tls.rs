@@ -17,15 +17,15 @@ use std::io;
 use std::net::{IpAddr, TcpStream};
 use std::sync::Arc;
 
-/// The client TLS settings shared by every session of a worker.
-pub fn client_config() -> Result<Arc<ClientConfig>, String> {
+/// The client TLS settings shared by every session of a worker; an error means rustls
+/// offers no safe protocol version with this crypto provider (STARTTLS is then off).
+pub fn client_config() -> Result<Arc<ClientConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(AnyCertificate {
         provider: provider.clone(),
     });
     let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();

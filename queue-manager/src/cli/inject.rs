@@ -1,4 +1,4 @@
-//! `sloop-queue`: the qmail-queue(8) compatible injector (ARCHITECTURE.md §4; the
+//! `sloop-queue`: the qmail-queue(8) compatible injector (docs/architecture.md §4; the
 //! contract is documented in docs/sloop-queue.8.md).
 //!
 //! The message arrives on fd 0 and is streamed into `tmp/` until EOF; only then is the

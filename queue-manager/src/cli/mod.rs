@@ -3,7 +3,7 @@
 //!
 //! They read the spool directly and change it only through the durable commit
 //! (`sloop_common::spool::inject`) or renames followed by a poke on the trigger FIFO, so
-//! they work whether or not the daemons run (ARCHITECTURE.md §4). Each tool's errors
+//! they work whether or not the daemons run (docs/architecture.md §4). Each tool's errors
 //! are a [`ToolError`]: one line of text and the exit code of its boundary (qmail-queue
 //! codes for `sloop-queue`, sysexits for the others); `main` is the only funnel.
 

@@ -1,7 +1,7 @@
 //! The queue-changing commands of the `sloop` CLI: `delete`, `hold`, `release`, `flush`.
 //!
 //! Each change is one rename (or the spool's removal) followed by a poke on the trigger
-//! FIFO, as ARCHITECTURE.md §4 requires of operator tools, so they work with or without
+//! FIFO, as docs/architecture.md §4 requires of operator tools, so they work with or without
 //! the daemons. A message the queue manager moves at the same moment is looked up again
 //! once; one that is gone (delivered) is reported as "no such message". Holding or
 //! deleting a message in `active/` takes it from under the queue manager: its current

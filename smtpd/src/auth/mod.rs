@@ -103,7 +103,7 @@ mod tests {
         let text = format!("[auth]\n{extra}\n");
         let cfg = sloop_common::Config::parse(std::path::Path::new("/nonexistent/s.toml"), &text)
             .unwrap();
-        Policy::without_aliases(cfg, "test".into())
+        Policy::without_aliases(cfg, sloop_common::aliases::AliasError::Invalid(Vec::new()))
     }
 
     #[test]

@@ -9,14 +9,64 @@
 //! the socket's peer; on a pipe it is `0.0.0.0`, which no default rule trusts.
 
 use sloop_common::exitcode::{EX_CONFIG, EX_OSERR, EX_USAGE};
-use sloop_common::pool_proto::{handoff_fd_from_env, listen_fds_from_env, status_fd_from_env};
+use sloop_common::pool_proto::{
+    handoff_fd_from_env, listen_fds_from_env, status_fd_from_env, BadFdVar,
+};
 use sloop_smtpd::conn::Conn;
+use sloop_smtpd::fds::FdError;
 use sloop_smtpd::fds::{Adopter, Kind};
 use sloop_smtpd::session::Policy;
 use sloop_smtpd::watchdog::Watchdog;
 use sloop_smtpd::worker::{StopFlags, Worker};
+use std::fmt;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
+
+/// Why the worker cannot serve: the program's one funnel to an exit code.
+#[derive(Debug)]
+enum Failure {
+    /// Started without the listening sockets `sloopd` passes.
+    NoListeners,
+    /// SLOOP_LISTEN_FDS or SLOOP_STATUS_FD is not a list of numbers.
+    Environment(BadFdVar),
+    /// An inherited descriptor failed its checks.
+    Descriptor(FdError),
+    /// A listening socket could not be made non-blocking.
+    Listener {
+        fd: i32,
+        source: io::Error,
+    },
+    /// Standard input/output (`--inetd`) could not be used.
+    Stdio(io::Error),
+    Signals(io::Error),
+    Watchdog(io::Error),
+}
+
+impl Failure {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Failure::NoListeners => EX_USAGE,
+            _ => EX_OSERR,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::NoListeners => f.write_str(
+                "no listening sockets (SLOOP_LISTEN_FDS): sloop-smtpd is started by sloopd",
+            ),
+            Failure::Environment(e) => write!(f, "{e}"),
+            Failure::Descriptor(e) => write!(f, "{e}"),
+            Failure::Listener { fd, source } => write!(f, "listening socket {fd}: {source}"),
+            Failure::Stdio(e) => write!(f, "standard streams: {e}"),
+            Failure::Signals(e) => write!(f, "signals: {e}"),
+            Failure::Watchdog(e) => write!(f, "watchdog thread: {e}"),
+        }
+    }
+}
 
 fn main() {
     sloop_common::secure_fs::restrict_umask();
@@ -62,7 +112,7 @@ fn run() -> i32 {
         Err(e) => {
             let why = e.to_string().replace('\n', " ");
             log::error!("{why}; local recipients get 451 4.3.0 until it is fixed");
-            Policy::without_aliases(cfg, why)
+            Policy::without_aliases(cfg, e)
         }
     };
     policy.tls = tls;
@@ -73,16 +123,16 @@ fn run() -> i32 {
     };
     match result {
         Ok(()) => 0,
-        Err((code, msg)) => {
-            log::error!("{msg}");
-            code
+        Err(e) => {
+            log::error!("{e}");
+            e.exit_code()
         }
     }
 }
 
 /// One session on stdin/stdout.
-fn standalone(policy: &Policy) -> Result<(), (i32, String)> {
-    let mut conn = Conn::stdio().map_err(|e| (EX_OSERR, format!("standard streams: {e}")))?;
+fn standalone(policy: &Policy) -> Result<(), Failure> {
+    let mut conn = Conn::stdio().map_err(Failure::Stdio)?;
     let peer = nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(0)
         .ok()
         .and_then(|a| {
@@ -91,36 +141,32 @@ fn standalone(policy: &Policy) -> Result<(), (i32, String)> {
                 .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
         })
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let watchdog = Watchdog::spawn(policy.cfg.smtpd.watchdog_grace)
-        .map_err(|e| (EX_OSERR, format!("watchdog thread: {e}")))?;
+    let watchdog = Watchdog::spawn(policy.cfg.smtpd.watchdog_grace).map_err(Failure::Watchdog)?;
     sloop_smtpd::serve::serve(policy, &mut conn, peer, &watchdog);
     Ok(())
 }
 
-fn start(policy: Policy) -> Result<(), (i32, String)> {
-    let fds = listen_fds_from_env();
+fn start(policy: Policy) -> Result<(), Failure> {
+    let fds = listen_fds_from_env().map_err(Failure::Environment)?;
     if fds.is_empty() {
-        return Err((
-            EX_USAGE,
-            "no listening sockets (SLOOP_LISTEN_FDS): sloop-smtpd is started by sloopd".into(),
-        ));
+        return Err(Failure::NoListeners);
     }
     let mut adopter = Adopter::default();
     let mut listeners = Vec::new();
     for fd in fds {
         let owned = adopter
             .adopt(fd, Kind::Listener)
-            .map_err(|e| (EX_OSERR, e.to_string()))?;
+            .map_err(Failure::Descriptor)?;
         let l = TcpListener::from(owned);
         l.set_nonblocking(true)
-            .map_err(|e| (EX_OSERR, format!("listening socket {fd}: {e}")))?;
+            .map_err(|source| Failure::Listener { fd, source })?;
         listeners.push(l);
     }
-    let status = match status_fd_from_env() {
+    let status = match status_fd_from_env().map_err(Failure::Environment)? {
         Some(fd) => Some(std::fs::File::from(
             adopter
                 .adopt(fd, Kind::StatusPipe)
-                .map_err(|e| (EX_OSERR, e.to_string()))?,
+                .map_err(Failure::Descriptor)?,
         )),
         None => None,
     };
@@ -128,17 +174,16 @@ fn start(policy: Policy) -> Result<(), (i32, String)> {
         Some(fd) => Some(
             adopter
                 .adopt(fd, Kind::HandoffSocket)
-                .map_err(|e| (EX_OSERR, e.to_string()))?,
+                .map_err(Failure::Descriptor)?,
         ),
         None => None,
     };
-    let flags = StopFlags::register().map_err(|e| (EX_OSERR, format!("signals: {e}")))?;
-    sloop_smtpd::overload::install(&policy.cfg.server.run_dir)
-        .map_err(|e| (EX_OSERR, format!("signals: {e}")))?;
+    let flags = StopFlags::register().map_err(Failure::Signals)?;
+    sloop_smtpd::overload::install(&policy.cfg.server.run_dir).map_err(Failure::Signals)?;
     // The watchdog thread must not take the overload signal meant to break a read.
     let watchdog =
         sloop_smtpd::overload::without_signal(|| Watchdog::spawn(policy.cfg.smtpd.watchdog_grace))
-            .map_err(|e| (EX_OSERR, format!("watchdog thread: {e}")))?;
+            .map_err(Failure::Watchdog)?;
     Worker {
         policy,
         listeners,

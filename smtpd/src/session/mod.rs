@@ -3,7 +3,7 @@
 //! The socket layer (`conn.rs`) feeds bytes with [`Session::input`] and asks for the
 //! next thing to do with [`Session::step`]: send a reply, run the queue program (then
 //! report back with [`Session::queued`]), read more, or close. Replies are produced in
-//! command order, one complete reply per command line (SEED.md G2), whether or not the
+//! command order, one complete reply per command line (docs/invariants.md G2), whether or not the
 //! client negotiated PIPELINING; the socket layer flushes them whenever it needs input.
 //!
 //! States hold only what is valid in them: no transaction exists before MAIL, no
@@ -613,7 +613,7 @@ impl<'a> Session<'a> {
 }
 
 /// A refusal at connect must be `554` (class 5) or `421` (class 4): anything else a
-/// check produced is remapped (SEED.md: 4xx -> 421, 5xx -> 554 at connect).
+/// check produced is remapped (docs/invariants.md: 4xx -> 421, 5xx -> 554 at connect).
 fn remap_opening(mut r: Reply, class: u16) -> Reply {
     let want = if class == 5 { 554 } else { 421 };
     if r.code != want {

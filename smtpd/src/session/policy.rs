@@ -1,11 +1,11 @@
-//! Who may send what: the recipient policy of the RCPT phase (issue 3, point 4).
+//! Who may send what: the recipient policy of the RCPT phase.
 //!
 //! A [`Policy`] holds the validated config and the aliases, loaded once at worker
 //! start. [`Policy::recipient`] sees through relay tricks (`address.rs`), then accepts
 //! a local domain's address only when it is a known mailbox or alias (`550 5.1.1`
 //! otherwise, at RCPT time, so nothing is bounced later), and a remote address only for
 //! clients in `relay.networks` (`554 5.7.1 Relay access denied`). Relay permission
-//! comes only from that built-in rule (SEED.md G5). Pure functions of their inputs.
+//! comes only from that built-in rule (docs/invariants.md G5). Pure functions of their inputs.
 //!
 //! If the aliases file could not be loaded when the worker started, local recipients
 //! get `451 4.3.0` (the client retries later; nothing is refused for good on a broken
@@ -13,7 +13,7 @@
 
 use crate::address::{resolve, Mailbox};
 use crate::reply::Reply;
-use sloop_common::aliases::Aliases;
+use sloop_common::aliases::{AliasError, Aliases};
 use sloop_common::local_recipient::{classify, LocalVerdict};
 use sloop_common::Config;
 use std::net::IpAddr;
@@ -23,7 +23,7 @@ use std::net::IpAddr;
 pub struct Policy {
     pub cfg: Config,
     /// The aliases, or why they could not be loaded.
-    pub aliases: Result<Aliases, String>,
+    pub aliases: Result<Aliases, AliasError>,
     /// The TLS server context, when a certificate is configured (set at worker start).
     pub tls: Option<crate::tls::TlsContext>,
 }
@@ -45,7 +45,7 @@ impl Policy {
     }
 
     /// A policy whose aliases file is unusable (`why` is logged, not shown).
-    pub fn without_aliases(cfg: Config, why: String) -> Policy {
+    pub fn without_aliases(cfg: Config, why: AliasError) -> Policy {
         Policy {
             cfg,
             aliases: Err(why),
@@ -104,7 +104,7 @@ impl Policy {
                 LocalVerdict::Invalid(why) => Err(Reply::new(
                     550,
                     (5, 1, 3),
-                    format!("<{shown}>: Recipient address rejected: {why}"),
+                    format!("<{shown}>: Recipient address rejected: local-part {why}"),
                 )),
                 LocalVerdict::Unknown | LocalVerdict::NotLocal => Err(unknown(&shown)),
             };

@@ -150,7 +150,10 @@ fn recipients_local_unknown_and_relay() {
 #[test]
 fn unusable_aliases_give_temporary_failures_for_local_recipients() {
     let p = policy("");
-    let p = Policy::without_aliases(p.cfg, "invalid aliases file".into());
+    let p = Policy::without_aliases(
+        p.cfg,
+        sloop_common::aliases::AliasError::Invalid(Vec::new()),
+    );
     let pre = "EHLO x\r\nMAIL FROM:<s@x.example>\r\n";
     let c = codes(
         &p,
@@ -467,9 +470,66 @@ impl Rng {
     }
 }
 
+/// Checks one reply's wire form against docs/invariants.md G7 on its own terms, not against the
+/// reply's own fields: every line matches `^[2-5]\d\d[ -]`, all lines share the code,
+/// only the last has a space after it, each ends in CRLF with no other CR, LF or NUL,
+/// and is at most 512 octets; an enhanced code `c.d.d` whose class is the code's
+/// first digit (2 for a 354) follows, unless `bare` (the greeting and the EHLO/HELO reply, which
+/// RFC 2034 §3 leaves without one).
+fn check_g7(wire: &[u8], bare: bool) -> Result<(), String> {
+    let text = std::str::from_utf8(wire).map_err(|e| format!("not UTF-8: {e}"))?;
+    let body = text.strip_suffix("\r\n").ok_or("no final CRLF")?;
+    let lines: Vec<&str> = body.split("\r\n").collect();
+    for (i, line) in lines.iter().enumerate() {
+        let b = line.as_bytes();
+        if b.len() + 2 > 512 {
+            return Err(format!("line of {} octets", b.len() + 2));
+        }
+        if b.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0) {
+            return Err(format!("bare CR, LF or NUL in {line:?}"));
+        }
+        let ok_code = b.len() >= 4
+            && (b'2'..=b'5').contains(&b[0])
+            && b[1].is_ascii_digit()
+            && b[2].is_ascii_digit()
+            && matches!(b[3], b' ' | b'-');
+        if !ok_code || b[..3] != lines[0].as_bytes()[..3] {
+            return Err(format!("bad or changing code in {line:?}"));
+        }
+        let last = i + 1 == lines.len();
+        if (b[3] == b' ') != last {
+            return Err(format!("wrong separator in {line:?}"));
+        }
+        if bare {
+            continue;
+        }
+        let enhanced = line[4..].split(' ').next().unwrap_or("");
+        let parts: Vec<&str> = enhanced.split('.').collect();
+        // RFC 3463 has no class 3: a 354 carries a success code (2.0.0).
+        let class = if b[0] == b'3' { b'2' } else { b[0] };
+        let digits = |s: &str, max: usize| {
+            !s.is_empty() && s.len() <= max && s.bytes().all(|c| c.is_ascii_digit())
+        };
+        if parts.len() != 3
+            || parts[0].as_bytes() != [class]
+            || !digits(parts[1], 3)
+            || !digits(parts[2], 3)
+        {
+            return Err(format!(
+                "no enhanced status code of class {} in {line:?}",
+                class as char
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// G7 property: for any input bytes, every reply is well-formed and has an enhanced
 /// status code (except the greeting and EHLO/HELO, RFC 2034 §3), for input fed in
-/// random pieces, ending in EOF.
+/// random pieces, ending in EOF. Each reply's wire form is checked by [`check_g7`];
+/// the only replies allowed without an enhanced code are the session's first (the
+/// greeting) and a 250 naming our host first (the EHLO/HELO reply), told apart by
+/// what they say, not by the reply's own `enhanced` field.
 #[test]
 fn property_any_input_gives_valid_replies() {
     let p = policy("[smtpd]\nmax_errors = 1000\n");
@@ -507,17 +567,63 @@ fn property_any_input_gives_valid_replies() {
                 input.extend_from_slice(pieces[(rng.next() as usize) % pieces.len()]);
             }
         }
+        let mut first = true;
         let mut pos = 0;
-        while pos < input.len() {
+        let mut closed = false;
+        while pos < input.len() && !closed {
             let n = 1 + (rng.next() % 64) as usize;
             let end = (pos + n).min(input.len());
-            let (_, _, closed) = drive(&mut s, &input[pos..end], &QueueOutcome::Committed);
-            if closed {
-                break;
-            }
+            closed = feed_checked(&mut s, &input[pos..end], &mut first);
             pos = end;
         }
         s.eof();
-        drive(&mut s, b"", &QueueOutcome::Committed);
+        feed_checked(&mut s, b"", &mut first);
     }
+}
+
+/// Feeds `input` and checks every reply with [`check_g7`]; true when the session closed.
+fn feed_checked(s: &mut Session<'_>, input: &[u8], first: &mut bool) -> bool {
+    s.input(input);
+    loop {
+        match s.step() {
+            Step::Reply(r) => {
+                let wire = r.to_wire();
+                let bare = std::mem::take(first)
+                    || wire.starts_with(b"250-mx.test\r\n")
+                    || wire == b"250 mx.test\r\n";
+                if let Err(e) = check_g7(&wire, bare) {
+                    panic!("G7 violated: {e}: {:?}", String::from_utf8_lossy(&wire));
+                }
+            }
+            Step::Queue(job) => {
+                let id = job.id.clone();
+                s.queued(&id, QueueOutcome::Committed);
+            }
+            Step::NeedInput => return false,
+            Step::Close => return true,
+            Step::StartTls | Step::Authenticate(_) => panic!("no TLS/AUTH in these tests"),
+        }
+    }
+}
+
+#[test]
+fn the_g7_checker_refuses_what_g7_forbids() {
+    assert!(check_g7(b"250 2.0.0 Ok\r\n", false).is_ok());
+    assert!(check_g7(b"250-mx.test\r\n250 SIZE 1\r\n", true).is_ok());
+    for bad in [
+        &b"250 Ok\r\n"[..],
+        b"250 4.0.0 Ok\r\n",
+        b"199 1.0.0 x\r\n",
+        b"250 2.0.0 a\rb\r\n",
+        b"250 2.0.0 a\0b\r\n",
+        b"250 2.0.0 a",
+        b"250-2.0.0 a\r\n251 2.0.0 b\r\n",
+        b"250 2.0.0 a\r\n250 2.0.0 b\r\n",
+    ] {
+        assert!(check_g7(bad, false).is_err(), "{bad:?}");
+    }
+    let mut long = b"250 2.0.0 ".to_vec();
+    long.extend(std::iter::repeat_n(b'x', 501));
+    long.extend_from_slice(b"\r\n");
+    assert!(check_g7(&long, false).is_err());
 }

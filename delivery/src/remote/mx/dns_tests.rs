@@ -96,3 +96,48 @@ fn null_mx_and_missing_domains_fail_lookup_errors_defer() {
     let r = resolve("broken.test").unwrap_err();
     assert_eq!((r.outcome, r.dsn.as_str()), (Outcome::Defer, "4.4.3"));
 }
+
+/// Regression: an MX pointing back at this host made a loop (a bounce then travelled
+/// about 200 hops). This host as the best MX fails 5.4.6; as a backup MX, only the
+/// better ones are tried.
+#[test]
+fn this_host_is_never_an_mx_target() {
+    let me = |ip: [u8; 4]| ThisHost {
+        names: vec!["me.test".into()],
+        addrs: vec![IpAddr::from(ip)],
+        loopback: false,
+    };
+    let hop = NextHop::Mx {
+        domain: "multi.test".into(),
+    };
+    // We are primary.multi.test (127.0.0.2), the best MX: a loop.
+    let mut r = HopResolver::with_nameserver(fake_dns(), 2525).refusing(me([127, 0, 0, 2]));
+    let e = r.candidates(&hop).unwrap_err();
+    assert_eq!(
+        (e.outcome, e.dsn.as_str()),
+        (Outcome::Fail, "5.4.6"),
+        "{e:?}"
+    );
+    assert!(e.text.contains("loops back to myself"), "{e:?}");
+    // We are the backup (127.0.0.1): only the primary is tried.
+    let mut r = HopResolver::with_nameserver(fake_dns(), 2525).refusing(me([127, 0, 0, 1]));
+    let relays: Vec<String> = r
+        .candidates(&hop)
+        .unwrap()
+        .iter()
+        .map(Candidate::relay)
+        .collect();
+    assert_eq!(relays, vec!["primary.multi.test[127.0.0.2]:2525"]);
+    // Loopback is this host in production: an MX on 127.0.0.3 is a loop.
+    let lo = ThisHost {
+        loopback: true,
+        ..ThisHost::default()
+    };
+    let mut r = HopResolver::with_nameserver(fake_dns(), 2525).refusing(lo);
+    let e = r
+        .candidates(&NextHop::Mx {
+            domain: "plain.test".into(),
+        })
+        .unwrap_err();
+    assert_eq!(e.dsn, "5.4.6", "{e:?}");
+}
