@@ -16,6 +16,7 @@
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
+use sloop_common::delivery_proto::ENV_LOCAL_SPAWNER;
 use sloop_common::pool_proto::{ENV_LISTEN_FDS, ENV_STATUS_FD};
 use std::fmt;
 use std::os::unix::process::CommandExt;
@@ -120,6 +121,16 @@ pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
         .env_remove(ENV_LISTEN_FDS)
         .env_remove(ENV_STATUS_FD)
         .stdin(Stdio::null());
+    // Tells the queue manager's local workers where the root local spawner listens
+    // (only when sloopd runs one: local.system_users, and children drop to server.user).
+    if kind == ChildKind::Qmgr && spec.config.local.system_users && spec.creds.is_some() {
+        cmd.env(
+            ENV_LOCAL_SPAWNER,
+            spec.config.server.run_dir.join("local.sock"),
+        );
+    } else {
+        cmd.env_remove(ENV_LOCAL_SPAWNER);
+    }
     if let Some((listen, status)) = &spec.pool_fds {
         cmd.env(ENV_LISTEN_FDS, listen)
             .env(ENV_STATUS_FD, status.to_string());

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         };
     }
     if transport == "local" && cfg.local.system_users && !root {
-        if let Some(status) = spawner::hand_off(&cfg) {
+        if let Some(status) = spawner::hand_off() {
             return ExitCode::from(status);
         }
     }
