@@ -391,3 +391,135 @@ fn sendmail_to_bare_root_reaches_roots_alias_target() {
     );
     assert_eq!(std::fs::metadata(&mbox).unwrap().uid(), user.uid);
 }
+
+/// Pids of the processes whose parent is `ppid`, with their real uid.
+fn children_of(ppid: u32) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        if field("PPid:") == Some(ppid) {
+            out.push((pid, field("Uid:").unwrap_or(u32::MAX)));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_spawner_runs_root_workers_only_for_the_server_user_and_ties_their_lives() {
+    use std::process::{Child, Stdio};
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP: the_spawner_runs_root_workers...: needs root");
+        return;
+    }
+    let dir = TestDir::new("local-spawner");
+    let daemon_user = Account::create("p");
+    std::fs::create_dir_all(dir.run()).unwrap();
+    let server_user = format!("{:?}", daemon_user.name);
+    let config = dir.write_config(
+        free_port(),
+        &[
+            ("server.user", &server_user),
+            ("local.system_users", "true"),
+        ],
+        "",
+    );
+    let sock = dir.run().join("local.sock");
+    let log = dir.path.join("spawner.log");
+    let spawner = KillOnDrop(
+        Command::new(sloop_tests::bin("sloop-deliver"))
+            .args(["spawner", "-c"])
+            .arg(&config)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || sock.exists()));
+    let m = std::fs::symlink_metadata(&sock).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (daemon_user.uid, 0o600));
+    let stand_in = |uid: u32| -> Child {
+        let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .unwrap()
+            .unwrap()
+            .gid
+            .as_raw();
+        Command::new(sloop_tests::bin("sloop-deliver"))
+            .args(["local", "-c"])
+            .arg(&config)
+            .env("SLOOP_LOCAL_SPAWNER", &sock)
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    use std::os::unix::process::CommandExt;
+    let spawner_pid = spawner.0.id();
+    let root_workers = || {
+        children_of(spawner_pid)
+            .into_iter()
+            .filter(|&(_, uid)| uid == 0)
+            .count()
+    };
+    let wait_exit = |c: &mut Child| {
+        let mut status = None;
+        wait_until(Duration::from_secs(10), || {
+            status = c.try_wait().unwrap();
+            status.is_some()
+        });
+        status
+    };
+
+    // EOF on the worker's stdin: the root worker exits 0, and so does the stand-in.
+    let mut a = stand_in(daemon_user.uid);
+    assert!(wait_until(Duration::from_secs(10), || root_workers() == 1));
+    drop(a.stdin.take());
+    let status = wait_exit(&mut a).expect("stand-in exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(wait_until(Duration::from_secs(10), || root_workers() == 0));
+
+    // Killing the stand-in (the queue manager's timeout) kills the root worker.
+    let mut b = stand_in(daemon_user.uid);
+    assert!(wait_until(Duration::from_secs(10), || root_workers() == 1));
+    b.kill().unwrap();
+    b.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || root_workers() == 0),
+        "{}",
+        read(&log)
+    );
+
+    // Another user cannot even open the socket (0600, server.user's; the spawner also
+    // checks SO_PEERCRED): no root worker; it delivers unprivileged, and says so.
+    let mut c = stand_in(uid_of("nobody"));
+    assert!(
+        wait_until(Duration::from_secs(10), || read(&log)
+            .contains("cannot be reached")),
+        "{}",
+        read(&log)
+    );
+    assert_eq!(root_workers(), 0);
+    drop(c.stdin.take());
+    assert_eq!(wait_exit(&mut c).expect("exits").code(), Some(0));
+}
+
+/// A child killed when the test ends, even by a panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
