@@ -523,3 +523,37 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn newaliases_counts_entries_and_reports_errors_for_any_user() {
+    use std::os::unix::process::CommandExt;
+    let dir = TestDir::new("newaliases");
+    let aliases = dir.path.join("aliases");
+    std::fs::write(&aliases, "# c\npostmaster: root\nroot: alice,\n  bob\n").unwrap();
+    std::fs::set_permissions(&aliases, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let config = dir.write_config(free_port(), &[("local.aliases", &q(&aliases))], "");
+    let link = dir.path.join("newaliases");
+    std::os::unix::fs::symlink(sloop_tests::bin("sloop-sendmail"), &link).unwrap();
+    let run = |prog: &Path, args: &[&str]| {
+        let mut cmd = Command::new(prog);
+        cmd.args(args).env("SLOOP_CONFIG", &config);
+        if nix::unistd::geteuid().is_root() {
+            cmd.uid(uid_of("nobody"));
+        }
+        cmd.output().unwrap()
+    };
+    let want = format!("newaliases: {}: 2 aliases\n", aliases.display());
+    for out in [
+        run(&link, &[]),
+        run(&sloop_tests::bin("sloop-sendmail"), &["-bi"]),
+    ] {
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    }
+    std::fs::write(&aliases, "postmaster: root\nno colon\n").unwrap();
+    let out = run(&link, &[]);
+    assert_eq!(out.status.code(), Some(65));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":2: expected"), "{err}");
+}
