@@ -557,3 +557,82 @@ fn newaliases_counts_entries_and_reports_errors_for_any_user() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(":2: expected"), "{err}");
 }
+
+#[test]
+fn an_unprivileged_agent_never_runs_another_accounts_forward() {
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP: an_unprivileged_agent_never_runs_another_accounts_forward: needs root");
+        return;
+    }
+    let dir = TestDir::new("local-users-unpriv");
+    let runner = Account::create("x");
+    let other = Account::create("o");
+    let spool_dir = dir.path.join("varmail");
+    std::fs::create_dir_all(&spool_dir).unwrap();
+    std::fs::set_permissions(&spool_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::os::unix::fs::chown(&dir.path, Some(runner.uid), None).unwrap();
+    // Somewhere the runner could write, so a command run as it would leave a trace.
+    let ran = spool_dir.join("ran");
+    other.write(
+        ".forward",
+        &format!("\"|touch {}\"\n", ran.display()),
+        0o644,
+    );
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let port = free_port();
+    let config = dir.write_config(
+        port,
+        &[
+            ("domains.local", "[\"@hostname\"]"),
+            ("local.mailboxes", "[]"),
+            ("local.system_users", "true"),
+            ("local.mail_spool_dir", &q(&spool_dir)),
+        ],
+        "",
+    );
+    let log = dir.path.join("sloopd.log");
+    let gid = nix::unistd::User::from_name(&runner.name)
+        .unwrap()
+        .unwrap()
+        .gid
+        .as_raw();
+    let _sloopd = KillOnDrop(
+        Command::new(sloop_tests::bin("sloopd"))
+            .arg("-c")
+            .arg(&config)
+            .uid(runner.uid)
+            .gid(gid)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    // Its own account: delivered, as itself.
+    send(port, &format!("{}@sloop.test", runner.name), "own");
+    let own = spool_dir.join(&runner.name);
+    assert!(
+        wait_until(Duration::from_secs(30), || read(&own)
+            .contains("body of own")),
+        "{}",
+        read(&log)
+    );
+    // Another account's .forward command: deferred, saying why; never run.
+    send(port, &format!("{}@sloop.test", other.name), "other");
+    assert!(
+        wait_until(Duration::from_secs(30), || read(&log).contains(&format!(
+            "cannot deliver as {}: the local delivery agent does not run as root",
+            other.name
+        ))),
+        "{}",
+        read(&log)
+    );
+    assert!(
+        read(&log).contains("no local spawner runs"),
+        "{}",
+        read(&log)
+    );
+    assert!(!ran.exists());
+}
