@@ -22,6 +22,11 @@
 //! EOF, a malformed line, or a missing result defers the job's recipients and the worker
 //! is replaced.
 
+/// Set by `sloopd` in the queue manager's environment (and so its workers') when it
+/// runs the root local spawner: the spawner's socket. A local worker that is not root
+/// hands its pipes to it (delivery/src/local/spawner.rs).
+pub const ENV_LOCAL_SPAWNER: &str = "SLOOP_LOCAL_SPAWNER";
+
 use crate::spool::status::Outcome;
 
 /// One delivery job.

@@ -18,6 +18,7 @@ use crate::backoff::ExitClass;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{Gid, Pid, Uid};
+use sloop_common::delivery_proto::ENV_LOCAL_SPAWNER;
 use sloop_common::exitcode::SMTPD_WATCHDOG;
 use sloop_common::pool_proto::{ENV_HANDOFF_FD, ENV_LISTEN_FDS, ENV_STATUS_FD, ENV_TLS_FD};
 use std::fmt;
@@ -145,6 +146,16 @@ pub fn spawn(kind: ChildKind, spec: &SpawnSpec<'_>) -> Result<Pid, SpawnError> {
         .stdin(Stdio::null());
     if let Some(fd) = spec.handoff_fd {
         cmd.env(ENV_HANDOFF_FD, fd.to_string());
+    }
+    // Tells the queue manager's local workers where the root local spawner listens
+    // (only when sloopd runs one: local.system_users, and children drop to server.user).
+    if kind == ChildKind::Qmgr && spec.config.local.system_users && spec.creds.is_some() {
+        cmd.env(
+            ENV_LOCAL_SPAWNER,
+            spec.config.server.run_dir.join("local.sock"),
+        );
+    } else {
+        cmd.env_remove(ENV_LOCAL_SPAWNER);
     }
     if let Some((listen, status)) = &spec.pool_fds {
         cmd.env(ENV_LISTEN_FDS, listen)

@@ -10,83 +10,14 @@
 //! Needs root (CI runs the tests as root); prints SKIP otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use sloop_tests::{free_port, wait_until, Daemon, Smtp, TestDir};
+mod local_support;
+
+use local_support::{read, send, uid_of, Account};
+use sloop_tests::{free_port, wait_until, Daemon, TestDir};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-/// A local account made for one test, removed (with its home) on drop.
-struct Account {
-    name: String,
-    home: PathBuf,
-    uid: u32,
-}
-
-impl Account {
-    fn create(tag: &str) -> Account {
-        let name = format!("sl{tag}{}", std::process::id() % 100_000);
-        let _ = Command::new("userdel").args(["-r", &name]).output();
-        let out = Command::new("useradd")
-            .args(["-m", "-s", "/bin/sh", &name])
-            .output()
-            .expect("useradd");
-        assert!(out.status.success(), "useradd {name}: {out:?}");
-        let pw = nix::unistd::User::from_name(&name).unwrap().unwrap();
-        Account {
-            name,
-            home: pw.dir,
-            uid: pw.uid.as_raw(),
-        }
-    }
-
-    /// Writes a file in the home directory owned by the account.
-    fn write(&self, file: &str, text: &str, mode: u32) -> PathBuf {
-        let p = self.home.join(file);
-        std::fs::write(&p, text).unwrap();
-        std::os::unix::fs::chown(&p, Some(self.uid), None).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
-        p
-    }
-}
-
-impl Drop for Account {
-    fn drop(&mut self) {
-        let _ = Command::new("pkill")
-            .args(["-KILL", "-u", &self.name])
-            .output();
-        let _ = Command::new("userdel").args(["-r", &self.name]).output();
-    }
-}
-
-fn uid_of(name: &str) -> u32 {
-    nix::unistd::User::from_name(name)
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw()
-}
-
-fn send(port: u16, rcpt: &str, subject: &str) {
-    let mut s = Smtp::connect(port);
-    assert_eq!(s.code(), 220);
-    assert_eq!(s.cmd("EHLO client.test"), 250);
-    assert_eq!(s.cmd("MAIL FROM:<alice@far.test>"), 250);
-    assert_eq!(s.cmd(&format!("RCPT TO:<{rcpt}>")), 250, "RCPT {rcpt}");
-    assert_eq!(s.cmd("DATA"), 354);
-    s.send_raw(
-        format!(
-            "From: alice@far.test\r\nSubject: {subject}\r\n\r\nFrom the start of a line.\r\nbody of {subject}\r\n.\r\n"
-        )
-        .as_bytes(),
-    );
-    assert_eq!(s.code(), 250);
-    assert_eq!(s.cmd("QUIT"), 221);
-}
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
 
 #[test]
 fn system_users_get_mbox_forward_and_commands_as_themselves() {
@@ -224,4 +155,170 @@ fn system_users_get_mbox_forward_and_commands_as_themselves() {
         }
     }
     assert!(ps.contains("spawner"), "{ps}");
+}
+
+#[test]
+fn maildir_in_home_forward_elsewhere_and_symlinked_include() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP: maildir_in_home_forward_elsewhere_and_symlinked_include: needs root");
+        return;
+    }
+    let dir = TestDir::new("local-users-md");
+    let daemon_user = Account::create("e");
+    let user = Account::create("m");
+    let traveller = Account::create("t");
+    let real_list = dir.path.join("real.list");
+    std::fs::write(&real_list, format!("{}\n", user.name)).unwrap();
+    let link_list = dir.path.join("link.list");
+    std::os::unix::fs::symlink(&real_list, &link_list).unwrap();
+    let aliases = dir.path.join("aliases");
+    std::fs::write(
+        &aliases,
+        format!(
+            "viainclude: :include:{}\nviareal: :include:{}\n",
+            link_list.display(),
+            real_list.display()
+        ),
+    )
+    .unwrap();
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let port = free_port();
+    let dead = free_port();
+    let server_user = format!("{:?}", daemon_user.name);
+    let config = dir.write_config(
+        port,
+        &[
+            ("server.user", &server_user),
+            ("domains.local", "[\"@hostname\"]"),
+            ("local.mailboxes", "[]"),
+            ("local.system_users", "true"),
+            ("local.system_mailbox", "\"maildir\""),
+            ("local.aliases", &q(&aliases)),
+            (
+                "remote.routes",
+                &format!("{{ \"far.test\" = \"127.0.0.1:{dead}\" }}"),
+            ),
+        ],
+        "",
+    );
+    // The traveller forwards everything to an address elsewhere.
+    traveller.write(".forward", "trav@far.test\n", 0o600);
+    let d = Daemon::start(&config, port);
+    let new_dir = user.home.join("Maildir/new");
+    let count = |d: &Path| std::fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+
+    // Maildir in the home, created and written as the account.
+    send(port, &format!("{}@sloop.test", user.name), "md");
+    assert!(
+        wait_until(Duration::from_secs(30), || count(&new_dir) == 1),
+        "{}",
+        d.log_text()
+    );
+    for p in [user.home.join("Maildir"), new_dir.clone()] {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (user.uid, 0o700), "{p:?}");
+    }
+    let file = std::fs::read_dir(&new_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), user.uid);
+    assert!(read(&file).contains("body of md"));
+
+    // An include read through a real file works; through a symlink it is refused.
+    send(port, "viareal@sloop.test", "real");
+    assert!(wait_until(Duration::from_secs(30), || count(&new_dir) == 2));
+    send(port, "viainclude@sloop.test", "link");
+    assert!(
+        wait_until(Duration::from_secs(30), || d
+            .log_text()
+            .contains("link.list: is a symbolic link; refused")),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(count(&new_dir), 2);
+
+    // .forward elsewhere: a new message in the queue, owned by server.user (the queue
+    // manager can read it), for the remote address.
+    send(port, &format!("{}@sloop.test", traveller.name), "travel");
+    assert!(
+        wait_until(Duration::from_secs(30), || d
+            .log_text()
+            .contains("to=<trav@far.test>")),
+        "{}",
+        d.log_text()
+    );
+    let spool = sloop_common::spool::Spool::new(dir.spool());
+    let mut owners = Vec::new();
+    for state in [
+        sloop_common::spool::QueueState::Deferred,
+        sloop_common::spool::QueueState::Active,
+        sloop_common::spool::QueueState::Incoming,
+    ] {
+        for id in spool.list(state).unwrap() {
+            owners.push(std::fs::metadata(spool.path(state, &id)).unwrap().uid());
+        }
+    }
+    assert!(!owners.is_empty(), "{}", d.log_text());
+    assert!(owners.iter().all(|&u| u == daemon_user.uid), "{owners:?}");
+}
+
+#[test]
+fn sendmail_to_bare_root_reaches_roots_alias_target() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP: sendmail_to_bare_root_reaches_roots_alias_target: needs root");
+        return;
+    }
+    let dir = TestDir::new("local-users-root");
+    let user = Account::create("r");
+    let spool_dir = dir.path.join("varmail");
+    std::fs::create_dir_all(&spool_dir).unwrap();
+    std::fs::set_permissions(&spool_dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let aliases = dir.path.join("aliases");
+    std::fs::write(&aliases, format!("postmaster: root\nroot: {}\n", user.name)).unwrap();
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let port = free_port();
+    let config = dir.write_config(
+        port,
+        &[
+            ("domains.local", "[\"@hostname\"]"),
+            ("local.mailboxes", "[]"),
+            ("local.system_users", "true"),
+            ("local.mail_spool_dir", &q(&spool_dir)),
+            ("local.aliases", &q(&aliases)),
+        ],
+        "",
+    );
+    let d = Daemon::start(&config, port);
+    let mut sm = Command::new(sloop_tests::bin("sloop-sendmail"))
+        .arg("-C")
+        .arg(&config)
+        .arg("root")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut sm.stdin.take().unwrap(),
+        b"Subject: cron output\n\nbody of cron\n",
+    )
+    .unwrap();
+    assert!(sm.wait().unwrap().success());
+    let mbox = spool_dir.join(&user.name);
+    assert!(
+        wait_until(Duration::from_secs(30), || read(&mbox)
+            .contains("body of cron")),
+        "{}",
+        d.log_text()
+    );
+    assert!(read(&mbox).contains("Subject: cron output"));
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .log_text()
+            .contains("to=<root@sloop.test>, relay=local")),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(std::fs::metadata(&mbox).unwrap().uid(), user.uid);
 }

@@ -140,7 +140,7 @@ fn run() -> Result<(), Failure> {
         None => None,
     };
     if transport == "local" && cfg.local.system_users && !root {
-        if let Some(status) = spawner::hand_off(&cfg) {
+        if let Some(status) = spawner::hand_off() {
             return match status {
                 0 => Ok(()),
                 n => Err(Failure::RootWorker(n)),

@@ -370,6 +370,25 @@ mod tests {
     }
 
     #[test]
+    fn a_home_maildir_is_created_and_symlinks_are_refused() {
+        let home = temp("home");
+        fs::create_dir_all(&home).unwrap();
+        let md = home.join("Maildir");
+        let a = deliver_into(&md, "h", b"X: 1\n", &mut &b"one\n"[..]).unwrap();
+        let b = deliver_into(&md, "h", b"X: 2\n", &mut &b"two\n"[..]).unwrap();
+        assert_ne!(a, b, "unique names within one process");
+        assert_eq!(fs::read(&b).unwrap(), b"X: 2\ntwo\n");
+        assert!(md.join("cur").is_dir() && md.join("tmp").is_dir());
+        let other = home.join("elsewhere");
+        fs::create_dir_all(&other).unwrap();
+        let linked = home.join("Linked");
+        std::os::unix::fs::symlink(&other, &linked).unwrap();
+        assert!(deliver_into(&linked, "h", b"", &mut &b"x"[..]).is_err());
+        assert_eq!(fs::read_dir(&other).unwrap().count(), 0);
+        fs::remove_dir_all(&home).unwrap();
+    }
+
+    #[test]
     fn deferred_syncs_name_each_new_dir_once_and_report_failures() {
         let root = temp("deferred");
         let mut w = MaildirWriter::new(&root, "h");

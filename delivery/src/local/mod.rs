@@ -379,13 +379,15 @@ impl Agent for LocalAgent {
     }
 }
 
-/// Who a command or file member owned by `uid` runs as: that user (root's: `nobody`)
-/// when we can switch users, else ourselves.
+/// Who a command or file member to run as `uid` runs as: that user (root: `nobody`)
+/// when we can switch users; otherwise that user too, which [`run_as`] allows only
+/// when it is ourselves (expand.rs gives our own uid for the trusted sources), so a
+/// `.forward` command of another account is deferred, never run as us.
 fn member_identity(uid: u32) -> Result<Identity, RcptResult> {
     if can_switch() {
         Identity::for_owner(uid)
     } else {
-        Identity::current()
+        Identity::of_uid(uid)
     }
 }
 

@@ -134,7 +134,9 @@ pub fn needs_root(who: &Identity) -> RcptResult {
 }
 
 fn in_child(who: &Identity, work: impl FnOnce() -> RcptResult) -> RcptResult {
-    let (read_end, write_end) = match nix::unistd::pipe() {
+    // Close-on-exec: a command the child runs (and anything it leaves in the
+    // background) must not hold the result pipe open.
+    let (read_end, write_end) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => return RcptResult::defer("4.3.0", format!("cannot create a pipe: {e}")),
     };
@@ -248,6 +250,23 @@ mod tests {
             assert_eq!(r.outcome, Outcome::Defer);
             assert!(r.text.contains("root"), "{}", r.text);
         }
+    }
+
+    #[test]
+    fn a_command_left_in_the_background_does_not_hold_the_result() {
+        if !can_switch() {
+            return;
+        }
+        let nobody = Identity::for_owner(0).unwrap();
+        let start = std::time::Instant::now();
+        let r = run_as(&nobody, || {
+            let _ = std::process::Command::new("/bin/sh")
+                .args(["-c", "sleep 5 >/dev/null 2>&1 </dev/null &"])
+                .status();
+            RcptResult::ok("2.0.0", "done")
+        });
+        assert_eq!(r.text, "done");
+        assert!(start.elapsed() < std::time::Duration::from_secs(4));
     }
 
     #[test]

@@ -23,9 +23,10 @@
 //! `postfix`-owned queue). It writes every mailbox, file and command as the user
 //! privs.rs names, never as root but for root's own mailbox.
 //!
-//! When the socket cannot be reached (the spawner is not running, or `sloopd` does not
-//! run as root), the worker logs a warning and delivers unprivileged: deliveries that
-//! need another user defer with a line saying why.
+//! `sloopd` names the socket in the queue manager's environment (`SLOOP_LOCAL_SPAWNER`,
+//! inherited by its workers) only when it runs the spawner. Without it (`sloopd` not
+//! root), or when the socket cannot be reached, the worker logs a warning and delivers
+//! unprivileged: deliveries that need another user defer with a line saying why.
 
 #![allow(unsafe_code)]
 
@@ -33,6 +34,7 @@ use nix::sys::socket::{
     getsockopt, recvmsg, sendmsg, sockopt::PeerCredentials, ControlMessage, ControlMessageOwned,
     MsgFlags,
 };
+use sloop_common::delivery_proto::ENV_LOCAL_SPAWNER;
 use sloop_common::Config;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -249,8 +251,15 @@ fn watch(mut child: Child, mut conn: UnixStream) -> io::Result<()> {
 /// In a local worker that is not root: hands stdin and stdout to the spawner and
 /// returns the root worker's exit status once it is done. `None`: no spawner to be
 /// reached (the caller delivers unprivileged).
-pub fn hand_off(cfg: &Config) -> Option<u8> {
-    let path = socket_path(cfg);
+pub fn hand_off() -> Option<u8> {
+    let Some(path) = std::env::var_os(ENV_LOCAL_SPAWNER).map(PathBuf::from) else {
+        log::warn!(
+            "local.system_users is on but no local spawner runs (sloopd is not root, or \
+             server.user is empty); local accounts other than {} are deferred",
+            whoami()
+        );
+        return None;
+    };
     let deadline = Instant::now() + CONNECT_WAIT;
     let mut conn = loop {
         match UnixStream::connect(&path) {
@@ -261,10 +270,7 @@ pub fn hand_off(cfg: &Config) -> Option<u8> {
                     "local.system_users is on but the local spawner at {} cannot be reached \
                      ({e}); delivering as {}, so local accounts other than it are deferred",
                     path.display(),
-                    nix::unistd::User::from_uid(nix::unistd::geteuid())
-                        .ok()
-                        .flatten()
-                        .map_or_else(|| "this user".to_string(), |u| u.name)
+                    whoami()
                 );
                 return None;
             }
@@ -290,6 +296,14 @@ pub fn hand_off(cfg: &Config) -> Option<u8> {
         Ok(1) => Some(status[0]),
         _ => Some(KILLED),
     }
+}
+
+/// Our user name, for messages.
+fn whoami() -> String {
+    nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| "this user".to_string(), |u| u.name)
 }
 
 /// Points fds 0 and 1 at /dev/null.
