@@ -15,7 +15,7 @@
 //!   maildrop/   local submissions written by sloop-drop, taken by sloop-pickup
 //!   public/     pickup FIFO and showq socket, reachable by the submission group
 //!   corrupt/    maildrop files that did not pass sloop-pickup's checks
-//!   workers.lock  held (shared) by every delivery worker while it runs (workers.rs)
+//!   lock/workers  held (shared) by every delivery worker while it runs (workers.rs)
 //! ```
 //!
 //! Owners and modes are in [`LAYOUT`] and docs/security.md; `sloopd` applies them.
@@ -144,6 +144,7 @@ pub const LAYOUT: &[LayoutEntry] = &[
     entry("free/e", Dir, 0o700, Owner),
     entry("free/f", Dir, 0o700, Owner),
     entry("trigger", Fifo, 0o600, Owner),
+    entry("lock", Dir, 0o700, Owner),
     entry("maildrop", Dir, 0o1730, DropGroup),
     entry("public", Dir, 0o710, DropGroup),
     entry("public/pickup", Fifo, 0o620, DropGroup),

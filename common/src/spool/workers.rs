@@ -1,4 +1,5 @@
-//! The delivery workers' lock: `workers.lock` in the spool.
+//! The delivery workers' lock: `lock/workers` in the spool (a directory of the
+//! spool owner's, since the spool root itself is root's: docs/security.md).
 //!
 //! Every delivery worker holds a shared `flock(2)` on it for as long as it runs
 //! ([`WorkerLock::hold`]). A queue manager that starts takes it exclusively before it
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 /// How often the exclusive lock is tried while waiting.
 const POLL: Duration = Duration::from_millis(10);
 
-/// A delivery worker's shared hold on `workers.lock`, released when dropped or when
+/// A delivery worker's shared hold on `lock/workers`, released when dropped or when
 /// the process exits (however it exits).
 #[derive(Debug)]
 pub struct WorkerLock {
@@ -28,7 +29,7 @@ pub struct WorkerLock {
 }
 
 fn lock_path(spool: &Spool) -> PathBuf {
-    spool.root().join("workers.lock")
+    spool.root().join("lock").join("workers")
 }
 
 fn open(spool: &Spool) -> Result<File, SpoolError> {
