@@ -50,11 +50,13 @@ impl Reader<'_> {
     pub(super) fn auth(&mut self) -> AuthConfig {
         let backend = match self.string("auth.backend").as_str() {
             "file" => AuthBackend::File,
+            "dovecot" => AuthBackend::Dovecot,
             _ => AuthBackend::None,
         };
         AuthConfig {
             backend,
             password_file: self.opt_path("auth.password_file"),
+            dovecot_socket: self.opt_path("auth.dovecot_socket"),
             offer_on_smtpd: self.boolean("auth.offer_on_smtpd"),
             senders: self.senders("auth.senders"),
             max_failures: self.int("auth.max_failures") as u32,
@@ -149,6 +151,13 @@ impl Reader<'_> {
                 "an existing file: create it with `sloop passwd add USER`".to_string(),
             ),
             _ => {}
+        }
+        if cfg.auth.backend == AuthBackend::Dovecot && cfg.auth.dovecot_socket.is_none() {
+            self.issue(
+                "auth.dovecot_socket",
+                "an empty value".to_string(),
+                "Dovecot's auth-client socket (auth.backend = \"dovecot\")".to_string(),
+            );
         }
         if cfg.auth.offer_on_smtpd && cfg.auth.backend == AuthBackend::None {
             self.issue(

@@ -153,12 +153,14 @@ impl TlsConfig {
 pub enum AuthBackend {
     None,
     File,
+    Dovecot,
 }
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub backend: AuthBackend,
     pub password_file: Option<PathBuf>,
+    pub dovecot_socket: Option<PathBuf>,
     pub offer_on_smtpd: bool,
     /// user (lower case) -> addresses (`a@b`) or `@domain` wildcards (lower case).
     pub senders: BTreeMap<String, Vec<String>>,
