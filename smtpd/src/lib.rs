@@ -15,6 +15,7 @@
 //! - [`client_limit`]: per-client concurrency across worker processes;
 //! - [`serve`]: one session on one connection, deadlines and the panic boundary;
 //! - [`auth`]: AUTH: SASL decoding, the password check, failure counts, sender rules;
+//! - [`proxy`]: the PROXY protocol header on `smtpd.proxy_listen`;
 //! - [`serve_tls`]: the TLS handshake and the password check as steps of a session;
 //! - [`queue_client`]: queueing a message (in-process commit or the queue program);
 //! - [`faults`]: test-only fault injection (cargo feature `fault-injection`);
@@ -31,6 +32,7 @@ pub mod data;
 pub mod faults;
 pub mod fds;
 pub mod parser;
+pub mod proxy;
 pub mod queue_client;
 pub mod rdns;
 pub mod reply;

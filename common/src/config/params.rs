@@ -180,6 +180,12 @@ pub const PARAMS: &[Param] = &[
         doc: "qmail-queue compatible program run per message (message on fd 0, envelope on fd 1). Empty: the smtpd commits into the spool itself, with the same fsyncs as sloop-queue." },
     Param { key: "smtpd.queue_timeout", kind: Kind::Duration { min: SEC, max: HOUR }, default: "\"120s\"",
         doc: "The queue program is killed (451 4.3.0) if it runs longer than this." },
+    Param { key: "smtpd.proxy_listen", kind: Kind::ListenList, default: "[]",
+        doc: "Addresses of the SMTP service (port 25 role) behind a load balancer: each connection starts with a PROXY protocol v1 or v2 header naming the real client." },
+    Param { key: "smtpd.proxy_trusted", kind: Kind::CidrList, default: "[\"127.0.0.0/8\", \"::1/128\"]",
+        doc: "Load balancers allowed to connect to smtpd.proxy_listen and send PROXY headers; connections from elsewhere are closed." },
+    Param { key: "smtpd.proxy_timeout", kind: Kind::Duration { min: 100, max: MIN }, default: "\"5s\"",
+        doc: "Budget for the PROXY header; a connection without a valid one by then is closed." },
     // domains
     Param { key: "domains.local", kind: Kind::DomainList, default: "[]",
         doc: "Domains whose mail is delivered on this node (to local.mailboxes and local.aliases)." },

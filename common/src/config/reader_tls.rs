@@ -2,7 +2,7 @@
 //! only they have).
 
 use super::reader::Reader;
-use super::sections::{AuthBackend, AuthConfig, CertKeyFiles, TlsConfig};
+use super::sections::{AuthBackend, AuthConfig, CertKeyFiles, ProxyConfig, TlsConfig};
 use super::values;
 use super::Config;
 use std::collections::BTreeMap;
@@ -43,6 +43,15 @@ impl Reader<'_> {
             handshake_timeout: self.duration("tls.handshake_timeout"),
             session_tickets: self.boolean("tls.session_tickets"),
             ticket_rotation: self.duration("tls.ticket_rotation"),
+        }
+    }
+
+    /// `smtpd.proxy_*`.
+    pub(super) fn proxy(&mut self) -> ProxyConfig {
+        ProxyConfig {
+            listen: self.listen("smtpd.proxy_listen"),
+            trusted: self.cidrs("smtpd.proxy_trusted"),
+            timeout: self.duration("smtpd.proxy_timeout"),
         }
     }
 

@@ -126,6 +126,14 @@ impl ListenRole {
     }
 }
 
+/// The PROXY protocol listeners (`smtpd.proxy_*`).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: Vec<SocketAddr>,
+    pub trusted: Vec<ipnet::IpNet>,
+    pub timeout: Duration,
+}
+
 /// A certificate chain and its private key, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertKeyFiles {
