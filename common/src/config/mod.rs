@@ -133,6 +133,8 @@ pub struct Config {
     pub tls: TlsConfig,
     pub auth: AuthConfig,
     pub proxy: ProxyConfig,
+    /// Outbound TLS policy.
+    pub remote_tls: RemoteTlsConfig,
     pub remote: RemoteConfig,
     pub queue: QueueConfig,
     pub supervisor: SupervisorConfig,
@@ -260,6 +262,7 @@ impl Config {
         let tls = r.tls();
         let auth = r.auth();
         let proxy = r.proxy();
+        let remote_tls = r.remote_tls();
         let remote = RemoteConfig {
             smarthost: r.hostport("remote.smarthost"),
             routes: r.routes("remote.routes"),
@@ -299,6 +302,7 @@ impl Config {
             tls,
             auth,
             proxy,
+            remote_tls,
             remote,
             queue,
             supervisor,

@@ -59,6 +59,8 @@ pub enum Kind {
     LogLevel,
     /// A table of user -> list of addresses (`user@domain`) or `@domain` wildcards.
     SendersTable,
+    /// A table of domain -> outbound TLS level (`none`, `may`, `encrypt`, `verify`).
+    TlsPolicyTable,
 }
 
 /// One declared parameter.
@@ -249,6 +251,12 @@ pub const PARAMS: &[Param] = &[
         doc: "Budget of one SMTP command to a remote server (RFC 5321 4.5.3.2)." },
     Param { key: "remote.data_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"10m\"",
         doc: "Budget of the final reply after the message body." },
+    Param { key: "remote.tls", kind: Kind::Choice(&["none", "may", "encrypt", "verify"]), default: "\"may\"",
+        doc: "Outbound TLS: none (never STARTTLS), may (when offered, unverified; a failed handshake retries in plaintext), encrypt (required, unverified), verify (required, certificate checked against the system roots and remote.ca_file, name against the route's host or the MX name)." },
+    Param { key: "remote.tls_policy", kind: Kind::TlsPolicyTable, default: "{}",
+        doc: "Per destination domain TLS level, domain = \"none|may|encrypt|verify\"; overrides remote.tls." },
+    Param { key: "remote.ca_file", kind: Kind::Path { must_exist: true }, default: "\"\"",
+        doc: "PEM certificates trusted for remote.tls = \"verify\" besides the system roots (/etc/ssl/certs/ca-certificates.crt)." },
     // queue
     Param { key: "queue.retry_min", kind: Kind::Duration { min: 100, max: DAY }, default: "\"5m\"",
         doc: "First retry delay after a temporary failure; doubles each attempt." },

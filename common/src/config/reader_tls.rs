@@ -2,7 +2,9 @@
 //! only they have).
 
 use super::reader::Reader;
-use super::sections::{AuthBackend, AuthConfig, CertKeyFiles, ProxyConfig, TlsConfig};
+use super::sections::{
+    AuthBackend, AuthConfig, CertKeyFiles, ProxyConfig, RemoteTlsConfig, TlsConfig, TlsLevel,
+};
 use super::values;
 use super::Config;
 use std::collections::BTreeMap;
@@ -52,6 +54,39 @@ impl Reader<'_> {
             listen: self.listen("smtpd.proxy_listen"),
             trusted: self.cidrs("smtpd.proxy_trusted"),
             timeout: self.duration("smtpd.proxy_timeout"),
+        }
+    }
+
+    /// `remote.tls`, `remote.tls_policy`, `remote.ca_file`.
+    pub(super) fn remote_tls(&mut self) -> RemoteTlsConfig {
+        let level = TlsLevel::parse(&self.string("remote.tls")).unwrap_or(TlsLevel::May);
+        let key = "remote.tls_policy";
+        let (_, value) = self.raw(key);
+        let mut policy = BTreeMap::new();
+        match value.as_table() {
+            Some(table) => {
+                for (domain, v) in table {
+                    let d = values::parse_hostname(domain);
+                    let l = v.as_str().and_then(TlsLevel::parse);
+                    match (d, l) {
+                        (Ok(d), Some(l)) => {
+                            policy.insert(d, l);
+                        }
+                        (Err(e), _) => self.issue(key, format!("domain {domain:?}"), e),
+                        (_, None) => self.bad(key, v, "one of: none, may, encrypt, verify"),
+                    }
+                }
+            }
+            None => self.bad(
+                key,
+                &value,
+                "a table of domain = \"none|may|encrypt|verify\"",
+            ),
+        }
+        RemoteTlsConfig {
+            level,
+            policy,
+            ca_file: self.opt_path("remote.ca_file"),
         }
     }
 

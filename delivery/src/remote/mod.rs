@@ -63,6 +63,8 @@ impl RemoteAgent {
                     None
                 }
             },
+            verify_tls: verify_config(&cfg),
+            level: cfg.remote_tls.level,
         };
         RemoteAgent {
             cfg,
@@ -82,7 +84,13 @@ impl RemoteAgent {
     ) -> Vec<RcptResult> {
         let recipients: Vec<String> = indices.iter().map(|&i| job.recipients[i].clone()).collect();
         let hop = next_hop(&self.cfg.remote, domain);
-        let key = hop_key(&hop);
+        let level = self.cfg.remote_tls.level_for(domain);
+        // A session is reused only for mail that wants the same TLS level.
+        let key = format!("{}|{}", hop_key(&hop), level.name());
+        let client = ClientConfig {
+            level,
+            ..self.client.clone()
+        };
         let t = Transaction {
             sender: &msg.envelope.sender,
             recipients: &recipients,
@@ -107,7 +115,7 @@ impl RemoteAgent {
         let mut last = String::from("no address to try");
         let mut last_relay = String::new();
         for c in &candidates {
-            match Session::open(c, &self.client) {
+            match Session::open(c, &client) {
                 Ok(mut s) => return self.finish(key, s.send(&t), s),
                 Err(reason) => {
                     log::info!("{}: {reason}", job.queue_id);
@@ -244,3 +252,21 @@ fn hop_key(hop: &NextHop) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// The verifying TLS settings, made only when some destination wants `verify`; an
+/// error is logged and such mail defers (TLS required, none possible).
+fn verify_config(cfg: &Config) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+    use sloop_common::config::TlsLevel;
+    let t = &cfg.remote_tls;
+    let wanted = t.level == TlsLevel::Verify || t.policy.values().any(|l| *l == TlsLevel::Verify);
+    if !wanted {
+        return None;
+    }
+    match tls::verifying_config(t.ca_file.as_deref()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::error!("remote.tls = verify unavailable: {e}; such mail defers");
+            None
+        }
+    }
+}

@@ -23,6 +23,7 @@ use super::stream::Stream;
 use super::tls;
 use crate::message::QueuedMessage;
 use crate::result::RcptResult;
+use sloop_common::config::TlsLevel;
 use sloop_common::spool::Ret;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -38,6 +39,10 @@ pub struct ClientConfig {
     pub data_timeout: Duration,
     /// TLS settings for STARTTLS; `None` never starts TLS.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS settings that verify the server (`remote.tls = "verify"`).
+    pub verify_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The TLS level for this destination (`remote.tls`, `remote.tls_policy`).
+    pub level: TlsLevel,
 }
 
 /// Why a session could not be opened.
@@ -86,6 +91,10 @@ impl Session {
     pub fn open(c: &Candidate, cfg: &ClientConfig) -> Result<Session, String> {
         match Session::open_once(c, cfg) {
             Ok(s) => Ok(s),
+            Err(OpenError::Tls(why)) if cfg.level > TlsLevel::May => Err(format!(
+                "{why} (TLS is required: remote.tls = {})",
+                cfg.level.name()
+            )),
             Err(OpenError::Tls(why)) => {
                 log::warn!("{why}; retrying {} without TLS", c.relay());
                 let plain = ClientConfig {
@@ -142,10 +151,28 @@ impl Session {
             .ehlo
             .as_ref()
             .is_some_and(|e| e.has_extension("STARTTLS"));
-        if let (true, Some(tls)) = (offered, self.cfg.tls.clone()) {
-            if self.starttls(&tls, name)? {
-                self.hello().map_err(OpenError::Other)?;
-            }
+        let level = self.cfg.level;
+        let config = match level {
+            TlsLevel::None => None,
+            TlsLevel::May | TlsLevel::Encrypt => self.cfg.tls.clone(),
+            TlsLevel::Verify => self.cfg.verify_tls.clone(),
+        };
+        let started = match (offered, config) {
+            (true, Some(tls)) => self.starttls(&tls, name, level == TlsLevel::Verify)?,
+            _ => false,
+        };
+        if started {
+            self.hello().map_err(OpenError::Other)?;
+        } else if level > TlsLevel::May {
+            let why = if offered {
+                "STARTTLS was declined or TLS is unavailable here"
+            } else {
+                "STARTTLS was not offered"
+            };
+            return Err(OpenError::Other(format!(
+                "TLS is required (remote.tls = {}), but {why}",
+                level.name()
+            )));
         }
         Ok(())
     }
@@ -172,6 +199,7 @@ impl Session {
         &mut self,
         config: &Arc<rustls::ClientConfig>,
         name: &str,
+        verified: bool,
     ) -> Result<bool, OpenError> {
         let r = self
             .command("STARTTLS")
@@ -191,8 +219,14 @@ impl Session {
         };
         let t = tls::handshake(config, name, tcp)
             .map_err(|e| OpenError::Tls(format!("TLS handshake failed: {}", io_text(e))))?;
+        // Postfix's words: Verified when the chain and the name were checked.
+        let (how, note) = if verified {
+            ("Verified", "verified")
+        } else {
+            ("Untrusted", "unverified")
+        };
         log::info!(
-            "Untrusted TLS connection established to {}: {}",
+            "{how} TLS connection established to {}: {} ({note})",
             self.relay,
             tls::describe(&t.conn)
         );

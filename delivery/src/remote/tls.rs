@@ -32,6 +32,47 @@ pub fn client_config() -> Result<Arc<ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
+/// The system's trust anchors (Debian's bundle).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Client settings for `remote.tls = "verify"`: the chain must lead to a system root
+/// or a certificate of `ca_file`, and the certificate must name the server (the
+/// route's host, or the MX host name).
+pub fn verifying_config(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let mut files: Vec<&std::path::Path> = Vec::new();
+    if std::path::Path::new(SYSTEM_ROOTS).is_file() {
+        files.push(std::path::Path::new(SYSTEM_ROOTS));
+    }
+    files.extend(ca_file);
+    for f in files {
+        let certs =
+            CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for c in certs {
+            let c = c.map_err(|e| format!("{}: {e}", f.display()))?;
+            // A certificate rustls cannot use as an anchor is skipped, as OpenSSL does.
+            let _ = roots.add(c);
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted certificates (system roots or remote.ca_file)".to_string());
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("TLS verifier: {e}"))?;
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_webpki_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Runs the TLS handshake on `tcp` for server `name` (a host name or an IP).
 pub fn handshake(
     config: &Arc<ClientConfig>,
