@@ -123,3 +123,81 @@ fn verify_with_the_ca_delivers_and_encrypt_without_starttls_defers() {
     );
     assert!(maildir_new(&rdir.mail(), "far.test", "z").is_empty());
 }
+
+#[test]
+fn a_route_with_credentials_logs_in_over_tls_to_a_submission_port() {
+    let material = TestDir::new("tls-cred-ca");
+    let (ca, leaf, key) = test_ca(&material.path);
+    // The receiver: submission (587 role) needs TLS and AUTH; alice may send as
+    // @localhost.test.
+    let rdir = TestDir::new("tls-cred-rx");
+    let (port, sub) = (free_port(), free_port());
+    let users = rdir.path.join("users");
+    std::fs::write(
+        &users,
+        format!(
+            "alice:{}\n",
+            sloop_common::passwd::hash_new(b"alice pw").unwrap()
+        ),
+    )
+    .unwrap();
+    let sub_l = format!("[\"127.0.0.1:{sub}\"]");
+    let (leaf_q, key_q, users_q) = (q(&leaf), q(&key), q(&users));
+    let cfg = rdir.write_config(
+        port,
+        &[
+            ("domains.local", "[\"far.test\"]"),
+            ("local.mailboxes", "[\"@far.test\"]"),
+            ("relay.networks", "[]"),
+            ("submission.listen", &sub_l),
+            ("tls.cert_file", &leaf_q),
+            ("tls.key_file", &key_q),
+            ("auth.backend", "\"file\""),
+            ("auth.password_file", &users_q),
+            ("auth.senders", "{ alice = [\"@localhost.test\"] }"),
+            ("auth.failure_delay", "\"0s\""),
+            ("auth.max_failures", "100"),
+        ],
+        "",
+    );
+    let _r = Daemon::start(&cfg, port);
+    let routes = format!("{{ \"far.test\" = \"127.0.0.1:{sub}\" }}");
+    let policy = "{ \"far.test\" = \"verify\" }";
+    let creds = material.path.join("credentials");
+    std::fs::write(&creds, "127.0.0.1 alice alice pw\n").unwrap();
+    let dir = TestDir::new("tls-cred-tx");
+    let sport = free_port();
+    let (ca_q, creds_q) = (q(&ca), q(&creds));
+    let scfg = dir.write_config(
+        sport,
+        &[
+            ("remote.routes", &routes),
+            ("remote.tls_policy", policy),
+            ("remote.ca_file", &ca_q),
+            ("remote.credentials_file", &creds_q),
+        ],
+        "",
+    );
+    let s = Daemon::start(&scfg, sport);
+    submit(sport, "x@far.test");
+    let delivered = wait_until(Duration::from_secs(30), || {
+        !maildir_new(&rdir.mail(), "far.test", "x").is_empty()
+    });
+    assert!(delivered, "sender log:\n{}", s.log_text());
+    assert!(
+        s.log_text().contains("SASL PLAIN authenticated as alice"),
+        "{}",
+        s.log_text()
+    );
+
+    // A wrong password defers, and nothing is delivered.
+    std::fs::write(&creds, "127.0.0.1 alice wrong\n").unwrap();
+    s.signal(nix::sys::signal::Signal::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    submit(sport, "y@far.test");
+    let ok = wait_until(Duration::from_secs(30), || {
+        s.log_text().contains("SASL authentication failed as alice")
+    });
+    assert!(ok, "{}", s.log_text());
+    assert!(maildir_new(&rdir.mail(), "far.test", "y").is_empty());
+}

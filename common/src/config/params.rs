@@ -257,6 +257,8 @@ pub const PARAMS: &[Param] = &[
         doc: "Per destination domain TLS level, domain = \"none|may|encrypt|verify\"; overrides remote.tls." },
     Param { key: "remote.ca_file", kind: Kind::Path { must_exist: true }, default: "\"\"",
         doc: "PEM certificates trusted for remote.tls = \"verify\" besides the system roots (/etc/ssl/certs/ca-certificates.crt)." },
+    Param { key: "remote.credentials_file", kind: Kind::Path { must_exist: true }, default: "\"\"",
+        doc: "Logins for smarthosts and routes, `host user password` lines; AUTH PLAIN is sent only over TLS. Read by the delivery agents (server.user): mode 0640 root:<group of server.user>." },
     // queue
     Param { key: "queue.retry_min", kind: Kind::Duration { min: 100, max: DAY }, default: "\"5m\"",
         doc: "First retry delay after a temporary failure; doubles each attempt." },

@@ -87,6 +87,7 @@ impl Reader<'_> {
             level,
             policy,
             ca_file: self.opt_path("remote.ca_file"),
+            credentials_file: self.opt_path("remote.credentials_file"),
         }
     }
 

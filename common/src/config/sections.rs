@@ -163,6 +163,7 @@ pub struct RemoteTlsConfig {
     /// Lower-case domain -> level.
     pub policy: BTreeMap<String, TlsLevel>,
     pub ca_file: Option<PathBuf>,
+    pub credentials_file: Option<PathBuf>,
 }
 
 impl RemoteTlsConfig {

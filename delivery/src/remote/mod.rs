@@ -11,6 +11,7 @@
 //! worker loop calls [`Agent::idle`] so expired sessions get their QUIT on time.
 //! STARTTLS is used when offered (opportunistic, tls.rs).
 
+pub mod credentials;
 pub mod data;
 pub mod mx;
 pub mod reply;
@@ -64,6 +65,11 @@ impl RemoteAgent {
                 }
             },
             verify_tls: verify_config(&cfg),
+            credentials: cfg
+                .remote_tls
+                .credentials_file
+                .as_ref()
+                .map(|p| std::sync::Arc::new(credentials::Credentials::load(p))),
             level: cfg.remote_tls.level,
         };
         RemoteAgent {

@@ -43,6 +43,8 @@ pub struct ClientConfig {
     pub verify_tls: Option<Arc<rustls::ClientConfig>>,
     /// The TLS level for this destination (`remote.tls`, `remote.tls_policy`).
     pub level: TlsLevel,
+    /// `remote.credentials_file`, or why it could not be read.
+    pub credentials: Option<Arc<Result<super::credentials::Credentials, String>>>,
 }
 
 /// Why a session could not be opened.
@@ -174,6 +176,53 @@ impl Session {
                 level.name()
             )));
         }
+        self.login(name).map_err(OpenError::Other)
+    }
+
+    /// AUTH PLAIN when `remote.credentials_file` has a login for `name` (TLS only).
+    fn login(&mut self, name: &str) -> Result<(), String> {
+        let Some(creds) = self.cfg.credentials.clone() else {
+            return Ok(());
+        };
+        let login = match creds.as_ref() {
+            Ok(c) => match c.get(name) {
+                Some(l) => l.clone(),
+                None => return Ok(()),
+            },
+            Err(e) => return Err(format!("remote.credentials_file unusable: {e}")),
+        };
+        if !self.is_tls() {
+            return Err(format!(
+                "credentials for {name} are configured, but the session is not encrypted: not sending the password"
+            ));
+        }
+        let offered = self
+            .ehlo
+            .as_ref()
+            .and_then(|e| e.extension("AUTH"))
+            .is_some_and(|m| {
+                m.split_whitespace()
+                    .any(|w| w.eq_ignore_ascii_case("PLAIN"))
+            });
+        if !offered {
+            return Err(format!(
+                "credentials for {name} are configured, but AUTH PLAIN is not offered"
+            ));
+        }
+        let r = self
+            .command(&format!(
+                "AUTH PLAIN {}",
+                super::credentials::plain_response(&login)
+            ))
+            .map_err(io_text)?;
+        if r.code != 235 {
+            return Err(format!(
+                "SASL authentication failed as {}: {}",
+                login.user,
+                r.one_line()
+            ));
+        }
+        log::info!("{}: SASL PLAIN authenticated as {}", self.relay, login.user);
         Ok(())
     }
 

@@ -134,6 +134,7 @@ fn client() -> ClientConfig {
         tls: Some(tls::client_config().unwrap()),
         verify_tls: None,
         level: sloop_common::config::TlsLevel::May,
+        credentials: None,
     }
 }
 
