@@ -565,3 +565,97 @@ fn a_reload_onto_a_broken_key_is_rejected_and_tls_keeps_working() {
         .wait_log("configuration reloaded", Duration::from_secs(10)));
     assert!(t.python(STILL_SERVES, &[]).contains("ok"));
 }
+
+const AS_NOBODY: &str = r#"
+import smtplib, ssl
+ctx = ssl._create_unverified_context()
+s = smtplib.SMTP_SSL('127.0.0.1', SUBS, context=ctx)
+s.login('alice', 'alice pw')
+print(s.sendmail('alice@localhost.test', ['bob@localhost.test'], 'Subject: nobody\r\n\r\nhi\r\n'))
+s.quit()
+s = smtplib.SMTP('127.0.0.1', SUB)
+s.starttls(context=ctx)
+s.login('alice', 'alice pw')
+s.quit()
+print('ok')
+"#;
+
+#[test]
+fn workers_running_as_nobody_serve_tls_with_root_only_keys() {
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIP: workers_running_as_nobody: needs root to run the workers as nobody");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let material = smtpd_tls_support::Material::new("tls-nobody");
+    for key in [&material.rsa.1, &material.ecdsa.1] {
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    std::os::unix::fs::chown(&material.users, Some(0), Some(nobody.gid.as_raw())).unwrap();
+    std::fs::set_permissions(&material.users, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let dir = sloop_tests::TestDir::new("tls-nobody");
+    let (port, sub, subs) = (
+        sloop_tests::free_port(),
+        sloop_tests::free_port(),
+        sloop_tests::free_port(),
+    );
+    let q = |p: &std::path::Path| format!("{:?}", p.display().to_string());
+    let (sub_l, subs_l) = (
+        format!("[\"127.0.0.1:{sub}\"]"),
+        format!("[\"127.0.0.1:{subs}\"]"),
+    );
+    let (rc, rk, ec, ek, users) = (
+        q(&material.rsa.0),
+        q(&material.rsa.1),
+        q(&material.ecdsa.0),
+        q(&material.ecdsa.1),
+        q(&material.users),
+    );
+    let cfg = dir.write_config(
+        port,
+        &[
+            ("server.user", "\"nobody\""),
+            ("tls.cert_file", &rc),
+            ("tls.key_file", &rk),
+            ("tls.ecdsa_cert_file", &ec),
+            ("tls.ecdsa_key_file", &ek),
+            ("auth.backend", "\"file\""),
+            ("auth.password_file", &users),
+            ("auth.senders", "{ alice = [\"alice@localhost.test\"] }"),
+            ("submission.listen", &sub_l),
+            ("submissions.listen", &subs_l),
+        ],
+        "",
+    );
+    let d = sloop_tests::Daemon::start(&cfg, port);
+    let script = AS_NOBODY
+        .replace("SUBS", &subs.to_string())
+        .replace("SUB", &sub.to_string());
+    let (code, out, err) = sloop_tests::python(&script, &[]);
+    assert_eq!(code, 0, "{out}{err}\n{}", d.log_text());
+    assert!(out.contains("{}") && out.contains("ok"), "{out}");
+    // The workers run as nobody and hold no key material in their environment.
+    let pids: Vec<i32> = d
+        .log_text()
+        .lines()
+        .filter_map(|l| l.split("started sloop-smtpd pid=").nth(1))
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    assert!(!pids.is_empty());
+    let mut seen = 0;
+    for pid in pids {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+        assert!(
+            uid_line.split_whitespace().nth(1) == Some(&nobody.uid.as_raw().to_string()),
+            "{uid_line}"
+        );
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&env).contains("PRIVATE KEY"));
+        seen += 1;
+    }
+    assert!(seen > 0, "no live worker to inspect");
+}
