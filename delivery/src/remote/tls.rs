@@ -92,16 +92,22 @@ pub fn handshake(
     Ok(StreamOwned::new(conn, tcp))
 }
 
-/// `TLSv1_3 with cipher TLS13_AES_256_GCM_SHA384`, for the log.
+/// `TLSv1.3 with cipher TLS_AES_256_GCM_SHA384`, for the log (Postfix's and the
+/// smtpd's wording; rustls's TLS13_ prefix is the RFC 8446 TLS_).
 pub fn describe(conn: &ClientConnection) -> String {
-    let version = conn
-        .protocol_version()
-        .map(|v| format!("{v:?}"))
-        .unwrap_or_else(|| "TLS".to_string());
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    };
     let suite = conn
         .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_default();
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("unknown");
+    let suite = match suite.strip_prefix("TLS13_") {
+        Some(rest) => format!("TLS_{rest}"),
+        None => suite.to_string(),
+    };
     format!("{version} with cipher {suite}")
 }
 
