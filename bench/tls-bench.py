@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """TLS benchmark: Sloop vs Postfix, STARTTLS, 4 KiB, one message per connection.
 
-Both servers get the same RSA 2048 certificate; Postfix runs with
+Both servers get the same RSA 2048 certificate and deliver to a Maildir; Postfix runs with
 smtpd_tls_security_level = may (Debian's package via ../shared/bench/peers.sh, on
 127.0.0.1:2525), Sloop (release build) on 127.0.0.1:2536. The load generator is
 target/release/sloop-tls-load (tests/src/bin/sloop-tls-load.rs), which drives both the
@@ -45,7 +45,7 @@ POSTFIX_KEYS = ["smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_security
 
 def start_postfix(crt, key):
     saved = {k: sh("postconf", "-h", k, check=False) for k in POSTFIX_KEYS}
-    sh("bash", os.path.join(SHARED, "peers.sh"), "start-postfix", "discard")
+    sh("bash", os.path.join(SHARED, "peers.sh"), "start-postfix", "maildir")
     sh("postconf", "-e", f"smtpd_tls_cert_file = {crt}", f"smtpd_tls_key_file = {key}",
        "smtpd_tls_security_level = may")
     sh("postfix", "reload", check=False)
