@@ -19,7 +19,7 @@ use nix::sys::time::TimeVal;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// What a read produced.
@@ -272,6 +272,47 @@ impl Conn {
         }
         let mut fds = [PollFd::new(self.rd.as_fd(), PollFlags::POLLIN)];
         matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
+    /// Looks at what the client sent without consuming it (for the PROXY header);
+    /// `None` when nothing arrived by `deadline`, `Some(0)` at end of file.
+    pub(crate) fn peek_raw(
+        &mut self,
+        buf: &mut [u8],
+        deadline: Instant,
+    ) -> io::Result<Option<usize>> {
+        if !self.wait_readable(deadline)? {
+            return Ok(None);
+        }
+        loop {
+            match nix::sys::socket::recv(
+                self.rd.as_raw_fd(),
+                buf,
+                nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+            ) {
+                Ok(n) => return Ok(Some(n)),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => {
+                    if !self.wait_readable(deadline)? {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        }
+    }
+
+    /// Consumes exactly `n` octets already seen with [`Conn::peek_raw`].
+    pub(crate) fn discard_raw(&mut self, mut n: usize, deadline: Instant) -> io::Result<()> {
+        let mut buf = [0u8; 512];
+        while n > 0 {
+            let want = n.min(buf.len());
+            match self.read_raw(&mut buf[..want], deadline)? {
+                ReadOutcome::Data(got) => n -= got,
+                _ => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            }
+        }
+        Ok(())
     }
 
     fn wait_readable(&self, deadline: Instant) -> io::Result<bool> {

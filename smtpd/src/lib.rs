@@ -17,6 +17,7 @@
 //! - [`overload`]: the short idle budget while the pool is overloaded;
 //! - [`serve`]: one session on one connection, deadlines and the panic boundary;
 //! - [`auth`]: AUTH: SASL decoding, the password check, failure counts, sender rules;
+//! - [`proxy`]: the PROXY protocol header on `smtpd.proxy_listen`;
 //! - [`serve_tls`]: the TLS handshake and the password check as steps of a session;
 //! - [`queue_client`]: queueing a message (in-process commit or the queue program);
 //! - [`faults`]: test-only fault injection (cargo feature `fault-injection`);
@@ -35,6 +36,7 @@ pub mod faults;
 pub mod fds;
 pub mod overload;
 pub mod parser;
+pub mod proxy;
 pub mod queue_client;
 pub mod rdns;
 pub mod reply;

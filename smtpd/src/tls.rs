@@ -270,8 +270,13 @@ impl TlsInfo {
         let cipher = c
             .negotiated_cipher_suite()
             .and_then(|s| s.suite().as_str())
-            .unwrap_or("unknown")
-            .to_string();
+            .unwrap_or("unknown");
+        // rustls says TLS13_AES_256_GCM_SHA384 where RFC 8446 (and Postfix's log)
+        // says TLS_AES_256_GCM_SHA384.
+        let cipher = match cipher.strip_prefix("TLS13_") {
+            Some(rest) => format!("TLS_{rest}"),
+            None => cipher.to_string(),
+        };
         let bits = if cipher.contains("AES_128") { 128 } else { 256 };
         TlsInfo {
             version,

@@ -151,16 +151,24 @@ impl Worker {
             return SessionEnd::Normal;
         };
         let ip = canonical(peer.ip());
-        let role = match stream.local_addr() {
-            Ok(local) => self.policy.cfg.role_of(local),
-            Err(_) => sloop_common::config::ListenRole::Smtp,
-        };
+        let local = stream.local_addr().ok();
+        let role = local.map_or(sloop_common::config::ListenRole::Smtp, |l| {
+            self.policy.cfg.role_of(l)
+        });
+        let proxied = local.is_some_and(|l| self.policy.cfg.is_proxy_listener(l));
         let mut conn = match Conn::new(stream, s.command_timeout) {
             Ok(c) => c,
             Err(e) => {
                 log::warn!("cannot set up connection from [{ip}]: {e}");
                 return SessionEnd::Normal;
             }
+        };
+        let ip = match proxied {
+            true => match crate::proxy::accept(&self.policy, &mut conn, ip, &self.watchdog) {
+                Some(client) => client,
+                None => return SessionEnd::Normal,
+            },
+            false => ip,
         };
         let run_dir = &self.policy.cfg.server.run_dir;
         // A limit at or above the pool's size can never refuse anyone: no bookkeeping.

@@ -24,6 +24,9 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
+/// A certificate this close to its end is warned about at each load.
+const EXPIRY_WARNING_SECS: i64 = 14 * 86_400;
+
 /// Why the TLS material could not be prepared.
 #[derive(Debug)]
 pub enum HandoffError {
@@ -93,6 +96,14 @@ impl TlsHandoff {
                 p.algorithm,
                 sloop_common::logging::rfc5322_date(p.not_after.max(0) as u64)
             );
+            let left = p.not_after - tls_material::unix_now();
+            if left < EXPIRY_WARNING_SECS {
+                log::warn!(
+                    "TLS certificate {} expires in {} day(s): renew it and reload",
+                    p.files.cert_file.display(),
+                    left.max(0) / 86_400
+                );
+            }
         }
         self.pairs = pairs;
         self.tickets = cfg.tls.session_tickets;

@@ -137,6 +137,9 @@ pub struct Config {
     pub submissions_listen: Vec<std::net::SocketAddr>,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+    pub proxy: ProxyConfig,
+    /// Outbound TLS policy.
+    pub remote_tls: RemoteTlsConfig,
     pub remote: RemoteConfig,
     pub queue: QueueConfig,
     pub supervisor: SupervisorConfig,
@@ -284,6 +287,8 @@ impl Config {
         let submissions_listen = r.listen("submissions.listen");
         let tls = r.tls();
         let auth = r.auth();
+        let proxy = r.proxy();
+        let remote_tls = r.remote_tls();
         let remote = RemoteConfig {
             smarthost: r.hostport("remote.smarthost"),
             routes: r.routes("remote.routes"),
@@ -336,6 +341,8 @@ impl Config {
             submissions_listen,
             tls,
             auth,
+            proxy,
+            remote_tls,
             remote,
             queue,
             supervisor,
@@ -384,7 +391,7 @@ impl Config {
     }
 
     /// Every listening address with its role: `smtpd.listen`, then `submission.listen`,
-    /// then `submissions.listen`.
+    /// then `submissions.listen`, then `smtpd.proxy_listen` (the MX role behind a proxy).
     pub fn all_listen(&self) -> Vec<(std::net::SocketAddr, ListenRole)> {
         let mut out: Vec<_> = self
             .smtpd
@@ -402,7 +409,19 @@ impl Config {
                 .iter()
                 .map(|a| (*a, ListenRole::Submissions)),
         );
+        out.extend(self.proxy.listen.iter().map(|a| (*a, ListenRole::Smtp)));
         out
+    }
+
+    /// True when `local` (a connection's local address) is on `smtpd.proxy_listen`
+    /// (exactly, or a wildcard address of the same family and port).
+    pub fn is_proxy_listener(&self, local: std::net::SocketAddr) -> bool {
+        self.proxy.listen.iter().any(|a| {
+            *a == local
+                || (a.port() == local.port()
+                    && a.ip().is_unspecified()
+                    && a.is_ipv4() == local.is_ipv4())
+        })
     }
 
     /// The role of the listener a connection arrived on, from the connection's local

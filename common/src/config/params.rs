@@ -59,6 +59,8 @@ pub enum Kind {
     LogLevel,
     /// A table of user -> list of addresses (`user@domain`) or `@domain` wildcards.
     SendersTable,
+    /// A table of domain -> outbound TLS level (`none`, `may`, `encrypt`, `verify`).
+    TlsPolicyTable,
 }
 
 /// One declared parameter.
@@ -186,6 +188,12 @@ pub const PARAMS: &[Param] = &[
         doc: "The queue program is killed (451 4.3.0) if it runs longer than this." },
     Param { key: "smtpd.overload_idle_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"10s\"",
         doc: "Client silence after which a session ends with 421 4.4.2 while the pool is overloaded (every worker busy at smtpd.max_processes); applies to running sessions too. Sessions in DATA keep data_timeout." },
+    Param { key: "smtpd.proxy_listen", kind: Kind::ListenList, default: "[]",
+        doc: "Addresses of the SMTP service (port 25 role) behind a load balancer: each connection starts with a PROXY protocol v1 or v2 header naming the real client." },
+    Param { key: "smtpd.proxy_trusted", kind: Kind::CidrList, default: "[\"127.0.0.0/8\", \"::1/128\"]",
+        doc: "Load balancers allowed to connect to smtpd.proxy_listen and send PROXY headers; connections from elsewhere are closed." },
+    Param { key: "smtpd.proxy_timeout", kind: Kind::Duration { min: 100, max: MIN }, default: "\"5s\"",
+        doc: "Budget for the PROXY header; a connection without a valid one by then is closed." },
     // domains
     Param { key: "domains.local", kind: Kind::DomainList, default: "[]",
         doc: "Domains whose mail is delivered on this node (to local.mailboxes, local.aliases and, with local.system_users, local accounts). The entry \"@hostname\" stands for server.hostname." },
@@ -228,8 +236,10 @@ pub const PARAMS: &[Param] = &[
         doc: "Offer session resumption with tickets whose keys sloopd generates and shares with every worker." },
     Param { key: "tls.ticket_rotation", kind: Kind::Duration { min: MIN, max: 7 * DAY }, default: "\"12h\"",
         doc: "How often sloopd makes a new ticket key (the previous one is still accepted for one more period)." },
-    Param { key: "auth.backend", kind: Kind::Choice(&["none", "file"]), default: "\"none\"",
-        doc: "Where AUTH checks passwords: none (AUTH not offered), file (auth.password_file)." },
+    Param { key: "auth.backend", kind: Kind::Choice(&["none", "file", "dovecot"]), default: "\"none\"",
+        doc: "Where AUTH checks passwords: none (AUTH not offered), file (auth.password_file), dovecot (Dovecot's auth server on auth.dovecot_socket)." },
+    Param { key: "auth.dovecot_socket", kind: Kind::Path { must_exist: false }, default: "\"\"",
+        doc: "Dovecot's auth-client socket (a unix_listener of service auth that server.user may connect to), for auth.backend = \"dovecot\"." },
     Param { key: "auth.password_file", kind: Kind::Path { must_exist: false }, default: "\"\"",
         doc: "user:hash lines (argon2id; bcrypt and SHA-512-crypt accepted for migration), managed with `sloop passwd`. Readable by server.user (mode 0640 root:<group of server.user>)." },
     Param { key: "auth.offer_on_smtpd", kind: Kind::Bool, default: "false",
@@ -253,6 +263,14 @@ pub const PARAMS: &[Param] = &[
         doc: "Budget of one SMTP command to a remote server (RFC 5321 4.5.3.2)." },
     Param { key: "remote.data_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"10m\"",
         doc: "Budget of the final reply after the message body." },
+    Param { key: "remote.tls", kind: Kind::Choice(&["none", "may", "encrypt", "verify"]), default: "\"may\"",
+        doc: "Outbound TLS: none (never STARTTLS), may (when offered, unverified; a failed handshake retries in plaintext), encrypt (required, unverified), verify (required, certificate checked against the system roots and remote.ca_file, name against the route's host or the MX name)." },
+    Param { key: "remote.tls_policy", kind: Kind::TlsPolicyTable, default: "{}",
+        doc: "Per destination domain TLS level, domain = \"none|may|encrypt|verify\"; overrides remote.tls." },
+    Param { key: "remote.ca_file", kind: Kind::Path { must_exist: true }, default: "\"\"",
+        doc: "PEM certificates trusted for remote.tls = \"verify\" besides the system roots (/etc/ssl/certs/ca-certificates.crt)." },
+    Param { key: "remote.credentials_file", kind: Kind::Path { must_exist: true }, default: "\"\"",
+        doc: "Logins for smarthosts and routes, `host user password` lines; AUTH PLAIN is sent only over TLS. Read by the delivery agents (server.user): mode 0640 root:<group of server.user>." },
     // queue
     Param { key: "queue.retry_min", kind: Kind::Duration { min: 100, max: DAY }, default: "\"5m\"",
         doc: "First retry delay after a temporary failure; doubles each attempt." },

@@ -2,7 +2,9 @@
 //! only they have).
 
 use super::reader::Reader;
-use super::sections::{AuthBackend, AuthConfig, CertKeyFiles, TlsConfig};
+use super::sections::{
+    AuthBackend, AuthConfig, CertKeyFiles, ProxyConfig, RemoteTlsConfig, TlsConfig, TlsLevel,
+};
 use super::values;
 use super::Config;
 use std::collections::BTreeMap;
@@ -46,15 +48,60 @@ impl Reader<'_> {
         }
     }
 
+    /// `smtpd.proxy_*`.
+    pub(super) fn proxy(&mut self) -> ProxyConfig {
+        ProxyConfig {
+            listen: self.listen("smtpd.proxy_listen"),
+            trusted: self.cidrs("smtpd.proxy_trusted"),
+            timeout: self.duration("smtpd.proxy_timeout"),
+        }
+    }
+
+    /// `remote.tls`, `remote.tls_policy`, `remote.ca_file`.
+    pub(super) fn remote_tls(&mut self) -> RemoteTlsConfig {
+        let level = TlsLevel::parse(&self.string("remote.tls")).unwrap_or(TlsLevel::May);
+        let key = "remote.tls_policy";
+        let (_, value) = self.raw(key);
+        let mut policy = BTreeMap::new();
+        match value.as_table() {
+            Some(table) => {
+                for (domain, v) in table {
+                    let d = values::parse_hostname(domain);
+                    let l = v.as_str().and_then(TlsLevel::parse);
+                    match (d, l) {
+                        (Ok(d), Some(l)) => {
+                            policy.insert(d, l);
+                        }
+                        (Err(e), _) => self.issue(key, format!("domain {domain:?}"), e.into()),
+                        (_, None) => self.bad(key, v, "one of: none, may, encrypt, verify"),
+                    }
+                }
+            }
+            None => self.bad(
+                key,
+                &value,
+                "a table of domain = \"none|may|encrypt|verify\"",
+            ),
+        }
+        RemoteTlsConfig {
+            level,
+            policy,
+            ca_file: self.opt_path("remote.ca_file"),
+            credentials_file: self.opt_path("remote.credentials_file"),
+        }
+    }
+
     /// `auth.*`.
     pub(super) fn auth(&mut self) -> AuthConfig {
         let backend = match self.string("auth.backend").as_str() {
             "file" => AuthBackend::File,
+            "dovecot" => AuthBackend::Dovecot,
             _ => AuthBackend::None,
         };
         AuthConfig {
             backend,
             password_file: self.opt_path("auth.password_file"),
+            dovecot_socket: self.opt_path("auth.dovecot_socket"),
             offer_on_smtpd: self.boolean("auth.offer_on_smtpd"),
             senders: self.senders("auth.senders"),
             max_failures: self.int("auth.max_failures") as u32,
@@ -149,6 +196,13 @@ impl Reader<'_> {
                 "an existing file: create it with `sloop passwd add USER`".to_string(),
             ),
             _ => {}
+        }
+        if cfg.auth.backend == AuthBackend::Dovecot && cfg.auth.dovecot_socket.is_none() {
+            self.issue(
+                "auth.dovecot_socket",
+                "an empty value".to_string(),
+                "Dovecot's auth-client socket (auth.backend = \"dovecot\")".to_string(),
+            );
         }
         if cfg.auth.offer_on_smtpd && cfg.auth.backend == AuthBackend::None {
             self.issue(

@@ -101,5 +101,6 @@ pub(super) fn kind_name(kind: Kind) -> String {
         Kind::RouteTable => "table domain = host:port".into(),
         Kind::LogLevel => "log level".into(),
         Kind::SendersTable => "table user = list of addresses".into(),
+        Kind::TlsPolicyTable => "table domain = none \\| may \\| encrypt \\| verify".into(),
     }
 }

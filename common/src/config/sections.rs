@@ -171,6 +171,62 @@ impl ListenRole {
     }
 }
 
+/// Outbound TLS levels (Postfix's `smtp_tls_security_level` words).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsLevel {
+    None,
+    May,
+    Encrypt,
+    Verify,
+}
+
+impl TlsLevel {
+    pub fn parse(s: &str) -> Option<TlsLevel> {
+        match s {
+            "none" => Some(TlsLevel::None),
+            "may" => Some(TlsLevel::May),
+            "encrypt" => Some(TlsLevel::Encrypt),
+            "verify" => Some(TlsLevel::Verify),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsLevel::None => "none",
+            TlsLevel::May => "may",
+            TlsLevel::Encrypt => "encrypt",
+            TlsLevel::Verify => "verify",
+        }
+    }
+}
+
+/// Outbound TLS (`remote.tls`, `remote.tls_policy`, `remote.ca_file`).
+#[derive(Debug, Clone)]
+pub struct RemoteTlsConfig {
+    pub level: TlsLevel,
+    /// Lower-case domain -> level.
+    pub policy: BTreeMap<String, TlsLevel>,
+    pub ca_file: Option<PathBuf>,
+    pub credentials_file: Option<PathBuf>,
+}
+
+impl RemoteTlsConfig {
+    /// The level for mail to `domain`.
+    pub fn level_for(&self, domain: &str) -> TlsLevel {
+        let d = domain.trim_end_matches('.').to_ascii_lowercase();
+        self.policy.get(&d).copied().unwrap_or(self.level)
+    }
+}
+
+/// The PROXY protocol listeners (`smtpd.proxy_*`).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub listen: Vec<SocketAddr>,
+    pub trusted: Vec<ipnet::IpNet>,
+    pub timeout: Duration,
+}
+
 /// A certificate chain and its private key, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertKeyFiles {
@@ -198,12 +254,14 @@ impl TlsConfig {
 pub enum AuthBackend {
     None,
     File,
+    Dovecot,
 }
 
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
     pub backend: AuthBackend,
     pub password_file: Option<PathBuf>,
+    pub dovecot_socket: Option<PathBuf>,
     pub offer_on_smtpd: bool,
     /// user (lower case) -> addresses (`a@b`) or `@domain` wildcards (lower case).
     pub senders: BTreeMap<String, Vec<String>>,

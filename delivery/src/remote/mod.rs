@@ -11,6 +11,7 @@
 //! worker loop calls [`Agent::idle`] so expired sessions get their QUIT on time.
 //! STARTTLS is used when offered (opportunistic, tls.rs).
 
+pub mod credentials;
 pub mod data;
 pub mod mx;
 pub mod reply;
@@ -63,6 +64,13 @@ impl RemoteAgent {
                     None
                 }
             },
+            verify_tls: verify_config(&cfg),
+            credentials: cfg
+                .remote_tls
+                .credentials_file
+                .as_ref()
+                .map(|p| std::sync::Arc::new(credentials::Credentials::load(p))),
+            level: cfg.remote_tls.level,
         };
         let resolver = HopResolver::default().refusing(mx::ThisHost::of(&cfg.server.hostname));
         RemoteAgent {
@@ -83,7 +91,13 @@ impl RemoteAgent {
     ) -> Vec<RcptResult> {
         let recipients: Vec<String> = indices.iter().map(|&i| job.recipients[i].clone()).collect();
         let hop = next_hop(&self.cfg.remote, domain);
-        let key = hop_key(&hop);
+        let level = self.cfg.remote_tls.level_for(domain);
+        // A session is reused only for mail that wants the same TLS level.
+        let key = format!("{}|{}", hop_key(&hop), level.name());
+        let client = ClientConfig {
+            level,
+            ..self.client.clone()
+        };
         let t = Transaction {
             sender: &msg.envelope.sender,
             recipients: &recipients,
@@ -108,7 +122,7 @@ impl RemoteAgent {
         let mut last = String::from("no address to try");
         let mut last_relay = String::new();
         for c in &candidates {
-            match Session::open(c, &self.client) {
+            match Session::open(c, &client) {
                 Ok(mut s) => return self.finish(key, s.send(&t), s),
                 Err(OpenError::Loop(why)) => {
                     log::warn!("{}: {why}", job.queue_id);
@@ -250,3 +264,21 @@ fn hop_key(hop: &NextHop) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// The verifying TLS settings, made only when some destination wants `verify`; an
+/// error is logged and such mail defers (TLS required, none possible).
+fn verify_config(cfg: &Config) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+    use sloop_common::config::TlsLevel;
+    let t = &cfg.remote_tls;
+    let wanted = t.level == TlsLevel::Verify || t.policy.values().any(|l| *l == TlsLevel::Verify);
+    if !wanted {
+        return None;
+    }
+    match tls::verifying_config(t.ca_file.as_deref()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::error!("remote.tls = verify unavailable: {e}; such mail defers");
+            None
+        }
+    }
+}

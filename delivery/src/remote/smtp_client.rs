@@ -23,6 +23,7 @@ use super::stream::Stream;
 use super::tls;
 use crate::message::QueuedMessage;
 use crate::result::RcptResult;
+use sloop_common::config::TlsLevel;
 use sloop_common::spool::Ret;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -38,6 +39,12 @@ pub struct ClientConfig {
     pub data_timeout: Duration,
     /// TLS settings for STARTTLS; `None` never starts TLS.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS settings that verify the server (`remote.tls = "verify"`).
+    pub verify_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The TLS level for this destination (`remote.tls`, `remote.tls_policy`).
+    pub level: TlsLevel,
+    /// `remote.credentials_file`, or why it could not be read.
+    pub credentials: Option<Arc<Result<super::credentials::Credentials, String>>>,
 }
 
 /// Why a session could not be opened.
@@ -99,6 +106,10 @@ impl Session {
     /// starts TLS when offered; a failed TLS handshake is retried in plaintext.
     pub fn open(c: &Candidate, cfg: &ClientConfig) -> Result<Session, OpenError> {
         match Session::open_once(c, cfg) {
+            Ok(s) => Ok(s),
+            Err(OpenError::Tls(why)) if cfg.level > TlsLevel::May => Err(OpenError::Other(
+                format!("{why} (TLS is required: remote.tls = {})", cfg.level.name()),
+            )),
             Err(OpenError::Tls(why)) => {
                 log::warn!("{why}; retrying {} without TLS", c.relay());
                 let plain = ClientConfig {
@@ -161,11 +172,76 @@ impl Session {
             .ehlo
             .as_ref()
             .is_some_and(|e| e.has_extension("STARTTLS"));
-        if let (true, Some(tls)) = (offered, self.cfg.tls.clone()) {
-            if self.starttls(&tls, name)? {
-                self.hello()?;
-            }
+        let level = self.cfg.level;
+        let config = match level {
+            TlsLevel::None => None,
+            TlsLevel::May | TlsLevel::Encrypt => self.cfg.tls.clone(),
+            TlsLevel::Verify => self.cfg.verify_tls.clone(),
+        };
+        let started = match (offered, config) {
+            (true, Some(tls)) => self.starttls(&tls, name, level == TlsLevel::Verify)?,
+            _ => false,
+        };
+        if started {
+            self.hello()?;
+        } else if level > TlsLevel::May {
+            let why = if offered {
+                "STARTTLS was declined or TLS is unavailable here"
+            } else {
+                "STARTTLS was not offered"
+            };
+            return Err(OpenError::Other(format!(
+                "TLS is required (remote.tls = {}), but {why}",
+                level.name()
+            )));
         }
+        self.login(name).map_err(OpenError::Other)
+    }
+
+    /// AUTH PLAIN when `remote.credentials_file` has a login for `name` (TLS only).
+    fn login(&mut self, name: &str) -> Result<(), String> {
+        let Some(creds) = self.cfg.credentials.clone() else {
+            return Ok(());
+        };
+        let login = match creds.as_ref() {
+            Ok(c) => match c.get(name) {
+                Some(l) => l.clone(),
+                None => return Ok(()),
+            },
+            Err(e) => return Err(format!("remote.credentials_file unusable: {e}")),
+        };
+        if !self.is_tls() {
+            return Err(format!(
+                "credentials for {name} are configured, but the session is not encrypted: not sending the password"
+            ));
+        }
+        let offered = self
+            .ehlo
+            .as_ref()
+            .and_then(|e| e.extension("AUTH"))
+            .is_some_and(|m| {
+                m.split_whitespace()
+                    .any(|w| w.eq_ignore_ascii_case("PLAIN"))
+            });
+        if !offered {
+            return Err(format!(
+                "credentials for {name} are configured, but AUTH PLAIN is not offered"
+            ));
+        }
+        let r = self
+            .command(&format!(
+                "AUTH PLAIN {}",
+                super::credentials::plain_response(&login)
+            ))
+            .map_err(io_text)?;
+        if r.code != 235 {
+            return Err(format!(
+                "SASL authentication failed as {}: {}",
+                login.user,
+                r.one_line()
+            ));
+        }
+        log::info!("{}: SASL PLAIN authenticated as {}", self.relay, login.user);
         Ok(())
     }
 
@@ -209,6 +285,7 @@ impl Session {
         &mut self,
         config: &Arc<rustls::ClientConfig>,
         name: &str,
+        verified: bool,
     ) -> Result<bool, OpenError> {
         let r = self
             .command("STARTTLS")
@@ -228,8 +305,14 @@ impl Session {
         };
         let t = tls::handshake(config, name, tcp)
             .map_err(|e| OpenError::Tls(format!("TLS handshake failed: {}", io_text(e))))?;
+        // Postfix's words: Verified when the chain and the name were checked.
+        let (how, note) = if verified {
+            ("Verified", "verified")
+        } else {
+            ("Untrusted", "unverified")
+        };
         log::info!(
-            "Untrusted TLS connection established to {}: {}",
+            "{how} TLS connection established to {}: {} ({note})",
             self.relay,
             tls::describe(&t.conn)
         );

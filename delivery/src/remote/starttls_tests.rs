@@ -132,6 +132,9 @@ fn client() -> ClientConfig {
         command_timeout: Duration::from_secs(5),
         data_timeout: Duration::from_secs(5),
         tls: Some(tls::client_config().unwrap()),
+        verify_tls: None,
+        level: sloop_common::config::TlsLevel::May,
+        credentials: None,
     }
 }
 
@@ -218,4 +221,65 @@ fn response_injection_after_starttls_is_refused() {
     let (port, _log) = sink(vec![Mode::Inject]);
     let err = Session::open(&candidate(port), &client()).unwrap_err();
     assert!(err.to_string().contains("injection"), "{err}");
+}
+
+fn at_level(level: sloop_common::config::TlsLevel) -> ClientConfig {
+    ClientConfig { level, ..client() }
+}
+
+#[test]
+fn encrypt_refuses_plaintext_and_does_not_retry_without_tls() {
+    use sloop_common::config::TlsLevel;
+    let (port, log) = sink(vec![Mode::Decline]);
+    let err = Session::open(&candidate(port), &at_level(TlsLevel::Encrypt))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("TLS is required (remote.tls = encrypt)"),
+        "{err}"
+    );
+    assert!(!log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, l)| l.starts_with("MAIL")));
+    let (port, log) = sink(vec![Mode::Garbage, Mode::Good]);
+    let err = Session::open(&candidate(port), &at_level(TlsLevel::Encrypt))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("TLS handshake failed") && err.contains("TLS is required"),
+        "{err}"
+    );
+    assert_eq!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, l)| l.starts_with("EHLO"))
+            .count(),
+        1,
+        "no plaintext retry"
+    );
+    // `none` never starts TLS even when offered.
+    let (port, log) = sink(vec![Mode::Good]);
+    let s = Session::open(&candidate(port), &at_level(TlsLevel::None)).unwrap();
+    assert!(!s.is_tls());
+    s.quit();
+    assert!(!log.lock().unwrap().iter().any(|(_, l)| l == "STARTTLS"));
+}
+
+#[test]
+fn verify_without_a_trusted_issuer_fails() {
+    use sloop_common::config::TlsLevel;
+    let (port, _log) = sink(vec![Mode::Good]);
+    let mut cfg = at_level(TlsLevel::Verify);
+    // Only the system roots: the sink's self-signed certificate is not among them.
+    cfg.verify_tls = tls::verifying_config(None).ok();
+    let err = Session::open(&candidate(port), &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("UnknownIssuer") && err.contains("remote.tls = verify"),
+        "{err}"
+    );
 }

@@ -32,6 +32,47 @@ pub fn client_config() -> Result<Arc<ClientConfig>, rustls::Error> {
     Ok(Arc::new(config))
 }
 
+/// The system's trust anchors (Debian's bundle).
+const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Client settings for `remote.tls = "verify"`: the chain must lead to a system root
+/// or a certificate of `ca_file`, and the certificate must name the server (the
+/// route's host, or the MX host name).
+pub fn verifying_config(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let mut files: Vec<&std::path::Path> = Vec::new();
+    if std::path::Path::new(SYSTEM_ROOTS).is_file() {
+        files.push(std::path::Path::new(SYSTEM_ROOTS));
+    }
+    files.extend(ca_file);
+    for f in files {
+        let certs =
+            CertificateDer::pem_file_iter(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for c in certs {
+            let c = c.map_err(|e| format!("{}: {e}", f.display()))?;
+            // A certificate rustls cannot use as an anchor is skipped, as OpenSSL does.
+            let _ = roots.add(c);
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted certificates (system roots or remote.ca_file)".to_string());
+    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("TLS verifier: {e}"))?;
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_webpki_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// Runs the TLS handshake on `tcp` for server `name` (a host name or an IP).
 pub fn handshake(
     config: &Arc<ClientConfig>,
@@ -51,16 +92,22 @@ pub fn handshake(
     Ok(StreamOwned::new(conn, tcp))
 }
 
-/// `TLSv1_3 with cipher TLS13_AES_256_GCM_SHA384`, for the log.
+/// `TLSv1.3 with cipher TLS_AES_256_GCM_SHA384`, for the log (Postfix's and the
+/// smtpd's wording; rustls's TLS13_ prefix is the RFC 8446 TLS_).
 pub fn describe(conn: &ClientConnection) -> String {
-    let version = conn
-        .protocol_version()
-        .map(|v| format!("{v:?}"))
-        .unwrap_or_else(|| "TLS".to_string());
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    };
     let suite = conn
         .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_default();
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("unknown");
+    let suite = match suite.strip_prefix("TLS13_") {
+        Some(rest) => format!("TLS_{rest}"),
+        None => suite.to_string(),
+    };
     format!("{version} with cipher {suite}")
 }
 

@@ -185,6 +185,8 @@ fn run_config(cmd: &ConfigCmd, path: Option<&Path>, out: &mut impl Write) -> Res
             let cfg = load_config(path, exitcode::EX_CONFIG)?;
             cfg.check_tables()
                 .map_err(|e| ToolError::new(exitcode::EX_CONFIG, e.to_string()))?;
+            sloop_common::tls_material::load_configured(&cfg)
+                .map_err(|e| ToolError::new(exitcode::EX_CONFIG, format!("TLS: {e}")))?;
             if *show {
                 write_out(out, &cfg.render_effective())?;
             }

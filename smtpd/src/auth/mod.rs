@@ -1,5 +1,6 @@
 //! SMTP AUTH (RFC 4954): the SASL decoding ([`sasl`]), the per-client failure counts
-//! across the pool ([`failures`]), the password check and who may send as whom.
+//! across the pool ([`failures`]), the password check (`auth.password_file`, or
+//! Dovecot's auth server: [`dovecot`]) and who may send as whom.
 //!
 //! The session (I/O-free) decodes the exchange and hands the credentials to the socket
 //! layer, which calls [`authenticate`]: it refuses at once a client address that has
@@ -10,6 +11,7 @@
 //! (at most five times) before the `535 5.7.8`, closing the session once the limit is
 //! reached. Passwords are never logged.
 
+pub mod dovecot;
 pub mod failures;
 pub mod sasl;
 
@@ -50,6 +52,19 @@ pub fn authenticate(policy: &Policy, ip: IpAddr, creds: &Credentials) -> AuthOut
                 sloop_common::passwd::check(&entries, &creds.username, &creds.password.0)
             }
             Err(e) => return AuthOutcome::TempFail(e.to_string()),
+        },
+        (AuthBackend::Dovecot, _) => match &a.dovecot_socket {
+            Some(socket) => match dovecot::check(
+                socket,
+                &creds.username,
+                &creds.password.0,
+                ip,
+                cfg.smtpd.command_timeout,
+            ) {
+                Ok(ok) => ok,
+                Err(e) => return AuthOutcome::TempFail(e.to_string()),
+            },
+            None => return AuthOutcome::TempFail("auth.dovecot_socket is not set".into()),
         },
         _ => return AuthOutcome::TempFail("no authentication backend configured".into()),
     };

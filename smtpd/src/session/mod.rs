@@ -383,7 +383,12 @@ impl<'a> Session<'a> {
     }
 
     fn advance_command(&mut self) -> bool {
-        let Some(line) = self.splitter.take_line(&mut self.input, MAX_COMMAND_LINE) else {
+        // An AUTH line carries an initial response: RFC 4954 §4 allows 12288 octets.
+        let limit = match self.input.bytes().get(..5) {
+            Some(p) if p.eq_ignore_ascii_case(b"AUTH ") => crate::auth::sasl::MAX_SASL_LINE,
+            _ => MAX_COMMAND_LINE,
+        };
+        let Some(line) = self.splitter.take_line(&mut self.input, limit) else {
             return false;
         };
         match line {

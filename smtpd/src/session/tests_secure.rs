@@ -269,3 +269,18 @@ fn auth_is_not_offered_without_a_backend() {
     );
     assert_eq!(codes(&seen), vec![220, 250, 502]);
 }
+
+#[test]
+fn a_long_auth_initial_response_fits_but_other_long_lines_do_not() {
+    let p = policy(&auth_cfg());
+    let mut s = start(&p, ListenRole::Submissions, Some(tls13()));
+    let mut seen = Seen::default();
+    let long = "A".repeat(1000);
+    drive(
+        &mut s,
+        format!("EHLO c\r\nAUTH PLAIN {long}\r\nNOOP {long}\r\n").as_bytes(),
+        &mut seen,
+    );
+    // The AUTH line is read whole (and is not valid PLAIN); the NOOP line is too long.
+    assert_eq!(codes(&seen), vec![220, 250, 501, 500], "{:?}", seen.lines);
+}

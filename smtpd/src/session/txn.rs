@@ -172,6 +172,9 @@ pub fn mail_params(
             ("ENVID", Some(e)) if p.envid.is_none() && valid_xtext(e, 100) => {
                 p.envid = Some(e.to_string());
             }
+            // RFC 4954 §5: the submitter's identity as the client claims it; accepted
+            // and not trusted (the AUTH exchange is what identifies a user).
+            ("AUTH", Some(v)) if valid_xtext(v, 500) || v == "<>" => {}
             _ => return Err(unsupported(k)),
         }
     }
@@ -289,6 +292,13 @@ mod tests {
                 .code,
             555
         );
+    }
+
+    #[test]
+    fn the_auth_parameter_is_accepted_and_ignored() {
+        assert!(mail_params(&[kv("AUTH", Some("<>"))], true, 1000).is_ok());
+        assert!(mail_params(&[kv("AUTH", Some("alice+40example.com"))], true, 1000).is_ok());
+        assert!(mail_params(&[kv("AUTH", None)], true, 1000).is_err());
     }
 
     #[test]
