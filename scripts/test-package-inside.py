@@ -386,15 +386,47 @@ def check_stop():
            "/etc/init.d/sloop stop", f"exit {p.returncode}, processes left: {sloop_processes()}")
 
 
-def check_purge():
+def check_upgrade():
+    """Installing the package again runs postinst configure with the old version:
+    accounts, override and conffile stay, the service is restarted."""
+    pid = sloopd_pid()
+    conf = read("/etc/sloop/sloop.toml")
+    debs = [f for f in os.listdir(path("/tmp")) if f.startswith("sloop_") and f.endswith(".deb")]
+    p = sh(f"DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/{debs[0]}", timeout=180)
+    restarted = poll(lambda: listening("127.0.0.1") and sloopd_pid() not in (None, pid), 30)
+    accounts = sh("grep -c '^sloop:' /etc/passwd; grep -c '^sloopdrop:' /etc/group").stdout.split()
+    record(p.returncode == 0 and bool(restarted) and accounts == ["1", "1"]
+           and read("/etc/sloop/sloop.toml") == conf,
+           "reinstalling (dpkg -i again) restarts the service and keeps accounts and config",
+           f"exit {p.returncode}, pid {pid} -> {sloopd_pid()}, accounts {accounts}"
+           + ("" if p.returncode == 0 else f": {p.stderr.strip()}"))
+
+
+def check_remove():
+    """`dpkg --remove` stops a running service and keeps the spool with its mail."""
     if not sloop_processes():
-        # The purge must stop a running service itself.
         sh("/etc/init.d/sloop start")
         poll(lambda: listening("127.0.0.1"), 20)
+    queued = sorted(f for d in ("hold", "deferred", "incoming", "active")
+                    if os.path.isdir(path(f"{SPOOL}/{d}"))
+                    for f in os.listdir(path(f"{SPOOL}/{d}")))
+    p = sh("DEBIAN_FRONTEND=noninteractive dpkg --remove sloop", timeout=180)
+    stopped = poll(lambda: not sloop_processes(), 45)
+    record(p.returncode == 0 and bool(stopped), "dpkg --remove sloop stops the service",
+           f"exit {p.returncode}, left: {sloop_processes()}")
+    kept = sorted(f for d in ("hold", "deferred", "incoming", "active")
+                  if os.path.isdir(path(f"{SPOOL}/{d}"))
+                  for f in os.listdir(path(f"{SPOOL}/{d}")))
+    record(bool(queued) and kept == queued and os.path.exists(path("/etc/sloop/sloop.toml")),
+           "dpkg --remove keeps the queued mail and the configuration",
+           f"{len(kept)} of {len(queued)} queue files kept")
+
+
+def check_purge():
     p = sh("DEBIAN_FRONTEND=noninteractive dpkg --purge sloop", timeout=180)
     print("  " + "\n  ".join((p.stdout + p.stderr).strip().splitlines()))
     left = poll(lambda: not sloop_processes(), 45)
-    record(p.returncode == 0 and bool(left), "dpkg --purge sloop leaves no process",
+    record(p.returncode == 0 and bool(left), "dpkg --purge sloop succeeds and leaves no process",
            f"exit {p.returncode}, left: {sloop_processes()}")
     gone = ["/etc/sloop", "/etc/init.d/sloop", "/lib/systemd/system/sloop.service",
             SPOOL, RUN_DIR, "/usr/lib/sloop", "/usr/sbin/sloopd", "/usr/sbin/sloop",
@@ -456,9 +488,11 @@ def main():
     guarded(check_security_table)
     guarded(check_status, True)
     guarded(check_symlink_attack_and_reload)
+    guarded(check_upgrade)
     guarded(check_pflogsumm, counts)
     guarded(check_stop)
     guarded(check_status, False)
+    guarded(check_remove)
     guarded(check_purge)
 
 
