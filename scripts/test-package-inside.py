@@ -499,11 +499,15 @@ def check_man():
     p = sh("man -w sloop.toml && man -P cat sloop.toml | head -n 20")
     ok = p.returncode == 0 and "/usr/share/man/man5/sloop.toml.5.gz" in p.stdout \
         and "sloop.toml - configuration file" in p.stdout
-    pages = sh("for p in sloopd sloop sloop-smtpd sloop-qmgr sloop-deliver sloop-queue "
-               "sloop-sendmail sendmail mailq newaliases; do man -w $p >/dev/null || echo $p; done")
+    docs = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")
+    names = sorted(f.rsplit(".", 2)[0] for f in os.listdir(docs)
+                   if re.fullmatch(r"[\w-]+\.[1-8]\.md", f))
+    names += ["sendmail", "mailq", "newaliases"]
+    pages = sh(f"for p in {' '.join(names)}; do man -w $p >/dev/null || echo $p; done")
     missing = pages.stdout.split()
     record(ok and not missing, "man sloop.toml works, and every program has a page",
-           f"exit {p.returncode}" + (f"; no page: {missing}" if missing else ""))
+           f"exit {p.returncode}; {len(names) - len(missing)} of {len(names)} pages"
+           + (f"; no page: {missing}" if missing else ""))
 
 
 def guarded(check, *args):
