@@ -268,7 +268,10 @@ def queue_ids(rcpt_part):
 
 
 def check_mailq_hold(counts):
-    rcpt = f"{token()}@remote.invalid"
+    # A remote domain that cannot be resolved in the test's network namespace (no
+    # route): a temporary failure, so the message stays queued (deferred) until held.
+    # Not .invalid: a resolver may answer that at once with NXDOMAIN, and it bounces.
+    rcpt = f"{token()}@held.sloop-test.org"
     p = sh(f"/usr/sbin/sendmail {rcpt}", stdin="Subject: held\n\nheld\n")
     if p.returncode == 0:
         counts["received"] += 1
@@ -284,9 +287,14 @@ def check_mailq_hold(counts):
     out = listed() if qid else ""
     if qid and not out:
         out = poll(listed, 30)
-    record(bool(out), "mailq lists a held message", f"queue ID {qid}")
+    record(bool(out), "mailq lists a held message",
+           f"sendmail exit {p.returncode} {p.stderr.strip()}, queue ID {qid}")
     if out:
         print("  " + "\n  ".join(out.splitlines()))
+    else:
+        print("  mailq: " + "\n  ".join(sh("mailq").stdout.splitlines()))
+        print("  sloop queue list --json: " + sh("sloop queue list --json").stdout[:2000])
+        diagnostics()
 
 
 def check_ps():
