@@ -13,6 +13,8 @@ const PACKAGED: &[(&str, &str)] = &[
     ("server.drop_group", "\"sloopdrop\""),
     ("server.bin_dir", "\"/usr/lib/sloop\""),
     ("smtpd.listen", "[\"127.0.0.1:25\", \"[::1]:25\"]"),
+    ("domains.local", "[\"@hostname\"]"),
+    ("local.aliases", "\"/etc/aliases\""),
     ("local.system_users", "true"),
     ("local.system_mailbox", "\"mbox\""),
     ("log.target", "\"syslog\""),

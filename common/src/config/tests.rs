@@ -137,7 +137,10 @@ fn relative_paths_follow_the_file() {
 
 #[test]
 fn sample_renders_valid_config() {
-    let cfg = parse(&render_sample()).expect("sample validates");
+    // The packaged file names /etc/aliases, which the package creates; whether it exists
+    // on the machine running the tests is not the sample's business.
+    let cfg = Config::parse_with(Path::new("/etc/sloop/sloop.toml"), &render_sample(), false)
+        .expect("sample validates");
     assert_eq!(cfg.server.spool_dir, PathBuf::from("/var/spool/sloop"));
     assert_eq!(
         cfg.defaulted.len(),
