@@ -161,15 +161,19 @@ fn answer<O: Write>(
     if let Err(e) = &synced {
         log::error!("cannot make {} deliveries durable: {e}", batch.len());
     }
-    for mut done in batch.drain(..) {
+    for done in batch.iter_mut() {
         if let Err(e) = &synced {
             for r in done.results.iter_mut().filter(|r| r.outcome == Outcome::Ok) {
                 *r = RcptResult::defer("4.3.0", format!("cannot make the delivery durable: {e}"));
             }
         }
+        // Every record before any result: a queue manager gone (EPIPE on the first
+        // write) must not leave the batch's later deliveries unrecorded.
         if let Some(spool) = spool {
-            record(spool, &done);
+            record(spool, done);
         }
+    }
+    for done in batch.drain(..) {
         for (rcpt, r) in done.job.recipients.iter().zip(&done.results) {
             log_result(&done.job.queue_id, rcpt, r, done.delay);
         }
