@@ -25,6 +25,7 @@ pub mod pool;
 pub mod queue_id;
 pub mod status;
 pub mod workers;
+pub mod writer;
 
 pub use envelope::{Envelope, EnvelopeError, Recipient, Ret};
 pub use inject::{commit, InjectError};
