@@ -1,5 +1,5 @@
 //! The pipe protocol between `sloop-qmgr` and its long-lived `sloop-deliver` workers
-//! (ARCHITECTURE.md §4).
+//! (docs/architecture.md §4).
 //!
 //! The queue manager writes one job per line on the worker's stdin; the worker answers
 //! with one result line per recipient on its stdout, then a `done` line. Fields are

@@ -1,5 +1,5 @@
 //! The worker loop: job lines in on stdin, result lines out on stdout
-//! (common/src/delivery_proto.rs, ARCHITECTURE.md §4).
+//! (common/src/delivery_proto.rs, docs/architecture.md §4).
 //!
 //! One job at a time: open the queue file, hand it to the transport's [`Agent`], write
 //! one `rcpt` line per recipient and a `done` line, flush. Between jobs the loop waits

@@ -1,5 +1,5 @@
 //! The spool: one directory tree, one file per message, and the state of a message is
-//! the directory its file is in (qmail INTERNALS; ARCHITECTURE.md §3).
+//! the directory its file is in (qmail INTERNALS; docs/architecture.md §3).
 //!
 //! ```text
 //! spool/

@@ -1,5 +1,5 @@
 //! Per-recipient results of a message: `status/<id>`, an append-only log written by the
-//! queue manager (ARCHITECTURE.md §3, invariant 2).
+//! queue manager and the delivery workers (docs/architecture.md §3, invariant 2).
 //!
 //! One line per event: `<unix secs> <recipient index> <kind> <dsn> <text>`, where kind is
 //! `ok`, `fail` or `defer`, or `<unix secs> - bounced <bounce id>` once the bounce for the

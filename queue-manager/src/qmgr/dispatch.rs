@@ -1,6 +1,6 @@
 //! Running jobs on workers: handing out the scheduler's next jobs, reading the workers'
 //! result lines, and ending jobs, whether the worker answered for every recipient or
-//! not (ARCHITECTURE.md §4).
+//! not (docs/architecture.md §4).
 //!
 //! A worker that writes a line that does not parse, a result for another job or an
 //! unknown recipient, closes its stdout, cannot be written to, or runs past

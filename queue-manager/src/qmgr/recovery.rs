@@ -1,4 +1,4 @@
-//! Start-up recovery from the spool alone (ARCHITECTURE.md §3, invariant 3).
+//! Start-up recovery from the spool alone (docs/architecture.md §3, invariant 3).
 //!
 //! Before the queue manager schedules anything it: creates the layout where missing;
 //! removes `tmp/` files whose writer is dead (or older than 36 hours); waits (up to
