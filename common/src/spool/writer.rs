@@ -28,7 +28,8 @@
 //!   recorded durably in the original's status log before the next step.
 //!
 //! A [`Plan`] is one message's steps in order; the first failing step that must
-//! succeed stops the plan and its fallback (a deferral) runs instead, so a message is
+//! succeed stops the plan and its fallback (recording what is not yet recorded, then a
+//! deferral) runs instead, so a message is
 //! never removed unless every step before the removal is durable.
 
 use super::pool::Recycler;
@@ -81,7 +82,8 @@ pub struct Plan {
     pub id: QueueId,
     /// Each step, and whether the plan stops (and falls back) when it fails.
     pub steps: Vec<(Effect, bool)>,
-    pub fallback: Effect,
+    /// Run, in order, instead of the remaining steps when a required one fails.
+    pub fallback: Vec<Effect>,
 }
 
 /// Why a queue file could not be loaded.
@@ -257,7 +259,11 @@ impl Writer {
                 Err(e) if !*must => log::warn!("{}: {e}", plan.id),
                 Err(e) => {
                     log::error!("{}: {e}; deferred, tried again later", plan.id);
-                    self.apply(&plan.fallback)?;
+                    for f in &plan.fallback {
+                        if let Err(fe) = self.apply(f) {
+                            log::error!("{}: {fe}", plan.id);
+                        }
+                    }
                     return Err(e);
                 }
             }
@@ -294,7 +300,6 @@ impl Writer {
         let nid = QueueId::parse(&nid).ok_or_else(|| err(&"committed under a bad ID"))?;
         status::append(&self.spool, id.as_str(), &[notice.record_line(&nid)])?;
         log::info!("{id}: {}: {nid}", notice.describe());
-        self.spool.poke();
         Ok(())
     }
 
@@ -398,16 +403,26 @@ mod tests {
                 ),
                 (Effect::Retire { id, size: 1 }, true),
             ],
-            fallback: Effect::Defer {
-                id,
-                delay: Duration::from_secs(60),
-            },
+            fallback: vec![
+                Effect::Record {
+                    id,
+                    lines: vec![status::result_line(0, status::Outcome::Ok, "2.0.0", "x")],
+                },
+                Effect::Defer {
+                    id,
+                    delay: Duration::from_secs(60),
+                },
+            ],
         };
         assert!(w.run(&plan).is_err());
         let deferred = s.path(QueueState::Deferred, id.as_str());
         let due = std::fs::metadata(&deferred).unwrap().modified().unwrap();
         assert!(due > SystemTime::now() + Duration::from_secs(30));
         assert!(w.end_turn().is_empty(), "nothing was retired");
+        assert!(
+            status::load(&s, id.as_str(), 1).unwrap().is_final(0),
+            "recorded first"
+        );
         let _ = std::fs::remove_dir_all(s.root());
     }
 

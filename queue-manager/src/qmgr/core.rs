@@ -168,6 +168,9 @@ struct Message {
     jobs_left: usize,
     /// Its status log could not be written or synced this attempt.
     io_error: bool,
+    /// Status lines not written because the message was to be removed in this turn
+    /// (its removal being the record): written after all if the removal fails.
+    unrecorded: Vec<String>,
 }
 
 /// The active set and the decisions about it.
@@ -224,8 +227,13 @@ impl Core {
             .filter(|id| self.all_delivered(id))
             .copied()
             .collect();
-        let mut lines = std::mem::take(&mut self.unwritten);
-        lines.retain(|(id, _)| !clean.contains(id));
+        let mut lines = Vec::new();
+        for (id, line) in std::mem::take(&mut self.unwritten) {
+            match (clean.contains(&id), self.active.get_mut(&id)) {
+                (true, Some(m)) => m.unrecorded.push(line),
+                _ => lines.push((id, line)),
+            }
+        }
         lines
     }
 
@@ -302,6 +310,7 @@ impl Core {
             status,
             jobs_left: jobs.len(),
             io_error: false,
+            unrecorded: Vec::new(),
         };
         self.active.insert(id, msg);
         if jobs.is_empty() {
@@ -405,6 +414,15 @@ impl Core {
             out.push(Effect::Spool(retry_soon));
             return;
         }
+        // If the removal fails, what it would have recorded is recorded first.
+        let mut fallback = Vec::new();
+        if !msg.unrecorded.is_empty() {
+            fallback.push(SpoolEffect::Record {
+                id,
+                lines: std::mem::take(&mut msg.unrecorded),
+            });
+        }
+        fallback.push(retry_soon);
         let n = msg.env.recipients.len();
         let pending: Vec<usize> = (0..n).filter(|&i| !msg.status.is_final(i)).collect();
         let age = now.saturating_sub(msg.env.arrival);
@@ -442,7 +460,7 @@ impl Core {
         out.push(Effect::Plan(Plan {
             id,
             steps,
-            fallback: retry_soon,
+            fallback,
         }));
     }
 
@@ -485,10 +503,10 @@ impl Core {
         out.push(Effect::Plan(Plan {
             id,
             steps,
-            fallback: SpoolEffect::Defer {
+            fallback: vec![SpoolEffect::Defer {
                 id,
                 delay: self.policy.retry_min,
-            },
+            }],
         }));
     }
 

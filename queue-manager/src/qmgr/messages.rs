@@ -75,7 +75,11 @@ impl Qmgr {
                 }
             }
             // The fallback ran (the error is logged by the executor).
-            Err(_) => self.after(&plan.fallback, deferral(&plan.fallback)),
+            Err(_) => {
+                for e in &plan.fallback {
+                    self.after(e, deferral(e));
+                }
+            }
         }
     }
 

@@ -76,7 +76,7 @@ fn settle(core: &mut Core) -> Vec<Effect> {
     core.handle(Event::Settle { now: NOW })
 }
 
-/// The plan in `effects` as (step name, must succeed) pairs, and its fallback's name.
+/// The plan in `effects` as (step name, must succeed) pairs, and its fallback's names.
 fn plan_of(effects: &[Effect]) -> (Vec<(String, bool)>, String) {
     let plan = effects
         .iter()
@@ -86,7 +86,8 @@ fn plan_of(effects: &[Effect]) -> (Vec<(String, bool)>, String) {
         })
         .expect("a plan");
     let steps = plan.steps.iter().map(|(e, m)| (name(e), *m)).collect();
-    (steps, name(&plan.fallback))
+    let fallback: Vec<String> = plan.fallback.iter().map(name).collect();
+    (steps, fallback.join(", "))
 }
 
 fn name(e: &SpoolEffect) -> String {
@@ -471,7 +472,9 @@ fn execute(
                     apply(step, models, seed);
                 }
                 if failed {
-                    apply(plan.fallback, models, seed);
+                    for f in plan.fallback {
+                        apply(f, models, seed);
+                    }
                 }
             }
         }
