@@ -383,6 +383,14 @@ mod tests {
     }
 
     #[test]
+    fn permission_denied_is_permanent_an_io_error_transient() {
+        let denied = io::Error::from(io::ErrorKind::PermissionDenied);
+        assert!(matches!(classify(&denied, "f"), LoadError::Permanent(_)));
+        let eio = io::Error::from_raw_os_error(libc::EIO);
+        assert!(matches!(classify(&eio, "f"), LoadError::Transient(_)));
+    }
+
+    #[test]
     fn a_failing_step_runs_the_fallback_and_stops_the_plan() {
         let s = spool("plan");
         let mut w = Writer::new(s.clone());
