@@ -66,7 +66,12 @@ pub enum Effect {
     /// Move `id` from `active/` to `hold/` because of `why`.
     Hold { id: QueueId, why: String },
     /// Take `id` (message of `size` octets) out of the queue: it is finished.
-    Retire { id: QueueId, size: u64 },
+    /// `has_log`: it has a status log to remove too.
+    Retire {
+        id: QueueId,
+        size: u64,
+        has_log: bool,
+    },
     /// Remove the status log of a message an operator deleted.
     Forget { id: QueueId },
     /// Commit a notification about `id` and record it in the status log of `id`.
@@ -102,8 +107,9 @@ pub struct Writer {
     recycler: Recycler,
     /// Status lines of this turn, by message, in first-seen order.
     lines: Vec<(QueueId, String)>,
-    /// Retired this turn, awaiting the fsync of `active/`.
-    retired: Vec<QueueId>,
+    /// Retired this turn, awaiting the fsync of `active/`, with whether each has a
+    /// status log.
+    retired: Vec<(QueueId, bool)>,
     /// The error status writes currently fail with, logged once when it started.
     status_failing: Option<String>,
 }
@@ -236,14 +242,14 @@ impl Writer {
                 self.spool
                     .move_to(id.as_str(), QueueState::Active, QueueState::Hold)
             }
-            Effect::Retire { id, size } => {
+            Effect::Retire { id, size, has_log } => {
                 let path = self.spool.path(QueueState::Active, id.as_str());
                 ctx(
                     self.recycler.retire(&self.spool, &path, id.as_str(), *size),
                     "remove",
                     &path,
                 )?;
-                self.retired.push(*id);
+                self.retired.push((*id, *has_log));
                 Ok(())
             }
             Effect::Forget { id } => status::remove(&self.spool, id.as_str()),
@@ -312,15 +318,16 @@ impl Writer {
         if let Err(e) = fsync_dir(&self.spool.state_dir(QueueState::Active)) {
             log::error!("{e}");
         }
-        let retired = std::mem::take(&mut self.retired);
-        for id in &retired {
-            // Removed even when the queue manager wrote nothing: delivery workers
-            // record their successes there too (status.rs).
-            if let Err(e) = status::remove(&self.spool, id.as_str()) {
-                log::warn!("{id}: {e}");
+        let mut ids = Vec::new();
+        for (id, has_log) in std::mem::take(&mut self.retired) {
+            if has_log {
+                if let Err(e) = status::remove(&self.spool, id.as_str()) {
+                    log::warn!("{id}: {e}");
+                }
             }
+            ids.push(id);
         }
-        retired
+        ids
     }
 }
 
@@ -401,7 +408,14 @@ mod tests {
             id,
             steps: vec![
                 // Not required: its failure is only logged.
-                (Effect::Retire { id: other, size: 1 }, false),
+                (
+                    Effect::Retire {
+                        id: other,
+                        size: 1,
+                        has_log: false,
+                    },
+                    false,
+                ),
                 (
                     Effect::Hold {
                         id: other,
@@ -409,7 +423,14 @@ mod tests {
                     },
                     true,
                 ),
-                (Effect::Retire { id, size: 1 }, true),
+                (
+                    Effect::Retire {
+                        id,
+                        size: 1,
+                        has_log: false,
+                    },
+                    true,
+                ),
             ],
             fallback: vec![
                 Effect::Record {
@@ -458,7 +479,12 @@ mod tests {
         assert_eq!(r, want);
         let st = status::load(&s, a.as_str(), 1).unwrap();
         assert_eq!(st.recipients[0].as_ref().unwrap().attempts, 2);
-        w.apply(&Effect::Retire { id: b, size: 10 }).unwrap();
+        w.apply(&Effect::Retire {
+            id: b,
+            size: 10,
+            has_log: true,
+        })
+        .unwrap();
         assert_eq!(w.end_turn(), vec![b]);
         assert!(!status::path(&s, b.as_str()).exists());
         assert!(status::path(&s, a.as_str()).exists());

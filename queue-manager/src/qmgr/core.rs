@@ -171,6 +171,8 @@ struct Message {
     /// Status lines not written because the message was to be removed in this turn
     /// (its removal being the record): written after all if the removal fails.
     unrecorded: Vec<String>,
+    /// It has a status log (loaded with one, or lines were written this attempt).
+    has_log: bool,
 }
 
 /// The active set and the decisions about it.
@@ -231,7 +233,13 @@ impl Core {
         for (id, line) in std::mem::take(&mut self.unwritten) {
             match (clean.contains(&id), self.active.get_mut(&id)) {
                 (true, Some(m)) => m.unrecorded.push(line),
-                _ => lines.push((id, line)),
+                (false, m) => {
+                    if let Some(m) = m {
+                        m.has_log = true;
+                    }
+                    lines.push((id, line));
+                }
+                (true, None) => lines.push((id, line)),
             }
         }
         lines
@@ -305,7 +313,11 @@ impl Core {
             env.size,
             env.recipients.len()
         )));
+        let has_log = status.recipients.iter().any(Option::is_some)
+            || status.bounce_id.is_some()
+            || status.warned;
         let msg = Message {
+            has_log,
             env,
             status,
             jobs_left: jobs.len(),

@@ -59,10 +59,13 @@ impl Core {
                 steps.push((notice, true));
             }
         }
+        // An expiry record or a notice record creates the log if it was not there.
+        let has_log = msg.has_log || !steps.is_empty();
         steps.push((
             SpoolEffect::Retire {
                 id,
                 size: msg.env.size,
+                has_log,
             },
             true,
         ));

@@ -101,6 +101,20 @@ fn name(e: &SpoolEffect) -> String {
     }
 }
 
+/// Whether the plan in `effects` removes a status log along with the queue file.
+fn retire_has_log(effects: &[Effect]) -> bool {
+    effects
+        .iter()
+        .find_map(|e| match e {
+            Effect::Plan(p) => p.steps.iter().find_map(|(s, _)| match s {
+                SpoolEffect::Retire { has_log, .. } => Some(*has_log),
+                _ => None,
+            }),
+            _ => None,
+        })
+        .expect("a retire step")
+}
+
 fn step(s: &str) -> (String, bool) {
     (s.to_string(), true)
 }
@@ -163,6 +177,10 @@ fn an_expired_message_records_its_failures_then_bounces_then_goes() {
         ]
     );
     assert_eq!(fallback, "defer 60");
+    assert!(
+        retire_has_log(&effects),
+        "the expiry was recorded: its log goes too"
+    );
     assert!(effects
         .iter()
         .any(|e| matches!(e, Effect::Info(l) if l.contains("dsn=4.4.7, status=expired"))));
