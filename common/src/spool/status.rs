@@ -9,14 +9,12 @@
 //! line (crash mid-write) is ignored, so the worst case is a retried delivery.
 //!
 //! Two writers append: the queue manager (every result, group-committed once per loop
-//! turn), and a delivery worker, which appends an `ok` line for each recipient it
-//! delivered as soon as the mailbox write is synced and before it reports the result
-//! ([`record_delivered`]: one `write(2)` per job, no fsync). A crash of the queue
-//! manager or of the worker after that point therefore no longer makes the recipient
-//! be delivered a second time. The worker's line is not fsync'd: losing it in a power
-//! failure costs a duplicate, never a loss, and the queue manager syncs the log before
-//! it acts on any result. Each line is written by one `write(2)` on an `O_APPEND`
-//! descriptor, so lines of the two writers never interleave.
+//! turn), and a delivery worker whose queue manager was killed, which appends an `ok`
+//! line for each recipient it delivered but could not report ([`record_delivered`]:
+//! one `write(2)` per job, no fsync), so the next queue manager does not deliver it
+//! again. The worker's line is not fsync'd: losing it in a power failure costs a
+//! duplicate, never a loss. Each line is written by one `write(2)` on an `O_APPEND`
+//! descriptor, so lines of two writers never interleave.
 
 use super::{ctx, Spool, SpoolError};
 use std::fs::{self, OpenOptions};

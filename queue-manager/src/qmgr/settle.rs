@@ -10,8 +10,9 @@
 //!
 //! One exception, as in Postfix: a message whose recipients all succeeded and that is
 //! removed in this very turn gets no status lines from the queue manager; the durable
-//! removal is the record (the delivery workers' own records, status.rs, keep a crash
-//! before that removal from delivering it twice).
+//! removal is the record. A crash before that removal means another attempt: a Maildir
+//! copy is then found by its name and not written again (delivery's maildir.rs); if the
+//! removal itself fails, the withheld lines are written before the message is deferred.
 
 use super::core::Event;
 use super::messages::unix_now;
