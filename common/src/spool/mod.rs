@@ -301,6 +301,24 @@ fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Gives `file`, just created in `dir`, the owner of `dir` when we run as root (a
+/// delivery worker started as root for system users), so the queue manager, which
+/// owns the spool, can still read and append to it. A no-op for everyone else.
+pub(crate) fn own_like_dir(file: &File, dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(());
+    }
+    let m = fs::metadata(dir)?;
+    nix::unistd::fchown(
+        file.as_raw_fd(),
+        Some(nix::unistd::Uid::from_raw(m.uid())),
+        Some(nix::unistd::Gid::from_raw(m.gid())),
+    )
+    .map_err(io::Error::from)
+}
+
 /// fsyncs a directory so renames and creations in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
     let f = ctx(File::open(dir), "open directory", dir)?;

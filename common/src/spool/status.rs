@@ -133,8 +133,9 @@ pub fn append(spool: &Spool, id: &str, lines: &[String]) -> Result<(), SpoolErro
 
 /// Records that a delivery agent delivered recipients `delivered` (envelope index,
 /// enhanced status code, text) of message `id`: one `O_APPEND` write, not fsync'd (see
-/// the module comment). The log is created if missing (mode 0600) and never followed
-/// through a symbolic link.
+/// the module comment). The log is created if missing (mode 0600, owned like
+/// `status/` even when the worker runs as root) and never followed through a symbolic
+/// link.
 pub fn record_delivered(
     spool: &Spool,
     id: &str,
@@ -160,6 +161,7 @@ pub fn record_delivered(
         "open",
         &p,
     )?;
+    ctx(super::own_like_dir(&f, &spool.status_dir()), "chown", &p)?;
     ctx(f.write_all(buf.as_bytes()), "append to", &p)
 }
 
@@ -309,6 +311,30 @@ mod tests {
         )
         .expect("append");
         assert!(load(&spool, id, 2).expect("load").is_final(0));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_record_made_as_root_belongs_to_the_owner_of_status() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::Uid::effective().is_root() {
+            return; // Only root can create a file for someone else.
+        }
+        let dir = std::env::temp_dir().join(format!("sloop-status-own-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let spool = Spool::new(&dir);
+        spool.ensure_layout().expect("layout");
+        let (uid, gid) = (65534, 65534);
+        nix::unistd::chown(
+            &spool.status_dir(),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .expect("chown");
+        let id = "0123456789ABCDEF012345";
+        record_delivered(&spool, id, &[(0, "2.0.0", "ok")]).expect("record");
+        let m = fs::metadata(path(&spool, id)).expect("log");
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (uid, gid, 0o600));
         let _ = fs::remove_dir_all(&dir);
     }
 
