@@ -14,12 +14,13 @@
 //! manager queues a second job on a busy local worker only when every local worker is
 //! busy (qmgr/workers.rs), so a batch forms only under load.
 //!
-//! Delivered recipients are recorded in the message's status log as soon as the sync
-//! succeeded and before the results are written ([`serve_recording`],
-//! spool/status.rs `record_delivered`): if the worker or the queue manager is killed
-//! between the two, the next attempt sees those recipients as delivered instead of
-//! delivering them again. A record that cannot be written is logged and changes
-//! nothing else (the result still goes to the queue manager).
+//! When the results cannot be written because the queue manager is gone (killed), the
+//! batch's deliveries are recorded in the messages' status logs instead
+//! ([`serve_recording`], spool/status.rs `record_delivered`), so the next queue manager,
+//! which waits for this worker to exit (spool/workers.rs), sees those recipients as
+//! delivered instead of delivering them again. Recording every delivery this way would
+//! create a status file per message; the queue manager's own records are cheaper while
+//! it lives.
 //!
 //! Nothing but protocol lines is written to stdout. A job line that does not parse is
 //! logged and skipped (the queue manager times the job out and replaces us). A panic
@@ -161,15 +162,31 @@ fn answer<O: Write>(
     if let Err(e) = &synced {
         log::error!("cannot make {} deliveries durable: {e}", batch.len());
     }
-    for mut done in batch.drain(..) {
+    for done in batch.iter_mut() {
         if let Err(e) = &synced {
             for r in done.results.iter_mut().filter(|r| r.outcome == Outcome::Ok) {
                 *r = RcptResult::defer("4.3.0", format!("cannot make the delivery durable: {e}"));
             }
         }
-        if let Some(spool) = spool {
-            record(spool, &done);
+    }
+    let written = write_batch(output, batch);
+    if let (Err(e), Some(spool)) = (&written, spool) {
+        // The queue manager is gone: what we delivered must not be delivered again.
+        log::warn!(
+            "cannot report {} jobs ({e}); recording their deliveries",
+            batch.len()
+        );
+        for done in batch.iter() {
+            record(spool, done);
         }
+    }
+    batch.clear();
+    written
+}
+
+/// Writes the results of every job of the batch, in order, and flushes.
+fn write_batch<O: Write>(output: &mut O, batch: &[Done]) -> io::Result<()> {
+    for done in batch {
         for (rcpt, r) in done.job.recipients.iter().zip(&done.results) {
             log_result(&done.job.queue_id, rcpt, r, done.delay);
         }
@@ -357,10 +374,11 @@ mod tests {
         (agent, replies)
     }
 
-    /// Runs one job of message `id` (envelope indices 4 and 7) with a spool to record in;
-    /// returns what the message's status log then says about those recipients.
-    fn run_recorded(fail: bool) -> Vec<bool> {
-        let (dir, path) = spool_message(&format!("record-{fail}"));
+    /// Runs one job of message `id` (envelope indices 4 and 7) with a spool to record in,
+    /// the queue manager alive or gone; returns what the message's status log then says
+    /// about those recipients.
+    fn run_recorded(fail: bool, gone: bool) -> Vec<bool> {
+        let (dir, path) = spool_message(&format!("record-{fail}-{gone}"));
         let spool = Spool::new(dir.join("spool"));
         let id = path.file_name().unwrap().to_str().unwrap().to_string();
         let mut job = Job::parse(&job_line(1, &path, "a@d.test")).unwrap();
@@ -376,22 +394,32 @@ mod tests {
             unsynced: 0,
             batches: Vec::new(),
         };
-        let mut out = Vec::new();
-        serve_recording(&mut agent, input, &mut out, Some(&spool)).unwrap();
+        if gone {
+            // Its end of the pipe is closed: writing the results fails (EPIPE).
+            let (_, w) = nix::unistd::pipe().unwrap();
+            let out = File::from(w);
+            assert!(serve_recording(&mut agent, input, &out, Some(&spool)).is_err());
+        } else {
+            let mut out = Vec::new();
+            serve_recording(&mut agent, input, &mut out, Some(&spool)).unwrap();
+            assert!(!out.is_empty());
+        }
         let st = status::load(&spool, &id, 8).unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         (0..8).map(|i| st.is_final(i)).collect()
     }
 
     #[test]
-    fn deliveries_are_recorded_under_their_envelope_index_once_synced() {
-        let finals = run_recorded(false);
+    fn deliveries_are_recorded_under_their_envelope_index_when_the_queue_manager_is_gone() {
+        let finals = run_recorded(false, true);
         assert_eq!(
             finals,
             [false, false, false, false, true, false, false, true]
         );
-        // A failed sync reports deferrals and records nothing.
-        assert!(run_recorded(true).iter().all(|f| !f));
+        // While it lives the results go to it; nothing is recorded here.
+        assert!(run_recorded(false, false).iter().all(|f| !f));
+        // A failed sync means deferrals: nothing to record.
+        assert!(run_recorded(true, true).iter().all(|f| !f));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The commit: how a message enters the queue (ARCHITECTURE.md §3, invariant 1).
+//! The commit: how a message enters the queue (docs/architecture.md §3, invariant 1).
 //!
 //! 1. create `tmp/<id>` with `O_EXCL` (a clash takes a new ID; run as root, the file
 //!    is given to the owner of `tmp/`), or claim a recycled file from `free/` under

@@ -1,5 +1,5 @@
 //! The spool: one directory tree, one file per message, and the state of a message is
-//! the directory its file is in (qmail INTERNALS; ARCHITECTURE.md §3).
+//! the directory its file is in (qmail INTERNALS; docs/architecture.md §3).
 //!
 //! ```text
 //! spool/
@@ -32,6 +32,7 @@ pub mod queue_id;
 pub mod space;
 pub mod status;
 pub mod workers;
+pub mod writer;
 
 pub use envelope::{Envelope, EnvelopeError, Recipient, Ret};
 pub use inject::{commit, InjectError};
@@ -408,6 +409,24 @@ pub fn pid_alive(pid: u32) -> bool {
         Err(nix::errno::Errno::EPERM) => true,
         Err(_) => false,
     }
+}
+
+/// Gives `file`, just created in `dir`, the owner of `dir` when we run as root (a
+/// delivery worker started as root for system users), so the queue manager, which
+/// owns the spool, can still read and append to it. A no-op for everyone else.
+pub(crate) fn own_like_dir(file: &File, dir: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        return Ok(());
+    }
+    let m = fs::metadata(dir)?;
+    nix::unistd::fchown(
+        file.as_raw_fd(),
+        Some(nix::unistd::Uid::from_raw(m.uid())),
+        Some(nix::unistd::Gid::from_raw(m.gid())),
+    )
+    .map_err(io::Error::from)
 }
 
 /// fsyncs a directory so renames and creations in it are durable.

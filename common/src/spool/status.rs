@@ -1,5 +1,5 @@
 //! Per-recipient results of a message: `status/<id>`, an append-only log written by the
-//! queue manager (ARCHITECTURE.md §3, invariant 2).
+//! queue manager and the delivery workers (docs/architecture.md §3, invariant 2).
 //!
 //! One line per event: `<unix secs> <recipient index> <kind> <dsn> <text>`, where kind is
 //! `ok`, `fail` or `defer`, or `<unix secs> - bounced <bounce id>` once the bounce for the
@@ -9,14 +9,12 @@
 //! line (crash mid-write) is ignored, so the worst case is a retried delivery.
 //!
 //! Two writers append: the queue manager (every result, group-committed once per loop
-//! turn), and a delivery worker, which appends an `ok` line for each recipient it
-//! delivered as soon as the mailbox write is synced and before it reports the result
-//! ([`record_delivered`]: one `write(2)` per job, no fsync). A crash of the queue
-//! manager or of the worker after that point therefore no longer makes the recipient
-//! be delivered a second time. The worker's line is not fsync'd: losing it in a power
-//! failure costs a duplicate, never a loss, and the queue manager syncs the log before
-//! it acts on any result. Each line is written by one `write(2)` on an `O_APPEND`
-//! descriptor, so lines of the two writers never interleave.
+//! turn), and a delivery worker whose queue manager was killed, which appends an `ok`
+//! line for each recipient it delivered but could not report ([`record_delivered`]:
+//! one `write(2)` per job, no fsync), so the next queue manager does not deliver it
+//! again. The worker's line is not fsync'd: losing it in a power failure costs a
+//! duplicate, never a loss. Each line is written by one `write(2)` on an `O_APPEND`
+//! descriptor, so lines of two writers never interleave.
 
 use super::{ctx, Spool, SpoolError};
 use std::fs::{self, OpenOptions};
@@ -140,8 +138,9 @@ pub fn append(spool: &Spool, id: &str, lines: &[String]) -> Result<(), SpoolErro
 
 /// Records that a delivery agent delivered recipients `delivered` (envelope index,
 /// enhanced status code, text) of message `id`: one `O_APPEND` write, not fsync'd (see
-/// the module comment). The log is created if missing (mode 0600) and never followed
-/// through a symbolic link.
+/// the module comment). The log is created if missing (mode 0600, owned like
+/// `status/` even when the worker runs as root) and never followed through a symbolic
+/// link.
 pub fn record_delivered(
     spool: &Spool,
     id: &str,
@@ -167,6 +166,7 @@ pub fn record_delivered(
         "open",
         &p,
     )?;
+    ctx(super::own_like_dir(&f, &spool.status_dir()), "chown", &p)?;
     ctx(f.write_all(buf.as_bytes()), "append to", &p)
 }
 
@@ -316,6 +316,30 @@ mod tests {
         )
         .expect("append");
         assert!(load(&spool, id, 2).expect("load").is_final(0));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_record_made_as_root_belongs_to_the_owner_of_status() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::Uid::effective().is_root() {
+            return; // Only root can create a file for someone else.
+        }
+        let dir = std::env::temp_dir().join(format!("sloop-status-own-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let spool = Spool::new(&dir);
+        spool.ensure_layout().expect("layout");
+        let (uid, gid) = (65534, 65534);
+        nix::unistd::chown(
+            &spool.status_dir(),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .expect("chown");
+        let id = "0123456789ABCDEF012345";
+        record_delivered(&spool, id, &[(0, "2.0.0", "ok")]).expect("record");
+        let m = fs::metadata(path(&spool, id)).expect("log");
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (uid, gid, 0o600));
         let _ = fs::remove_dir_all(&dir);
     }
 

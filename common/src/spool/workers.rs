@@ -32,9 +32,10 @@ fn lock_path(spool: &Spool) -> PathBuf {
     spool.root().join("lock").join("workers")
 }
 
+/// Opens (creating, owned like the spool's root) the lock file; never through a symlink.
 fn open(spool: &Spool) -> Result<File, SpoolError> {
     let p = lock_path(spool);
-    ctx(
+    let f = ctx(
         OpenOptions::new()
             .read(true)
             .write(true)
@@ -44,7 +45,9 @@ fn open(spool: &Spool) -> Result<File, SpoolError> {
             .open(&p),
         "open",
         &p,
-    )
+    )?;
+    ctx(super::own_like_dir(&f, spool.root()), "chown", &p)?;
+    Ok(f)
 }
 
 impl WorkerLock {

@@ -13,6 +13,15 @@
 //! temporary (disk full, permissions) except for an unusable name, which is permanent.
 //! A crashed delivery leaves only a `tmp/` file, never a partial message in `new/`;
 //! such leftovers are swept once per Maildir and process after 36 hours.
+//!
+//! **Once per message and recipient.** When the queue manager names the attempt
+//! ([`MaildirWriter::deliver_once`]: the queue ID and the recipient's index in the
+//! envelope), the file in `new/` gets a name made of that key
+//! (`<arrival>.Q<queue id>R<index>.<host>`), unique because queue IDs are. A later
+//! attempt for the same recipient (the worker or the queue manager was killed after
+//! the file reached `new/` but before the result was recorded) finds the file there,
+//! fsyncs `new/` and reports the delivery without writing a second copy. A copy the
+//! user already moved to `cur/` is not looked for: that costs a duplicate, as before.
 
 use super::io_error_result;
 use crate::result::RcptResult;
@@ -86,23 +95,50 @@ impl MaildirWriter {
         prefix: &[u8],
         message: &mut dyn Read,
     ) -> Result<PathBuf, RcptResult> {
+        self.deliver_once(domain, user, prefix, message, None)
+    }
+
+    /// Like [`MaildirWriter::deliver`]; with a `key` (`(arrival secs, "<queue
+    /// id>R<index>")`), a file already in `new/` under that key's name counts as this
+    /// delivery (see the module comment).
+    pub fn deliver_once(
+        &mut self,
+        domain: &str,
+        user: &str,
+        prefix: &[u8],
+        message: &mut dyn Read,
+        key: Option<(u64, &str)>,
+    ) -> Result<PathBuf, RcptResult> {
         let dir = self.maildir(domain, user)?;
         self.clean_tmp_once(&dir);
-        let name = self.unique_name();
-        let tmp = dir.join("tmp").join(&name);
+        let unique = self.unique_name();
+        let name = match key {
+            Some((arrival, key)) => format!("{arrival}.Q{key}.{}", self.host),
+            None => unique.clone(),
+        };
+        let tmp = dir.join("tmp").join(&unique);
         let new = dir.join("new").join(&name);
-        let written = write_file(&tmp, prefix, message).and_then(|()| {
-            publish(&tmp, &new)?;
-            let new_dir = dir.join("new");
-            match self.deferred_syncs.as_mut() {
-                Some(dirs) => {
-                    if !dirs.contains(&new_dir) {
-                        dirs.push(new_dir);
-                    }
+        let new_dir = dir.join("new");
+        let published = if key.is_some() && fs::symlink_metadata(&new).is_ok() {
+            Ok(())
+        } else {
+            write_file(&tmp, prefix, message).and_then(|()| match publish(&tmp, &new) {
+                // Published by an earlier attempt in the meantime: that copy counts.
+                Err(e) if key.is_some() && e.kind() == io::ErrorKind::AlreadyExists => {
+                    let _ = fs::remove_file(&tmp);
                     Ok(())
                 }
-                None => fsync_dir(&new_dir),
+                other => other,
+            })
+        };
+        let written = published.and_then(|()| match self.deferred_syncs.as_mut() {
+            Some(dirs) => {
+                if !dirs.contains(&new_dir) {
+                    dirs.push(new_dir);
+                }
+                Ok(())
             }
+            None => fsync_dir(&new_dir),
         });
         match written {
             Ok(()) => Ok(new),
@@ -345,6 +381,35 @@ mod tests {
         assert!(!a.contains('/') && !a.contains(':'));
         let pid = format!("P{}Q1.", std::process::id());
         assert!(a.contains(&pid), "{a}");
+    }
+
+    #[test]
+    fn a_keyed_delivery_is_written_once() {
+        let root = temp("once");
+        let mut w = MaildirWriter::new(&root, "h");
+        let key = Some((1_700_000_000, "0123456789ABCDEF012345R3"));
+        let a = w
+            .deliver_once("d.test", "u", b"", &mut &b"first\n"[..], key)
+            .unwrap();
+        let b = w
+            .deliver_once("d.test", "u", b"", &mut &b"second\n"[..], key)
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(fs::read(&a).unwrap(), b"first\n");
+        let new = root.join("d.test/u/Maildir/new");
+        assert_eq!(fs::read_dir(&new).unwrap().count(), 1);
+        let tmp = root.join("d.test/u/Maildir/tmp");
+        assert_eq!(
+            fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "nothing left in tmp/"
+        );
+        // Another recipient of the same message is another file.
+        let other = Some((1_700_000_000, "0123456789ABCDEF012345R4"));
+        w.deliver_once("d.test", "u", b"", &mut &b"x\n"[..], other)
+            .unwrap();
+        assert_eq!(fs::read_dir(&new).unwrap().count(), 2);
+        let _ = fs::remove_dir_all(&root);
     }
 
     #[test]

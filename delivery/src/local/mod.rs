@@ -65,6 +65,9 @@ struct Ctx<'a> {
     header: &'a [u8],
     crlf: bool,
     rcpt: &'a str,
+    /// `<queue id>R<envelope index>`: names this recipient's Maildir copy, so an
+    /// attempt repeated after a crash finds it (maildir.rs).
+    key: Option<String>,
 }
 
 impl LocalAgent {
@@ -276,9 +279,10 @@ impl LocalAgent {
         let sender = c.msg.envelope.sender.as_str();
         match self.cfg.local.mailbox_format {
             MailboxFormat::Maildir => {
+                let key = c.key.as_deref().map(|k| (c.msg.envelope.arrival, k));
                 match self
                     .maildir
-                    .deliver(domain, user, prefix, &mut c.msg.reader())
+                    .deliver_once(domain, user, prefix, &mut c.msg.reader(), key)
                 {
                     Ok(p) => {
                         RcptResult::ok("2.0.0", format!("delivered to maildir {}", p.display()))
@@ -364,14 +368,21 @@ impl Agent for LocalAgent {
             }
         };
         let crlf = msg.uses_crlf();
+        let valid_id = sloop_common::spool::queue_id::is_valid(&job.queue_id);
         job.recipients
             .iter()
-            .map(|rcpt| {
+            .enumerate()
+            .map(|(k, rcpt)| {
+                let key = match (valid_id, job.indices.get(k)) {
+                    (true, Some(i)) => Some(format!("{}R{i}", job.queue_id)),
+                    _ => None,
+                };
                 let c = Ctx {
                     msg,
                     header: &header,
                     crlf,
                     rcpt,
+                    key,
                 };
                 self.deliver_rcpt(&c)
             })

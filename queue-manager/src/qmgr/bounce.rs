@@ -16,7 +16,9 @@
 //! (or DELAY for warnings), means no notice for that recipient.
 
 use sloop_common::logging::rfc5322_date;
-use sloop_common::spool::{Envelope, Recipient, Ret};
+use sloop_common::spool::status;
+use sloop_common::spool::{Envelope, QueueId, Recipient, Ret};
+use std::fs::File;
 use std::io::{self, Cursor, Read};
 
 /// Which notification to build.
@@ -26,6 +28,76 @@ pub enum Kind {
     Failure,
     /// Recipients are still being retried (Action: delayed).
     Delay,
+}
+
+/// What the queue manager tells whom about a message (see core.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// A bounce to the sender.
+    Failure,
+    /// A delay warning to the sender.
+    Delay,
+    /// A failed message from `<>`: the message itself, once, to the postmaster.
+    PostmasterCopy,
+}
+
+/// A notification about one message, for the spool's executor to commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub kind: NoticeKind,
+    /// The recipients reported (none for a postmaster copy).
+    pub recipients: Vec<DsnRecipient>,
+    pub hostname: String,
+    /// Where a postmaster copy goes.
+    pub postmaster: String,
+    /// Seconds since the epoch.
+    pub now: u64,
+}
+
+impl sloop_common::spool::writer::Notice for Notice {
+    fn envelope(&self, original: &Envelope) -> Envelope {
+        let to = match self.kind {
+            NoticeKind::PostmasterCopy => self.postmaster.clone(),
+            _ => original.sender.clone(),
+        };
+        Envelope::new("", vec![Recipient::new(to)])
+    }
+
+    fn render(&self, original: &Envelope, body: io::Take<File>) -> io::Result<Box<dyn Read>> {
+        let kind = match self.kind {
+            NoticeKind::PostmasterCopy => return Ok(Box::new(body)),
+            NoticeKind::Failure => Kind::Failure,
+            NoticeKind::Delay => Kind::Delay,
+        };
+        let dsn = Dsn {
+            kind,
+            envelope: original,
+            recipients: self.recipients.clone(),
+            hostname: &self.hostname,
+            now: self.now,
+        };
+        Ok(Box::new(dsn.reader(body)?))
+    }
+
+    fn record_line(&self, notice: &QueueId) -> String {
+        match self.kind {
+            NoticeKind::Delay => status::warned_line(),
+            _ => status::bounced_line(notice.as_str()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self.kind {
+            NoticeKind::Failure => "sender non-delivery notification".into(),
+            NoticeKind::Delay => "sender delay notification".into(),
+            NoticeKind::PostmasterCopy => {
+                format!(
+                    "undeliverable message from <> sent to <{}>",
+                    self.postmaster
+                )
+            }
+        }
+    }
 }
 
 /// One recipient reported in a DSN.

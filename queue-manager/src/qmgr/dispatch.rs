@@ -1,6 +1,6 @@
 //! Running jobs on workers: handing out the scheduler's next jobs, reading the workers'
 //! result lines, and ending jobs, whether the worker answered for every recipient or
-//! not (ARCHITECTURE.md §4).
+//! not (docs/architecture.md §4).
 //!
 //! A worker that writes a line that does not parse, a result for another job or an
 //! unknown recipient, closes its stdout, cannot be written to, or runs past
@@ -9,7 +9,8 @@
 //! and the next job gets a fresh worker. Crashes do not count against the destination
 //! in the dead-destination cache; deferrals the worker reported do.
 
-use super::messages::RcptResult;
+use super::core::Event;
+use super::messages::unix_now;
 use super::scheduler::{JobSpec, Next};
 use super::workers::{Output, Running};
 use super::Qmgr;
@@ -30,10 +31,13 @@ impl Qmgr {
                 None => return,
                 Some(Next::Run(spec)) => self.start(spec, now),
                 Some(Next::Suspend(spec, why)) => {
-                    for &i in &spec.rcpts {
-                        self.record_defer(&spec.msg, i, "4.4.1", &why);
-                    }
-                    self.job_done(&spec.msg);
+                    self.handle(Event::JobOver {
+                        id: spec.msg,
+                        unanswered: spec.rcpts,
+                        dsn: "4.4.1".into(),
+                        why,
+                        now: unix_now(),
+                    });
                 }
             }
         }
@@ -41,21 +45,25 @@ impl Qmgr {
 
     /// The protocol line for `spec`, with a fresh job ID; `None` if its message is gone.
     fn job_for(&mut self, spec: &JobSpec) -> Option<Job> {
-        let msg = self.active.get(&spec.msg)?;
-        let path = self.spool.path(QueueState::Active, &spec.msg);
+        let env = self.core.envelope(&spec.msg)?;
+        let path = self
+            .writer
+            .spool()
+            .path(QueueState::Active, spec.msg.as_str());
+        let pairs: Vec<(usize, String)> = spec
+            .rcpts
+            .iter()
+            .filter_map(|&i| env.recipients.get(i).map(|r| (i, r.address.clone())))
+            .collect();
         let job = Job {
             job_id: self.next_job_id,
-            queue_id: spec.msg.clone(),
+            queue_id: spec.msg.to_string(),
             path: path.display().to_string(),
             transport: spec.dest.transport,
             nexthop: spec.dest.domain.clone(),
-            sender: msg.env.sender.clone(),
-            indices: spec.rcpts.clone(),
-            recipients: spec
-                .rcpts
-                .iter()
-                .filter_map(|&i| msg.env.recipients.get(i).map(|r| r.address.clone()))
-                .collect(),
+            sender: env.sender.clone(),
+            indices: pairs.iter().map(|p| p.0).collect(),
+            recipients: pairs.into_iter().map(|p| p.1).collect(),
         };
         self.next_job_id += 1;
         Some(job)
@@ -75,12 +83,14 @@ impl Qmgr {
             Ok(slot) => slot,
             Err(e) => {
                 log::error!("cannot start {} delivery worker: {e}", job.transport.word());
-                let why = format!("delivery agent unavailable: {e}");
-                for &i in &spec.rcpts {
-                    self.record_defer(&spec.msg, i, "4.3.0", &why);
-                }
                 self.sched.release(&spec.dest);
-                self.job_done(&spec.msg);
+                self.handle(Event::JobOver {
+                    id: spec.msg,
+                    unanswered: spec.rcpts,
+                    dsn: "4.3.0".into(),
+                    why: format!("delivery agent unavailable: {e}"),
+                    now: unix_now(),
+                });
                 return;
             }
         };
@@ -145,15 +155,16 @@ impl Qmgr {
                     Outcome::Defer => job.last_defer = Some(text.clone()),
                     _ => job.any_final = true,
                 }
-                let msg = job.spec.msg.clone();
-                let r = RcptResult {
+                let id = job.spec.msg;
+                self.handle(Event::Result {
+                    id,
                     index: env_index,
                     outcome,
-                    dsn: &dsn,
-                    relay: &relay,
-                    text: &text,
-                };
-                self.record(&msg, &r);
+                    dsn,
+                    relay,
+                    text,
+                    now: unix_now(),
+                });
                 Ok(())
             }
             Reply::Done { job_id } => {
@@ -206,11 +217,14 @@ impl Qmgr {
     /// Ends a job: defers its unanswered recipients with `missing`, updates the
     /// destination's health, and tells the message.
     fn end_job(&mut self, job: Running, missing: &str) {
-        for (k, &i) in job.spec.rcpts.iter().enumerate() {
-            if !job.answered[k] {
-                self.record_defer(&job.spec.msg, i, "4.3.0", missing);
-            }
-        }
+        let unanswered: Vec<usize> = job
+            .spec
+            .rcpts
+            .iter()
+            .zip(&job.answered)
+            .filter(|(_, answered)| !**answered)
+            .map(|(&i, _)| i)
+            .collect();
         let now = Instant::now();
         match (&job.last_defer, job.any_final) {
             (Some(reason), false) => {
@@ -227,21 +241,12 @@ impl Qmgr {
                 self.sched.finished(&job.spec.dest, None, now);
             }
         }
-        self.job_done(&job.spec.msg);
-    }
-
-    fn record_defer(&mut self, msg: &str, index: usize, dsn: &str, text: &str) {
-        let relay = match self.active.get(msg) {
-            Some(_) => "none",
-            None => return,
-        };
-        let r = RcptResult {
-            index,
-            outcome: Outcome::Defer,
-            dsn,
-            relay,
-            text,
-        };
-        self.record(msg, &r);
+        self.handle(Event::JobOver {
+            id: job.spec.msg,
+            unanswered,
+            dsn: "4.3.0".into(),
+            why: missing.to_string(),
+            now: unix_now(),
+        });
     }
 }

@@ -1,4 +1,4 @@
-//! The queue manager's one event loop (STYLE.md point 8: mio, `Token` constants,
+//! The queue manager's one event loop (mio, `Token` constants,
 //! signal-hook-mio as a source, handlers set flags and the loop acts).
 //!
 //! Sources: signals (SIGTERM/SIGINT stop, SIGHUP reloads, SIGCHLD reaps), the trigger

@@ -1,24 +1,25 @@
 //! The queue manager (`sloop-qmgr`): owns the queue, schedules deliveries to pools of
 //! `sloop-deliver` workers, records per-recipient results, retries with backoff and
-//! bounces (ARCHITECTURE.md §1, §3, §4).
+//! bounces (docs/architecture.md, "The queue manager").
 //!
-//! One process under `sloopd`, one mio loop (events.rs). At start-up it recovers the
-//! spool (recovery.rs); then it moves messages `incoming/` → `active/` as slots free in
-//! the bounded active set (`queue.max_active`; only envelopes and status are held, never
-//! bodies), groups their pending recipients into jobs (scheduler.rs), runs the jobs on
-//! workers (dispatch.rs, workers.rs) and, when a message's jobs are all done, removes
-//! it, bounces it (bounce.rs) or moves it to `deferred/` with its next attempt time as
-//! the file's mtime (messages.rs). Results are made durable once per loop turn, before
-//! any of these decisions (settle.rs).
+//! Built like the smtpd: an I/O-free core (core.rs) takes events and returns effects;
+//! this shell owns the clock, the spool executor (`sloop_common::spool::writer`), the
+//! scheduler (scheduler.rs) and the workers (workers.rs, dispatch.rs), turns what
+//! happens into events, and carries out the effects. One process under `sloopd`, one
+//! mio loop (events.rs). At start-up it recovers the spool (recovery.rs); then it moves
+//! messages `incoming/` -> `active/` as slots free in the bounded active set
+//! (`queue.max_active`; only envelopes and status are held, never bodies), loads them
+//! (messages.rs), runs their jobs on workers, and at the end of each loop turn writes
+//! the turn's results together and lets the core decide the fate of the messages
+//! whose jobs are over (settle.rs).
 //!
 //! Operator tools change the spool only by renames plus a poke on the trigger FIFO, so a
 //! message that vanished from `active/` while its job ran is simply dropped from memory.
-//! Errors touching the spool are logged with the message's ID and the message is left
-//! where it is or deferred: a message is never removed unless every recipient is final
-//! (recorded in its status log, or all delivered so that the removal is the record) and
-//! any bounce is committed.
+//! A message is never removed unless every recipient is final (recorded in its status
+//! log, or all delivered so that the removal is the record) and any bounce is committed.
 
 mod bounce;
+mod core;
 mod dispatch;
 mod events;
 mod messages;
@@ -27,14 +28,14 @@ mod scheduler;
 mod settle;
 mod workers;
 
-use messages::Message;
+use self::core::{Core, Policy};
 use mio::Registry;
 use scheduler::Scheduler;
 use sloop_common::config::{resolve_path, Config};
 use sloop_common::exitcode;
-use sloop_common::spool::pool::Recycler;
-use sloop_common::spool::{QueueState, Spool};
-use std::collections::{HashMap, VecDeque};
+use sloop_common::spool::writer::Writer;
+use sloop_common::spool::{QueueId, QueueState, Spool};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 use workers::Pools;
@@ -85,32 +86,24 @@ pub fn run(config: Option<&Path>) -> i32 {
 /// Everything the queue manager knows at run time.
 pub(crate) struct Qmgr {
     cfg: Config,
-    spool: Spool,
+    /// The decisions and the active set (messages in `active/` being worked on).
+    core: Core,
+    /// Every change to the spool goes through it.
+    writer: Writer,
     registry: Registry,
     sched: Scheduler,
     pools: Pools,
-    /// The active set: messages in `active/` being worked on, by ID.
-    active: HashMap<String, Message>,
     /// IDs listed in `incoming/`, oldest first, not yet loaded.
-    incoming: VecDeque<String>,
+    incoming: VecDeque<QueueId>,
     /// IDs in `deferred/` whose time has come, not yet loaded.
-    deferred: VecDeque<String>,
+    deferred: VecDeque<QueueId>,
     /// The trigger was poked since `incoming/` was last listed.
     poked: bool,
     next_scan: Instant,
     next_deferred_scan: Instant,
     next_job_id: u64,
-    /// Messages unlinked from `active/` this turn, awaiting the directory fsync, with
-    /// whether their status log exists.
-    removed: Vec<(String, bool)>,
-    /// Retires finished queue files into `free/` for reuse (spool/pool.rs).
-    recycler: Recycler,
     /// The delivery agent's path, found once (it reads /proc/self/exe).
     deliver_program: std::path::PathBuf,
-    /// Status lines of this turn, not yet written (settle.rs).
-    unwritten: Vec<(String, String)>,
-    /// Messages whose last job ended this turn, to be finished once results are synced.
-    finished: Vec<String>,
     /// Alternates loads between `incoming/` and due `deferred/` messages.
     prefer_deferred: bool,
     stopping: Option<Instant>,
@@ -125,12 +118,12 @@ impl Qmgr {
         let deliver_program = cfg.program("sloop-deliver");
         Qmgr {
             deliver_program,
+            core: Core::new(Policy::from_config(&cfg)),
             cfg,
-            spool,
+            writer: Writer::new(spool),
             registry,
             sched,
             pools,
-            active: HashMap::new(),
             incoming: VecDeque::new(),
             deferred: VecDeque::new(),
             poked: true,
@@ -138,10 +131,6 @@ impl Qmgr {
             next_deferred_scan: now,
             next_job_id: 1,
             prefer_deferred: false,
-            removed: Vec::new(),
-            recycler: Recycler::new(),
-            unwritten: Vec::new(),
-            finished: Vec::new(),
             stopping: None,
         }
     }
@@ -157,6 +146,7 @@ impl Qmgr {
                     .set_limits(q.local_concurrency, q.remote_concurrency);
                 self.pools.retire_all();
                 self.deliver_program = cfg.program("sloop-deliver");
+                self.core.set_policy(Policy::from_config(&cfg));
                 self.cfg = cfg;
                 self.poked = true;
                 log::info!("reloaded configuration {}", self.cfg.file.display());
@@ -176,7 +166,7 @@ impl Qmgr {
 
     /// How long the loop may sleep.
     fn timeout(&self, now: Instant) -> Duration {
-        let room = self.active.len() < self.cfg.queue.max_active;
+        let room = self.core.len() < self.cfg.queue.max_active;
         if room && (!self.incoming.is_empty() || !self.deferred.is_empty()) {
             return Duration::ZERO;
         }
@@ -211,19 +201,20 @@ impl Qmgr {
     /// Lists `incoming/` when its backlog is empty and something may be new, and
     /// `deferred/` when a deferred message may be due.
     fn scan(&mut self, now: Instant) {
-        let room = self.active.len() < self.cfg.queue.max_active;
+        let room = self.core.len() < self.cfg.queue.max_active;
         if now >= self.next_scan {
             self.poked = true;
             self.next_scan = now + self.cfg.queue.scan_interval;
         }
         if room && self.poked && self.incoming.is_empty() {
             self.poked = false;
-            match self.spool.list(QueueState::Incoming) {
+            match self.writer.spool().list(QueueState::Incoming) {
                 Ok(ids) => {
                     let cap = self.backlog_cap();
                     // More than we keep: list again as soon as this backlog is loaded.
                     self.poked = ids.len() > cap;
-                    self.incoming.extend(ids.into_iter().take(cap));
+                    let ids = ids.iter().filter_map(|i| QueueId::parse(i));
+                    self.incoming.extend(ids.take(cap));
                 }
                 Err(e) => log::error!("cannot scan incoming: {e}"),
             }
@@ -242,7 +233,7 @@ impl Qmgr {
     /// one not yet due.
     fn scan_deferred(&mut self, now: Instant) {
         let mut next = now + self.cfg.queue.scan_interval;
-        let ids = match self.spool.list(QueueState::Deferred) {
+        let ids = match self.writer.spool().list(QueueState::Deferred) {
             Ok(ids) => ids,
             Err(e) => {
                 log::error!("cannot scan deferred: {e}");
@@ -251,8 +242,8 @@ impl Qmgr {
             }
         };
         let wall = SystemTime::now();
-        for id in ids {
-            let path = self.spool.path(QueueState::Deferred, &id);
+        for id in ids.iter().filter_map(|i| QueueId::parse(i)) {
+            let path = self.writer.spool().path(QueueState::Deferred, id.as_str());
             let Ok(due) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
                 continue;
             };
@@ -278,7 +269,7 @@ impl Qmgr {
     /// and due deferred ones so neither starves.
     fn fill_active(&mut self) {
         for _ in 0..LOADS_PER_TURN {
-            if self.active.len() >= self.cfg.queue.max_active {
+            if self.core.len() >= self.cfg.queue.max_active {
                 return;
             }
             self.prefer_deferred = !self.prefer_deferred;
@@ -296,7 +287,7 @@ impl Qmgr {
             let Some((state, id)) = next else {
                 return;
             };
-            self.load(state, &id);
+            self.load(state, id);
         }
     }
 }
@@ -304,6 +295,7 @@ impl Qmgr {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use self::core::Event;
     use super::*;
     use sloop_common::spool::status::MessageStatus;
     use sloop_common::spool::{Envelope, Recipient};
@@ -316,14 +308,16 @@ mod tests {
         (Qmgr::new(cfg, Spool::new("/nonexistent"), registry), poll)
     }
 
-    fn message() -> Message {
-        Message {
-            env: Envelope::new("a@example.org", vec![Recipient::new("b@example.net")]),
-            status: MessageStatus::default(),
-            jobs_left: 1,
-            io_error: false,
-            status_on_disk: false,
-        }
+    /// Puts one message with one pending recipient into the active set.
+    fn activate(q: &mut Qmgr) -> QueueId {
+        let id = QueueId::new();
+        let env = Envelope::new("a@example.org", vec![Recipient::new("b@example.net")]);
+        let status = MessageStatus {
+            recipients: vec![None],
+            ..Default::default()
+        };
+        q.core.handle(Event::Loaded { id, env, status });
+        id
     }
 
     #[test]
@@ -338,14 +332,17 @@ mod tests {
             "a due deferred scan runs now"
         );
         // Regression: with the active set full, a due deferred scan made poll spin.
-        q.active.insert("A".into(), message());
+        let a = activate(&mut q);
         assert!(q.timeout(now) >= Duration::from_secs(59));
-        q.incoming.push_back("B".into());
+        q.incoming.push_back(QueueId::new());
         assert!(
             q.timeout(now) >= Duration::from_secs(59),
             "no room, no load"
         );
-        q.active.clear();
+        q.core.handle(Event::Vanished {
+            id: a,
+            deleted: false,
+        });
         assert_eq!(
             q.timeout(now),
             Duration::ZERO,
@@ -353,7 +350,7 @@ mod tests {
         );
         // While stopping only the grace period counts, not the overdue scans.
         q.incoming.clear();
-        q.active.insert("A".into(), message());
+        activate(&mut q);
         q.next_scan = now;
         q.begin_stop();
         let t = q.timeout(now);

@@ -1,4 +1,4 @@
-//! Start-up recovery from the spool alone (ARCHITECTURE.md §3, invariant 3).
+//! Start-up recovery from the spool alone (docs/architecture.md §3, invariant 3).
 //!
 //! Before the queue manager schedules anything it: creates the layout where missing;
 //! removes `tmp/` files whose writer is dead (or older than 36 hours); waits (up to
@@ -33,12 +33,16 @@ pub fn recover(spool: &Spool) -> Result<Recovered, SpoolError> {
     spool.ensure_layout()?;
     let tmp_removed = spool.clean_tmp(TMP_MAX_AGE)?;
     // Workers of a queue manager that died finish their jobs and record them first.
-    if !workers::wait_for_workers(spool, OLD_WORKERS_WAIT)? {
-        log::warn!(
+    // Not fatal: without the lock (a full disk cannot create it) the cost is a
+    // possible duplicate, while refusing to start would stop all mail.
+    match workers::wait_for_workers(spool, OLD_WORKERS_WAIT) {
+        Ok(true) => {}
+        Ok(false) => log::warn!(
             "delivery workers of the previous queue manager still run after {}s; \
              requeueing active/ anyway (their messages may be delivered twice)",
             OLD_WORKERS_WAIT.as_secs()
-        );
+        ),
+        Err(e) => log::warn!("{e}; not waiting for earlier delivery workers"),
     }
     let mut requeued = 0;
     for id in spool.list(QueueState::Active)? {

@@ -18,6 +18,7 @@
 //! Nothing here can fail; the caller (mod.rs) owns the spool and the workers.
 
 use sloop_common::delivery_proto::Transport;
+use sloop_common::spool::QueueId;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -36,7 +37,7 @@ pub struct Dest {
 /// One delivery job: some recipients (envelope indices) of one message to one place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobSpec {
-    pub msg: String,
+    pub msg: QueueId,
     pub dest: Dest,
     pub rcpts: Vec<usize>,
 }
@@ -61,7 +62,7 @@ pub fn domain_of(address: &str) -> String {
 /// Groups the `pending` recipients (indices into `addresses`) of message `msg` into jobs.
 /// An address without a domain is local. Jobs come out in first-seen order.
 pub fn group(
-    msg: &str,
+    msg: &QueueId,
     addresses: &[&str],
     pending: &[usize],
     is_local: impl Fn(&str) -> bool,
@@ -90,7 +91,7 @@ pub fn group(
         match open {
             Some(j) => j.rcpts.push(i),
             None => jobs.push(JobSpec {
-                msg: msg.to_string(),
+                msg: *msg,
                 dest,
                 rcpts: vec![i],
             }),
@@ -278,9 +279,9 @@ mod tests {
         }
     }
 
-    fn job(msg: &str, d: &str) -> JobSpec {
+    fn job(d: &str) -> JobSpec {
         JobSpec {
-            msg: msg.into(),
+            msg: QueueId::new(),
             dest: remote(d),
             rcpts: vec![0],
         }
@@ -296,7 +297,9 @@ mod tests {
             "d@other.org",
             "e@local.test",
         ];
-        let jobs = group("M", &addrs, &[0, 1, 2, 3, 4, 5], |d| d == "local.test");
+        let jobs = group(&QueueId::new(), &addrs, &[0, 1, 2, 3, 4, 5], |d| {
+            d == "local.test"
+        });
         assert_eq!(jobs.len(), 3);
         assert_eq!(jobs[0].dest.transport, Transport::Local);
         assert_eq!(jobs[0].rcpts, vec![0, 3, 5]);
@@ -304,7 +307,7 @@ mod tests {
         assert_eq!(jobs[1].rcpts, vec![1, 2]);
         assert_eq!(jobs[2].rcpts, vec![4]);
         // Only pending recipients are grouped.
-        let jobs = group("M", &addrs, &[4], |d| d == "local.test");
+        let jobs = group(&QueueId::new(), &addrs, &[4], |d| d == "local.test");
         assert_eq!(jobs.len(), 1);
     }
 
@@ -313,7 +316,7 @@ mod tests {
         let addrs: Vec<String> = (0..120).map(|i| format!("u{i}@x.org")).collect();
         let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
         let pending: Vec<usize> = (0..120).collect();
-        let jobs = group("M", &refs, &pending, |_| false);
+        let jobs = group(&QueueId::new(), &refs, &pending, |_| false);
         let sizes: Vec<usize> = jobs.iter().map(|j| j.rcpts.len()).collect();
         assert_eq!(sizes, vec![50, 50, 20]);
     }
@@ -332,26 +335,28 @@ mod tests {
     #[test]
     fn round_robin_does_not_starve_small_destinations() {
         let mut s = Scheduler::new(100, Duration::from_secs(1), Duration::from_secs(10));
-        for i in 0..1000 {
-            s.push(job(&format!("big{i}"), "big.example"));
+        for _ in 0..1000 {
+            s.push(job("big.example"));
         }
-        s.push(job("small", "small.example"));
+        let small = job("small.example");
+        let small_id = small.msg;
+        s.push(small);
         let now = Instant::now();
-        let first: Vec<String> = (0..2)
+        let first: Vec<QueueId> = (0..2)
             .map(|_| match s.next(now, |_| true) {
                 Some(Next::Run(j)) => j.msg,
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert!(first.contains(&"small".to_string()), "{first:?}");
+        assert!(first.contains(&small_id), "{first:?}");
         assert_eq!(s.queued(), 999);
     }
 
     #[test]
     fn destination_concurrency_and_worker_availability_are_respected() {
         let mut s = Scheduler::new(2, Duration::from_secs(1), Duration::from_secs(10));
-        for i in 0..5 {
-            s.push(job(&format!("m{i}"), "a.example"));
+        for _ in 0..5 {
+            s.push(job("a.example"));
         }
         let now = Instant::now();
         assert!(s.next(now, |_| false).is_none());
@@ -370,8 +375,8 @@ mod tests {
         let mut s = Scheduler::new(10, Duration::from_secs(5), Duration::from_secs(60));
         let d = remote("dead.example");
         let now = Instant::now();
-        for i in 0..10 {
-            s.push(job(&format!("m{i}"), "dead.example"));
+        for _ in 0..10 {
+            s.push(job("dead.example"));
         }
         for _ in 0..DEAD_AFTER {
             assert!(matches!(s.next(now, |_| true), Some(Next::Run(_))));
@@ -392,12 +397,12 @@ mod tests {
         // After the delay the destination is tried again; one more failure doubles it.
         let later = now + Duration::from_secs(6);
         assert!(!s.is_dead(&d, later));
-        s.push(job("again", "dead.example"));
+        s.push(job("dead.example"));
         assert!(matches!(s.next(later, |_| true), Some(Next::Run(_))));
         let delay = s.finished(&d, Some("refused"), later);
         assert_eq!(delay, Some(Duration::from_secs(10)));
         // A success revives it.
-        s.push(job("ok", "dead.example"));
+        s.push(job("dead.example"));
         let much_later = later + Duration::from_secs(11);
         assert!(matches!(s.next(much_later, |_| true), Some(Next::Run(_))));
         assert_eq!(s.finished(&d, None, much_later), None);
@@ -414,7 +419,7 @@ mod tests {
         let now = Instant::now();
         for _ in 0..5 {
             s.push(JobSpec {
-                msg: "m".into(),
+                msg: QueueId::new(),
                 dest: d.clone(),
                 rcpts: vec![0],
             });

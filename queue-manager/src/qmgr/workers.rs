@@ -1,5 +1,5 @@
 //! The delivery worker pools: long-lived `sloop-deliver local` and `sloop-deliver
-//! remote` processes, one job at a time each (ARCHITECTURE.md §4, delivery_proto.rs).
+//! remote` processes, one job at a time each (docs/architecture.md §4, delivery_proto.rs).
 //!
 //! Remote workers take one job at a time. A local worker may be given up to
 //! [`LOCAL_DEPTH`] jobs when every local worker is busy and the pool is full: it runs
