@@ -14,6 +14,7 @@
 //! - [`rdns`]: forward-confirmed reverse DNS within its own timeout;
 //! - [`client_limit`]: per-client concurrency across worker processes;
 //! - [`overload`]: the short idle budget while the pool is overloaded;
+//! - [`spool_room`]: `452 4.3.1` at MAIL FROM when the spool is short of space;
 //! - [`serve`]: one session on one connection, deadlines and the panic boundary;
 //! - [`queue_client`]: queueing a message (in-process commit or the queue program);
 //! - [`faults`]: test-only fault injection (cargo feature `fault-injection`);
@@ -34,5 +35,6 @@ pub mod rdns;
 pub mod reply;
 pub mod serve;
 pub mod session;
+pub mod spool_room;
 pub mod watchdog;
 pub mod worker;

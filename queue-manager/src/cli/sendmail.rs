@@ -34,6 +34,7 @@ pub fn run(argv: &[String]) -> Result<(), ToolError> {
         Mode::List => run_queue(&QueueCmd::List { json: false }, &spool, &mut out),
         Mode::Flush => run_queue(&QueueCmd::Flush, &spool, &mut out),
         Mode::Deliver => {
+            check_room(&cfg, &spool)?;
             let stdin = std::io::stdin().lock();
             let id = deliver(&cfg, &opts, stdin)?;
             if opts.verbose {
@@ -41,6 +42,26 @@ pub fn run(argv: &[String]) -> Result<(), ToolError> {
             }
             Ok(())
         }
+    }
+}
+
+/// Refuses with a temporary failure (EX_TEMPFAIL) when the spool is below
+/// `queue.min_free` (after giving back the recycling pool), before reading anything.
+fn check_room(cfg: &Config, spool: &Spool) -> Result<(), ToolError> {
+    use sloop_common::spool::space::{ensure_room, human, Room};
+    let min = cfg.queue.min_free;
+    match ensure_room(spool, &cfg.server.run_dir, min, 0) {
+        Room::Enough | Room::Unknown(_) => Ok(()),
+        Room::Short { free } => Err(ToolError::new(
+            exitcode::EX_TEMPFAIL,
+            format!(
+                "insufficient system storage: the spool ({}) has {} free, below \
+                 queue.min_free ({}); message not queued, try again later",
+                spool.root().display(),
+                human(free),
+                human(min)
+            ),
+        )),
     }
 }
 

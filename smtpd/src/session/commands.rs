@@ -114,6 +114,14 @@ impl Session<'_> {
                 "Error: SMTPUTF8 is required for this address",
             );
         }
+        if let Some(r) = crate::spool_room::at_mail(&self.policy.cfg, params.size) {
+            // The spool's state change is logged once (space.rs), not per client.
+            log::debug!(
+                "NOQUEUE: reject: MAIL from {}: 452 4.3.1",
+                self.client.display()
+            );
+            return r;
+        }
         let id = queue_id::new_id();
         log::info!("{id}: client={}", self.client.display());
         self.state = State::Mail(Txn {
