@@ -162,14 +162,14 @@ def run_once(port, to, attackers, seconds, sessions):
             t.join()
         wall = time.time() - t0
         reopened = attack.reopened
-    g = sorted(stats["greet"]) or [float("nan")]
+    g = sorted(stats["greet"])
     return {
         "msgs_s": stats["sent"] / wall,
         "sent": stats["sent"],
         "refused_share": stats["refused"] / max(stats["attempts"], 1),
         "attempts": stats["attempts"],
-        "greet_med": statistics.median(g),
-        "greet_max": g[-1],
+        "greet_med": statistics.median(g) if g else None,
+        "greet_max": g[-1] if g else None,
         "reopened": reopened,
     }
 
@@ -236,8 +236,10 @@ def main():
     for rep in range(args.reps):
         for name, _, _ in targets:
             r = results[name][rep]
+            greet = ("no banner" if r["greet_med"] is None
+                     else f"{r['greet_med']:.2f} / {r['greet_max']:.2f}")
             print(f"| {name} | {rep + 1} | {r['msgs_s']:.1f} | {r['sent']} | {r['attempts']} | "
-                  f"{100 * r['refused_share']:.1f}% | {r['greet_med']:.2f} / {r['greet_max']:.2f} |")
+                  f"{100 * r['refused_share']:.1f}% | {greet} |")
 
 
 if __name__ == "__main__":

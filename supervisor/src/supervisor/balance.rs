@@ -41,7 +41,8 @@ impl Supervisor {
             self.acceptor
                 .accept_from(self.listeners.iter(), now, &busy, &mut turn);
         } else {
-            self.acceptor.hand_off(self.pool.counts().idle);
+            let idle = self.pool.counts().idle;
+            self.acceptor.hand_off(idle, &self.over_share);
         }
         if let Some(ip) = turn.first_refused {
             log::warn!(
