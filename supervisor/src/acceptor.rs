@@ -91,6 +91,12 @@ impl Acceptor {
         self.recv.as_raw_fd()
     }
 
+    /// Connections passed down since the last [`Acceptor::reclaim`] (some may have
+    /// been taken already).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// Connections held or passed down and not known to be taken.
     pub fn waiting(&self) -> usize {
         self.held.len() + self.in_flight.len()
