@@ -13,7 +13,7 @@
 //!
 //! A connection passed down but not yet taken by a worker stays in the socket pair;
 //! `sloopd` keeps the receiving end too, and takes such connections back
-//! ([`Acceptor::reclaim`]) at every turn of its loop, so their deadline is still its
+//! ([`Acceptor::reclaim`], balance.rs says when), so their deadline is still its
 //! business. Workers take datagrams in order, so what comes back is the newest part of
 //! what was sent, in order.
 //!
