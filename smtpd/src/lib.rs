@@ -15,6 +15,7 @@
 //! - [`rdns`]: forward-confirmed reverse DNS within its own timeout;
 //! - [`client_limit`]: per-client concurrency across worker processes;
 //! - [`overload`]: the short idle budget while the pool is overloaded;
+//! - [`spool_room`]: `452 4.3.1` at MAIL FROM when the spool is short of space;
 //! - [`serve`]: one session on one connection, deadlines and the panic boundary;
 //! - [`auth`]: AUTH: SASL decoding, the password check, failure counts, sender rules;
 //! - [`proxy`]: the PROXY protocol header on `smtpd.proxy_listen`;
@@ -43,6 +44,7 @@ pub mod reply;
 pub mod serve;
 pub mod serve_tls;
 pub mod session;
+pub mod spool_room;
 pub mod tls;
 pub mod watchdog;
 pub mod worker;

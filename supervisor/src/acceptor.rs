@@ -4,7 +4,8 @@
 //!
 //! A connection accepted here is held, silent, until a worker becomes idle; it is then
 //! passed down the hand-off socket (a datagram socket pair whose receiving end every
-//! worker inherits, `SCM_RIGHTS`, pool_proto.rs), oldest first. One that has not
+//! worker inherits, `SCM_RIGHTS`, pool_proto.rs), oldest first, but those from
+//! addresses holding more than their share of the pool (overload.rs) after all others. One that has not
 //! found a worker when its connect budget is nearly spent (`smtpd.connect_timeout`
 //! minus [`margin`]) gets `421 4.3.2 <host> Service busy, try again later` and is
 //! closed. The acceptor cannot itself be exhausted: it holds at most `cap` connections
@@ -12,7 +13,7 @@
 //!
 //! A connection passed down but not yet taken by a worker stays in the socket pair;
 //! `sloopd` keeps the receiving end too, and takes such connections back
-//! ([`Acceptor::reclaim`]) at every turn of its loop, so their deadline is still its
+//! ([`Acceptor::reclaim`], balance.rs says when), so their deadline is still its
 //! business. Workers take datagrams in order, so what comes back is the newest part of
 //! what was sent, in order.
 //!
@@ -30,6 +31,9 @@ use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
+
+/// Most connections accepted from one listener in one turn.
+const MAX_ACCEPTS_PER_TURN: usize = 4096;
 
 /// One held connection.
 #[derive(Debug)]
@@ -87,6 +91,12 @@ impl Acceptor {
         self.recv.as_raw_fd()
     }
 
+    /// Connections passed down since the last [`Acceptor::reclaim`] (some may have
+    /// been taken already).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// Connections held or passed down and not known to be taken.
     pub fn waiting(&self) -> usize {
         self.held.len() + self.in_flight.len()
@@ -110,7 +120,9 @@ impl Acceptor {
         turn: &mut Turn,
     ) {
         for l in listeners {
-            loop {
+            // Bounded per turn so a connection flood cannot keep the loop from its
+            // other work; the next turn (at most a second away) goes on.
+            for _ in 0..MAX_ACCEPTS_PER_TURN {
                 let (stream, peer) = match l.accept() {
                     Ok(a) => a,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -150,10 +162,12 @@ impl Acceptor {
             .zip(back)
             .map(|((since, ip), stream)| Held { stream, ip, since })
             .collect();
-        // They are older than anything still held: back to the front, in order.
+        // Back among the held ones, in order of arrival (a connection passed down
+        // out of turn, for fairness, may be younger than some still held).
         while let Some(h) = returned.pop() {
             self.held.push_front(h);
         }
+        self.held.make_contiguous().sort_by_key(|h| h.since);
     }
 
     /// Answers `busy` to every held connection accepted at or before `cutoff`.
@@ -166,10 +180,17 @@ impl Acceptor {
         }
     }
 
-    /// Passes up to `n` held connections, oldest first, to the workers.
-    pub fn hand_off(&mut self, n: usize) {
+    /// Passes up to `n` held connections to the workers, oldest first, except that
+    /// connections from addresses in `over_share` (holding more than their share of
+    /// the pool) go after everyone else's.
+    pub fn hand_off(&mut self, n: usize, over_share: &[IpAddr]) {
         for _ in 0..n {
-            let Some(h) = self.held.pop_front() else {
+            let pick = self
+                .held
+                .iter()
+                .position(|h| !over_share.contains(&h.ip))
+                .unwrap_or(0);
+            let Some(h) = self.held.remove(pick) else {
                 return;
             };
             let fds = [h.stream.as_raw_fd()];
@@ -185,7 +206,7 @@ impl Acceptor {
                 Ok(_) => self.in_flight.push_back((h.since, h.ip)),
                 Err(e) => {
                     log::warn!("busy acceptor: cannot pass a connection to a worker: {e}");
-                    self.held.push_front(h);
+                    self.held.insert(pick, h);
                     return;
                 }
             }
@@ -242,8 +263,13 @@ impl Acceptor {
 fn refuse(mut stream: TcpStream, busy: &[u8]) {
     let _ = stream.set_nonblocking(true);
     let _ = stream.write_all(busy);
+    // Bounded: a client that streams octets must not hold sloopd here.
     let mut sink = [0u8; 4096];
-    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    for _ in 0..16 {
+        if !matches!(stream.read(&mut sink), Ok(n) if n > 0) {
+            break;
+        }
+    }
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
@@ -311,6 +337,30 @@ mod tests {
     }
 
     #[test]
+    fn an_address_over_its_share_is_passed_down_last() {
+        let l = listener();
+        let addr = l.local_addr().unwrap();
+        let mut a = Acceptor::new(10).unwrap();
+        let greedy = TcpStream::connect(addr).unwrap();
+        let t0 = Instant::now();
+        accept_n(&mut a, &l, 1, t0);
+        let other = {
+            let s = std::net::TcpStream::connect(addr).unwrap();
+            accept_n(&mut a, &l, 1, t0 + Duration::from_millis(1));
+            s
+        };
+        // Make the first one look like it came from an over-share address.
+        let over = [a.held[0].ip];
+        a.held[1].ip = "127.0.0.99".parse().unwrap();
+        a.hand_off(1, &over);
+        let taken = TcpStream::from(a.recv_one().unwrap());
+        assert_eq!(taken.peer_addr().unwrap(), other.local_addr().unwrap());
+        a.reclaim();
+        assert_eq!(a.waiting(), 1);
+        drop(greedy);
+    }
+
+    #[test]
     fn connections_passed_down_reach_a_worker_or_come_back_in_order() {
         let l = listener();
         let addr = l.local_addr().unwrap();
@@ -318,7 +368,7 @@ mod tests {
         let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
         let t0 = Instant::now();
         accept_n(&mut a, &l, 3, t0);
-        a.hand_off(3);
+        a.hand_off(3, &[]);
         assert_eq!(a.waiting(), 3);
         // A "worker" takes the first one from the shared receiving end.
         let taken = TcpStream::from(a.recv_one().unwrap());

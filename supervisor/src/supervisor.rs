@@ -57,6 +57,10 @@ pub struct Supervisor {
     pub(crate) over_share: Vec<std::net::IpAddr>,
     /// The status file's last text and when it was written.
     pub(crate) status_written: Option<(Instant, String)>,
+    /// When connections passed down were last taken back, and when the addresses over
+    /// their share were last logged.
+    pub(crate) reclaimed: Option<Instant>,
+    pub(crate) share_logged: Option<Instant>,
     /// Since when more than `min_idle` workers have been idle.
     surplus_since: Option<Instant>,
     /// The periodic sweep of `tmp/` files whose writer died.
@@ -91,6 +95,8 @@ impl Supervisor {
             overload: Tracker::default(),
             over_share: Vec::new(),
             status_written: None,
+            reclaimed: None,
+            share_logged: None,
             surplus_since: None,
             tmp_sweeper: Default::default(),
         }
@@ -127,7 +133,10 @@ impl Supervisor {
             }
         }
         let (min_idle, max) = (self.cfg.smtpd.min_idle, self.cfg.smtpd.max_processes);
-        let wanted = self.pool.to_spawn(min_idle, max);
+        // Connections the busy acceptor holds are demand already known: the pool
+        // grows by as many at once (a burst is not served min_idle at a time).
+        let ready = min_idle.max(self.acceptor.waiting());
+        let wanted = self.pool.to_spawn(ready, max);
         for _ in 0..wanted {
             if !self.smtpd_backoff.ready(now) || !self.spawn_one(ChildKind::Smtpd, now) {
                 break;

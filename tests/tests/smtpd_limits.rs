@@ -115,7 +115,7 @@ fn socket_from(source: &str, port: u16) -> TcpStream {
 }
 
 #[test]
-fn busy_pool_queues_connections_in_the_backlog() {
+fn busy_pool_holds_a_connection_until_a_worker_is_free() {
     let server = Server::start(
         "smtpd-backlog",
         &[("smtpd.max_processes", "2"), ("smtpd.min_idle", "1")],
@@ -125,7 +125,8 @@ fn busy_pool_queues_connections_in_the_backlog() {
     for c in &mut held {
         assert_eq!(c.code(), 220);
     }
-    // A third client waits in the backlog: no greeting while both workers are busy.
+    // A third client waits (held by sloopd's busy acceptor): no greeting while both
+    // workers are busy, and no refusal before its connect budget is nearly spent.
     let mut waiting = Smtp::connect(server.port);
     waiting
         .stream
@@ -139,7 +140,7 @@ fn busy_pool_queues_connections_in_the_backlog() {
         "{}",
         server.log()
     );
-    // As soon as one session ends, it is served.
+    // As soon as one session ends, it is passed to that worker and served.
     waiting
         .stream
         .set_read_timeout(Some(Duration::from_secs(10)))

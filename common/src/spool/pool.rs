@@ -11,8 +11,13 @@
 //! - The queue manager, when a message is done, renames its file into one of the
 //!   subdirectories `free/0` .. `free/f` in turn (named by its old queue ID) instead
 //!   of unlinking it, while the pool has fewer than [`POOL_MAX_FILES`] files and
-//!   [`POOL_MAX_BYTES`] octets and the message is at most [`POOL_MAX_FILE_SIZE`]
-//!   octets; otherwise it unlinks it.
+//!   holds fewer octets than [`POOL_MAX_BYTES`] and than a [`POOL_FREE_SHARE`]th of
+//!   the file system's free space, and the message is at most [`POOL_MAX_FILE_SIZE`]
+//!   octets; otherwise it unlinks it. When free space shrinks below what the pool may
+//!   hold, its next count gives the surplus back (unlinks pooled files).
+//! - Anyone short of space ([`release`]: the smtpd at MAIL FROM, `sloop-sendmail`,
+//!   below `queue.min_free`) unlinks pooled files first: they are garbage by
+//!   definition, and the space they hold is the first to give back.
 //! - A writer claims a file by renaming `free/<d>/<name>` to its own `tmp/<id>`:
 //!   rename is atomic, so of two writers that race for one name one wins and the
 //!   other gets `ENOENT` and tries another. It then writes from offset 0, truncates to the new
@@ -40,6 +45,10 @@ pub const POOL_MAX_FILE_SIZE: u64 = 1024 * 1024;
 
 /// At most this much disk is held by `free/`.
 pub const POOL_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The pool never holds more than this fraction (1/N) of the free space on the spool's
+/// file system: on a shared `/var` recycling must not starve other programs.
+pub const POOL_FREE_SHARE: u64 = 10;
 
 /// `free/` is split into this many subdirectories (`free/0` .. `free/f`), filled in
 /// turn: a writer claims from the one its pid points at and moves on only when that
@@ -145,6 +154,11 @@ pub(crate) fn claim(spool: &Spool, dst: &Path) -> Option<File> {
 /// Forgets what this process listed and any pause (tests that refill the pool).
 #[cfg(test)]
 pub(crate) fn forget_listing() {
+    forget_names();
+}
+
+/// Forgets the names this process listed (after it unlinked pooled files itself).
+fn forget_names() {
     *NAMES
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
@@ -182,6 +196,8 @@ pub struct Recycler {
     /// Likewise for the octets they hold.
     estimate_bytes: u64,
     counted: Option<Instant>,
+    /// Octets the pool may hold, from the free space at the last count.
+    budget: u64,
     /// The subdirectory the next file goes to.
     next_dir: usize,
 }
@@ -212,7 +228,7 @@ impl Recycler {
         if self.counted.is_none_or(|t| t.elapsed() >= RECOUNT) {
             self.recount(spool);
         }
-        self.estimate < POOL_MAX_FILES && self.estimate_bytes + size <= POOL_MAX_BYTES
+        self.estimate < POOL_MAX_FILES && self.estimate_bytes + size <= self.budget
     }
 
     /// Counts the files in `free/` and their octets (unreadable entries count as full).
@@ -232,7 +248,48 @@ impl Recycler {
         self.estimate = files;
         self.estimate_bytes = bytes;
         self.counted = Some(Instant::now());
+        // The pool's own files are not free space, but they could be: count them in.
+        self.budget = match super::space::free_bytes(spool.root()) {
+            Ok(free) => pool_budget(free.saturating_add(bytes)),
+            Err(_) => 0,
+        };
+        if bytes > self.budget {
+            let freed = release(spool, bytes - self.budget);
+            self.estimate_bytes = bytes.saturating_sub(freed);
+        }
     }
+}
+
+/// What the pool may hold with `free` octets free (its own files included).
+pub fn pool_budget(free: u64) -> u64 {
+    (free / POOL_FREE_SHARE).min(POOL_MAX_BYTES)
+}
+
+/// Unlinks pooled files until at least `want` octets are freed or the pool is empty;
+/// returns the octets freed. Safe against concurrent claims: a file claimed first is
+/// gone from `free/` (our unlink fails and we go on), one unlinked first is not found
+/// by the claimer, which tries another.
+pub fn release(spool: &Spool, want: u64) -> u64 {
+    let mut freed = 0;
+    for i in 0..POOL_DIRS {
+        let dir = pool_dir(spool, i);
+        let Ok(listing) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in listing.flatten() {
+            if freed >= want {
+                return freed;
+            }
+            let len = entry.metadata().map_or(0, |m| m.len());
+            if fs::remove_file(entry.path()).is_ok() {
+                freed += len.max(1);
+            }
+        }
+    }
+    if freed > 0 {
+        forget_names();
+    }
+    freed
 }
 
 #[cfg(test)]
@@ -306,6 +363,36 @@ mod tests {
         r.retire(&spool, &small, &id, 1).unwrap();
         assert!(!small.exists());
         assert_eq!(pooled(&spool), 0);
+    }
+
+    #[test]
+    fn the_pool_holds_a_small_share_of_free_space_and_gives_it_back() {
+        assert_eq!(pool_budget(100 * 1024 * 1024), 10 * 1024 * 1024);
+        assert_eq!(pool_budget(10 * POOL_MAX_BYTES * 10), POOL_MAX_BYTES);
+        assert_eq!(pool_budget(5), 0);
+        let spool = spool("release");
+        let mut r = Recycler::new();
+        for _ in 0..3 {
+            let path = put(&spool, b"0123456789");
+            let id = path.file_name().unwrap().to_str().unwrap().to_string();
+            r.retire(&spool, &path, &id, 10).unwrap();
+        }
+        assert_eq!(pooled(&spool), 3);
+        assert_eq!(release(&spool, 15), 20, "whole files, until enough");
+        assert_eq!(pooled(&spool), 1);
+        assert_eq!(release(&spool, u64::MAX), 10);
+        assert_eq!(pooled(&spool), 0);
+        assert_eq!(release(&spool, 1), 0);
+        // A recount that finds more pooled than the share of free space allows gives
+        // the surplus back.
+        let path = put(&spool, b"x");
+        let id = path.file_name().unwrap().to_str().unwrap().to_string();
+        fs::rename(&path, pool_dir(&spool, 0).join(&id)).unwrap();
+        r.budget = 0;
+        r.recount(&spool);
+        if r.budget == 0 {
+            assert_eq!(pooled(&spool), 0);
+        }
     }
 
     #[test]

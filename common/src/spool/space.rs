@@ -2,13 +2,91 @@
 //! new message may be accepted (`queue.min_free`, in Postfix's `queue_minfree` spirit:
 //! by default 1.5 times `smtpd.max_message_size`).
 //!
+//! [`ensure_room`] is asked by the smtpd at MAIL FROM (`452 4.3.1 Insufficient system
+//! storage` when there is no room, also for a declared SIZE that would cross the line)
+//! and by `sloop-sendmail` before it reads a message. Short of room, it first gives
+//! back the recycling pool's files (pool.rs) and looks again. The log says when the
+//! spool goes below `queue.min_free` and when it comes back, once per change for all
+//! processes together: the first process to see a change creates or removes the marker
+//! `<run_dir>/spool-low` and only the one that succeeds logs it.
+//!
 //! Free space is what an unprivileged writer may use (`f_bavail`), since the daemons
 //! run as `server.user`. A `statvfs` failure is reported to the caller, which treats it
 //! as "unknown" and accepts (a check that cannot run must not stop all mail; the write
 //! itself still fails cleanly with 451 when the disk is really full).
 
+use super::Spool;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Name of the marker kept in `server.run_dir` while the spool is below `min_free`.
+pub const LOW_MARKER: &str = "spool-low";
+
+/// What [`ensure_room`] found.
+#[derive(Debug)]
+pub enum Room {
+    /// Enough free space.
+    Enough,
+    /// Not enough: `free` octets free (after giving the pool back).
+    Short { free: u64 },
+    /// `statvfs` failed: unknown (the caller accepts).
+    Unknown(io::Error),
+}
+
+/// Whether a message of `declared` octets (0: unknown) may be accepted into `spool`
+/// keeping `min_free` free; gives the pool back first when short.
+pub fn ensure_room(spool: &Spool, run_dir: &Path, min_free: u64, declared: u64) -> Room {
+    let mut free = match free_bytes(spool.root()) {
+        Ok(f) => f,
+        Err(e) => return Room::Unknown(e),
+    };
+    if !room_for(free, min_free, declared) {
+        let want = min_free.saturating_add(declared).saturating_sub(free);
+        if super::pool::release(spool, want) > 0 {
+            free = free_bytes(spool.root()).unwrap_or(free);
+        }
+    }
+    note(run_dir, free < min_free, free, min_free);
+    if room_for(free, min_free, declared) {
+        Room::Enough
+    } else {
+        Room::Short { free }
+    }
+}
+
+/// This process's last view: 0 unknown, 1 enough, 2 low.
+static SEEN: AtomicU8 = AtomicU8::new(0);
+
+/// Logs a change of the low-space state, once for all processes.
+fn note(run_dir: &Path, low: bool, free: u64, min_free: u64) {
+    let now = if low { 2 } else { 1 };
+    if SEEN.swap(now, Ordering::Relaxed) == now {
+        return;
+    }
+    let marker = run_dir.join(LOW_MARKER);
+    if low {
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_ok();
+        if created {
+            log::warn!(
+                "spool file system below queue.min_free: {} free, {} wanted; new mail \
+                 gets 452 4.3.1 Insufficient system storage until space is freed",
+                human(free),
+                human(min_free)
+            );
+        }
+    } else if std::fs::remove_file(&marker).is_ok() {
+        log::info!(
+            "spool file system has room again: {} free (queue.min_free {}); accepting mail",
+            human(free),
+            human(min_free)
+        );
+    }
+}
 
 /// Free octets available to unprivileged writers on the file system holding `path`.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {

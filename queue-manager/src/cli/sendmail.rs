@@ -53,6 +53,7 @@ pub fn run(argv: &[String]) -> Result<(), ToolError> {
             if cfg.log.target == sloop_common::config::LogTarget::Syslog {
                 sloop_common::logging::init_with("sloop-sendmail", "pickup", &cfg.log);
             }
+            check_room(&cfg, &spool)?;
             let stdin = std::io::stdin().lock();
             let id = deliver(&cfg, &opts, stdin)?;
             if opts.verbose {
@@ -81,6 +82,26 @@ fn newaliases(cfg: &Config, out: &mut impl Write) -> Result<(), ToolError> {
         if n == 1 { "" } else { "es" }
     )
     .map_err(|e| ToolError::new(exitcode::EX_IOERR, format!("cannot write: {e}")))
+}
+
+/// Refuses with a temporary failure (EX_TEMPFAIL) when the spool is below
+/// `queue.min_free` (after giving back the recycling pool), before reading anything.
+fn check_room(cfg: &Config, spool: &Spool) -> Result<(), ToolError> {
+    use sloop_common::spool::space::{ensure_room, human, Room};
+    let min = cfg.queue.min_free;
+    match ensure_room(spool, &cfg.server.run_dir, min, 0) {
+        Room::Enough | Room::Unknown(_) => Ok(()),
+        Room::Short { free } => Err(ToolError::new(
+            exitcode::EX_TEMPFAIL,
+            format!(
+                "insufficient system storage: the spool ({}) has {} free, below \
+                 queue.min_free ({}); message not queued, try again later",
+                spool.root().display(),
+                human(free),
+                human(min)
+            ),
+        )),
+    }
 }
 
 /// Reads the message from `input`, completes it and queues it; returns the queue ID.

@@ -2,9 +2,9 @@
 //! signal to the workers, per-address fairness, and the status file for `sloop status`.
 //!
 //! At every turn of the loop: connections passed to workers but not taken come back;
-//! held ones whose connect budget is nearly spent get `421 4.3.2`; while every worker
-//! is busy at the limit, new connections are accepted and held, otherwise held ones
-//! are passed to idle workers. Then overload is updated (overload.rs): when it begins,
+//! held ones whose connect budget is nearly spent get `421 4.3.2`; while no worker is
+//! idle (every one busy at the limit, or the pool still starting workers), new
+//! connections are accepted and held, otherwise held ones are passed to idle workers. Then overload is updated (overload.rs): when it begins,
 //! ends, or the set of addresses over their share changes, `<run_dir>/overload` is
 //! rewritten (or removed) and every worker gets `SIGWINCH` (pool_proto.rs). Failing
 //! to write a file is logged and the turn goes on: the acceptor still answers.
@@ -22,6 +22,11 @@ use std::time::{Duration, Instant};
 
 /// How often the status file may be rewritten while the counts change.
 const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// How often connections passed down and not taken are taken back while workers are
+/// idle (each one sent wakes every idle worker).
+const RECLAIM_EVERY: Duration = Duration::from_millis(100);
+/// How often the list of addresses over their share may be logged.
+const SHARE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Supervisor {
     /// One turn of overload handling (after status records, exits and spawns).
@@ -33,15 +38,28 @@ impl Supervisor {
         let saturated = self.pool.limit_reached(s.max_processes);
         let busy = self.busy_line();
         let mut turn = Turn::default();
-        self.acceptor.reclaim();
+        let idle = self.pool.counts().idle;
+        // Taking back what no worker took (and sending it again) wakes every idle
+        // worker: not more often than RECLAIM_EVERY, unless nobody could take it.
+        if idle == 0
+            || self
+                .reclaimed
+                .is_none_or(|t| now.duration_since(t) >= RECLAIM_EVERY)
+        {
+            self.acceptor.reclaim();
+            self.reclaimed = Some(now);
+        }
         if let Some(cutoff) = now.checked_sub(self.hold()) {
             self.acceptor.expire(cutoff, &busy, &mut turn);
         }
-        if saturated {
+        // No idle worker (the pool may still be starting some): nobody takes new
+        // connections from the backlog now, so the acceptor does and keeps the time.
+        if idle == 0 {
             self.acceptor
                 .accept_from(self.listeners.iter(), now, &busy, &mut turn);
         } else {
-            self.acceptor.hand_off(self.pool.counts().idle);
+            let more = idle.saturating_sub(self.acceptor.in_flight());
+            self.acceptor.hand_off(more, &self.over_share);
         }
         if let Some(ip) = turn.first_refused {
             log::warn!(
@@ -65,17 +83,20 @@ impl Supervisor {
     /// When the next turn is due for overload's sake.
     pub(super) fn balance_due(&self) -> Option<Instant> {
         let held = self.acceptor.next_due(self.hold());
+        let reclaim = (self.acceptor.in_flight() > 0)
+            .then_some(self.reclaimed.map(|t| t + RECLAIM_EVERY))
+            .flatten();
         let status = self.status_written.as_ref().map(|(t, _)| *t + STATUS_EVERY);
-        [held, self.overload.due(), status]
+        [held, reclaim, self.overload.due(), status]
             .into_iter()
             .flatten()
             .min()
     }
 
     /// The listening descriptors the loop should watch: only while the acceptor takes
-    /// connections (every worker busy at the limit).
+    /// connections (no worker idle).
     pub fn accept_fds(&self) -> Vec<RawFd> {
-        if self.stopping.is_some() || !self.pool.limit_reached(self.cfg.smtpd.max_processes) {
+        if self.stopping.is_some() || self.pool.counts().idle > 0 {
             return Vec::new();
         }
         self.listeners.iter().map(|l| l.as_raw_fd()).collect()
@@ -147,11 +168,20 @@ impl Supervisor {
         if over == self.over_share {
             return;
         }
-        if !over.is_empty() {
-            let list: Vec<String> = over.iter().map(|ip| format!("[{ip}]")).collect();
+        let now = Instant::now();
+        let due = self
+            .share_logged
+            .is_none_or(|t| now.duration_since(t) >= SHARE_LOG_EVERY);
+        if !over.is_empty() && due {
+            self.share_logged = Some(now);
+            let list: Vec<String> = over.iter().take(10).map(|ip| format!("[{ip}]")).collect();
+            let more = match over.len().saturating_sub(10) {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
             log::info!(
-                "overload: {} hold more than their share of the pool; their idle sessions \
-                 are cut first",
+                "overload: {}{more} hold more than their share of the pool; their idle \
+                 sessions are cut first",
                 list.join(" ")
             );
         }
