@@ -21,6 +21,12 @@ use std::time::Duration;
 
 /// Name of the overload file in `server.run_dir`.
 pub const OVERLOAD_FILE: &str = "overload";
+/// The run directory's subdirectory of per-client session slots (`server.user`'s).
+pub const RUN_CLIENTS: &str = "clients";
+/// The run directory's subdirectory of state the unprivileged daemons share
+/// (`server.user`'s; the run directory itself is root's): AUTH failure counts, the
+/// low-spool marker.
+pub const RUN_PRIVATE: &str = "private";
 /// Name of the status file in `server.run_dir`.
 pub const STATUS_FILE: &str = "sloopd.status";
 /// Silence after which a session from an address over its share is cut in overload.

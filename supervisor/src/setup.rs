@@ -17,6 +17,7 @@
 //! it is removed only if it still names us.
 
 use nix::unistd::{Gid, Group, Uid, User};
+use sloop_common::pool_state::{RUN_CLIENTS, RUN_PRIVATE};
 use sloop_common::secure_fs::{self, EntryKind};
 use sloop_common::spool::{LayoutGroup, LAYOUT, ROOT_MODE};
 use sloop_common::Config;
@@ -173,16 +174,20 @@ fn prepare_spool(
     root_dir.sync_all().map_err(layout_err(root))
 }
 
-/// The run directory stays root's (the pid file lives there); `clients/` inside it is
-/// the smtpd workers'.
+/// The run directory stays root's (the pid file lives there); `clients/` (per-client
+/// session slots) and `private/` (state the unprivileged daemons share: AUTH failure
+/// counts, the low-spool marker) inside it are `server.user`'s.
 fn prepare_run_dir(run_dir: &Path, creds: Option<(Uid, Gid)>) -> Result<(), SetupError> {
     let dir = make_and_open(run_dir, RUN_DIR_MODE)?;
     secure_fs::set_owner_mode(&dir, root_owner(creds), RUN_DIR_MODE)
         .map_err(layout_err(run_dir))?;
-    let clients = run_dir.join("clients");
-    let f = secure_fs::ensure_at(&dir, "clients", EntryKind::Dir, PRIVATE_DIR_MODE)
-        .map_err(layout_err(&clients))?;
-    secure_fs::set_owner_mode(&f, creds, PRIVATE_DIR_MODE).map_err(layout_err(&clients))
+    for name in [RUN_CLIENTS, RUN_PRIVATE] {
+        let path = run_dir.join(name);
+        let f = secure_fs::ensure_at(&dir, name, EntryKind::Dir, PRIVATE_DIR_MODE)
+            .map_err(layout_err(&path))?;
+        secure_fs::set_owner_mode(&f, creds, PRIVATE_DIR_MODE).map_err(layout_err(&path))?;
+    }
+    Ok(())
 }
 
 /// The root of the virtual Maildirs belongs to the unprivileged user. Its mode is set

@@ -43,7 +43,12 @@ fn receiver(name: &str, domain: &str, tls: Option<(&str, &str)>) -> (TestDir, Da
     let port = free_port();
     let local = format!("[\"{domain}\"]");
     let boxes = format!("[\"@{domain}\"]");
-    let mut o: Vec<(&str, &str)> = vec![("domains.local", &local), ("local.mailboxes", &boxes)];
+    // A name of its own: a receiver greeting with the sender's name is a mail loop.
+    let mut o: Vec<(&str, &str)> = vec![
+        ("server.hostname", "\"mx.receiver.test\""),
+        ("domains.local", &local),
+        ("local.mailboxes", &boxes),
+    ];
     if let Some((c, k)) = tls {
         o.push(("tls.cert_file", c));
         o.push(("tls.key_file", k));
@@ -146,6 +151,7 @@ fn a_route_with_credentials_logs_in_over_tls_to_a_submission_port() {
     let cfg = rdir.write_config(
         port,
         &[
+            ("server.hostname", "\"mx.receiver.test\""),
             ("domains.local", "[\"far.test\"]"),
             ("local.mailboxes", "[\"@far.test\"]"),
             ("relay.networks", "[]"),

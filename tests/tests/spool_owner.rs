@@ -25,8 +25,14 @@ const OUTSIDE_THE_SPOOL: &[&str] = &[
     // Mailboxes: Maildir and mbox writes under local.mailbox_root.
     "delivery/src/local/maildir.rs",
     "delivery/src/local/mbox.rs",
+    // Local accounts' mailboxes (/var/mail/USER, ~/Maildir), written as the account.
+    "delivery/src/local/account.rs",
     // sloopd's pid file in server.run_dir.
     "supervisor/src/setup.rs",
+    // sloopd's status file (pool, overload) in server.run_dir.
+    "common/src/pool_state.rs",
+    // The AUTH password file (auth.password_file), rewritten by `sloop passwd`.
+    "common/src/passwd.rs",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

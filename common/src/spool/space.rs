@@ -8,7 +8,7 @@
 //! back the recycling pool's files (pool.rs) and looks again. The log says when the
 //! spool goes below `queue.min_free` and when it comes back, once per change for all
 //! processes together: the first process to see a change creates or removes the marker
-//! `<run_dir>/spool-low` and only the one that succeeds logs it.
+//! `<run_dir>/private/spool-low` and only the one that succeeds logs it.
 //!
 //! Free space is what an unprivileged writer may use (`f_bavail`), since the daemons
 //! run as `server.user`. A `statvfs` failure is reported to the caller, which treats it
@@ -64,7 +64,9 @@ fn note(run_dir: &Path, low: bool, free: u64, min_free: u64) {
     if SEEN.swap(now, Ordering::Relaxed) == now {
         return;
     }
-    let marker = run_dir.join(LOW_MARKER);
+    let marker = run_dir
+        .join(crate::pool_state::RUN_PRIVATE)
+        .join(LOW_MARKER);
     if low {
         let created = std::fs::OpenOptions::new()
             .write(true)

@@ -1,6 +1,6 @@
 //! Failed AUTH attempts per client address, counted across every worker of the pool.
 //!
-//! The counts live in `<run_dir>/auth-failures`: one line per failure, `<address>
+//! The counts live in `<run_dir>/private/auth-failures`: one line per failure, `<address>
 //! <unix time>`, kept under an exclusive `flock` while read and rewritten. Entries older
 //! than `auth.failure_window` are dropped on every update and the file holds at most
 //! [`MAX_ENTRIES`] lines (the oldest go first), so it stays small whatever an attacker
@@ -69,7 +69,9 @@ fn render(entries: &[(IpAddr, i64)]) -> String {
 
 /// Runs `f` on the file's text under an exclusive lock; writes back what it returns.
 fn with_file<T>(run_dir: &Path, f: impl FnOnce(&str) -> (Option<String>, T)) -> io::Result<T> {
-    let path = run_dir.join("auth-failures");
+    let path = run_dir
+        .join(sloop_common::pool_state::RUN_PRIVATE)
+        .join("auth-failures");
     let file: File = OpenOptions::new()
         .read(true)
         .write(true)
@@ -101,7 +103,7 @@ mod tests {
     #[test]
     fn failures_count_per_address_within_the_window() {
         let dir = std::env::temp_dir().join(format!("sloop-authfail-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(dir.join("private")).unwrap();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(count(&dir, a, 1000, 60).unwrap(), 0);
@@ -115,7 +117,7 @@ mod tests {
             "the first one aged out"
         );
         assert_eq!(record(&dir, a, 2000, 60).unwrap(), 1);
-        let text = std::fs::read_to_string(dir.join("auth-failures")).unwrap();
+        let text = std::fs::read_to_string(dir.join("private").join("auth-failures")).unwrap();
         assert_eq!(
             text, "192.0.2.1 2000\n",
             "old entries are dropped on update"
