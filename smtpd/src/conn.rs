@@ -271,7 +271,21 @@ impl Conn {
             return true;
         }
         let mut fds = [PollFd::new(self.rd.as_fd(), PollFlags::POLLIN)];
-        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+            return false;
+        }
+        if self.wr.is_some() {
+            // A pipe (`--inetd`): readable means input or end of file alike.
+            return true;
+        }
+        // On a socket, a client that connected and hung up at once said nothing: its
+        // end of file is a lost connection, not an early talker.
+        let mut one = [0u8; 1];
+        let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+        matches!(
+            nix::sys::socket::recv(self.rd.as_raw_fd(), &mut one, flags),
+            Ok(n) if n > 0
+        )
     }
 
     /// Looks at what the client sent without consuming it (for the PROXY header);

@@ -116,6 +116,29 @@ fn early_talker_is_refused() {
     assert_eq!(c.cmd("QUIT"), 221);
 }
 
+/// Regression: a client that connected and hung up before the greeting (a port probe,
+/// a load balancer's health check) was logged as an early talker, which log summaries
+/// such as pflogsumm count as a rejection.
+#[test]
+fn a_client_that_hangs_up_before_the_greeting_is_not_an_early_talker() {
+    let server = Server::start("smtpd-hangup", &[], &[("SLOOP_FAULT", "connect-delay")]);
+    // From an address of its own, so its log lines are told from the harness's probe.
+    server.python(
+        "import socket\ns = socket.socket()\ns.bind(('127.0.0.3', 0))\n\
+         s.connect(('127.0.0.1', PORT))\ns.close()\n",
+        &[],
+    );
+    assert!(server.wait_log(
+        "lost connection after CONNECT from unknown[127.0.0.3]",
+        Duration::from_secs(10)
+    ));
+    assert!(
+        !server.log().contains("early talker unknown[127.0.0.3]"),
+        "{}",
+        server.log()
+    );
+}
+
 #[test]
 fn two_thousand_pipelined_rcpts() {
     let server = Server::start("smtpd-2000", &[], &[]);
