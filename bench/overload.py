@@ -192,9 +192,6 @@ local = ["bench.test"]
 [local]
 mailbox_root = "{work}/mail"
 mailboxes = ["@bench.test"]
-
-[log]
-level = "warn"
 """)
     log = open(os.path.join(work, "sloopd.log"), "w")
     proc = subprocess.Popen([os.path.join(ROOT, "target", "release", "sloopd"), "-c", cfg], stdout=log, stderr=log)

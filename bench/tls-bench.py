@@ -70,9 +70,6 @@ run_dir = "{work}/run"
 
 [smtpd]
 listen = ["127.0.0.1:2536"]
-min_idle = 24
-max_processes = 120
-max_per_client = 200
 
 [tls]
 cert_file = "{crt}"
@@ -84,9 +81,6 @@ local = ["bench.test"]
 [local]
 mailbox_root = "{work}/mail"
 mailboxes = ["@bench.test"]
-
-[log]
-level = "warn"
 """)
     log = open(os.path.join(work, "sloopd.log"), "w")
     proc = subprocess.Popen([os.path.join(ROOT, "target", "release", "sloopd"), "-c", cfg],
