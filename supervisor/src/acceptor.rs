@@ -1,5 +1,5 @@
 //! The busy acceptor: while every smtpd worker is busy, `sloopd` itself accepts new
-//! connections, so that none waits in the kernel's backlog without a banner (SEED.md
+//! connections, so that none waits in the kernel's backlog without a banner (docs/invariants.md
 //! G1).
 //!
 //! A connection accepted here is held, silent, until a worker becomes idle; it is then

@@ -198,8 +198,11 @@ fn a_route_with_credentials_logs_in_over_tls_to_a_submission_port() {
 
     // A wrong password defers, and nothing is delivered.
     std::fs::write(&creds, "127.0.0.1 alice wrong\n").unwrap();
+    let reloads = |log: String| log.matches("configuration reloaded from").count();
+    let before = reloads(s.log_text());
     s.signal(nix::sys::signal::Signal::SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
+    let reloaded = wait_until(Duration::from_secs(10), || reloads(s.log_text()) > before);
+    assert!(reloaded, "{}", s.log_text());
     submit(sport, "y@far.test");
     let ok = wait_until(Duration::from_secs(30), || {
         s.log_text().contains("SASL authentication failed as alice")

@@ -1,5 +1,5 @@
 //! Overload end to end: idle connections that hold the whole smtpd pool must not leave
-//! anyone without a banner (SEED.md G1), and the other invariants hold while the pool is
+//! anyone without a banner (docs/invariants.md G1), and the other invariants hold while the pool is
 //! overloaded.
 //!
 //! - 120 idle connections from six addresses hold a pool of 100: a client from a
