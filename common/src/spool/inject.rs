@@ -277,6 +277,22 @@ fn write_and_sync<R: Read>(
     max_size: u64,
     path: &Path,
 ) -> Result<(), InjectError> {
+    let (file, len) = write_queue_file(file, message, envelope_fn, id, max_size, path)?;
+    sync(file, recycled, len, path)
+}
+
+/// Writes the queue file format into `file`: the message from `message` (at most
+/// `max_size` octets), then the envelope `envelope_fn` gives, validated and stamped with
+/// `id` and the size, as the trailer. Nothing is synced; returns the file and the
+/// number of octets written. Shared by the commit and the maildrop writer.
+pub(crate) fn write_queue_file<R: Read>(
+    file: File,
+    message: &mut R,
+    envelope_fn: impl FnOnce() -> Result<Envelope, EnvelopeError>,
+    id: &str,
+    max_size: u64,
+    path: &Path,
+) -> Result<(File, u64), InjectError> {
     let mut out = BufWriter::with_capacity(64 * 1024, file);
     let size = copy_limited(message, &mut out, max_size, path)?;
     let env = envelope_fn().map_err(InjectError::Envelope)?;
@@ -290,7 +306,7 @@ fn write_and_sync<R: Read>(
             source: e.into_error(),
         })
     })?;
-    sync(file, recycled, size + trailer.len() as u64, path)
+    Ok((file, size + trailer.len() as u64))
 }
 
 /// Copies `message` to `out`, refusing more than `max_size` octets (0: no limit).

@@ -20,10 +20,10 @@
 //! not read it, so it cannot open it; on Linux's journaling file systems (ext4, xfs,
 //! btrfs) the file's own fsync also makes its new name durable.
 
-use super::inject::{copy_limited, stamp, InjectError};
+use super::inject::{write_queue_file, InjectError};
 use super::{ctx, queue_id, Envelope, EnvelopeError, Spool};
 use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -154,19 +154,7 @@ fn write<R: Read>(
     max_size: u64,
     path: &Path,
 ) -> Result<(), InjectError> {
-    let mut out = BufWriter::with_capacity(64 * 1024, file);
-    let size = copy_limited(message, &mut out, max_size, path)?;
-    let env = envelope_fn().map_err(InjectError::Envelope)?;
-    env.validate().map_err(InjectError::Envelope)?;
-    let trailer = stamp(env, id, size).to_trailer();
-    ctx(out.write_all(&trailer), "write", path)?;
-    let file = out.into_inner().map_err(|e| {
-        InjectError::Spool(super::SpoolError {
-            path: path.to_path_buf(),
-            action: "write",
-            source: e.into_error(),
-        })
-    })?;
+    let (file, _) = write_queue_file(file, message, envelope_fn, id, max_size, path)?;
     ctx(file.sync_all(), "fsync", path)?;
     let ready = Permissions::from_mode(READY_MODE);
     ctx(file.set_permissions(ready), "set the mode of", path)?;

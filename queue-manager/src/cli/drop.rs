@@ -14,13 +14,12 @@
 //! `$SLOOP_CONFIG` of the caller's choosing gains them nothing: the group is used only
 //! to create a new file in a `maildrop/` and to connect to a `showq` socket.
 
-use super::inject::{inject_error, QUEUE_ID_ENV};
+use super::inject::{inject_error, read_envelope, QUEUE_ID_ENV};
 use super::ToolError;
 use nix::unistd::{getegid, getgid, getuid, setegid};
 use sloop_common::exitcode;
-use sloop_common::spool::{maildrop, Envelope, EnvelopeError, Spool};
+use sloop_common::spool::{maildrop, Spool};
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -128,19 +127,6 @@ fn with_real_group<T>(f: impl FnOnce() -> T) -> Result<T, ToolError> {
     let out = f();
     switch(effective)?;
     Ok(out)
-}
-
-/// Reads the qmail envelope from fd 1 to EOF and parses it.
-fn read_envelope() -> Result<Envelope, EnvelopeError> {
-    let mut fd1 = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(File::from)
-        .map_err(|e| EnvelopeError::Io(format!("fd 1: {e}")))?;
-    let mut bytes = Vec::new();
-    fd1.read_to_end(&mut bytes)
-        .map_err(|e| EnvelopeError::Io(format!("fd 1: {e}")))?;
-    Envelope::parse_qmail(&bytes)
 }
 
 /// Copies the listing `sloop-pickup` writes on `public/showq` to stdout.

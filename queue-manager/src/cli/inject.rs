@@ -84,8 +84,8 @@ fn dup_fd(fd: std::os::fd::BorrowedFd<'_>, what: &str) -> Result<File, ToolError
         .map_err(|e| ToolError::new(exitcode::QQ_READ_ERROR, format!("cannot use {what}: {e}")))
 }
 
-/// Reads the qmail envelope from fd 1 to EOF and parses it.
-fn read_envelope() -> Result<Envelope, EnvelopeError> {
+/// Reads the qmail envelope from fd 1 to EOF and parses it (also `sloop-drop`'s).
+pub(super) fn read_envelope() -> Result<Envelope, EnvelopeError> {
     let mut fd1 = std::io::stdout()
         .as_fd()
         .try_clone_to_owned()
