@@ -11,6 +11,7 @@
 //! Relative paths in the file are taken relative to the file's own directory, so a
 //! checkout's `etc/dev.toml` works from any working directory.
 
+pub mod hooks;
 mod man;
 pub mod params;
 mod reader;
@@ -19,6 +20,10 @@ mod render;
 mod sections;
 pub mod values;
 
+pub use hooks::{
+    AccessEntry, AccessPattern, AccessRules, AccessVerdict, HookListener, HookSocket, HookStage,
+    HooksConfig, MilterHook, OnError, PolicyHook,
+};
 pub use man::render_man;
 pub use render::{render_docs, render_sample};
 pub use sections::*;
@@ -145,6 +150,8 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     pub log_level: log::LevelFilter,
     pub log: LogConfig,
+    /// `[[policy]]`, `[[milter]]` and `[access]`.
+    pub hooks: HooksConfig,
     /// Every key with its effective value (TOML syntax), for `sloop config check --show`.
     pub effective: BTreeMap<&'static str, String>,
     /// Keys that were omitted and took their default.
@@ -348,6 +355,7 @@ impl Config {
             supervisor,
             log_level,
             log,
+            hooks: HooksConfig::default(),
             effective: BTreeMap::new(),
             defaulted: Vec::new(),
             text: text.to_string(),
