@@ -137,17 +137,24 @@ fn open_mailbox(path: &Path, who: &Identity) -> Result<File, RcptResult> {
 }
 
 /// Whether an existing mailbox may be written for account `uid`.
-pub fn mailbox_usable(regular: bool, nlink: u64, owner: u32, uid: u32) -> Result<(), String> {
+pub fn mailbox_usable(
+    regular: bool,
+    nlink: u64,
+    owner: u32,
+    uid: u32,
+) -> Result<(), super::refusal::FileRefusal> {
+    use super::refusal::FileRefusal;
     if !regular {
-        return Err("is not a regular file".to_string());
+        return Err(FileRefusal::NotRegular);
     }
     if nlink != 1 {
-        return Err(format!("has {nlink} hard links"));
+        return Err(FileRefusal::HardLinks(nlink));
     }
     if owner != uid {
-        return Err(format!(
-            "is owned by uid {owner}, not by the account (uid {uid})"
-        ));
+        return Err(FileRefusal::Owner {
+            owner,
+            account: uid,
+        });
     }
     Ok(())
 }
@@ -181,9 +188,11 @@ mod tests {
         assert!(mailbox_usable(false, 1, 1000, 1000).is_err());
         assert!(mailbox_usable(true, 2, 1000, 1000)
             .unwrap_err()
+            .to_string()
             .contains("hard links"));
         assert!(mailbox_usable(true, 1, 0, 1000)
             .unwrap_err()
+            .to_string()
             .contains("uid 0"));
     }
 }

@@ -114,18 +114,18 @@ pub fn run_as_for(facts: FileFacts, euid: u32, uids: &[u32]) -> Option<u32> {
 }
 
 /// Whether a `.forward` with `facts` may be used for the account `uid`.
-pub fn forward_usable(facts: FileFacts, uid: u32) -> Result<(), String> {
+pub fn forward_usable(facts: FileFacts, uid: u32) -> Result<(), super::refusal::FileRefusal> {
+    use super::refusal::FileRefusal;
     if facts.uid != uid {
-        return Err(format!(
-            "is owned by uid {}, not by the account (uid {uid})",
-            facts.uid
-        ));
+        return Err(FileRefusal::Owner {
+            owner: facts.uid,
+            account: uid,
+        });
     }
     if facts.shared_writable() {
-        return Err(format!(
-            "is group- or world-writable (mode {:o})",
-            facts.mode & 0o7777
-        ));
+        return Err(FileRefusal::SharedWritable {
+            mode: facts.mode & 0o7777,
+        });
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ pub mod maildir;
 pub mod mbox;
 pub mod pipe;
 pub mod privs;
+pub mod refusal;
 pub mod spawner;
 
 use crate::headers::{has_delivered_to, trace_headers};

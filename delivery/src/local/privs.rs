@@ -181,16 +181,37 @@ fn in_child(who: &Identity, work: impl FnOnce() -> RcptResult) -> RcptResult {
 }
 
 /// `initgroups`, `setgid`, `setuid`; then checks root cannot be regained.
-fn drop_privileges(who: &Identity) -> Result<(), String> {
-    let name = CString::new(who.name.as_str()).map_err(|e| e.to_string())?;
+fn drop_privileges(who: &Identity) -> Result<(), DropError> {
+    let name = CString::new(who.name.as_str()).map_err(|_| DropError::NulInName)?;
     let gid = Gid::from_raw(who.gid);
-    nix::unistd::initgroups(&name, gid).map_err(|e| format!("initgroups: {e}"))?;
-    nix::unistd::setgid(gid).map_err(|e| format!("setgid: {e}"))?;
-    nix::unistd::setuid(Uid::from_raw(who.uid)).map_err(|e| format!("setuid: {e}"))?;
+    nix::unistd::initgroups(&name, gid).map_err(|e| DropError::Call("initgroups", e))?;
+    nix::unistd::setgid(gid).map_err(|e| DropError::Call("setgid", e))?;
+    nix::unistd::setuid(Uid::from_raw(who.uid)).map_err(|e| DropError::Call("setuid", e))?;
     if who.uid != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
-        return Err("root privileges could be regained".to_string());
+        return Err(DropError::Regained);
     }
     Ok(())
+}
+
+/// Why the forked child could not become the account's user.
+#[derive(Debug)]
+enum DropError {
+    /// The user name has a NUL octet.
+    NulInName,
+    /// A system call failed.
+    Call(&'static str, nix::Error),
+    /// setuid(0) worked after the switch: the child could become root again.
+    Regained,
+}
+
+impl std::fmt::Display for DropError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DropError::NulInName => f.write_str("the user name has a NUL octet"),
+            DropError::Call(what, e) => write!(f, "{what}: {e}"),
+            DropError::Regained => f.write_str("root privileges could be regained"),
+        }
+    }
 }
 
 /// One result as a line: `<outcome> <dsn> <text>` (the text has no control characters).

@@ -26,6 +26,32 @@ impl fmt::Debug for Login {
     }
 }
 
+/// Why `remote.credentials_file` cannot be used (every delivery that would log in
+/// defers with this text until the operator fixes the file).
+#[derive(Debug)]
+pub enum CredentialsError {
+    /// The file could not be read.
+    Read(std::path::PathBuf, std::io::Error),
+    /// Line `line` (1-based) is not `host user password`.
+    Syntax { line: usize },
+    /// A syntax error in the file at `path`.
+    InFile(std::path::PathBuf, Box<CredentialsError>),
+}
+
+impl fmt::Display for CredentialsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialsError::Read(p, e) => write!(f, "{}: {e}", p.display()),
+            CredentialsError::Syntax { line } => {
+                write!(f, "line {line}: expected `host user password`")
+            }
+            CredentialsError::InFile(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for CredentialsError {}
+
 /// The credentials file: host (lower case) -> login.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
@@ -34,7 +60,7 @@ pub struct Credentials {
 
 impl Credentials {
     /// Parses the file's text; errors name the line.
-    pub fn parse(text: &str) -> Result<Credentials, String> {
+    pub fn parse(text: &str) -> Result<Credentials, CredentialsError> {
         let mut by_host = HashMap::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
@@ -52,16 +78,18 @@ impl Credentials {
                         },
                     );
                 }
-                _ => return Err(format!("line {}: expected `host user password`", i + 1)),
+                _ => return Err(CredentialsError::Syntax { line: i + 1 }),
             }
         }
         Ok(Credentials { by_host })
     }
 
     /// Reads `path`.
-    pub fn load(path: &Path) -> Result<Credentials, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Credentials::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Credentials, CredentialsError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CredentialsError::Read(path.to_path_buf(), e))?;
+        Credentials::parse(&text)
+            .map_err(|e| CredentialsError::InFile(path.to_path_buf(), Box::new(e)))
     }
 
     /// The login for `host`, if any.
@@ -105,7 +133,7 @@ mod tests {
         assert_eq!(plain_response(c.get("127.0.0.1").unwrap()), "AGJvYgB4");
         assert!(!format!("{l:?}").contains("s3cret"));
         assert_eq!(
-            Credentials::parse("host user\n").unwrap_err(),
+            Credentials::parse("host user\n").unwrap_err().to_string(),
             "line 1: expected `host user password`"
         );
     }

@@ -44,7 +44,8 @@ pub struct ClientConfig {
     /// The TLS level for this destination (`remote.tls`, `remote.tls_policy`).
     pub level: TlsLevel,
     /// `remote.credentials_file`, or why it could not be read.
-    pub credentials: Option<Arc<Result<super::credentials::Credentials, String>>>,
+    pub credentials:
+        Option<Arc<Result<super::credentials::Credentials, super::credentials::CredentialsError>>>,
 }
 
 /// Why a session could not be opened.
@@ -57,6 +58,41 @@ pub enum OpenError {
     Loop(String),
     /// Anything else (connect, greeting, EHLO): try the next address.
     Other(String),
+}
+
+/// Why logging in to a smarthost failed (the delivery defers with this text).
+#[derive(Debug)]
+enum LoginError {
+    /// `remote.credentials_file` could not be read or parsed.
+    Unusable(String),
+    /// A login exists for the host, but the session is not encrypted.
+    NotEncrypted(String),
+    /// A login exists for the host, but it does not offer AUTH PLAIN.
+    NotOffered(String),
+    /// The AUTH command could not be sent or answered.
+    Io(String),
+    /// The server refused the login.
+    Refused { user: String, reply: String },
+}
+
+impl std::fmt::Display for LoginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginError::Unusable(e) => write!(f, "remote.credentials_file unusable: {e}"),
+            LoginError::NotEncrypted(name) => write!(
+                f,
+                "credentials for {name} are configured, but the session is not encrypted: not sending the password"
+            ),
+            LoginError::NotOffered(name) => write!(
+                f,
+                "credentials for {name} are configured, but AUTH PLAIN is not offered"
+            ),
+            LoginError::Io(e) => f.write_str(e),
+            LoginError::Refused { user, reply } => {
+                write!(f, "SASL authentication failed as {user}: {reply}")
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for OpenError {
@@ -195,11 +231,12 @@ impl Session {
                 level.name()
             )));
         }
-        self.login(name).map_err(OpenError::Other)
+        self.login(name)
+            .map_err(|e| OpenError::Other(e.to_string()))
     }
 
     /// AUTH PLAIN when `remote.credentials_file` has a login for `name` (TLS only).
-    fn login(&mut self, name: &str) -> Result<(), String> {
+    fn login(&mut self, name: &str) -> Result<(), LoginError> {
         let Some(creds) = self.cfg.credentials.clone() else {
             return Ok(());
         };
@@ -208,12 +245,10 @@ impl Session {
                 Some(l) => l.clone(),
                 None => return Ok(()),
             },
-            Err(e) => return Err(format!("remote.credentials_file unusable: {e}")),
+            Err(e) => return Err(LoginError::Unusable(e.to_string())),
         };
         if !self.is_tls() {
-            return Err(format!(
-                "credentials for {name} are configured, but the session is not encrypted: not sending the password"
-            ));
+            return Err(LoginError::NotEncrypted(name.to_string()));
         }
         let offered = self
             .ehlo
@@ -224,22 +259,19 @@ impl Session {
                     .any(|w| w.eq_ignore_ascii_case("PLAIN"))
             });
         if !offered {
-            return Err(format!(
-                "credentials for {name} are configured, but AUTH PLAIN is not offered"
-            ));
+            return Err(LoginError::NotOffered(name.to_string()));
         }
         let r = self
             .command(&format!(
                 "AUTH PLAIN {}",
                 super::credentials::plain_response(&login)
             ))
-            .map_err(io_text)?;
+            .map_err(|e| LoginError::Io(io_text(e)))?;
         if r.code != 235 {
-            return Err(format!(
-                "SASL authentication failed as {}: {}",
-                login.user,
-                r.one_line()
-            ));
+            return Err(LoginError::Refused {
+                user: login.user,
+                reply: r.one_line(),
+            });
         }
         log::info!("{}: SASL PLAIN authenticated as {}", self.relay, login.user);
         Ok(())

@@ -36,7 +36,7 @@ pub fn run(argv: &[String]) -> Result<(), ToolError> {
         .map(|a| a.rsplit('/').next().unwrap_or(a))
         .unwrap_or("");
     let mut opts = sendmail_args::parse(argv.get(1..).unwrap_or(&[]), name.ends_with("mailq"))
-        .map_err(|e| ToolError::new(exitcode::EX_USAGE, e))?;
+        .map_err(|e| ToolError::new(exitcode::EX_USAGE, e.to_string()))?;
     if name.ends_with("newaliases") {
         opts.mode = Mode::Newaliases;
     }

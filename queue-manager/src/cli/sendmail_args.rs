@@ -53,8 +53,31 @@ const WITH_VALUE: &[u8] = b"ABCFLNORVXbefhopr";
 /// Letters that take no value.
 const FLAGS: &[u8] = b"46GIUcimntvx";
 
+/// A command line sendmail would refuse (exit EX_USAGE); the text is getopt's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsageError {
+    /// A letter sendmail does not know.
+    IllegalOption(char),
+    /// A letter that takes a value came last.
+    MissingArgument(char),
+    /// A `-b` mode Sloop does not provide (`-bs`, `-bd`, ...).
+    UnsupportedMode(String),
+}
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UsageError::IllegalOption(c) => write!(f, "illegal option -- {c}"),
+            UsageError::MissingArgument(c) => write!(f, "option requires an argument -- {c}"),
+            UsageError::UnsupportedMode(m) => write!(f, "-b{m} is not supported by sloop-sendmail"),
+        }
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// Parses the arguments after argv[0]; `as_mailq` when invoked as `mailq`.
-pub fn parse(args: &[String], as_mailq: bool) -> Result<Options, String> {
+pub fn parse(args: &[String], as_mailq: bool) -> Result<Options, UsageError> {
     let mut o = Options::default();
     if as_mailq {
         o.mode = Mode::List;
@@ -79,7 +102,7 @@ fn parse_cluster<'a>(
     o: &mut Options,
     arg: &str,
     rest: &mut impl Iterator<Item = &'a String>,
-) -> Result<(), String> {
+) -> Result<(), UsageError> {
     for (j, letter) in arg.bytes().enumerate().skip(1) {
         if letter == b'q' {
             o.mode = Mode::Flush; // -q, -q1h, -qR...: retry now
@@ -90,14 +113,14 @@ fn parse_cluster<'a>(
             continue;
         }
         if !WITH_VALUE.contains(&letter) {
-            return Err(format!("illegal option -- {}", letter as char));
+            return Err(UsageError::IllegalOption(letter as char));
         }
         let value = match arg.get(j + 1..) {
             Some(v) if !v.is_empty() => v.to_string(),
             _ => rest
                 .next()
                 .cloned()
-                .ok_or_else(|| format!("option requires an argument -- {}", letter as char))?,
+                .ok_or(UsageError::MissingArgument(letter as char))?,
         };
         return apply_value(o, letter, value);
     }
@@ -113,7 +136,7 @@ fn apply_flag(o: &mut Options, letter: u8) {
     }
 }
 
-fn apply_value(o: &mut Options, letter: u8, value: String) -> Result<(), String> {
+fn apply_value(o: &mut Options, letter: u8, value: String) -> Result<(), UsageError> {
     match letter {
         b'b' => o.mode = mode(&value)?,
         b'o' if value.starts_with('i') => o.ignore_dots = true,
@@ -129,12 +152,12 @@ fn apply_value(o: &mut Options, letter: u8, value: String) -> Result<(), String>
     Ok(())
 }
 
-fn mode(value: &str) -> Result<Mode, String> {
+fn mode(value: &str) -> Result<Mode, UsageError> {
     match value {
         "m" => Ok(Mode::Deliver),
         "p" => Ok(Mode::List),
         "i" => Ok(Mode::Newaliases),
-        other => Err(format!("-b{other} is not supported by sloop-sendmail")),
+        other => Err(UsageError::UnsupportedMode(other.to_string())),
     }
 }
 
@@ -158,7 +181,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
-    fn p(s: &str) -> Result<Options, String> {
+    fn p(s: &str) -> Result<Options, UsageError> {
         let args: Vec<String> = s.split_whitespace().map(str::to_string).collect();
         parse(&args, false)
     }

@@ -120,23 +120,22 @@ impl Qmgr {
         for out in outputs {
             let broken = match out {
                 Output::Reply(r) => self.on_reply(slot, r).err(),
-                Output::Garbage(line) => Some(format!(
-                    "delivery worker protocol error ({:?})",
-                    line.chars().take(100).collect::<String>()
+                Output::Garbage(line) => Some(WorkerFault::Garbage(
+                    line.chars().take(100).collect::<String>(),
                 )),
-                Output::Eof => Some("delivery worker died".to_string()),
+                Output::Eof => Some(WorkerFault::Died),
             };
             if let Some(why) = broken {
-                self.break_worker(slot, &why);
+                self.break_worker(slot, &why.to_string());
                 return;
             }
         }
     }
 
     /// Applies one reply; an error means the worker is broken.
-    fn on_reply(&mut self, slot: usize, reply: Reply) -> Result<(), String> {
-        let w = self.pools.get_mut(slot).ok_or("no such worker")?;
-        let job = w.jobs.front_mut().ok_or("reply while idle")?;
+    fn on_reply(&mut self, slot: usize, reply: Reply) -> Result<(), WorkerFault> {
+        let w = self.pools.get_mut(slot).ok_or(WorkerFault::NoSuchWorker)?;
+        let job = w.jobs.front_mut().ok_or(WorkerFault::Idle)?;
         match reply {
             Reply::Rcpt {
                 job_id,
@@ -146,9 +145,13 @@ impl Qmgr {
                 relay,
                 text,
             } => {
-                let env_index = *job.spec.rcpts.get(index).ok_or("unknown recipient")?;
+                let env_index = *job
+                    .spec
+                    .rcpts
+                    .get(index)
+                    .ok_or(WorkerFault::UnknownRecipient(index))?;
                 if job_id != job.job_id || job.answered[index] {
-                    return Err("result for another job or a second result".into());
+                    return Err(WorkerFault::StrayResult);
                 }
                 job.answered[index] = true;
                 match outcome {
@@ -169,9 +172,9 @@ impl Qmgr {
             }
             Reply::Done { job_id } => {
                 if job_id != job.job_id {
-                    return Err("done for another job".into());
+                    return Err(WorkerFault::StrayDone);
                 }
-                let job = w.jobs.pop_front().ok_or("reply while idle")?;
+                let job = w.jobs.pop_front().ok_or(WorkerFault::Idle)?;
                 w.jobs_done += 1;
                 // The next job's time starts now that the worker is on it.
                 if let Some(next) = w.jobs.front_mut() {
@@ -248,5 +251,47 @@ impl Qmgr {
             why: missing.to_string(),
             now: unix_now(),
         });
+    }
+}
+
+/// Why a delivery worker is taken for broken: it is killed and its job's unanswered
+/// recipients are deferred.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WorkerFault {
+    /// Its output could not be parsed as a reply (the first 100 characters).
+    Garbage(String),
+    /// It closed its output.
+    Died,
+    /// A reply for a slot the pool no longer has.
+    NoSuchWorker,
+    /// A reply while it had no job.
+    Idle,
+    /// A result for a recipient index the job does not have.
+    UnknownRecipient(usize),
+    /// A result for another job, or a second result for one recipient.
+    StrayResult,
+    /// `done` for another job.
+    StrayDone,
+}
+
+impl std::fmt::Display for WorkerFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerFault::Garbage(line) => write!(f, "delivery worker protocol error ({line:?})"),
+            WorkerFault::Died => f.write_str("delivery worker died"),
+            WorkerFault::NoSuchWorker => {
+                f.write_str("delivery worker protocol error (no such worker)")
+            }
+            WorkerFault::Idle => f.write_str("delivery worker protocol error (reply while idle)"),
+            WorkerFault::UnknownRecipient(i) => {
+                write!(f, "delivery worker protocol error (unknown recipient {i})")
+            }
+            WorkerFault::StrayResult => f.write_str(
+                "delivery worker protocol error (result for another job or a second result)",
+            ),
+            WorkerFault::StrayDone => {
+                f.write_str("delivery worker protocol error (done for another job)")
+            }
+        }
     }
 }

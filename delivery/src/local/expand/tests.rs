@@ -174,7 +174,9 @@ fn forward_files_must_be_the_accounts_own() {
         "root's file in a user's home"
     );
     assert!(forward_usable(f(1001, 0o100644), 1000).is_err());
-    let e = forward_usable(f(1000, 0o100666), 1000).unwrap_err();
+    let e = forward_usable(f(1000, 0o100666), 1000)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("world-writable"), "{e}");
 }
 
