@@ -7,9 +7,9 @@
 //!   file was never root's (it used to be `root:root 0600`, unreadable by the queue
 //!   manager, stuck for ever);
 //! - `sendmail` run by an ordinary user (`nobody`) exits 0 and is delivered through
-//!   the set-group-ID `sloop-drop` and `sloop-pickup`; `mailq` works for that user; a
-//!   corrupt maildrop file lands in `corrupt/` with a log line (it used to fail with
-//!   `Permission denied`, exit 75).
+//!   the set-group-ID `sloop-drop` and `sloop-pickup`; `mailq` and `sendmail -q` work
+//!   for that user; a corrupt maildrop file lands in `corrupt/` with a log line (it
+//!   used to fail with `Permission denied`, exit 75).
 //!
 //! They need root (to start sloopd as root and to run commands as other users); run
 //! as anybody else they print SKIP and return.
@@ -305,6 +305,31 @@ fn sendmail_and_mailq_work_for_an_ordinary_user_and_corrupt_drops_are_kept() {
         listing.contains(&id) && listing.contains("far@remote.test"),
         "{}",
         text(&out)
+    );
+
+    // `sendmail -q` as that user: sloop-pickup flushes on its behalf (Postfix lets any
+    // local user flush), logging who asked.
+    let deferred = td.spool().join("deferred");
+    assert!(
+        wait_until(DELIVERY, || std::fs::read_dir(&deferred)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)),
+        "never deferred; log:\n{}",
+        d.log_text()
+    );
+    let flush = format!("{} -C {} -q", sendmail.display(), cfg.display());
+    let out = su("nobody", &flush, b"");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deferred message(s) queued for delivery"),
+        "{}",
+        text(&out)
+    );
+    let asked = format!("flush requested by uid={nobody}");
+    assert!(
+        wait_until(DELIVERY, || d.log_text().contains(&asked)),
+        "{}",
+        d.log_text()
     );
 
     // A maildrop file that does not parse goes to corrupt/, with a log line.

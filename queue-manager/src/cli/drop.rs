@@ -7,7 +7,9 @@
 //! `sloop-queue`'s contract and exit codes, and writes them as one maildrop file
 //! (`spool::maildrop`), fsync'd before it exits 0; `sloop-pickup` commits it.
 //! `sloop-drop [-c FILE] mailq` prints the queue listing `sloop-pickup` serves on
-//! `public/showq`.
+//! `public/showq`; `sloop-drop [-c FILE] flush` asks it to retry the deferred mail now
+//! (`sendmail -q` for a user who may not write the spool; any local user may, as with
+//! Postfix's default `authorized_flush_users`).
 //!
 //! The configuration is read with the caller's own group (the effective group is set
 //! back to the real one while the file is opened and parsed), so `-c` or
@@ -31,13 +33,33 @@ const SHOWQ_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, PartialEq, Eq)]
 struct Args {
     config: Option<PathBuf>,
-    mailq: bool,
+    /// `mailq` or `flush`: a request to `public/showq` instead of a message.
+    request: Option<ShowqRequest>,
+}
+
+/// What a client asks of `public/showq`: the request line it writes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShowqRequest {
+    /// `list`: the queue listing (also what a client that writes nothing gets).
+    List,
+    /// `flush`: move the deferred mail back to `incoming/` and wake the queue manager.
+    Flush,
+}
+
+impl ShowqRequest {
+    /// The request line's word.
+    pub fn word(self) -> &'static str {
+        match self {
+            ShowqRequest::List => "list",
+            ShowqRequest::Flush => "flush",
+        }
+    }
 }
 
 /// Runs `sloop-drop` with its arguments (without argv[0]).
 pub fn run(args: &[String]) -> Result<(), ToolError> {
     let args = parse_args(args)?;
-    let code = if args.mailq {
+    let code = if args.request.is_some() {
         exitcode::EX_CONFIG
     } else {
         exitcode::QQ_CONFIG_ERROR
@@ -51,8 +73,8 @@ pub fn run(args: &[String]) -> Result<(), ToolError> {
         })?;
     sloop_common::logging::init("sloop-drop", cfg.log_level);
     let spool = Spool::new(&cfg.server.spool_dir);
-    if args.mailq {
-        return showq(&spool);
+    if let Some(request) = args.request {
+        return showq(&spool, request);
     }
     let preset = std::env::var(QUEUE_ID_ENV).ok();
     let mut message = std::io::stdin()
@@ -83,17 +105,17 @@ pub fn run(args: &[String]) -> Result<(), ToolError> {
     Ok(())
 }
 
-/// `[-c FILE] [mailq]`: internal programs take nothing else.
+/// `[-c FILE] [mailq|flush]`: internal programs take nothing else.
 fn parse_args(args: &[String]) -> Result<Args, ToolError> {
     let usage = || {
         ToolError::new(
             exitcode::QQ_CONFIG_ERROR,
-            "usage: sloop-drop [-c FILE] <message >&envelope | sloop-drop [-c FILE] mailq",
+            "usage: sloop-drop [-c FILE] <message >&envelope | sloop-drop [-c FILE] mailq|flush",
         )
     };
     let mut out = Args {
         config: None,
-        mailq: false,
+        request: None,
     };
     let mut rest = args.iter();
     while let Some(a) = rest.next() {
@@ -101,7 +123,8 @@ fn parse_args(args: &[String]) -> Result<Args, ToolError> {
             "-c" if out.config.is_none() => {
                 out.config = Some(PathBuf::from(rest.next().ok_or_else(usage)?));
             }
-            "mailq" if !out.mailq => out.mailq = true,
+            "mailq" if out.request.is_none() => out.request = Some(ShowqRequest::List),
+            "flush" if out.request.is_none() => out.request = Some(ShowqRequest::Flush),
             _ => return Err(usage()),
         }
     }
@@ -129,8 +152,9 @@ fn with_real_group<T>(f: impl FnOnce() -> T) -> Result<T, ToolError> {
     Ok(out)
 }
 
-/// Copies the listing `sloop-pickup` writes on `public/showq` to stdout.
-fn showq(spool: &Spool) -> Result<(), ToolError> {
+/// Sends `request` on `public/showq` and copies what `sloop-pickup` answers to stdout.
+fn showq(spool: &Spool, request: ShowqRequest) -> Result<(), ToolError> {
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
     let path = spool.showq_socket();
     let down = |e: std::io::Error| {
@@ -144,6 +168,13 @@ fn showq(spool: &Spool) -> Result<(), ToolError> {
     };
     let mut stream = UnixStream::connect(&path).map_err(down)?;
     stream.set_read_timeout(Some(SHOWQ_TIMEOUT)).map_err(down)?;
+    stream
+        .set_write_timeout(Some(SHOWQ_TIMEOUT))
+        .map_err(down)?;
+    stream
+        .write_all(format!("{}\n", request.word()).as_bytes())
+        .map_err(down)?;
+    stream.shutdown(std::net::Shutdown::Write).map_err(down)?;
     let mut out = std::io::stdout().lock();
     std::io::copy(&mut stream, &mut out).map_err(down)?;
     Ok(())
@@ -163,14 +194,16 @@ mod tests {
             args(&[]),
             Ok(Args {
                 config: None,
-                mailq: false
+                request: None
             })
         );
         let a = args(&["-c", "/x.toml", "mailq"]).unwrap();
         assert_eq!(a.config, Some(PathBuf::from("/x.toml")));
-        assert!(a.mailq);
+        assert_eq!(a.request, Some(ShowqRequest::List));
+        assert_eq!(args(&["flush"]).unwrap().request, Some(ShowqRequest::Flush));
         assert!(args(&["-c"]).is_err());
         assert!(args(&["-v"]).is_err());
         assert!(args(&["mailq", "mailq"]).is_err());
+        assert!(args(&["mailq", "flush"]).is_err());
     }
 }

@@ -19,6 +19,7 @@
 //! with errors lists each with its line and exits EX_DATAERR. Sloop reads the text file
 //! directly (it is re-read when its mtime changes), so there is no database to rebuild.
 
+use super::drop::ShowqRequest;
 use super::operator::{run_queue, QueueCmd};
 use super::sendmail_args::{self, Mode, Options};
 use super::sendmail_message::{Message, Missing};
@@ -44,8 +45,9 @@ pub fn run(argv: &[String]) -> Result<(), ToolError> {
     let spool = Spool::new(&cfg.server.spool_dir);
     let mut out = std::io::stdout().lock();
     match opts.mode {
-        Mode::List if !may_read(&spool) => showq_through_drop(&cfg),
+        Mode::List if !may_read(&spool) => through_drop(&cfg, ShowqRequest::List),
         Mode::List => run_queue(&QueueCmd::List { json: false }, &spool, &mut out),
+        Mode::Flush if !may_read(&spool) => through_drop(&cfg, ShowqRequest::Flush),
         Mode::Flush => run_queue(&QueueCmd::Flush, &spool, &mut out),
         Mode::Newaliases => newaliases(&cfg, &mut out),
         Mode::Deliver => {
@@ -213,14 +215,18 @@ fn may_read(spool: &Spool) -> bool {
     nix::unistd::geteuid().is_root() || owns_spool(spool)
 }
 
-/// `mailq` for a user who may not read the spool: `sloop-drop mailq` prints the listing
-/// `sloop-pickup` serves.
-fn showq_through_drop(cfg: &Config) -> Result<(), ToolError> {
+/// `mailq` or `sendmail -q` for a user who may not read the spool: `sloop-drop mailq`
+/// prints the listing `sloop-pickup` serves, `sloop-drop flush` asks it to flush.
+fn through_drop(cfg: &Config, request: ShowqRequest) -> Result<(), ToolError> {
     let program = cfg.program("sloop-drop");
+    let word = match request {
+        ShowqRequest::List => "mailq",
+        ShowqRequest::Flush => "flush",
+    };
     let status = Command::new(&program)
         .arg("-c")
         .arg(&cfg.file)
-        .arg("mailq")
+        .arg(word)
         .stdin(Stdio::null())
         .status()
         .map_err(|e| {
@@ -231,7 +237,13 @@ fn showq_through_drop(cfg: &Config) -> Result<(), ToolError> {
         })?;
     match status.code() {
         Some(0) => Ok(()),
-        Some(code) => Err(ToolError::new(code, "queue listing unavailable")),
+        Some(code) => Err(ToolError::new(
+            code,
+            match request {
+                ShowqRequest::List => "queue listing unavailable",
+                ShowqRequest::Flush => "queue flush unavailable",
+            },
+        )),
         None => Err(ToolError::new(
             exitcode::EX_TEMPFAIL,
             "sloop-drop killed by a signal",

@@ -1,8 +1,12 @@
 //! `public/showq`: the queue listing for local users who may not read the spool
-//! (Postfix's showq). `sloop-drop mailq` connects (its group may, the socket is mode
-//! 0660 in the submission group); each connection gets the text of `sloop queue list`
-//! and is closed. A thread per connection writes it, under a write timeout, and at most
-//! [`MAX_WRITERS`] at once: more connections are closed at once.
+//! (Postfix's showq), and the flush request of `sendmail -q` (Postfix's flush
+//! service). `sloop-drop mailq|flush` connects (its group may, the socket is mode 0660
+//! in the submission group) and writes one request line: `list` gets the text of
+//! `sloop queue list`, `flush` moves the deferred mail back to `incoming/` (as
+//! `sloop queue flush`, logged with the caller's uid) and gets its one-line result; a
+//! client that writes nothing within [`REQUEST_TIMEOUT`] gets the listing. Then the
+//! connection is closed. A thread per connection does the work, under a write
+//! timeout, and at most [`MAX_WRITERS`] at once: more connections are closed at once.
 
 use crate::cli::operator::{run_queue, QueueCmd};
 use sloop_common::spool::Spool;
@@ -16,6 +20,10 @@ use std::time::Duration;
 
 /// Most listings written at once.
 pub const MAX_WRITERS: usize = 4;
+/// How long a client may take to write its request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest request line read.
+const MAX_REQUEST: usize = 64;
 /// How long one listing may take to be read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Mode of the socket: the owner and the submission group may connect.
@@ -77,7 +85,7 @@ impl Listener {
         let spawned = std::thread::Builder::new()
             .name("showq".into())
             .spawn(move || {
-                write_listing(stream, &spool);
+                serve(stream, &spool);
                 writers.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
@@ -87,15 +95,76 @@ impl Listener {
     }
 }
 
-fn write_listing(stream: UnixStream, spool: &Spool) {
+fn serve(stream: UnixStream, spool: &Spool) {
     if stream.set_nonblocking(false).is_err()
         || stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err()
+        || stream.set_read_timeout(Some(REQUEST_TIMEOUT)).is_err()
     {
         return;
     }
+    let flush = read_request(&stream) == Request::Flush;
     let mut out = BufWriter::new(stream);
-    if let Err(e) = run_queue(&QueueCmd::List { json: false }, spool, &mut out) {
+    if flush {
+        let uid = peer_uid(out.get_ref()).map_or_else(|| "unknown".to_string(), |u| u.to_string());
+        log::info!("flush requested by uid={uid} (public/showq)");
+        if let Err(e) = run_queue(&QueueCmd::Flush, spool, &mut out) {
+            let _ = writeln!(out, "sendmail -q: {e}");
+        }
+    } else if let Err(e) = run_queue(&QueueCmd::List { json: false }, spool, &mut out) {
         let _ = writeln!(out, "mailq: {e}");
     }
     let _ = out.flush();
+}
+
+/// What the client asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Request {
+    List,
+    Flush,
+}
+
+/// Reads the request line (at most [`MAX_REQUEST`] octets, until LF or EOF, within
+/// [`REQUEST_TIMEOUT`]); anything but `flush` is a listing.
+fn read_request(mut stream: &UnixStream) -> Request {
+    use std::io::Read;
+    let mut line = Vec::with_capacity(MAX_REQUEST);
+    let mut byte = [0u8; MAX_REQUEST];
+    while line.len() < MAX_REQUEST && !line.contains(&b'\n') {
+        match stream.read(&mut byte[..MAX_REQUEST - line.len()]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => line.extend_from_slice(&byte[..n]),
+        }
+    }
+    parse_request(&line)
+}
+
+fn parse_request(line: &[u8]) -> Request {
+    let word = line.split(|b| *b == b'\n').next().unwrap_or_default();
+    if word.trim_ascii() == b"flush" {
+        Request::Flush
+    } else {
+        Request::List
+    }
+}
+
+/// The peer's uid (`SO_PEERCRED`), for the log line.
+fn peer_uid(stream: &UnixStream) -> Option<u32> {
+    nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+        .ok()
+        .map(|c| c.uid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_flush_flushes() {
+        assert_eq!(parse_request(b"flush\n"), Request::Flush);
+        assert_eq!(parse_request(b"flush"), Request::Flush);
+        assert_eq!(parse_request(b"list\n"), Request::List);
+        assert_eq!(parse_request(b""), Request::List);
+        assert_eq!(parse_request(b"flushx\n"), Request::List);
+        assert_eq!(parse_request(b"\nflush\n"), Request::List);
+    }
 }
