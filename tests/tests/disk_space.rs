@@ -2,8 +2,8 @@
 //!
 //! - the spool fills: MAIL FROM gets `452 4.3.1 Insufficient system storage` before any
 //!   upload (also for a declared SIZE that would cross `queue.min_free`), the recycling
-//!   pool gives its files back, `sloop-sendmail` fails temporarily with a clear
-//!   message, the log says so once; when space is freed acceptance and delivery resume
+//!   pool gives its files back, `sloop-sendmail` (75) and `sloop-queue` (53) fail
+//!   temporarily with a clear message, the log says so once; when space is freed acceptance and delivery resume
 //!   without a restart, and every acknowledged message is delivered once, intact;
 //! - the mailbox file system fills: the message is deferred with 4.3.1 (never bounced)
 //!   and delivered once when space returns.
@@ -197,6 +197,22 @@ fn a_full_spool_refuses_at_mail_from_and_recovers_without_a_restart() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(err.contains("insufficient system storage"), "{err}");
+    // sloop-queue run directly (scripts, a foreign smtpd) refuses as well: qmail-queue's
+    // temporary write error, nothing written.
+    let mut q = Command::new(sloop_tests::bin("sloop-queue"))
+        .args(["-c"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(q.stdin.take());
+    drop(q.stdout.take());
+    let out = q.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(53), "{err}");
     assert!(err.contains("insufficient system storage"), "{err}");
     let log = d.log_text();
     assert_eq!(

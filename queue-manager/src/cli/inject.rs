@@ -43,6 +43,7 @@ pub fn run(args: &[String]) -> Result<String, ToolError> {
     if !spool.exists() {
         spool.ensure_layout().map_err(|e| spool_error(&e))?;
     }
+    super::check_room(&cfg, &spool, exitcode::QQ_WRITE_ERROR)?;
     let preset = std::env::var(QUEUE_ID_ENV).ok();
     let mut message = dup_fd(std::io::stdin().as_fd(), "fd 0")?;
     let mut summary = None;

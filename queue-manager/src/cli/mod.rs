@@ -63,3 +63,28 @@ pub fn report(prog: &str, result: Result<(), ToolError>) -> i32 {
         }
     }
 }
+
+/// Refuses with exit `code` (a temporary failure) when the spool is below
+/// `queue.min_free` (after giving back the recycling pool), before anything is read:
+/// the one check of `sendmail` and `sloop-queue`, as the smtpd's `452 4.3.1`.
+pub fn check_room(
+    cfg: &sloop_common::Config,
+    spool: &sloop_common::spool::Spool,
+    code: i32,
+) -> Result<(), ToolError> {
+    use sloop_common::spool::space::{ensure_room, human, Room};
+    let min = cfg.queue.min_free;
+    match ensure_room(spool, &cfg.server.run_dir, min, 0) {
+        Room::Enough | Room::Unknown(_) => Ok(()),
+        Room::Short { free } => Err(ToolError::new(
+            code,
+            format!(
+                "insufficient system storage: the spool ({}) has {} free, below \
+                 queue.min_free ({}); message not queued, try again later",
+                spool.root().display(),
+                human(free),
+                human(min)
+            ),
+        )),
+    }
+}

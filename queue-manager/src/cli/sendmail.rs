@@ -89,21 +89,7 @@ fn newaliases(cfg: &Config, out: &mut impl Write) -> Result<(), ToolError> {
 /// Refuses with a temporary failure (EX_TEMPFAIL) when the spool is below
 /// `queue.min_free` (after giving back the recycling pool), before reading anything.
 fn check_room(cfg: &Config, spool: &Spool) -> Result<(), ToolError> {
-    use sloop_common::spool::space::{ensure_room, human, Room};
-    let min = cfg.queue.min_free;
-    match ensure_room(spool, &cfg.server.run_dir, min, 0) {
-        Room::Enough | Room::Unknown(_) => Ok(()),
-        Room::Short { free } => Err(ToolError::new(
-            exitcode::EX_TEMPFAIL,
-            format!(
-                "insufficient system storage: the spool ({}) has {} free, below \
-                 queue.min_free ({}); message not queued, try again later",
-                spool.root().display(),
-                human(free),
-                human(min)
-            ),
-        )),
-    }
+    super::check_room(cfg, spool, exitcode::EX_TEMPFAIL)
 }
 
 /// Reads the message from `input`, completes it and queues it; returns the queue ID.
