@@ -11,6 +11,8 @@
 //! - [`pool_proto`]: what `sloopd` passes to smtpd workers (descriptors, environment)
 //!   and the workers' status records.
 //! - [`exitcode`]: qmail-queue and sysexits exit codes, one mapping per boundary.
+//! - [`header`]: a message's header fields, read in place (`Received` counting, the
+//!   `message-id=` log line).
 //! - [`logging`]: one line per event, program name and pid first.
 //! - [`secure_fs`]: umask, and owner/mode changes that never follow a symlink.
 
@@ -18,6 +20,7 @@ pub mod aliases;
 pub mod config;
 pub mod delivery_proto;
 pub mod exitcode;
+pub mod header;
 pub mod local_recipient;
 pub mod logging;
 pub mod passwd;

@@ -238,17 +238,9 @@ impl DataReceiver {
 /// Counts `Received:` fields in the header section of `msg` (before the first empty
 /// line), for mail loop detection.
 pub fn count_received(msg: &[u8]) -> usize {
-    let mut n = 0;
-    for line in msg.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
-            n += 1;
-        }
-    }
-    n
+    sloop_common::header::fields(msg)
+        .filter(|f| f.is("received"))
+        .count()
 }
 
 #[cfg(test)]

@@ -62,6 +62,7 @@ fn commit_in_process(cfg: &Config, job: QueueJob) -> QueueOutcome {
     // The session held the client to smtpd.max_message_size; our Received header
     // comes on top of that.
     let limit = cfg.smtpd.max_message_size + job.trace_len as u64;
+    let message_id = sloop_common::header::message_id(&job.message);
     let committed = commit_bytes(&spool, &job.message, job.envelope, limit, Some(&job.id));
     if committed.is_err() {
         forget_layout();
@@ -70,6 +71,9 @@ fn commit_in_process(cfg: &Config, job: QueueJob) -> QueueOutcome {
         Ok(id) => {
             if id != job.id {
                 log::warn!("{id}: committed under a new queue ID, not {}", job.id);
+            }
+            if let Some(mid) = message_id {
+                log::info!("{id}: message-id={mid}");
             }
             log::info!("{id}: from={from}, nrcpt={nrcpt} (queued)");
             QueueOutcome::Committed

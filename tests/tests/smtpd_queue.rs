@@ -113,8 +113,10 @@ fn max_use_retires_workers() {
 }
 
 /// A message with dot-stuffing, 8-bit octets and an empty line, as sent and as stored.
-const SENT: &[u8] = b"Subject: in-process\r\n\r\n..dot\r\nline \xc3\xa9\r\n\r\n.\r\n";
-const STORED: &[u8] = b"Subject: in-process\r\n\r\n.dot\r\nline \xc3\xa9\r\n\r\n";
+const SENT: &[u8] =
+    b"Subject: in-process\r\nMessage-ID:\r\n <m.1@b.example>\r\n\r\n..dot\r\nline \xc3\xa9\r\n\r\n.\r\n";
+const STORED: &[u8] =
+    b"Subject: in-process\r\nMessage-ID:\r\n <m.1@b.example>\r\n\r\n.dot\r\nline \xc3\xa9\r\n\r\n";
 
 fn send_8bit(c: &mut Smtp, rcpt: &str) -> Vec<String> {
     assert_eq!(c.cmd("MAIL FROM:<s@b.example> BODY=8BITMIME"), 250);
@@ -180,6 +182,11 @@ fn in_process_commit_is_byte_exact() {
         "{log}"
     );
     assert!(!log.contains("sloop-queue["), "{log}");
+    // Postfix's cleanup line, by which operators trace a message.
+    assert!(
+        log.contains(&format!("{id}: message-id=<m.1@b.example>")),
+        "{log}"
+    );
 }
 
 #[test]
