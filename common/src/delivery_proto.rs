@@ -27,13 +27,15 @@
 /// hands its pipes to it (delivery/src/local/spawner.rs).
 pub const ENV_LOCAL_SPAWNER: &str = "SLOOP_LOCAL_SPAWNER";
 
+use crate::spool::queue_id::QueueId;
 use crate::spool::status::Outcome;
 
 /// One delivery job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     pub job_id: u64,
-    pub queue_id: String,
+    /// The message's queue ID (a job line with anything else does not parse).
+    pub queue_id: QueueId,
     pub path: String,
     pub transport: Transport,
     pub nexthop: String,
@@ -113,7 +115,7 @@ impl Job {
         let mut fields = vec![
             "job".to_string(),
             self.job_id.to_string(),
-            escape(&self.queue_id),
+            self.queue_id.to_string(),
             escape(&self.path),
             self.transport.word().to_string(),
             escape(&self.nexthop),
@@ -137,7 +139,7 @@ impl Job {
             return None;
         }
         let job_id = f.next()?.parse().ok()?;
-        let queue_id = unescape(f.next()?)?;
+        let queue_id = QueueId::parse(f.next()?)?;
         let path = unescape(f.next()?)?;
         let transport = match f.next()? {
             "local" => Transport::Local,
@@ -229,13 +231,14 @@ impl Reply {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
     fn job_round_trip_with_odd_addresses() {
         let job = Job {
             job_id: 7,
-            queue_id: "0123456789ABCDEF012345".into(),
+            queue_id: QueueId::parse("0123456789ABCDEF012345").unwrap(),
             path: "/var/spool/sloop/active/0123456789ABCDEF012345".into(),
             transport: Transport::Remote,
             nexthop: "example.net".into(),
@@ -271,14 +274,19 @@ mod tests {
             assert_eq!(Reply::parse(bad), None, "{bad:?}");
         }
         // Fields: job, id, queue id, path, transport, nexthop, sender, indices, rcpts.
-        let ok = "job\t1\tX\t/p\tlocal\t\ts@x\t4\ta@b";
+        let ok = "job\t1\t0123456789ABCDEF012345\t/p\tlocal\t\ts@x\t4\ta@b";
         assert_eq!(Job::parse(ok).map(|j| j.indices), Some(vec![4]));
+        // Not a queue ID: never reaches a path or a log line.
+        assert_eq!(
+            Job::parse(&ok.replace("0123456789ABCDEF012345", "../x")),
+            None
+        );
         for bad in [
-            "job\t1\tX\t/p\tlocal\t\t\t0,1\ta@b\textra%",
-            "job\t1\tX\t/p\tlocal\t\t\t0\t",
-            "job\t1\tX\t/p\tlocal\t\t\t0,1\ta@b",
-            "job\t1\tX\t/p\tlocal\t\t\tx\ta@b",
-            "job\t1\tX\t/p\tlocal\t\t\ta@b",
+            "job\t1\t0123456789ABCDEF012345\t/p\tlocal\t\t\t0,1\ta@b\textra%",
+            "job\t1\t0123456789ABCDEF012345\t/p\tlocal\t\t\t0\t",
+            "job\t1\t0123456789ABCDEF012345\t/p\tlocal\t\t\t0,1\ta@b",
+            "job\t1\t0123456789ABCDEF012345\t/p\tlocal\t\t\tx\ta@b",
+            "job\t1\t0123456789ABCDEF012345\t/p\tlocal\t\t\ta@b",
         ] {
             assert_eq!(Job::parse(bad), None, "{bad:?}");
         }

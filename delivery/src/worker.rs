@@ -188,7 +188,7 @@ fn answer<O: Write>(
 fn write_batch<O: Write>(output: &mut O, batch: &[Done]) -> io::Result<()> {
     for done in batch {
         for (rcpt, r) in done.job.recipients.iter().zip(&done.results) {
-            log_result(&done.job.queue_id, rcpt, r, done.delay);
+            log_result(done.job.queue_id.as_str(), rcpt, r, done.delay);
         }
         write_results(output, &done.job, &done.results)?;
     }
@@ -205,7 +205,7 @@ fn record(spool: &Spool, done: &Done) {
         .filter(|(_, r)| r.outcome == Outcome::Ok)
         .map(|(&i, r)| (i, r.dsn.as_str(), r.text.as_str()))
         .collect();
-    if let Err(e) = status::record_delivered(spool, &done.job.queue_id, &delivered) {
+    if let Err(e) = status::record_delivered(spool, done.job.queue_id.as_str(), &delivered) {
         log::warn!("{}: cannot record the delivery: {e}", done.job.queue_id);
     }
 }
@@ -382,7 +382,7 @@ mod tests {
         let spool = Spool::new(dir.join("spool"));
         let id = path.file_name().unwrap().to_str().unwrap().to_string();
         let mut job = Job::parse(&job_line(1, &path, "a@d.test")).unwrap();
-        job.queue_id = id.clone();
+        job.queue_id = sloop_common::spool::queue_id::QueueId::parse(&id).unwrap();
         job.indices = vec![4, 7];
         let (r, w) = nix::unistd::pipe().unwrap();
         let (input, mut writer) = (File::from(r), File::from(w));
@@ -484,7 +484,7 @@ mod tests {
     fn job_line(id: u64, path: &std::path::Path, rcpt: &str) -> String {
         Job {
             job_id: id,
-            queue_id: "Q".into(),
+            queue_id: sloop_common::spool::queue_id::QueueId::new(),
             path: path.display().to_string(),
             transport: Transport::Local,
             nexthop: String::new(),

@@ -369,15 +369,11 @@ impl Agent for LocalAgent {
             }
         };
         let crlf = msg.uses_crlf();
-        let valid_id = sloop_common::spool::queue_id::is_valid(&job.queue_id);
         job.recipients
             .iter()
             .enumerate()
             .map(|(k, rcpt)| {
-                let key = match (valid_id, job.indices.get(k)) {
-                    (true, Some(i)) => Some(format!("{}R{i}", job.queue_id)),
-                    _ => None,
-                };
+                let key = job.indices.get(k).map(|i| format!("{}R{i}", job.queue_id));
                 let c = Ctx {
                     msg,
                     header: &header,

@@ -13,7 +13,7 @@ use std::path::Path;
 fn recipients_are_grouped_by_domain() {
     let job = Job {
         job_id: 1,
-        queue_id: "X".into(),
+        queue_id: sloop_common::spool::queue_id::QueueId::new(),
         path: "/nonexistent".into(),
         transport: Transport::Remote,
         nexthop: "a.test".into(),
@@ -104,7 +104,7 @@ fn a_refused_mx_moves_on_to_the_next() {
     agent.resolver = HopResolver::with_nameserver(mx::dns_tests::fake_dns(), port);
     let job = Job {
         job_id: 1,
-        queue_id: id,
+        queue_id: sloop_common::spool::queue_id::QueueId::parse(&id).unwrap(),
         path: path.display().to_string(),
         transport: Transport::Remote,
         nexthop: "multi.test".into(),
@@ -151,7 +151,7 @@ fn a_server_greeting_with_our_own_name_is_a_loop() {
         agent.resolver = HopResolver::with_nameserver(mx::dns_tests::fake_dns(), port);
         let job = Job {
             job_id: 1,
-            queue_id: id.clone(),
+            queue_id: sloop_common::spool::queue_id::QueueId::parse(&id).unwrap(),
             path: path.display().to_string(),
             transport: Transport::Remote,
             nexthop: "multi.test".into(),

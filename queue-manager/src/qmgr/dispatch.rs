@@ -57,7 +57,7 @@ impl Qmgr {
             .collect();
         let job = Job {
             job_id: self.next_job_id,
-            queue_id: spec.msg.to_string(),
+            queue_id: spec.msg,
             path: path.display().to_string(),
             transport: spec.dest.transport,
             nexthop: spec.dest.domain.clone(),

@@ -85,7 +85,10 @@ impl Worker {
     ) -> Vec<Res> {
         let job = Job {
             job_id: self.next_job,
-            queue_id: path.file_name().unwrap().to_string_lossy().into_owned(),
+            queue_id: sloop_common::spool::queue_id::QueueId::parse(
+                &path.file_name().unwrap().to_string_lossy(),
+            )
+            .unwrap_or_default(),
             path: path.display().to_string(),
             transport,
             nexthop: String::new(),
