@@ -2,8 +2,8 @@
 //! two paths chosen by `smtpd.queue_program`.
 //!
 //! **In-process (the default, `smtpd.queue_program` empty).** The worker calls
-//! `sloop_common::spool::inject::commit_streaming` itself, into
-//! `Spool::new(server.spool_dir)`, with the envelope, the queue ID the session put in
+//! `sloop_common::spool::inject::commit_bytes` itself, into the worker's spool handle
+//! (`server.spool_dir`, kept in its `Policy`), with the envelope, the queue ID the session put in
 //! the `Received` header and `smtpd.max_message_size` plus that header's length (the
 //! limit is the client's, already enforced by the session): no process start and no config
 //! parse per message. The commit fsyncs the queue file and `incoming/` before it
@@ -11,8 +11,8 @@
 //! `InjectError::is_permanent` (permanent: too large, unstorable envelope) or are
 //! temporary (any spool trouble: a missing or unwritable directory, a full disk). The
 //! spool layout is checked (and created if missing) once per worker process, not per
-//! message: a flag remembers the spool directory that passed; any failed commit clears
-//! it, so the next message checks again (a layout removed under a running worker costs
+//! message: the spool handle remembers that it passed; any failed commit clears that,
+//! so the next message checks again (a layout removed under a running worker costs
 //! one `451`, as before, and is then re-created). A commit that blocks is not timed here: the session's watchdog, armed with
 //! `smtpd.queue_timeout` by `serve.rs`, ends the worker with `421 4.4.2`; a panic is
 //! caught by the session's panic boundary. The one `(queued)` log line is written here.
@@ -33,28 +33,28 @@
 use crate::session::{QueueJob, QueueOutcome};
 use sloop_common::exitcode::{queue_verdict, QueueVerdict};
 use sloop_common::spool::inject::commit_bytes;
-use sloop_common::spool::{Spool, SpoolError};
+use sloop_common::spool::Spool;
 use sloop_common::Config;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Mutex, PoisonError};
+use std::sync::mpsc;
 use std::time::Duration;
 
-/// Commits `job`: in-process when `smtpd.queue_program` is empty, else through it.
-pub fn run(cfg: &Config, job: QueueJob) -> QueueOutcome {
+/// Commits `job`: in-process into `spool` when `smtpd.queue_program` is empty, else
+/// through it.
+pub fn run(cfg: &Config, spool: &Spool, job: QueueJob) -> QueueOutcome {
     match &cfg.smtpd.queue_program {
-        None => commit_in_process(cfg, job),
+        None => commit_in_process(cfg, spool, job),
         Some(program) => run_program(cfg, program, job),
     }
 }
 
 /// The in-process commit into `server.spool_dir` under the session's queue ID.
-fn commit_in_process(cfg: &Config, job: QueueJob) -> QueueOutcome {
-    let spool = Spool::new(&cfg.server.spool_dir);
-    if let Err(e) = ensure_layout_once(&spool, &cfg.server.spool_dir) {
+fn commit_in_process(cfg: &Config, spool: &Spool, job: QueueJob) -> QueueOutcome {
+    if let Err(e) = spool.ensure_layout_once() {
         return QueueOutcome::Temporary(format!("in-process commit: {e}"));
     }
     let from = job.envelope.sender_display();
@@ -63,9 +63,9 @@ fn commit_in_process(cfg: &Config, job: QueueJob) -> QueueOutcome {
     // comes on top of that.
     let limit = cfg.smtpd.max_message_size + job.trace_len as u64;
     let message_id = sloop_common::header::message_id(&job.message);
-    let committed = commit_bytes(&spool, &job.message, job.envelope, limit, Some(&job.id));
+    let committed = commit_bytes(spool, &job.message, job.envelope, limit, Some(&job.id));
     if committed.is_err() {
-        forget_layout();
+        spool.forget_layout();
     }
     match committed {
         Ok(id) => {
@@ -81,33 +81,6 @@ fn commit_in_process(cfg: &Config, job: QueueJob) -> QueueOutcome {
         Err(e) if e.is_permanent() => QueueOutcome::Permanent(format!("in-process commit: {e}")),
         Err(e) => QueueOutcome::Temporary(format!("in-process commit: {e}")),
     }
-}
-
-/// The spool directory whose layout this process has checked since its last failed
-/// commit (`None`: check before the next commit).
-static LAYOUT_CHECKED: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-/// Checks (creating what is missing) the layout of `spool` unless this process already
-/// did for `dir` since the last failed commit.
-fn ensure_layout_once(spool: &Spool, dir: &Path) -> Result<(), SpoolError> {
-    let mut checked = LAYOUT_CHECKED
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if checked.as_deref() == Some(dir) {
-        return Ok(());
-    }
-    if !spool.exists() {
-        spool.ensure_layout()?;
-    }
-    *checked = Some(dir.to_path_buf());
-    Ok(())
-}
-
-/// Makes the next commit check the layout again (after any failed commit).
-fn forget_layout() {
-    *LAYOUT_CHECKED
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = None;
 }
 
 /// Runs the external queue program for `job`.
@@ -235,21 +208,22 @@ mod tests {
         let spool = Spool::new(&spool_dir);
 
         let first = job();
-        assert!(matches!(run(&cfg, first.clone()), QueueOutcome::Committed));
+        assert!(!spool.layout_checked());
+        assert!(matches!(
+            run(&cfg, &spool, first.clone()),
+            QueueOutcome::Committed
+        ));
         assert!(spool.path(QueueState::Incoming, &first.id).is_file());
-        assert_eq!(
-            LAYOUT_CHECKED.lock().unwrap().as_deref(),
-            Some(spool_dir.as_path())
-        );
+        assert!(spool.layout_checked());
 
         std::fs::remove_dir_all(&spool_dir).unwrap();
-        let lost = run(&cfg, job());
+        let lost = run(&cfg, &spool, job());
         assert!(matches!(lost, QueueOutcome::Temporary(_)), "{lost:?}");
-        assert_eq!(*LAYOUT_CHECKED.lock().unwrap(), None);
+        assert!(!spool.layout_checked());
 
         let again = job();
         let id = again.id.clone();
-        assert!(matches!(run(&cfg, again), QueueOutcome::Committed));
+        assert!(matches!(run(&cfg, &spool, again), QueueOutcome::Committed));
         assert!(spool.path(QueueState::Incoming, &id).is_file());
         std::fs::remove_dir_all(&root).unwrap();
     }

@@ -101,7 +101,7 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog, role: 
                 }
                 watchdog.arm("queue", Instant::now() + s.queue_timeout);
                 let id = job.id.clone();
-                let outcome = crate::queue_client::run(&policy.cfg, job);
+                let outcome = crate::queue_client::run(&policy.cfg, &policy.spool, job);
                 session.queued(&id, outcome);
             }
             Step::Close => {

@@ -13,10 +13,9 @@ use sloop_common::spool::Spool;
 use sloop_common::Config;
 
 /// The refusal for a transaction declaring `declared` octets, if the spool has no room.
-pub fn at_mail(cfg: &Config, declared: Option<u64>) -> Option<Reply> {
-    let spool = Spool::new(&cfg.server.spool_dir);
+pub fn at_mail(cfg: &Config, spool: &Spool, declared: Option<u64>) -> Option<Reply> {
     let room = ensure_room(
-        &spool,
+        spool,
         &cfg.server.run_dir,
         cfg.queue.min_free,
         declared.unwrap_or(0),

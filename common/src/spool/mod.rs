@@ -183,14 +183,76 @@ pub(crate) fn ctx<T>(r: io::Result<T>, action: &'static str, path: &Path) -> Res
 }
 
 /// A handle on a spool directory.
+///
+/// Clones share one [`WriterState`]: what a writing process remembers between commits
+/// (the open trigger FIFO, the recycling pool's names, the low-space state, whether the
+/// layout was checked). A long-lived process keeps one handle (the smtpd worker's is in
+/// its `Policy`); a fresh handle starts with nothing remembered.
 #[derive(Debug, Clone)]
 pub struct Spool {
     root: PathBuf,
+    state: std::sync::Arc<WriterState>,
+}
+
+/// What one process remembers about a spool between its writes, so that a busy writer
+/// does not open the FIFO, list `free/` or check the layout for every message.
+#[derive(Default)]
+pub struct WriterState {
+    /// The trigger FIFO, open for writing (see [`Spool::poke`]).
+    trigger: std::sync::Mutex<Option<File>>,
+    /// The names listed in `free/` and not claimed yet (pool.rs).
+    pool: std::sync::Mutex<Option<pool::Names>>,
+    /// The last free-space view: 0 unknown, 1 enough, 2 low (space.rs).
+    space_seen: std::sync::atomic::AtomicU8,
+    /// The layout was checked (and created where missing) since the last failure.
+    layout_checked: std::sync::atomic::AtomicBool,
+}
+
+impl fmt::Debug for WriterState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriterState").finish_non_exhaustive()
+    }
 }
 
 impl Spool {
     pub fn new(root: impl Into<PathBuf>) -> Spool {
-        Spool { root: root.into() }
+        Spool {
+            root: root.into(),
+            state: std::sync::Arc::default(),
+        }
+    }
+
+    /// Checks the layout (creating what is missing) unless this handle already did
+    /// since its last [`forget_layout`](Self::forget_layout).
+    pub fn ensure_layout_once(&self) -> Result<(), SpoolError> {
+        use std::sync::atomic::Ordering;
+        if self.state.layout_checked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if !self.exists() {
+            self.ensure_layout()?;
+        }
+        self.state.layout_checked.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes the next [`ensure_layout_once`](Self::ensure_layout_once) check again
+    /// (after a failed commit: the layout may have been removed).
+    pub fn forget_layout(&self) {
+        self.state
+            .layout_checked
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the layout is taken as checked (for tests of the callers).
+    pub fn layout_checked(&self) -> bool {
+        self.state
+            .layout_checked
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn writer_state(&self) -> &WriterState {
+        &self.state
     }
 
     pub fn root(&self) -> &Path {
@@ -337,32 +399,29 @@ impl Spool {
     /// Writes one byte to the trigger FIFO without blocking. No reader, a full FIFO or a
     /// missing FIFO are not errors: the queue manager also scans periodically.
     ///
-    /// The FIFO stays open in this process for the next poke (a busy smtpd pokes once
-    /// per message); a write that finds no reader (`EPIPE`: the queue manager restarted,
-    /// or the FIFO was replaced) drops it and opens the FIFO again once.
+    /// The FIFO stays open in this handle's state for the next poke (a busy smtpd pokes
+    /// once per message); a write that finds no reader (`EPIPE`: the queue manager
+    /// restarted, or the FIFO was replaced) drops it and opens the FIFO again once.
     pub fn poke(&self) {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        static TRIGGER: std::sync::Mutex<Option<(PathBuf, File)>> = std::sync::Mutex::new(None);
-        let path = self.trigger_path();
-        let mut cached = TRIGGER
+        let mut cached = self
+            .state
+            .trigger
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for _ in 0..2 {
-            if cached.as_ref().map(|(p, _)| p != &path) != Some(false) {
+            if cached.is_none() {
                 let opened = fs::OpenOptions::new()
                     .write(true)
                     .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-                    .open(&path);
+                    .open(self.trigger_path());
                 match opened {
-                    Ok(f) => *cached = Some((path.clone(), f)),
-                    Err(_) => {
-                        *cached = None;
-                        return;
-                    }
+                    Ok(f) => *cached = Some(f),
+                    Err(_) => return,
                 }
             }
-            let Some((_, f)) = cached.as_mut() else {
+            let Some(f) = cached.as_mut() else {
                 return;
             };
             match f.write(b"!") {

@@ -34,7 +34,6 @@ use super::Spool;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// At most this many files wait in `free/` (the queue manager unlinks beyond it).
@@ -75,10 +74,9 @@ pub fn pool_dir(spool: &Spool, i: usize) -> PathBuf {
     spool.free_dir().join(DIR_NAMES[i % POOL_DIRS])
 }
 
-/// What a writer remembers between commits: the names it listed and not claimed yet,
-/// and from which subdirectory of which spool.
-struct Names {
-    root: PathBuf,
+/// What a writer remembers between commits (in its spool handle's state): the names it
+/// listed and not claimed yet, and from which subdirectory.
+pub(crate) struct Names {
     dir: usize,
     names: Vec<String>,
     /// Every subdirectory was empty at the last look: no claims until then.
@@ -88,8 +86,6 @@ struct Names {
     rng: u64,
 }
 
-static NAMES: Mutex<Option<Names>> = Mutex::new(None);
-
 /// Takes a recycled file from `free/` and renames it to `dst` (never replacing a file
 /// there), open for writing at offset 0. `None` when the pool is empty or every claim
 /// failed: the caller then creates a new file.
@@ -98,12 +94,13 @@ static NAMES: Mutex<Option<Names>> = Mutex::new(None);
 /// subdirectory is listed again before the next try. An empty subdirectory passes the
 /// claim on to the next one; each is tried once.
 pub(crate) fn claim(spool: &Spool, dst: &Path) -> Option<File> {
-    let mut guard = NAMES
+    let mut guard = spool
+        .writer_state()
+        .pool
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if guard.as_ref().map(|n| n.root != spool.root()) != Some(false) {
+    if guard.is_none() {
         *guard = Some(Names {
-            root: spool.root().to_path_buf(),
             dir: std::process::id() as usize % POOL_DIRS,
             names: Vec::new(),
             empty_until: None,
@@ -151,15 +148,17 @@ pub(crate) fn claim(spool: &Spool, dst: &Path) -> Option<File> {
     None
 }
 
-/// Forgets what this process listed and any pause (tests that refill the pool).
+/// Forgets what `spool`'s handle listed and any pause (tests that refill the pool).
 #[cfg(test)]
-pub(crate) fn forget_listing() {
-    forget_names();
+pub(crate) fn forget_listing(spool: &Spool) {
+    forget_names(spool);
 }
 
-/// Forgets the names this process listed (after it unlinked pooled files itself).
-fn forget_names() {
-    *NAMES
+/// Forgets the names this handle listed (after it unlinked pooled files itself).
+fn forget_names(spool: &Spool) {
+    *spool
+        .writer_state()
+        .pool
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
 }
@@ -287,7 +286,7 @@ pub fn release(spool: &Spool, want: u64) -> u64 {
         }
     }
     if freed > 0 {
-        forget_names();
+        forget_names(spool);
     }
     freed
 }

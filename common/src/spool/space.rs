@@ -18,7 +18,7 @@
 use super::Spool;
 use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 
 /// Name of the marker kept in `server.run_dir` while the spool is below `min_free`.
 pub const LOW_MARKER: &str = "spool-low";
@@ -47,7 +47,7 @@ pub fn ensure_room(spool: &Spool, run_dir: &Path, min_free: u64, declared: u64) 
             free = free_bytes(spool.root()).unwrap_or(free);
         }
     }
-    note(run_dir, free < min_free, free, min_free);
+    note(spool, run_dir, free < min_free, free, min_free);
     if room_for(free, min_free, declared) {
         Room::Enough
     } else {
@@ -55,13 +55,12 @@ pub fn ensure_room(spool: &Spool, run_dir: &Path, min_free: u64, declared: u64) 
     }
 }
 
-/// This process's last view: 0 unknown, 1 enough, 2 low.
-static SEEN: AtomicU8 = AtomicU8::new(0);
-
-/// Logs a change of the low-space state, once for all processes.
-fn note(run_dir: &Path, low: bool, free: u64, min_free: u64) {
+/// Logs a change of the low-space state, once for all processes. The handle's state
+/// keeps its last view (0 unknown, 1 enough, 2 low), so an unchanged state costs no
+/// file operation.
+fn note(spool: &Spool, run_dir: &Path, low: bool, free: u64, min_free: u64) {
     let now = if low { 2 } else { 1 };
-    if SEEN.swap(now, Ordering::Relaxed) == now {
+    if spool.writer_state().space_seen.swap(now, Ordering::Relaxed) == now {
         return;
     }
     let marker = run_dir

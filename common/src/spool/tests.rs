@@ -142,7 +142,7 @@ fn a_recycled_file_holds_exactly_the_new_message() {
         .retire(&spool, &path, &id, 20_000)
         .expect("retire");
     // The first commit found the pool empty and paused claiming: forget that.
-    crate::spool::pool::forget_listing();
+    crate::spool::pool::forget_listing(&spool);
     // Short messages over the long one, streamed and from memory: no old octet shows.
     let short = b"Subject: short\r\n\r\nhi\r\n".to_vec();
     let id2 = inject::commit_bytes(&spool, &short, env(), 0, None).expect("commit");

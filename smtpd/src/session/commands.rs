@@ -126,7 +126,9 @@ impl Session<'_> {
         if let Some(r) = self.mail_auth_check(&sender) {
             return r;
         }
-        if let Some(r) = crate::spool_room::at_mail(&self.policy.cfg, params.size) {
+        if let Some(r) =
+            crate::spool_room::at_mail(&self.policy.cfg, &self.policy.spool, params.size)
+        {
             // The spool's state change is logged once (space.rs), not per client.
             log::debug!(
                 "NOQUEUE: reject: MAIL from {}: 452 4.3.1",

@@ -26,6 +26,10 @@ pub struct Policy {
     pub aliases: Result<Aliases, AliasError>,
     /// The TLS server context, when a certificate is configured (set at worker start).
     pub tls: Option<crate::tls::TlsContext>,
+    /// The spool (`server.spool_dir`), one handle for the worker's life: it remembers
+    /// the open trigger FIFO, the recycling pool's names and the checked layout
+    /// between messages.
+    pub spool: sloop_common::spool::Spool,
 }
 
 /// An accepted recipient: the address to store and the trick seen, if any.
@@ -38,6 +42,7 @@ pub struct Accepted {
 impl Policy {
     pub fn new(cfg: Config, aliases: Aliases) -> Policy {
         Policy {
+            spool: sloop_common::spool::Spool::new(&cfg.server.spool_dir),
             cfg,
             aliases: Ok(aliases),
             tls: None,
@@ -47,6 +52,7 @@ impl Policy {
     /// A policy whose aliases file is unusable (`why` is logged, not shown).
     pub fn without_aliases(cfg: Config, why: AliasError) -> Policy {
         Policy {
+            spool: sloop_common::spool::Spool::new(&cfg.server.spool_dir),
             cfg,
             aliases: Err(why),
             tls: None,
