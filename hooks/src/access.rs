@@ -20,7 +20,8 @@ use std::net::IpAddr;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subject<'a> {
     /// The connecting client: its address, and its name when one was found and
-    /// verified (forward-confirmed reverse DNS); `None` otherwise.
+    /// verified (forward-confirmed reverse DNS); `None` (or `unknown`, as the smtpd
+    /// names such a client) otherwise.
     Client { addr: IpAddr, name: Option<&'a str> },
     /// The HELO/EHLO argument as the client sent it.
     Helo(&'a str),
@@ -224,7 +225,10 @@ fn matches(m: &Matcher, subject: Subject<'_>) -> bool {
     match subject {
         Subject::Client { addr, name } => {
             let addr = unmapped(addr);
-            let name = name.map(trim_dot).filter(|n| !n.is_empty());
+            // `unknown` is the name sloop-smtpd gives a client without one.
+            let name = name
+                .map(trim_dot)
+                .filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case("unknown"));
             match m {
                 Matcher::Cidr(net) => net.contains(&addr),
                 Matcher::Name(n) => name.is_some_and(|name| name.eq_ignore_ascii_case(n)),

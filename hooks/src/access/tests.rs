@@ -78,6 +78,13 @@ fn client_rules_on_address_and_name_first_match_wins() {
         Some(&AccessVerdict::Discard(None))
     );
     assert_eq!(t.client(ip("192.0.2.1"), Some("")), None);
+    // `unknown` is how the smtpd names a client without a verified name: no name.
+    let t = tables(&["unknown reject", "/[a-z]+/ tempfail"], &[], &[], &[]);
+    assert_eq!(t.client(ip("192.0.2.1"), Some("unknown")), None);
+    assert_eq!(
+        t.client(ip("192.0.2.1"), Some("mail")),
+        Some(&AccessVerdict::Tempfail(None))
+    );
 }
 
 #[test]
@@ -256,4 +263,18 @@ fn a_catastrophic_pattern_for_backtracking_is_linear_here() {
     assert_eq!(t.helo(&hostile), None);
     let hostile = format!("{}@example.com", "x".repeat(100_000));
     assert_eq!(t.sender(&hostile), None);
+}
+
+#[test]
+fn regexes_ignore_case_unless_told_otherwise() {
+    let t = tables(&[], &[], &["/(?-i)Bob@.*/ reject", "/ann@.*/ hold"], &[]);
+    assert_eq!(
+        t.sender("Bob@example.com"),
+        Some(&AccessVerdict::Reject(None))
+    );
+    assert_eq!(t.sender("bob@example.com"), None);
+    assert_eq!(
+        t.sender("ANN@example.com"),
+        Some(&AccessVerdict::Hold(None))
+    );
 }
