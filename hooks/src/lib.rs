@@ -10,3 +10,4 @@
 //!   their answers into one decision for the session.
 //!
 //! docs/filters.md is the operator's page.
+pub mod policy;
