@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 enum Step {
     /// Read a request, write these bytes.
     Reply(Vec<u8>),
-    /// Write these bytes without waiting for a request.
-    Send(Vec<u8>),
+    /// Wait until the test calls `Fake::go`, then write these bytes without waiting
+    /// for a request.
+    SendOnGo(Vec<u8>),
     /// Read a request, then close.
     ReadThenClose,
     /// Close now.
@@ -38,6 +39,7 @@ struct Seen {
     requests: Vec<String>,
     closed: usize,
     sent: usize,
+    go: bool,
 }
 
 struct Fake {
@@ -53,6 +55,10 @@ impl Fake {
 
     fn requests(&self) -> Vec<String> {
         self.seen.lock().unwrap().requests.clone()
+    }
+
+    fn go(&self) {
+        self.seen.lock().unwrap().go = true;
     }
 
     fn wait_for(&self, what: &str, cond: impl Fn(&Seen) -> bool) {
@@ -110,7 +116,10 @@ fn run_conn<S: io::Read + io::Write>(stream: S, steps: Vec<Step>, seen: &Mutex<S
                     break;
                 }
             }
-            Step::Send(bytes) => {
+            Step::SendOnGo(bytes) => {
+                while !seen.lock().unwrap().go {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 let _ = r.get_mut().write_all(&bytes);
                 seen.lock().unwrap().sent += 1;
             }
@@ -471,13 +480,14 @@ fn unasked_data_drops_the_kept_connection() {
     let fake = fake_tcp(|n| match n {
         0 => vec![
             reply(&Action::Ok),
-            Step::Send(b"action=REJECT\n\n".to_vec()),
+            Step::SendOnGo(b"action=REJECT\n\n".to_vec()),
             Step::Silent,
         ],
         _ => vec![reply(&Action::Dunno)],
     });
     let mut c = client(&fake.socket, 5000, 1);
     assert_eq!(c.query(&request("1@x"), soon()), Ok(Action::Ok));
+    fake.go();
     // Once the fake's write returned, the octets are in the client's socket (loopback).
     fake.wait_for("unasked reply", |s| s.sent == 1);
     assert_eq!(c.query(&request("2@x"), soon()), Ok(Action::Dunno));
