@@ -370,7 +370,7 @@ fn garbage_is_a_protocol_error_and_not_asked_again() {
     let cases: Vec<(Vec<u8>, PolicyError)> = vec![
         (
             b"hello\n\n".to_vec(),
-            PolicyError::Protocol(ProtoError::BadLine("hello".into())),
+            PolicyError::Protocol(ProtoError::MissingAction),
         ),
         (
             b"action=O\0K\n\n".to_vec(),
@@ -382,8 +382,8 @@ fn garbage_is_a_protocol_error_and_not_asked_again() {
         ),
         (vec![b'x'; 5000], PolicyError::Protocol(ProtoError::TooLong)),
         (
-            b"foo=bar\n\n".to_vec(),
-            PolicyError::Protocol(ProtoError::MissingAction),
+            b"action=OK\naction=OK\n\n".to_vec(),
+            PolicyError::Protocol(ProtoError::DuplicateAction),
         ),
         (
             b"action=FROBNICATE\n\n".to_vec(),

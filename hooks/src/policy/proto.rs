@@ -6,15 +6,15 @@
 //! address cannot inject an attribute or end the request early.
 //!
 //! Reply: `name=value` lines ended by an empty line, at most [`MAX_REPLY`] octets in
-//! all, holding exactly one `action=` attribute; other attributes are ignored, as
-//! Postfix ignores them. A reply that is too long, holds a NUL, is not UTF-8, has a
-//! line without `=`, no `action=` or two of them, or is followed by more data before
-//! Sloop asked again, is a [`ProtoError`]: the service is broken and its connection is
-//! dropped.
+//! all, holding exactly one `action=` attribute; other lines are skipped, as Postfix
+//! skips attributes it did not ask for (a line without `=` included). A reply that is
+//! too long, holds a NUL, is not UTF-8, has no `action=` or two of them, or is
+//! followed by more data before Sloop asked again, is a [`ProtoError`]: the service is
+//! broken and its connection is dropped.
 
 use std::fmt;
 
-use super::action::{clamp, Action};
+use super::action::Action;
 
 /// The longest reply accepted, the final empty line included (Postfix policy services
 /// answer with one short line).
@@ -33,8 +33,6 @@ pub enum ProtoError {
     Nul,
     /// Not UTF-8.
     NotUtf8,
-    /// A non-empty line without `=` (the line's start).
-    BadLine(String),
     /// No `action=` attribute.
     MissingAction,
     /// More than one `action=` attribute.
@@ -53,7 +51,6 @@ impl fmt::Display for ProtoError {
             ProtoError::TrailingData => f.write_str("data after the end of the reply"),
             ProtoError::Nul => f.write_str("NUL in the reply"),
             ProtoError::NotUtf8 => f.write_str("reply is not UTF-8"),
-            ProtoError::BadLine(l) => write!(f, "reply line without '=': {l:?}"),
             ProtoError::MissingAction => f.write_str("reply without an action attribute"),
             ProtoError::DuplicateAction => f.write_str("reply with more than one action"),
             ProtoError::BadPrepend(t) => write!(f, "PREPEND without a header: {t:?}"),
@@ -171,11 +168,8 @@ pub fn parse_reply(bytes: &[u8]) -> Result<Action, ProtoError> {
     // only the empty line).
     for line in text.split_terminator('\n') {
         let Some((name, value)) = line.split_once('=') else {
-            return Err(ProtoError::BadLine(clamp(line, 64)));
+            continue;
         };
-        if name.is_empty() {
-            return Err(ProtoError::BadLine(clamp(line, 64)));
-        }
         if name == "action" {
             if action.is_some() {
                 return Err(ProtoError::DuplicateAction);
@@ -294,6 +288,11 @@ mod tests {
             parse_reply(b"x-info=1\naction=REJECT no\nfoo=\n\n"),
             Ok(Action::Reject(Some("no".into())))
         );
+        // Postfix skips what it did not ask for, lines without '=' too.
+        assert_eq!(
+            parse_reply(b"hello\naction=DUNNO\n=x\nAction=OK\n\n"),
+            Ok(Action::Dunno)
+        );
         assert_eq!(
             parse_reply("action=été x\n\n".as_bytes()),
             Err(ProtoError::UnknownAction("été".into()))
@@ -315,8 +314,9 @@ mod tests {
             (b"action=OK\naction=OK\n\n", ProtoError::DuplicateAction),
             (b"action=O\0K\n\n", ProtoError::Nul),
             (b"action=\xffOK\n\n", ProtoError::NotUtf8),
-            (b"hello\n\n", ProtoError::BadLine("hello".into())),
-            (b"=OK\n\n", ProtoError::BadLine("=OK".into())),
+            (b"hello\n\n", ProtoError::MissingAction),
+            (b"=OK\n\n", ProtoError::MissingAction),
+            (b"action\n\n", ProtoError::MissingAction),
             (b"action=OK\r\n\n", ProtoError::UnknownAction("OK\r".into())),
             (
                 b"action=FROBNICATE\n\n",
