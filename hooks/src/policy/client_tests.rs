@@ -493,3 +493,72 @@ fn unasked_data_drops_the_kept_connection() {
     assert_eq!(c.query(&request("2@x"), soon()), Ok(Action::Dunno));
     assert_eq!(fake.conns(), 2);
 }
+
+#[test]
+fn inet6_loopback_by_bracketed_address() {
+    let listener = match TcpListener::bind("[::1]:0") {
+        Ok(l) => l,
+        Err(e) => {
+            println!("SKIP: inet6_loopback_by_bracketed_address: no ::1 ({e})");
+            return;
+        }
+    };
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    accept_loop(
+        move || listener.accept().map(|(s, _)| s),
+        Arc::new(|_| vec![reply(&Action::Hold(Some("look".into())))]),
+        Arc::clone(&seen),
+    );
+    let socket = HookSocket::Inet {
+        host: "::1".into(),
+        port,
+    };
+    assert_eq!(socket.to_string(), format!("inet:[::1]:{port}"));
+    let mut c = client(&socket, 5000, 1);
+    assert_eq!(
+        c.query(&request("1@x"), soon()),
+        Ok(Action::Hold(Some("look".into())))
+    );
+}
+
+#[test]
+fn full_unix_listen_queue_times_out_the_connect() {
+    use nix::sys::socket::{bind, listen, Backlog};
+    let dir = TempDir::new("backlog");
+    let path = dir.0.join("full.sock");
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+    listen(&fd, Backlog::new(0).unwrap()).unwrap();
+    // Never accepted: fill the queue until a connect can only wait.
+    let mut queued = Vec::new();
+    let full =
+        (0..64).any(
+            |_| match connect_unix(&path, Instant::now() + Duration::from_millis(50)) {
+                Ok(s) => {
+                    queued.push(s);
+                    false
+                }
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(Errno::ETIMEDOUT as i32), "{e}");
+                    true
+                }
+            },
+        );
+    assert!(full, "listen queue never filled");
+    let mut c = client(&HookSocket::Unix(path.clone()), 200, 1);
+    let start = Instant::now();
+    let err = c.query(&request("1@x"), soon()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("connect unix:{}: Connection timed out", path.display())
+    );
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    drop(fd);
+}
