@@ -396,6 +396,99 @@ mod tests {
         assert_eq!(parse_reply(&encode_reply(&a)), Ok(a));
     }
 
+    /// The fuzz target's properties on generated inputs (fuzz/fuzz_targets/
+    /// policy_reply.rs runs them on libFuzzer's): the reader in pieces agrees with
+    /// `parse_reply`, and a parsed action reads back from its encoding.
+    #[test]
+    fn property_reader_agrees_and_actions_round_trip() {
+        const KEYWORDS: &[&str] = &[
+            "OK",
+            "ok",
+            "DUNNO",
+            "REJECT",
+            "DEFER",
+            "DEFER_IF_PERMIT",
+            "defer_if_reject",
+            "HOLD",
+            "DISCARD",
+            "INFO",
+            "WARN",
+            "PREPEND",
+            "450",
+            "521",
+            "250",
+            "7",
+            "FROBNICATE",
+            "",
+        ];
+        const TEXTS: &[&str] = &[
+            " ", "\t", "5.7.1", "4.07.1", " text", "\r", "\0", "\u{e9}", " X-A: b", "\u{2028}",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        fn pick(list: &[&'static str], n: u64) -> &'static str {
+            list[(n % list.len() as u64) as usize]
+        }
+        let mut parsed = 0;
+        for _ in 0..20_000 {
+            let mut input = Vec::new();
+            if next() % 3 == 0 {
+                input.extend_from_slice(b"foo=bar\n");
+            }
+            input.extend_from_slice(b"action=");
+            input.extend_from_slice(pick(KEYWORDS, next()).as_bytes());
+            for _ in 0..next() % 4 {
+                input.extend_from_slice(pick(TEXTS, next()).as_bytes());
+            }
+            input.push(b'\n');
+            if next() % 5 == 0 {
+                input.extend_from_slice(b"action=OK\n");
+            }
+            input.push(b'\n');
+            match next() % 8 {
+                0 => input.truncate((next() % (input.len() as u64 + 1)) as usize),
+                1 => input.extend_from_slice(pick(TEXTS, next()).as_bytes()),
+                _ => {}
+            }
+            if next() % 50 == 0 {
+                input.extend(std::iter::repeat_n(b'x', MAX_REPLY));
+            }
+            let whole = parse_reply(&input);
+            let size = (next() % 7 + 1) as usize;
+            let mut r = ReplyReader::new();
+            let mut fed = Ok(false);
+            let mut consumed = 0;
+            for piece in input.chunks(size) {
+                fed = r.feed(piece);
+                consumed += piece.len();
+                if fed != Ok(false) {
+                    break;
+                }
+            }
+            match fed {
+                Ok(true) if consumed == input.len() => assert_eq!(r.action(), whole),
+                Ok(true) => assert_eq!(whole, Err(ProtoError::TrailingData)),
+                Ok(false) => assert_eq!(whole, Err(ProtoError::Incomplete)),
+                Err(e) => assert_eq!(whole, Err(e)),
+            }
+            if let Ok(a) = whole {
+                parsed += 1;
+                let out = encode_reply(&a);
+                assert!(out.len() <= MAX_REPLY);
+                assert_eq!(parse_reply(&out), Ok(a));
+            }
+        }
+        assert!(
+            parsed > 200,
+            "only {parsed} inputs parsed: the generator is off"
+        );
+    }
+
     #[test]
     fn error_texts() {
         assert_eq!(
