@@ -12,3 +12,4 @@
 //! docs/filters.md is the operator's page.
 
 pub mod access;
+pub mod policy;
