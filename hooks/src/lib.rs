@@ -10,3 +10,5 @@
 //!   their answers into one decision for the session.
 //!
 //! docs/filters.md is the operator's page.
+
+pub mod milter;
