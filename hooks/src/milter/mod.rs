@@ -191,3 +191,6 @@ pub(crate) fn os_reason(e: &std::io::Error) -> String {
         None => e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod session_tests;

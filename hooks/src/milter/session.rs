@@ -85,9 +85,12 @@ impl MilterSession {
             quarantine: None,
             skipped: false,
         };
-        let end = started + budget;
-        session.send(&Negotiated::offer(), "OPTNEG", end)?;
-        let mut timer = Timer::new(budget, end);
+        let mut timer = Timer {
+            length: budget,
+            started,
+            deadline,
+        };
+        session.send(&Negotiated::offer(), "OPTNEG", timer.end())?;
         let reply = session.read_reply("OPTNEG", &mut timer)?;
         session.negotiated = Negotiated::accept(&reply)?;
         Ok(session)
@@ -637,7 +640,8 @@ impl Timer {
 
     /// The time this event had: the timer's length, or less when the deadline cut it.
     fn length(&self) -> Duration {
-        self.end().saturating_duration_since(self.started)
+        self.length
+            .min(self.deadline.saturating_duration_since(self.started))
     }
 
     fn restart(&mut self) {
