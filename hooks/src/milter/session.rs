@@ -337,7 +337,13 @@ impl MilterSession {
         match self.state {
             State::Broken => return Err(MilterError::Closed),
             State::SessionAccepted | State::MessageAccepted => {
-                return Ok((MilterReply::Accept, Vec::new()))
+                return Ok(match self.quarantine.take() {
+                    Some(reason) => (
+                        MilterReply::Quarantine(reason.clone()),
+                        vec![Edit::Quarantine(reason)],
+                    ),
+                    None => (MilterReply::Accept, Vec::new()),
+                });
             }
             State::Open => {}
         }

@@ -681,3 +681,31 @@ fn accept_ends_the_message_and_reject_beats_edits() {
     s.quit();
     fake.finish();
 }
+
+#[test]
+fn quarantine_survives_an_early_accept() {
+    let fake = Fake::start(|p| {
+        p.negotiate(SMFIF_QUARANTINE, 0, Vec::new());
+        p.expect(b'M');
+        p.send(Reply::Continue);
+        p.expect(b'R');
+        p.send(Reply::Quarantine("held by policy".into()));
+        p.send(Reply::Accept);
+        p.expect(b'Q');
+    });
+    let mut s = MilterSession::open(&fake.hook, soon()).unwrap();
+    let m = Macros::new();
+    s.mail(&args("<a@b>"), &m, soon()).unwrap();
+    assert_eq!(
+        s.rcpt(&args("<c@d>"), &m, soon()).unwrap(),
+        MilterReply::Accept
+    );
+    assert_eq!(s.data(&m, soon()).unwrap(), MilterReply::Continue);
+    let (reply, edits) = s
+        .message(MESSAGE, &m, Duration::from_secs(10), soon())
+        .unwrap();
+    assert_eq!(reply, MilterReply::Quarantine("held by policy".into()));
+    assert_eq!(edits, [Edit::Quarantine("held by policy".into())]);
+    s.quit();
+    fake.finish();
+}
