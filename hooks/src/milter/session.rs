@@ -166,7 +166,9 @@ impl MilterSession {
     /// header, body chunks, end of message; then the modifications and the final
     /// decision. Each event has `per_event` (restarted by progress reports), never
     /// past `phase_deadline`. Edits come only with `Continue`, `Accept` or
-    /// `Quarantine`.
+    /// `Quarantine`. A decision before the end of the message (a reject at a header,
+    /// say) leaves the filter mid-transaction: the caller ends it with `abort`, as for
+    /// any transaction that does not end in a committed message.
     pub fn message(
         &mut self,
         message: &[u8],
