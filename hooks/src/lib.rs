@@ -13,3 +13,4 @@
 
 pub mod access;
 pub mod policy;
+pub mod milter;
