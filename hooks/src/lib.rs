@@ -10,3 +10,6 @@
 //!   their answers into one decision for the session.
 //!
 //! docs/filters.md is the operator's page.
+
+pub mod engine;
+pub mod failure;
