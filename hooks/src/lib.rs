@@ -13,3 +13,4 @@
 
 pub mod engine;
 pub mod failure;
+pub mod milter;
