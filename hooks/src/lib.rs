@@ -11,6 +11,7 @@
 //!
 //! docs/filters.md is the operator's page.
 
+pub mod access;
 pub mod engine;
 pub mod failure;
 pub mod milter;
