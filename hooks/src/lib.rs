@@ -15,3 +15,4 @@ pub mod access;
 pub mod engine;
 pub mod failure;
 pub mod milter;
+pub mod policy;
