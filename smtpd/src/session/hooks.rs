@@ -234,6 +234,9 @@ impl Session<'_> {
                     self.push(Reply::new(451, (4, 3, 0), "Error: internal error"));
                     return;
                 };
+                if let Some(why) = &effects.hold {
+                    self.log_job("hold", &job, why);
+                }
                 earlier.merge(effects);
                 self.finish_message(*job, earlier, verb);
             }
@@ -305,16 +308,7 @@ impl Session<'_> {
             }
             Pending::Eom { verb, .. } => {
                 if let Some(job) = &job {
-                    log::info!(
-                        "{}: {word}: END-OF-MESSAGE from {}: {}; from=<{}> to=<{}> proto={} helo=<{}>",
-                        job.id,
-                        self.client.display(),
-                        reply.summary(),
-                        job.envelope.sender,
-                        job.envelope.recipients.first().map_or("", |r| r.address.as_str()),
-                        self.proto(),
-                        self.helo_name()
-                    );
+                    self.log_job(word, job, &reply.summary());
                 }
                 self.counters.count(verb, false);
             }
@@ -335,19 +329,16 @@ impl Session<'_> {
         effects: Effects,
         verb: &'static str,
     ) {
-        if let Some(why) = &effects.discard {
-            log::info!(
-                "{}: discard: END-OF-MESSAGE from {}: {why}; from=<{}> to=<{}> proto={} helo=<{}>",
-                job.id,
-                self.client.display(),
-                job.envelope.sender,
-                job.envelope
-                    .recipients
-                    .first()
-                    .map_or("", |r| r.address.as_str()),
-                self.proto(),
-                self.helo_name()
-            );
+        let discard = match &effects.discard {
+            Some(why) => Some(why.as_str()),
+            // Milters may delete every recipient: nobody is left to deliver to.
+            None if job.envelope.recipients.is_empty() => {
+                Some("every recipient removed by the milters")
+            }
+            None => None,
+        };
+        if let Some(why) = discard {
+            self.log_job("discard", &job, why);
             self.counters.count(verb, true);
             self.junk = 0;
             self.state = State::Ready;
@@ -397,19 +388,39 @@ impl Session<'_> {
     /// `QID: word: VERB from name[addr]: text; from=<s> to=<r> proto=ESMTP helo=<h>`
     /// (`NOQUEUE` before MAIL; no `from=`/`to=` before MAIL either).
     fn log_hook(&self, word: &str, txn: Option<&Txn>, verb: &str, text: &str, to: &str) {
-        let tail = match txn {
-            Some(t) => format!(
-                "from=<{}> to=<{to}> proto={} helo=<{}>",
-                t.sender,
-                self.proto(),
-                self.helo_name()
-            ),
-            None => format!("proto={} helo=<{}>", self.proto(), self.helo_name()),
+        let mut tail = match txn {
+            Some(t) => format!("from=<{}> to=<{to}> proto={}", t.sender, self.proto()),
+            None => format!("proto={}", self.proto()),
         };
+        if let Some(h) = &self.helo {
+            tail.push_str(&format!(" helo=<{}>", h.name));
+        }
         log::info!(
             "{}: {word}: {verb} from {}: {text}; {tail}",
             txn.map_or("NOQUEUE", |t| t.id.as_str()),
             self.client.display(),
+        );
+    }
+
+    /// `QID: word: END-OF-MESSAGE from name[addr]: text; from=<s> to=<r> proto=.. helo=<h>`.
+    fn log_job(&self, word: &str, job: &QueueJob, text: &str) {
+        let to = job
+            .envelope
+            .recipients
+            .first()
+            .map_or("", |r| r.address.as_str());
+        let mut tail = format!(
+            "from=<{}> to=<{to}> proto={}",
+            job.envelope.sender,
+            self.proto()
+        );
+        if let Some(h) = &self.helo {
+            tail.push_str(&format!(" helo=<{}>", h.name));
+        }
+        log::info!(
+            "{}: {word}: END-OF-MESSAGE from {}: {text}; {tail}",
+            job.id,
+            self.client.display()
         );
     }
 
@@ -418,10 +429,6 @@ impl Session<'_> {
             Some(h) if h.esmtp => "ESMTP",
             _ => "SMTP",
         }
-    }
-
-    fn helo_name(&self) -> &str {
-        self.helo.as_ref().map_or("", |h| h.name.as_str())
     }
 
     /// What the hooks are told at this point of the session.
