@@ -301,14 +301,17 @@ impl Conn {
             return false;
         }
         if self.wr.is_some() {
-            // A pipe (`--inetd`): a hang-up is the end.
-            return true;
+            // `--inetd`: input and end of file look alike on a pipe; the next read
+            // tells.
+            return false;
         }
+        // Input still unread is the client's last words (a pipelined QUIT): not gone
+        // yet.
         let mut one = [0u8; 1];
         let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
-        matches!(
+        !matches!(
             nix::sys::socket::recv(self.rd.as_raw_fd(), &mut one, flags),
-            Ok(0) | Err(_)
+            Ok(n) if n > 0
         )
     }
 

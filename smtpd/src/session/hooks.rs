@@ -159,9 +159,12 @@ impl Session<'_> {
 
     /// The client went away while hooks ran: log it, close, answer nothing.
     pub fn lost_during_hooks(&mut self) {
+        let what = match &self.state {
+            State::Hooking(Pending::Eom { .. }) => "END-OF-MESSAGE",
+            _ => self.last_verb,
+        };
         log::info!(
-            "lost connection during {} hooks from {}",
-            self.last_verb,
+            "lost connection during {what} hooks from {}",
             self.client.display()
         );
         self.out.clear();
