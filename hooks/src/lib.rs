@@ -12,5 +12,7 @@
 //! docs/filters.md is the operator's page.
 
 pub mod access;
-pub mod policy;
+pub mod engine;
+pub mod failure;
 pub mod milter;
+pub mod policy;

@@ -30,6 +30,9 @@ pub struct Policy {
     /// the open trigger FIFO, the recycling pool's names and the checked layout
     /// between messages.
     pub spool: sloop_common::spool::Spool,
+    /// The filter hooks of this worker (policy connections are kept across sessions).
+    /// One session at a time uses it; the lock keeps `Policy` shareable.
+    pub hooks: std::sync::Mutex<sloop_hooks::engine::Engine>,
 }
 
 /// An accepted recipient: the address to store and the trick seen, if any.
@@ -40,9 +43,18 @@ pub struct Accepted {
 }
 
 impl Policy {
+    /// The worker's hook engine (a panic in an earlier session does not make it
+    /// unusable: its state is connections, each checked before use).
+    pub fn hook_engine(&self) -> std::sync::MutexGuard<'_, sloop_hooks::engine::Engine> {
+        self.hooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn new(cfg: Config, aliases: Aliases) -> Policy {
         Policy {
             spool: sloop_common::spool::Spool::new(&cfg.server.spool_dir),
+            hooks: std::sync::Mutex::new(sloop_hooks::engine::Engine::new(&cfg.hooks)),
             cfg,
             aliases: Ok(aliases),
             tls: None,
@@ -53,6 +65,7 @@ impl Policy {
     pub fn without_aliases(cfg: Config, why: AliasError) -> Policy {
         Policy {
             spool: sloop_common::spool::Spool::new(&cfg.server.spool_dir),
+            hooks: std::sync::Mutex::new(sloop_hooks::engine::Engine::new(&cfg.hooks)),
             cfg,
             aliases: Err(why),
             tls: None,
