@@ -54,6 +54,9 @@ pub struct Conn {
     tls: Option<Box<TlsStream>>,
     /// The deadline of the write in progress through TLS, for [`Conn::write_raw`].
     write_deadline: Option<Instant>,
+    /// The client's port and the address it connected to, for the filters
+    /// (`client_port`, `server_address`, `server_port`).
+    endpoints: (u16, Option<std::net::SocketAddr>),
 }
 
 impl Conn {
@@ -72,6 +75,7 @@ impl Conn {
             send_timeout,
             tls: None,
             write_deadline: None,
+            endpoints: (0, None),
         })
     }
 
@@ -88,6 +92,7 @@ impl Conn {
             send_timeout: Duration::from_secs(300),
             tls: None,
             write_deadline: None,
+            endpoints: (0, None),
         })
     }
 
@@ -251,6 +256,17 @@ impl Conn {
     /// From now on, reads and writes go through `tls`.
     pub(crate) fn set_tls(&mut self, tls: TlsStream) {
         self.tls = Some(Box::new(tls));
+    }
+
+    /// Records the client's port and the address it connected to (see
+    /// [`endpoints`](Self::endpoints)).
+    pub fn set_endpoints(&mut self, client_port: u16, server: Option<std::net::SocketAddr>) {
+        self.endpoints = (client_port, server);
+    }
+
+    /// The client's port (0 unknown) and the address it connected to.
+    pub fn endpoints(&self) -> (u16, Option<std::net::SocketAddr>) {
+        self.endpoints
     }
 
     /// True once a TLS handshake completed on this connection.

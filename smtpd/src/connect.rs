@@ -26,7 +26,13 @@ pub fn check(policy: &Policy, ip: IpAddr, conn: &Conn) -> (Client, Opening) {
     } else {
         "unknown".into()
     };
-    let client = Client { addr, name };
+    let (port, server) = conn.endpoints();
+    let client = Client {
+        addr,
+        name,
+        port,
+        server,
+    };
     let opening = match access(policy, client.addr) {
         Some(opening) => opening,
         None if conn.has_early_input() => {

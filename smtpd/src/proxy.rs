@@ -147,14 +147,17 @@ fn parse_v2(b: &[u8]) -> Result<Option<Header>, ProxyError> {
 }
 
 /// The PROXY step of a connection on `smtpd.proxy_listen` from `peer`: refuses an
-/// untrusted peer, reads the header under the watchdog; returns the client's address,
-/// or `None` (logged) when the connection must be closed.
+/// untrusted peer, reads the header under the watchdog; returns the client's address
+/// and port (the proxy's own when the header says `UNKNOWN`), or `None` (logged) when
+/// the connection must be closed.
 pub fn accept(
     policy: &crate::session::Policy,
     conn: &mut Conn,
-    peer: IpAddr,
+    peer: std::net::SocketAddr,
     watchdog: &crate::watchdog::Watchdog,
-) -> Option<IpAddr> {
+) -> Option<std::net::SocketAddr> {
+    let peer_port = peer.port();
+    let peer = crate::session::policy::canonical(peer.ip());
     let p = &policy.cfg.proxy;
     if !p.trusted.iter().any(|n| n.contains(&peer)) {
         log::warn!(
@@ -164,10 +167,13 @@ pub fn accept(
     }
     watchdog.attach(None, Vec::new());
     watchdog.arm("proxy header", Instant::now() + p.timeout);
-    let result = read_header(conn, peer, p.timeout);
+    let result = read_header(conn, std::net::SocketAddr::new(peer, peer_port), p.timeout);
     watchdog.detach();
     match result {
-        Ok(client) => Some(crate::session::policy::canonical(client)),
+        Ok(client) => Some(std::net::SocketAddr::new(
+            crate::session::policy::canonical(client.ip()),
+            client.port(),
+        )),
         Err(e) => {
             log::warn!("PROXY from [{peer}]: {e}; connection closed");
             None
@@ -176,7 +182,11 @@ pub fn accept(
 }
 
 /// Reads the header from `conn` within `timeout`; returns the client address to use.
-pub fn read_header(conn: &mut Conn, peer: IpAddr, timeout: Duration) -> Result<IpAddr, ProxyError> {
+pub fn read_header(
+    conn: &mut Conn,
+    peer: std::net::SocketAddr,
+    timeout: Duration,
+) -> Result<std::net::SocketAddr, ProxyError> {
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; MAX_HEADER];
     loop {
@@ -190,7 +200,7 @@ pub fn read_header(conn: &mut Conn, peer: IpAddr, timeout: Duration) -> Result<I
                 Some(h) => {
                     conn.discard_raw(h.len, deadline)
                         .map_err(|e| ProxyError::Io(e.to_string()))?;
-                    return Ok(h.source.map(|s| s.ip()).unwrap_or(peer));
+                    return Ok(h.source.unwrap_or(peer));
                 }
                 None if n == MAX_HEADER => return Err(ProxyError::Malformed("too long")),
                 // Part of a header: wait a little for the rest.

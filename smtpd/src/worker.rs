@@ -163,13 +163,14 @@ impl Worker {
                 return SessionEnd::Normal;
             }
         };
-        let ip = match proxied {
-            true => match crate::proxy::accept(&self.policy, &mut conn, ip, &self.watchdog) {
-                Some(client) => client,
+        let (ip, port) = match proxied {
+            true => match crate::proxy::accept(&self.policy, &mut conn, peer, &self.watchdog) {
+                Some(client) => (client.ip(), client.port()),
                 None => return SessionEnd::Normal,
             },
-            false => ip,
+            false => (ip, peer.port()),
         };
+        conn.set_endpoints(port, local);
         let run_dir = &self.policy.cfg.server.run_dir;
         // A limit at or above the pool's size can never refuse anyone: no bookkeeping.
         // Clients in relay.networks are exempt (as Postfix exempts mynetworks from

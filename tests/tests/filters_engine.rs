@@ -16,19 +16,29 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 /// A policy service on a free loopback port: at RCPT, the action is chosen by the
-/// recipient's local-part (`grey`, `hold`, `discard`, `prepend`, `reject`), else DUNNO.
+/// recipient's local-part (`grey`, `hold`, `discard`, `prepend`, `reject`, `where`:
+/// prepends the connection's addresses and ports as the request gave them), else
+/// DUNNO.
 fn fake_policy() -> u16 {
     scripted_policy(|attrs| {
         let rcpt = attrs.get("recipient").map_or("", String::as_str);
+        let get = |k: &str| attrs.get(k).map_or("-", String::as_str).to_string();
         let action = match rcpt.split('@').next().unwrap_or("") {
-            "grey" => "DEFER_IF_PERMIT Greylisted for 300 seconds",
-            "hold" => "HOLD Review please",
-            "discard" => "DISCARD",
-            "prepend" => "PREPEND X-Policy: checked",
-            "reject" => "REJECT Not here",
-            _ => "DUNNO",
+            "grey" => "DEFER_IF_PERMIT Greylisted for 300 seconds".to_string(),
+            "hold" => "HOLD Review please".to_string(),
+            "discard" => "DISCARD".to_string(),
+            "prepend" => "PREPEND X-Policy: checked".to_string(),
+            "reject" => "REJECT Not here".to_string(),
+            "where" => format!(
+                "PREPEND X-Where: client {} port {} server {} port {}",
+                get("client_address"),
+                get("client_port"),
+                get("server_address"),
+                get("server_port")
+            ),
+            _ => "DUNNO".to_string(),
         };
-        (action.to_string(), Duration::ZERO)
+        (action, Duration::ZERO)
     })
 }
 
@@ -234,6 +244,23 @@ fn policy_actions_reach_the_client_and_the_queue() {
     assert!(
         msg.contains("\nX-Policy: checked\nReceived: from client.test"),
         "{msg}"
+    );
+
+    // The request names both ends of the connection, as Postfix's does.
+    let (r, d, _) = server.send("where@localhost.test", "where");
+    assert_eq!((r, d), (250, 250));
+    let msg = server.wait_delivered("where");
+    let line = msg
+        .lines()
+        .find(|l| l.starts_with("X-Where: "))
+        .unwrap_or_else(|| panic!("{msg}"));
+    let words: Vec<&str> = line.split(' ').collect();
+    assert_eq!(words[1..3], ["client", "127.0.0.1"], "{line}");
+    assert!(words[4].parse::<u16>().is_ok_and(|p| p > 0), "{line}");
+    assert_eq!(
+        words[5..],
+        ["server", "127.0.0.1", "port", &server.port.to_string()],
+        "{line}"
     );
 
     // HOLD: committed into hold/, never delivered, logged with its reason.

@@ -7,7 +7,7 @@
 use crate::milter::{ConnectInfo, Macros};
 use crate::policy::{ProtocolState, Request};
 use sloop_common::config::hooks::{HookListener, HookStage};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// The session's facts at a stage. Empty strings are facts not known (yet).
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct Facts {
     /// The verified client name, or `unknown`.
     pub client_name: String,
     pub client_port: u16,
+    /// The address the client connected to (`None` for local mail or when unknown).
+    pub server: Option<SocketAddr>,
     /// This server's name (`server.hostname`): the milter macro `j`.
     pub hostname: String,
     pub helo: String,
@@ -50,6 +52,7 @@ impl Facts {
             client_addr,
             client_name: client_name.to_string(),
             client_port: 0,
+            server: None,
             hostname: String::new(),
             helo: String::new(),
             esmtp: false,
@@ -123,6 +126,8 @@ impl Facts {
             .set("client_name", &self.client_name)
             .set("reverse_client_name", &self.client_name)
             .set("client_port", &port(self.client_port))
+            .set("server_address", &server_addr(self.server))
+            .set("server_port", &port(self.server.map_or(0, |s| s.port())))
             .set("instance", &self.queue_id)
             .set("size", &self.size.to_string())
             .set("sasl_method", &self.sasl_method)
@@ -168,6 +173,8 @@ impl Facts {
             .set("{client_name}", &self.client_name)
             .set("{client_ptr}", &self.client_name)
             .set("{client_port}", &port(self.client_port))
+            .set("{daemon_addr}", &server_addr(self.server))
+            .set("{daemon_port}", &port(self.server.map_or(0, |s| s.port())))
             .set("_", &self.client_display());
         if stage >= HookStage::Helo && !self.tls_protocol.is_empty() {
             m.set("{tls_version}", &self.tls_protocol)
@@ -188,6 +195,18 @@ impl Facts {
                 .set("{rcpt_addr}", &self.recipient);
         }
         m
+    }
+}
+
+/// The server address as Postfix writes it (an IPv4-mapped address as IPv4).
+fn server_addr(s: Option<SocketAddr>) -> String {
+    match s.map(|s| s.ip()) {
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        },
+        Some(ip) => ip.to_string(),
+        None => String::new(),
     }
 }
 
@@ -244,6 +263,21 @@ mod tests {
         assert_eq!(r.get("protocol_state"), Some("EHLO"));
         let text = String::from_utf8(r.encode()).unwrap();
         assert!(text.starts_with("request=smtpd_access_policy\nprotocol_state=EHLO\n"));
+        // Ports and the server address, empty while unknown.
+        assert_eq!(r.get("client_port"), Some(""));
+        assert_eq!(r.get("server_address"), Some(""));
+        let mut f = facts();
+        f.client_port = 40123;
+        f.server = Some("[::ffff:198.51.100.1]:25".parse().unwrap());
+        let r = f.policy_request(HookStage::Connect);
+        assert_eq!(r.get("client_port"), Some("40123"));
+        assert_eq!(r.get("server_address"), Some("198.51.100.1"));
+        assert_eq!(r.get("server_port"), Some("25"));
+        let m = f.macros(HookStage::Connect);
+        let has = |n: &str, v: &str| m.0.iter().any(|(a, b)| a == n && b == v);
+        assert!(has("{client_port}", "40123"));
+        assert!(has("{daemon_addr}", "198.51.100.1"));
+        assert!(has("{daemon_port}", "25"));
     }
 
     #[test]

@@ -445,6 +445,8 @@ impl Session<'_> {
             &self.client.name,
         );
         f.hostname = self.policy.cfg.server.hostname.clone();
+        f.client_port = self.client.port;
+        f.server = self.client.server;
         if let Some(h) = &self.helo {
             f.helo = h.name.clone();
             f.esmtp = h.esmtp;

@@ -39,6 +39,10 @@ pub struct Client {
     pub addr: IpAddr,
     /// Reverse DNS name, or `unknown`.
     pub name: String,
+    /// The client's TCP port (from the PROXY header behind a load balancer); 0 unknown.
+    pub port: u16,
+    /// The address the client connected to; `None` unknown (`--inetd` on a pipe).
+    pub server: Option<std::net::SocketAddr>,
 }
 
 impl Client {

@@ -25,6 +25,8 @@ fn session<'a>(p: &'a Policy, ip: &str) -> Session<'a> {
     let client = Client {
         addr: ip.parse().unwrap(),
         name: "unknown".into(),
+        port: 0,
+        server: None,
     };
     Session::start(p, client, Opening::Greet)
 }
@@ -411,6 +413,8 @@ fn refused_session_only_serves_quit() {
     let client = Client {
         addr: UNTRUSTED.parse().unwrap(),
         name: "unknown".into(),
+        port: 0,
+        server: None,
     };
     let mut s = Session::start(
         &p,
@@ -432,6 +436,8 @@ fn connect_replies_are_remapped_to_legal_codes() {
     let client = || Client {
         addr: UNTRUSTED.parse().unwrap(),
         name: "unknown".into(),
+        port: 0,
+        server: None,
     };
     let mut s = Session::start(
         &p,

@@ -26,6 +26,8 @@ fn session_with<'a>(p: &'a Policy, stages: &[HookStage]) -> Session<'a> {
     let client = Client {
         addr: "192.0.2.7".parse().unwrap(),
         name: "unknown".into(),
+        port: 0,
+        server: None,
     };
     let all = HookStages::of(|s| stages.contains(&s));
     Session::start(p, client, Opening::Greet).with_hooks(all, HookListener::Smtpd)

@@ -79,6 +79,8 @@ fn start<'a>(p: &'a Policy, role: ListenRole, tls: Option<TlsInfo>) -> Session<'
     let client = Client {
         addr: "192.0.2.7".parse().unwrap(),
         name: "unknown".into(),
+        port: 0,
+        server: None,
     };
     Session::start(p, client, Opening::Greet).with_listener(role, true, tls)
 }
@@ -142,6 +144,8 @@ fn starttls_needs_ehlo_no_transaction_and_a_certificate() {
     let client = Client {
         addr: "192.0.2.7".parse().unwrap(),
         name: "unknown".into(),
+        port: 0,
+        server: None,
     };
     let mut plain = Session::start(&p, client, Opening::Greet);
     let mut seen = Seen::default();
