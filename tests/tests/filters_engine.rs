@@ -371,6 +371,24 @@ fn local_mail_goes_through_local_milters() {
     drop("alice@localhost.test", "from cron");
     let msg = server.wait_delivered("alice");
     assert!(msg.contains("X-Milter: seen"), "{msg}");
+    // sendmail run by the spool's owner (cron running as that user) goes through the
+    // maildrop too while a milter sees local mail: nothing from sendmail escapes it.
+    let mut sendmail = std::process::Command::new(sloop_tests::bin("sloop-sendmail"))
+        .arg("-C")
+        .arg(server.dir.path.join("sloop.toml"))
+        .arg("dave@localhost.test")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    sendmail
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: cron\n\nfrom the owner\n")
+        .unwrap();
+    assert!(sendmail.wait().unwrap().success());
+    let msg = server.wait_delivered("dave");
+    assert!(msg.contains("X-Milter: seen"), "{msg}");
     // Rejected local mail is kept for the postmaster in hold/, never lost.
     let id = drop("bob@localhost.test", "REJECTME");
     let ok = wait_until(Duration::from_secs(20), || {

@@ -177,9 +177,17 @@ fn envelope(
 }
 
 /// The program that queues for this caller: `sloop-queue` for the spool's owner,
-/// `sloop-drop` for everybody else (root included).
-pub fn submit_program(spool: &Spool) -> &'static str {
-    if owns_spool(spool) {
+/// `sloop-drop` for everybody else (root included). When a `[[milter]]` lists `local`,
+/// the owner's mail goes through `sloop-drop` too, so that `sloop-pickup` runs those
+/// milters on every message from sendmail (cron's mail is signed whoever runs it),
+/// as Postfix runs `non_smtpd_milters` on all of it.
+pub fn submit_program(cfg: &Config, spool: &Spool) -> &'static str {
+    let local_milters = cfg
+        .hooks
+        .milters_for(sloop_common::config::HookListener::Local)
+        .next()
+        .is_some();
+    if owns_spool(spool) && !local_milters {
         "sloop-queue"
     } else {
         "sloop-drop"
@@ -246,7 +254,7 @@ fn queue(
     envelope: &[u8],
     verbose: bool,
 ) -> Result<(), ToolError> {
-    let name = submit_program(&Spool::new(&cfg.server.spool_dir));
+    let name = submit_program(cfg, &Spool::new(&cfg.server.spool_dir));
     let program = cfg.program(name);
     let os_err = |what: &str, e: &dyn std::fmt::Display| {
         ToolError::new(
