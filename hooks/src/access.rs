@@ -59,7 +59,7 @@ impl std::error::Error for AccessError {
 }
 
 /// One pattern, ready to match.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Matcher {
     /// A name (client name, HELO name), or for an address list the domain exactly.
     Name(String),
@@ -76,7 +76,7 @@ enum Matcher {
 }
 
 /// One list of rules, compiled.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AccessTable {
     list: AccessList,
     entries: Vec<(Matcher, AccessVerdict)>,
@@ -126,8 +126,9 @@ impl AccessTable {
     }
 }
 
-/// The four lists of `[access]`, compiled once per worker.
-#[derive(Debug)]
+/// The four lists of `[access]`, compiled once per worker (a clone shares the
+/// compiled patterns' programs).
+#[derive(Debug, Clone)]
 pub struct AccessTables {
     client: AccessTable,
     helo: AccessTable,

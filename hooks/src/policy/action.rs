@@ -207,7 +207,7 @@ fn is_header(text: &str) -> bool {
 }
 
 /// At most `max` characters of `s`, for error messages.
-pub(crate) fn clamp(s: &str, max: usize) -> String {
+fn clamp(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 

@@ -359,7 +359,7 @@ fn connect_inet(host: &str, port: u16, deadline: Instant) -> io::Result<TcpStrea
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => (host, port).to_socket_addrs()?.collect(),
     };
-    let mut last = io::Error::from(Errno::EADDRNOTAVAIL);
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address for the host name");
     for addr in addrs {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

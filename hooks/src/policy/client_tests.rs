@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 enum Step {
     /// Read a request, write these bytes.
     Reply(Vec<u8>),
-    /// Write these bytes without waiting for a request.
-    Send(Vec<u8>),
+    /// Wait until the test calls `Fake::go`, then write these bytes without waiting
+    /// for a request.
+    SendOnGo(Vec<u8>),
     /// Read a request, then close.
     ReadThenClose,
     /// Close now.
@@ -38,6 +39,7 @@ struct Seen {
     requests: Vec<String>,
     closed: usize,
     sent: usize,
+    go: bool,
 }
 
 struct Fake {
@@ -53,6 +55,10 @@ impl Fake {
 
     fn requests(&self) -> Vec<String> {
         self.seen.lock().unwrap().requests.clone()
+    }
+
+    fn go(&self) {
+        self.seen.lock().unwrap().go = true;
     }
 
     fn wait_for(&self, what: &str, cond: impl Fn(&Seen) -> bool) {
@@ -110,7 +116,10 @@ fn run_conn<S: io::Read + io::Write>(stream: S, steps: Vec<Step>, seen: &Mutex<S
                     break;
                 }
             }
-            Step::Send(bytes) => {
+            Step::SendOnGo(bytes) => {
+                while !seen.lock().unwrap().go {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 let _ = r.get_mut().write_all(&bytes);
                 seen.lock().unwrap().sent += 1;
             }
@@ -361,7 +370,7 @@ fn garbage_is_a_protocol_error_and_not_asked_again() {
     let cases: Vec<(Vec<u8>, PolicyError)> = vec![
         (
             b"hello\n\n".to_vec(),
-            PolicyError::Protocol(ProtoError::BadLine("hello".into())),
+            PolicyError::Protocol(ProtoError::MissingAction),
         ),
         (
             b"action=O\0K\n\n".to_vec(),
@@ -373,8 +382,8 @@ fn garbage_is_a_protocol_error_and_not_asked_again() {
         ),
         (vec![b'x'; 5000], PolicyError::Protocol(ProtoError::TooLong)),
         (
-            b"foo=bar\n\n".to_vec(),
-            PolicyError::Protocol(ProtoError::MissingAction),
+            b"action=OK\naction=OK\n\n".to_vec(),
+            PolicyError::Protocol(ProtoError::DuplicateAction),
         ),
         (
             b"action=FROBNICATE\n\n".to_vec(),
@@ -471,15 +480,85 @@ fn unasked_data_drops_the_kept_connection() {
     let fake = fake_tcp(|n| match n {
         0 => vec![
             reply(&Action::Ok),
-            Step::Send(b"action=REJECT\n\n".to_vec()),
+            Step::SendOnGo(b"action=REJECT\n\n".to_vec()),
             Step::Silent,
         ],
         _ => vec![reply(&Action::Dunno)],
     });
     let mut c = client(&fake.socket, 5000, 1);
     assert_eq!(c.query(&request("1@x"), soon()), Ok(Action::Ok));
+    fake.go();
     // Once the fake's write returned, the octets are in the client's socket (loopback).
     fake.wait_for("unasked reply", |s| s.sent == 1);
     assert_eq!(c.query(&request("2@x"), soon()), Ok(Action::Dunno));
     assert_eq!(fake.conns(), 2);
+}
+
+#[test]
+fn inet6_loopback_by_bracketed_address() {
+    let listener = match TcpListener::bind("[::1]:0") {
+        Ok(l) => l,
+        Err(e) => {
+            println!("SKIP: inet6_loopback_by_bracketed_address: no ::1 ({e})");
+            return;
+        }
+    };
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    accept_loop(
+        move || listener.accept().map(|(s, _)| s),
+        Arc::new(|_| vec![reply(&Action::Hold(Some("look".into())))]),
+        Arc::clone(&seen),
+    );
+    let socket = HookSocket::Inet {
+        host: "::1".into(),
+        port,
+    };
+    assert_eq!(socket.to_string(), format!("inet:[::1]:{port}"));
+    let mut c = client(&socket, 5000, 1);
+    assert_eq!(
+        c.query(&request("1@x"), soon()),
+        Ok(Action::Hold(Some("look".into())))
+    );
+}
+
+#[test]
+fn full_unix_listen_queue_times_out_the_connect() {
+    use nix::sys::socket::{bind, listen, Backlog};
+    let dir = TempDir::new("backlog");
+    let path = dir.0.join("full.sock");
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+    listen(&fd, Backlog::new(0).unwrap()).unwrap();
+    // Never accepted: fill the queue until a connect can only wait.
+    let mut queued = Vec::new();
+    let full =
+        (0..64).any(
+            |_| match connect_unix(&path, Instant::now() + Duration::from_millis(50)) {
+                Ok(s) => {
+                    queued.push(s);
+                    false
+                }
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(Errno::ETIMEDOUT as i32), "{e}");
+                    true
+                }
+            },
+        );
+    assert!(full, "listen queue never filled");
+    let mut c = client(&HookSocket::Unix(path.clone()), 200, 1);
+    let start = Instant::now();
+    let err = c.query(&request("1@x"), soon()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("connect unix:{}: Connection timed out", path.display())
+    );
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    drop(fd);
 }

@@ -18,7 +18,8 @@
 //!   line's (`timeout after 5000ms (try 2/2)`).
 //!
 //! What the answers do to the SMTP session (DEFER_IF_PERMIT, HOLD, PREPEND, ...) is
-//! the hook engine's business; docs/filters.md is the operator's page.
+//! the hook engine's business; docs/filters.md is the operator's page and
+//! docs/policy-protocol.md the protocol reference.
 
 mod action;
 mod client;
