@@ -18,6 +18,7 @@ min/median/max and the Sloop/Postfix ratio, and `uptime`.
 
 As root, from a checkout beside shared/ (or SLOOP_BENCH_SHARED=.../shared/bench):
     bench/milter-bench.py [--reps 3] [--sessions 20] [--messages 1000]
+    bench/milter-bench.py --without-milter   # the same runs with no milter: the baseline
 """
 import argparse
 import glob
@@ -45,6 +46,39 @@ msg = open(sys.argv[2], "rb").read()
 ok = dkim.verify(msg, dnsfunc=lambda name, timeout=5: record if name.startswith(b"bench._domainkey.") else None)
 sys.exit(0 if ok else 1)
 '''
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_table():
+    table = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        rest = st[st.rindex(")") + 2:].split()
+        table[int(d)] = (int(rest[1]), sum(int(x) for x in rest[11:15]))  # ppid, u+s+cu+cs
+    return table
+
+
+def tree_cpu_ms(root):
+    """CPU time of `root` and its descendants (reaped children included), in ms."""
+    table = proc_table()
+    kids = {}
+    for pid, (ppid, _) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        p = todo.pop()
+        if p in table:
+            total += table[p][1]
+            todo.extend(kids.get(p, []))
+    return total * 1000 / TICK
 
 
 def sh(*cmd, check=True):
@@ -88,10 +122,11 @@ RequireSafeKeys false
     return proc, os.path.join(keys, "bench.txt")
 
 
-def start_postfix():
+def start_postfix(milter=True):
     saved = {k: sh("postconf", "-h", k, check=False) for k in POSTFIX_KEYS}
     sh("bash", os.path.join(SHARED, "peers.sh"), "start-postfix", "maildir")
-    sh("postconf", "-e", f"smtpd_milters = inet:127.0.0.1:{DKIM_PORT}", "non_smtpd_milters =",
+    sh("postconf", "-e", f"smtpd_milters = inet:127.0.0.1:{DKIM_PORT}" if milter else "smtpd_milters =",
+       "non_smtpd_milters =",
        "milter_default_action = tempfail")
     sh("postfix", "reload", check=False)
     time.sleep(2)
@@ -105,7 +140,12 @@ def restore_postfix(saved):
     sh("postfix", "reload", check=False)
 
 
-def start_sloop(work):
+def start_sloop(work, milter=True):
+    table = f"""
+[[milter]]
+name = "opendkim"
+socket = "inet:127.0.0.1:{DKIM_PORT}"
+""" if milter else ""
     cfg = os.path.join(work, "sloop.toml")
     with open(cfg, "w") as f:
         f.write(f"""[server]
@@ -122,11 +162,7 @@ local = ["bench.test"]
 [local]
 mailbox_root = "{work}/mail"
 mailboxes = ["@bench.test"]
-
-[[milter]]
-name = "opendkim"
-socket = "inet:127.0.0.1:{DKIM_PORT}"
-""")
+{table}""")
     log = open(os.path.join(work, "sloopd.log"), "w")
     proc = subprocess.Popen([os.path.join(ROOT, "target", "release", "sloopd"), "-c", cfg],
                             stdout=log, stderr=log)
@@ -149,8 +185,9 @@ def signed(path):
     return re.search(rb"(?im)^DKIM-Signature:", head) is not None
 
 
-def run_once(port, maildir, sessions, msgs, public):
+def run_once(port, maildir, sessions, msgs, public, mta_pid, dkim_pid, milter=True):
     before = files(maildir)
+    cpu0 = (tree_cpu_ms(mta_pid()), tree_cpu_ms(dkim_pid))
     out = subprocess.run(["bash", os.path.join(SHARED, "load.sh"), f"127.0.0.1:{port}", str(sessions), str(msgs),
                           "4096"], capture_output=True, text=True,
                          env={**os.environ, "FROM": "load@bench.test", "TO": "benchload@bench.test"})
@@ -160,11 +197,15 @@ def run_once(port, maildir, sessions, msgs, public):
     while len(files(maildir) - before) < msgs and time.time() < deadline:
         time.sleep(0.1)
     new = sorted(files(maildir) - before)
+    cpu = ((tree_cpu_ms(mta_pid()) - cpu0[0]) / msgs, (tree_cpu_ms(dkim_pid) - cpu0[1]) / msgs)
     unsigned = sum(1 for n in new if not signed(os.path.join(maildir, n)))
-    verified = bool(new) and subprocess.run(
+    if not milter:
+        unsigned = 0
+    verified = not milter or bool(new) and subprocess.run(
         [SYSTEM_PYTHON, "-c", VERIFY, public, os.path.join(maildir, new[-1])]).returncode == 0
     ok = out.returncode == 0 and len(new) >= msgs and unsigned == 0 and verified
-    return rate, ok, f"delivered={len(new)} unsigned={unsigned} verified={verified} rc={out.returncode}"
+    return rate, ok, cpu, (f"delivered={len(new)} unsigned={unsigned} verified={verified} rc={out.returncode} "
+                           f"cpu_ms/msg: mta={cpu[0]:.2f} opendkim={cpu[1]:.2f}")
 
 
 def main():
@@ -174,6 +215,8 @@ def main():
     ap.add_argument("--messages", type=int, default=1000)
     ap.add_argument("--work", default="/var/tmp/sloop-milter-bench")
     ap.add_argument("--no-build", action="store_true", help="use target/release as it is")
+    ap.add_argument("--without-milter", action="store_true",
+                    help="the baseline: the same runs with neither MTA asking OpenDKIM")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("milter-bench.py: run as root (Postfix, OpenDKIM's user)")
@@ -185,19 +228,26 @@ def main():
     shutil.rmtree(args.work, ignore_errors=True)
     os.makedirs(args.work)
     dkim, public = start_opendkim(args.work)
-    saved, postfix_maildir = start_postfix()
-    sloop, sloop_maildir = start_sloop(args.work)
-    targets = [("sloop", SLOOP_PORT, sloop_maildir), ("postfix", POSTFIX_PORT, postfix_maildir)]
+    milter = not args.without_milter
+    saved, postfix_maildir = start_postfix(milter)
+    sloop, sloop_maildir = start_sloop(args.work, milter)
+    def postfix_master():
+        with open("/var/spool/postfix/pid/master.pid") as f:
+            return int(f.read().strip())
+    targets = [("sloop", SLOOP_PORT, sloop_maildir, lambda: sloop.pid),
+               ("postfix", POSTFIX_PORT, postfix_maildir, postfix_master)]
     res = {"sloop": [], "postfix": []}
     uptimes = [sh("uptime")]
     try:
-        for name, port, maildir in targets:
-            rate, ok, info = run_once(port, maildir, args.sessions, max(args.messages // 4, 50), public)
+        for name, port, maildir, root in targets:
+            rate, ok, _, info = run_once(port, maildir, args.sessions, max(args.messages // 4, 50), public, root,
+                                         dkim.pid, milter)
             print(f"{name} warm-up: {rate:.1f} msgs/s ok={ok} {info} (not recorded)", flush=True)
         for rep in range(args.reps):
-            for name, port, maildir in targets:
-                rate, ok, info = run_once(port, maildir, args.sessions, args.messages, public)
-                res[name].append((rate, ok))
+            for name, port, maildir, root in targets:
+                rate, ok, cpu, info = run_once(port, maildir, args.sessions, args.messages, public, root, dkim.pid,
+                                               milter)
+                res[name].append((rate, ok, cpu))
                 print(f"{name} rep={rep}: {rate:.1f} msgs/s ok={ok} {info}", flush=True)
             uptimes.append(sh("uptime"))
     finally:
@@ -207,16 +257,21 @@ def main():
         os.killpg(dkim.pid, 15)
         dkim.wait()
     f = lambda v: f"{min(v):.1f} / {statistics.median(v):.1f} / {max(v):.1f}"
-    s = [r for r, _ in res["sloop"]]
-    p = [r for r, _ in res["postfix"]]
+    s = [r[0] for r in res["sloop"]]
+    p = [r[0] for r in res["postfix"]]
     ratios = [a / b for a, b in zip(s, p) if b]
-    print(f"\nRun {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.reps} interleaved repetitions, "
+    print(f"\nRun {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {'with' if milter else 'WITHOUT'} the milter, "
+          f"{args.reps} interleaved repetitions, "
           f"{args.sessions} sessions, 4 KiB, {args.messages} messages per run, one per connection.\n")
-    print("| target | accepted msgs/s (min/median/max) | all signed and delivered |")
-    print("| --- | --- | --- |")
-    print(f"| Sloop + OpenDKIM | {f(s)} | {all(ok for _, ok in res['sloop'])} |")
-    print(f"| Postfix + OpenDKIM | {f(p)} | {all(ok for _, ok in res['postfix'])} |")
-    print(f"| Sloop/Postfix (per repetition) | {f(ratios) if ratios else '-'} | |")
+    med = lambda name, i: statistics.median(r[2][i] for r in res[name])
+    print("| target | accepted msgs/s (min/median/max) | MTA CPU ms/msg (median) | OpenDKIM CPU ms/msg (median) "
+          "| all signed and delivered |")
+    print("| --- | --- | --- | --- | --- |")
+    plus = " + OpenDKIM" if milter else " (no milter)"
+    for name, label in (("sloop", "Sloop" + plus), ("postfix", "Postfix" + plus)):
+        v = [r[0] for r in res[name]]
+        print(f"| {label} | {f(v)} | {med(name, 0):.2f} | {med(name, 1):.2f} | {all(r[1] for r in res[name])} |")
+    print(f"| Sloop/Postfix (per repetition) | {f(ratios) if ratios else '-'} | | | |")
     print("\n`uptime` before and after each repetition:\n")
     for u in uptimes:
         print(f"    {u}")
