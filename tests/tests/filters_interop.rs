@@ -164,6 +164,13 @@ fn header(p: &Path) -> String {
     text[..end].to_string()
 }
 
+/// True when the header field starting `first` comes before the one starting `then`
+/// (a prepended field is on top of the `Received:` the MTA added).
+fn above(header: &str, first: &str, then: &str) -> bool {
+    let at = |name: &str| header.lines().position(|l| l.starts_with(name));
+    matches!((at(first), at(then)), (Some(a), Some(b)) if a < b)
+}
+
 /// Retries the greylisted transaction until it is accepted, polling no faster than
 /// once a second, within the greylisting delay plus a margin for a loaded machine.
 fn retry_until_accepted(delay: Duration, mut attempt: impl FnMut() -> Replies) -> Replies {
@@ -319,11 +326,16 @@ fn sloop_postgrey_greylists_then_accepts_after_the_delay() {
     );
     // DEFER_IF_PERMIT on first sight: the stage would accept, so 450.
     assert_eq!(first.code("RCPT"), 450, "{first:?}\n{}", s.log());
-    assert!(first.text("RCPT").contains("Greylisted"), "{first:?}");
+    let text = "4.7.1 <b@localhost.test>: Recipient address rejected: Greylisted";
+    assert!(first.text("RCPT").starts_with(text), "{first:?}");
+    // Postfix's reject line.
+    let log = s.log();
     assert!(
-        s.log().contains("reject: RCPT from") && s.log().contains("Greylisted"),
-        "{}",
-        s.log()
+        log.contains(&format!("reject: RCPT from unknown[127.0.0.1]: 450 {text}"))
+            && log.contains(
+                "; from=<a@grey.test> to=<b@localhost.test> proto=ESMTP helo=<client.test>"
+            ),
+        "{log}"
     );
     let second = retry_until_accepted(grey.delay, || {
         smtp(
@@ -341,7 +353,8 @@ fn sloop_postgrey_greylists_then_accepts_after_the_delay() {
     // postgrey's PREPEND on the accepted retry is on top of the stored message.
     let got = s.wait_delivered(1);
     assert!(
-        header(&got[0]).contains("X-Greylist: delayed"),
+        header(&got[0]).contains("X-Greylist: delayed")
+            && above(&header(&got[0]), "X-Greylist:", "Received:"),
         "{}",
         read(&got[0])
     );
@@ -385,7 +398,7 @@ fn assert_received_spf(files: &[PathBuf]) {
         assert!(
             h.contains(&format!(
                 "Received-SPF: {result} (mailfrom) identity=mailfrom; client-ip=127.0.0.1"
-            )),
+            )) && above(h, "Received-SPF:", "Received:"),
             "{h}"
         );
     }
@@ -430,7 +443,14 @@ fn sloop_policyd_spf_rejects_fail_and_prepends_received_spf() {
     );
     spf_cases(&base.path, s.port, &|| s.log());
     assert_received_spf(&s.wait_delivered(2));
-    assert!(s.log().contains("reject: RCPT from"), "{}", s.log());
+    let log = s.log();
+    assert!(
+        log.contains(
+            "reject: RCPT from unknown[127.0.0.1]: 550 5.7.23 <b@localhost.test>: \
+             Recipient address rejected: Message rejected due to: SPF fail - not authorized."
+        ) && log.contains("; from=<a@spf-fail.test> to=<b@localhost.test> proto=ESMTP"),
+        "{log}"
+    );
 }
 
 // ---------------------------------------------------------------- OpenDKIM
@@ -610,14 +630,27 @@ fn sloop_rspamd_rejects_gtube_with_rspamds_reply_and_adds_headers() {
         "[[milter]]\nname = \"rspamd\"\nsocket = \"inet:127.0.0.1:23132\"\n",
     );
     rspamd_cases(&base.path, s.port, &|| s.log());
+    let log = s.log();
     assert!(
-        s.log().contains("milter-reject: END-OF-MESSAGE from"),
-        "{}",
-        s.log()
+        log.contains(
+            "milter-reject: END-OF-MESSAGE from unknown[127.0.0.1]: 554 5.7.1 Gtube pattern; \
+             from=<a@spam.test> to=<b@localhost.test> proto=ESMTP helo=<client.test>"
+        ),
+        "{log}"
     );
     let got = s.wait_delivered(1);
     assert_rspamd_headers(&got[0]);
     assert!(read(&got[0]).contains("An ordinary message."));
+    // rspamd names the message by Sloop's queue ID (the `i` macro): the delivered
+    // file's name carries the same ID.
+    let h = header(&got[0]);
+    let qid = h
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Rspamd-Queue-Id: "))
+        .unwrap()
+        .trim();
+    let name = got[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.contains(&format!(".Q{qid}R")), "{qid} vs {name}");
 }
 
 // ---------------------------------------------------------------- clamav-milter
@@ -665,6 +698,12 @@ fn sloop_clamav_milter_rejects_eicar() {
         "[[milter]]\nname = \"clamav\"\nsocket = \"inet:127.0.0.1:23142\"\n",
     );
     clamav_cases(&base.path, s.port, &|| s.log());
+    let log = s.log();
+    assert!(
+        log.contains("milter-reject: END-OF-MESSAGE from unknown[127.0.0.1]: 5")
+            && log.contains(&clamav::REJECT_TEXT.replace("%v", clamav::VIRUS_NAME)),
+        "{log}"
+    );
     let got = s.wait_delivered(1);
     assert!(read(&got[0]).contains("No virus here."));
     assert_eq!(got.len(), 1, "the infected message was delivered too");
