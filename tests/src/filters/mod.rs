@@ -44,15 +44,12 @@ pub fn have_peer(test: &str, package: &str, programs: &[&str]) -> bool {
 }
 
 /// True when running as root; otherwise prints `SKIP: <test>: needs root (why)` and
-/// returns false, or fails the test when `SLOOP_REQUIRE_PEERS=1`.
+/// returns false (also with `SLOOP_REQUIRE_PEERS=1`: a missing privilege is not a
+/// missing package, and the CI runs as root).
 pub fn have_root(test: &str, why: &str) -> bool {
     if is_root() {
         return true;
     }
-    assert!(
-        std::env::var("SLOOP_REQUIRE_PEERS").as_deref() != Ok("1"),
-        "{test}: needs root ({why}) and SLOOP_REQUIRE_PEERS=1"
-    );
     println!("SKIP: {test}: needs root ({why})");
     false
 }
