@@ -225,6 +225,34 @@ fn sloop_policyd_spf_rejects_fail_and_prepends_received_spf() {
         ) && log.contains("; from=<a@spf-fail.test> to=<b@localhost.test> proto=ESMTP"),
         "{log}"
     );
+    // Two messages in one SMTP session, two recipients each: policyd-spf prepends once
+    // per message (its cache is keyed by the `instance` attribute, which must change
+    // from one message to the next and stay the same across one message's recipients).
+    let (code, out, err) = sloop_tests::python(
+        r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="client.test", timeout=120)
+for n in (1, 2):
+    msg = "From: <a@spf-pass.test>\r\nSubject: same-session-%d\r\n\r\nhello\r\n" % n
+    s.sendmail("a@spf-pass.test", ["b@localhost.test", "c@localhost.test"], msg)
+s.quit()
+"#,
+        &[&s.port.to_string()],
+    );
+    assert_eq!(code, 0, "{out}{err}\n{}", s.log());
+    let got = s.wait_delivered(4);
+    for n in [1, 2] {
+        let f = got
+            .iter()
+            .find(|f| header(f).contains(&format!("Subject: same-session-{n}")))
+            .unwrap_or_else(|| panic!("message {n} not delivered"));
+        let h = header(f);
+        assert_eq!(
+            h.matches("Received-SPF: Pass").count(),
+            1,
+            "message {n}:\n{h}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- OpenDKIM
