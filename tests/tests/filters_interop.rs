@@ -351,7 +351,26 @@ fn sloop_opendkim_signs_submission_and_sendmail_mail() {
     );
     assert_eq!(r.code("AUTH"), 235, "{r:?}\n{}", s.log());
     assert_eq!(r.code("DATA"), 250, "{r:?}\n{}", s.log());
-    let mut subjects = vec!["dkim-submission"];
+    // Two more in one session: each message gets its own signature.
+    let (code, out, err) = sloop_tests::python(
+        r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), local_hostname="client.test", timeout=120)
+s.starttls(context=ctx)
+s.login("alice", sys.argv[2])
+for n in (1, 2):
+    msg = ("From: <alice@localhost.test>\r\nTo: <b@localhost.test>\r\n"
+           "Subject: dkim-session-%d\r\nMessage-ID: <s%d@client.test>\r\n\r\nbody %d\r\n" % (n, n, n))
+    s.sendmail("alice@localhost.test", ["b@localhost.test"], msg)
+s.quit()
+"#,
+        &[&sub.to_string(), smtpd_tls_support::ALICE_PW],
+    );
+    assert_eq!(code, 0, "{out}{err}\n{}", s.log());
+    let mut subjects = vec!["dkim-submission", "dkim-session-1", "dkim-session-2"];
     if root {
         // sendmail: picked up from the maildrop, signed by the `local` milter.
         sendmail(
