@@ -6,6 +6,8 @@
 //! smtpd's test-only fault injection) before `cargo test` runs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod filters;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
