@@ -2,7 +2,8 @@
 //! text, as an administrator's typo or a half-written file would give it.
 //! Properties: never panics; an error has a non-empty message and every issue names a
 //! key; a config that loads renders (`render_effective`, what `sloop config check
-//! --show` prints) to TOML that loads again to the same effective values.
+//! --show` prints) to TOML that loads again to the same effective values and filter
+//! hooks.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -19,10 +20,16 @@ fuzz_target!(|data: &[u8]| {
         Ok(cfg) => {
             let shown = cfg.render_effective();
             match Config::parse(file, &shown) {
-                Ok(again) => assert_eq!(
-                    again.effective, cfg.effective,
-                    "effective config does not round-trip:\n{shown}"
-                ),
+                Ok(again) => {
+                    assert_eq!(
+                        again.effective, cfg.effective,
+                        "effective config does not round-trip:\n{shown}"
+                    );
+                    assert_eq!(
+                        again.hooks, cfg.hooks,
+                        "[[policy]]/[[milter]]/[access] do not round-trip:\n{shown}"
+                    );
+                }
                 Err(e) => panic!("rendered effective config does not load: {e}\n{shown}"),
             }
         }

@@ -10,3 +10,7 @@
 //!   their answers into one decision for the session.
 //!
 //! docs/filters.md is the operator's page.
+
+pub mod engine;
+pub mod failure;
+pub mod milter;

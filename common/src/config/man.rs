@@ -2,8 +2,8 @@
 //! from the same declarations as `etc/sloop.toml` and `docs/configuration.md`, so the
 //! installed page cannot drift from the code. The package build runs it.
 
-use super::params::{PARAMS, SECTIONS};
-use super::render::kind_name;
+use super::params::{self, PARAMS, SECTIONS};
+use super::render::{kind_name, shown_default};
 
 /// The roff source of sloop.toml(5). `version` goes into the page footer.
 pub fn render_man(version: &str) -> String {
@@ -32,19 +32,27 @@ pub fn render_man(version: &str) -> String {
          type and default.\n",
     );
     for (section, about) in SECTIONS {
-        out.push_str(&format!(".SH \"[{}]\"\n{}\n", text(section), text(about)));
+        let header = if params::is_array_section(section) {
+            format!("[[{section}]]")
+        } else {
+            format!("[{section}]")
+        };
+        out.push_str(&format!(".SH \"{}\"\n{}\n", text(&header), text(about)));
         for p in PARAMS
             .iter()
             .filter(|p| p.key.split('.').next() == Some(section))
         {
             let name = p.key.split_once('.').map(|(_, k)| k).unwrap_or(p.key);
-            let default = if p.default.contains("@hostname") {
-                "the machine's name".to_string()
+            let default = if p.default == params::REQUIRED {
+                "required".to_string()
             } else {
-                format!("\\fB{}\\fR", text(p.default))
+                format!(
+                    "default {}",
+                    shown_default(p, |s| format!("\\fB{}\\fR", text(s)))
+                )
             };
             out.push_str(&format!(
-                ".TP\n\\fB{}\\fR ({}; default {})\n{}\n",
+                ".TP\n\\fB{}\\fR ({}; {})\n{}\n",
                 text(name),
                 text(&kind_name(p.kind).replace("\\|", "|")),
                 default,

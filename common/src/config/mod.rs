@@ -15,14 +15,15 @@ pub mod hooks;
 mod man;
 pub mod params;
 mod reader;
+mod reader_hooks;
 mod reader_tls;
 mod render;
 mod sections;
 pub mod values;
 
 pub use hooks::{
-    AccessEntry, AccessPattern, AccessRules, AccessVerdict, HookListener, HookSocket, HookStage,
-    HooksConfig, MilterHook, OnError, PolicyHook,
+    compile_access_regex, AccessEntry, AccessList, AccessPattern, AccessRules, AccessVerdict,
+    HookListener, HookSocket, HookStage, HooksConfig, MilterHook, OnError, PolicyHook,
 };
 pub use man::render_man;
 pub use render::{render_docs, render_sample};
@@ -326,6 +327,7 @@ impl Config {
             restart_max: r.duration("supervisor.restart_max"),
             startup_crash_pause: r.duration("supervisor.startup_crash_pause"),
         };
+        let hooks = r.hooks();
         let log_level = r.level("log.level");
         let log = LogConfig {
             level: log_level,
@@ -355,7 +357,7 @@ impl Config {
             supervisor,
             log_level,
             log,
-            hooks: HooksConfig::default(),
+            hooks,
             effective: BTreeMap::new(),
             defaulted: Vec::new(),
             text: text.to_string(),
@@ -473,10 +475,15 @@ impl Config {
         self.bin_dir().join(name)
     }
 
-    /// The effective config as TOML, every key shown.
+    /// The effective config as TOML, every key shown; it loads back to the same
+    /// configuration (`[[policy]]` and `[[milter]]` tables included).
     pub fn render_effective(&self) -> String {
         let mut out = format!("# effective configuration of {}\n", self.file.display());
         for (section, _) in SECTIONS {
+            if params::is_array_section(section) {
+                out.push_str(&render::hook_tables(section, &self.hooks));
+                continue;
+            }
             out.push_str(&format!("\n[{section}]\n"));
             for p in PARAMS
                 .iter()
@@ -507,3 +514,5 @@ pub fn machine_hostname() -> String {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hooks;

@@ -61,6 +61,39 @@ pub enum Kind {
     SendersTable,
     /// A table of domain -> outbound TLS level (`none`, `may`, `encrypt`, `verify`).
     TlsPolicyTable,
+    /// The name of a `[[policy]]` or `[[milter]]` table: letters, digits, `_`, `.`, `-`.
+    HookName,
+    /// Where a hook service listens: `unix:/path` or `inet:host:port`.
+    HookSocket,
+    /// A list of listeners a hook sees: `smtpd`, `submission`, `submissions`, and
+    /// `local` (mail injected with `sendmail`) when `local` is true.
+    HookListeners {
+        local: bool,
+    },
+    /// A list of in-process access rules, each `"PATTERN ACTION [TEXT]"`.
+    AccessRules,
+}
+
+/// The default of a key that has none: the table is refused without it.
+pub const REQUIRED: &str = "";
+
+/// The default of `policy.on_error`: it follows the stage (`OnError::default_for`).
+pub const DEFAULT_BY_STAGE: &str = "@stage";
+
+/// Sections written as arrays of tables (`[[policy]]`), one table per hook, in the
+/// order the hooks run. Their keys are declared below like any other, as
+/// `policy.name` for the `name` key of each `[[policy]]` table.
+pub const ARRAY_SECTIONS: &[&str] = &["policy", "milter"];
+
+/// True when `section` is written as an array of tables (`[[policy]]`).
+pub fn is_array_section(section: &str) -> bool {
+    ARRAY_SECTIONS.contains(&section)
+}
+
+/// True when `key` (`section.name`) lives in an array-of-tables section.
+pub fn is_array_key(key: &str) -> bool {
+    key.split_once('.')
+        .is_some_and(|(section, _)| is_array_section(section))
 }
 
 /// One declared parameter.
@@ -109,6 +142,18 @@ pub const SECTIONS: &[(&str, &str)] = &[
     (
         "auth",
         "SMTP AUTH (RFC 4954): PLAIN and LOGIN over TLS, backends, sender ownership.",
+    ),
+    (
+        "access",
+        "In-process access rules on the client, HELO name, sender and recipient: no daemon, bounded time, checked before any policy service or milter of the same stage. Each entry is \"PATTERN ACTION [TEXT]\", the first match wins; docs/filters.md has the syntax.",
+    ),
+    (
+        "policy",
+        "Postfix policy delegation services (check_policy_service), one [[policy]] table each, asked in table order at their stage. Not set by default.",
+    ),
+    (
+        "milter",
+        "Milter (protocol 6) filters such as OpenDKIM, rspamd or clamav-milter, one [[milter]] table each, asked in table order. Not set by default.",
     ),
     ("remote", "Remote delivery over SMTP."),
     (
@@ -252,6 +297,43 @@ pub const PARAMS: &[Param] = &[
         doc: "How long a failed AUTH counts against its client address." },
     Param { key: "auth.failure_delay", kind: Kind::Duration { min: 0, max: MIN }, default: "\"1s\"",
         doc: "535 replies are delayed by this times the client's recent failures (at most 5 times)." },
+    // access, policy, milter (docs/filters.md)
+    Param { key: "access.client", kind: Kind::AccessRules, default: "[]",
+        doc: "Rules on the connecting client, checked at connect: PATTERN is an address or CIDR network, a name (the client's verified name), .domain (that name and below) or /regex/." },
+    Param { key: "access.helo", kind: Kind::AccessRules, default: "[]",
+        doc: "Rules on the HELO/EHLO name: PATTERN is a name, .domain or /regex/." },
+    Param { key: "access.sender", kind: Kind::AccessRules, default: "[]",
+        doc: "Rules on the MAIL FROM address: PATTERN is user@domain, domain (that domain exactly), .domain (that domain and below) or /regex/ (the whole address; the null sender is empty)." },
+    Param { key: "access.recipient", kind: Kind::AccessRules, default: "[]",
+        doc: "Rules on each RCPT TO address, as access.sender." },
+    Param { key: "policy.name", kind: Kind::HookName, default: REQUIRED,
+        doc: "Names the service in logs; unique among the [[policy]] tables." },
+    Param { key: "policy.socket", kind: Kind::HookSocket, default: REQUIRED,
+        doc: "Where the service listens: \"unix:/path\", \"inet:127.0.0.1:10023\" or \"inet:[::1]:10023\"." },
+    Param { key: "policy.stage", kind: Kind::Choice(&["connect", "helo", "mail", "rcpt", "data", "eom"]), default: "\"rcpt\"",
+        doc: "The SMTP stage the service is asked at (eom: end of message, before the commit)." },
+    Param { key: "policy.timeout", kind: Kind::Duration { min: 100, max: 10 * MIN }, default: "\"5s\"",
+        doc: "Budget of one try (connect, request, reply); clipped by the stage's own deadline." },
+    Param { key: "policy.tries", kind: Kind::Int { min: 1, max: 10 }, default: "2",
+        doc: "Tries per request; a try fails on a connect error, a timeout or an early EOF." },
+    Param { key: "policy.on_error", kind: Kind::Choice(&["accept", "tempfail", "reject", "shutdown"]), default: DEFAULT_BY_STAGE,
+        doc: "What a failed service makes of the stage: accept (go on), tempfail (451 4.3.5; at connect and helo 421 4.3.5 and close), reject (550 5.3.5; at connect 554 5.3.5) or shutdown (421 4.3.5 and close)." },
+    Param { key: "policy.listeners", kind: Kind::HookListeners { local: false }, default: "[\"smtpd\"]",
+        doc: "Whose sessions are checked: any of smtpd, submission, submissions." },
+    Param { key: "milter.name", kind: Kind::HookName, default: REQUIRED,
+        doc: "Names the filter in logs; unique among the [[milter]] tables." },
+    Param { key: "milter.socket", kind: Kind::HookSocket, default: REQUIRED,
+        doc: "Where the filter listens: \"unix:/path\", \"inet:127.0.0.1:8891\" or \"inet:[::1]:8891\" (Postfix's syntax; the milter's own inet:PORT@HOST is written inet:HOST:PORT here)." },
+    Param { key: "milter.on_error", kind: Kind::Choice(&["accept", "tempfail", "reject", "shutdown"]), default: "\"tempfail\"",
+        doc: "What a failed filter makes of each later stage of the session: accept (go on without it), tempfail (451 4.3.5; at connect and helo 421 4.3.5 and close), reject (550 5.3.5; at connect 554 5.3.5) or shutdown (421 4.3.5 and close)." },
+    Param { key: "milter.connect_timeout", kind: Kind::Duration { min: 100, max: 10 * MIN }, default: "\"5s\"",
+        doc: "Budget of connecting and negotiating; clipped by smtpd.connect_timeout." },
+    Param { key: "milter.command_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"30s\"",
+        doc: "Budget of each event but the message content." },
+    Param { key: "milter.content_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"300s\"",
+        doc: "Budget of each message content event (headers, body chunks, end of message)." },
+    Param { key: "milter.listeners", kind: Kind::HookListeners { local: true }, default: "[\"smtpd\", \"submission\", \"submissions\"]",
+        doc: "Which mail the filter sees: any of smtpd, submission, submissions, and local (mail injected with sendmail, committed by sloop-pickup)." },
     // remote
     Param { key: "remote.smarthost", kind: Kind::HostPort, default: "\"\"",
         doc: "Send all non-local mail through this host:port. Empty: look up MX records." },

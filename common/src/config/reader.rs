@@ -63,6 +63,9 @@ impl<'a> Reader<'a> {
         let mut unknown = Vec::new();
         for (section, value) in &self.table {
             match value {
+                // `[[policy]]` and `[[milter]]` tables are read, and their keys checked,
+                // entry by entry (reader_hooks.rs).
+                _ if params::is_array_section(section) => {}
                 toml::Value::Table(t) if SECTIONS.iter().any(|(s, _)| s == section) => {
                     for key in t.keys() {
                         let dotted = format!("{section}.{key}");
@@ -95,6 +98,33 @@ impl<'a> Reader<'a> {
                 expected,
             });
         }
+    }
+
+    /// The file's text (to locate entries of arrays of tables).
+    pub(super) fn source(&self) -> &'a str {
+        self.text
+    }
+
+    /// The value of a whole top-level section, as written.
+    pub(super) fn section(&self, name: &str) -> Option<toml::Value> {
+        self.table.get(name).cloned()
+    }
+
+    /// Records an issue whose line the caller located.
+    pub(super) fn issue_at(
+        &mut self,
+        key: String,
+        line: Option<usize>,
+        found: String,
+        expected: String,
+    ) {
+        self.issues.push(ConfigIssue {
+            file: self.file.clone(),
+            key,
+            line,
+            found,
+            expected,
+        });
     }
 
     /// Whether files the config names must exist now (see the field).
@@ -541,7 +571,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn default_value(param: &Param) -> toml::Value {
+pub(super) fn default_value(param: &Param) -> toml::Value {
     // Defaults are TOML literals; a unit test checks that every one parses.
     let doc = format!("v = {}", param.default);
     doc.parse::<toml::Table>()
@@ -559,7 +589,7 @@ fn default_str(param: &Param) -> String {
 
 /// A value as shown in an error: one line (strings use Rust escapes, so a CR/LF in a
 /// greeting shows as `\r\n`), at most 80 characters.
-fn show(value: &toml::Value) -> String {
+pub(super) fn show(value: &toml::Value) -> String {
     let s = match value {
         toml::Value::String(s) => format!("{s:?}"),
         other => other.to_string().replace(['\r', '\n'], " "),
@@ -574,7 +604,7 @@ fn show(value: &toml::Value) -> String {
 
 /// A key name as shown in a message: bare when TOML allows it bare, else quoted with
 /// escapes, so an empty name (`[""]`, found by fuzzing) shows as `""`, never as nothing.
-fn show_key(name: &str) -> String {
+pub(super) fn show_key(name: &str) -> String {
     let bare = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     if !name.is_empty() && name.chars().all(bare) {
         name.to_string()
@@ -594,7 +624,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// Finds the line that sets `dotted` (`section.key`), either as `key = ` inside
 /// `[section]` or as `section.key = ` at the top. Returns the section header's line
 /// for an unknown section, `None` when the key is not written in the file.
-fn locate(text: &str, dotted: &str) -> Option<usize> {
+pub(super) fn locate(text: &str, dotted: &str) -> Option<usize> {
     let (section, key) = match dotted.split_once('.') {
         Some((s, k)) => (s, Some(k)),
         None => (dotted, None),

@@ -5,7 +5,8 @@
 //! A sequence of NUL-terminated records ending with an empty record: `F<sender>` first,
 //! then `T<recipient>` records. Sloop also accepts, anywhere after `F`:
 //! `E<envid>` and `R<FULL|HDRS>` (DSN, RFC 3461), `N<notify>` and `O<orcpt>` (apply to
-//! the preceding `T`), `C<client information>`, `U` (SMTPUTF8), `B<7BIT|8BITMIME>`.
+//! the preceding `T`), `C<client information>`, `U` (SMTPUTF8), `B<7BIT|8BITMIME>`,
+//! `H<reason>` (a filter put the message on hold: it is committed into `hold/`).
 //! Anything else, a missing `F`, no recipient, or a field with CR, LF or NUL is an
 //! envelope format error (exit 91).
 //!
@@ -70,6 +71,9 @@ pub struct Envelope {
     pub body: Option<String>,
     /// Message size in octets (the offset of the trailer).
     pub size: u64,
+    /// Why a filter put the message on hold (`H` record): the commit puts it into
+    /// `hold/` instead of `incoming/`. Kept when an operator releases it.
+    pub hold: Option<String>,
 }
 
 /// What is wrong with an envelope.
@@ -118,6 +122,7 @@ impl Envelope {
             smtputf8: false,
             body: None,
             size: 0,
+            hold: None,
         }
     }
 
@@ -194,6 +199,7 @@ impl Envelope {
             b'C' => self.client = Some(value.to_string()),
             b'U' => self.smtputf8 = true,
             b'B' => self.body = Some(value.to_string()),
+            b'H' => self.hold = Some(value.to_string()),
             other => {
                 return Err(EnvelopeError::Format(format!(
                     "unknown record type {:?}",
@@ -227,6 +233,9 @@ impl Envelope {
         }
         if let Some(v) = &self.body {
             rec(b'B', v);
+        }
+        if let Some(v) = &self.hold {
+            rec(b'H', v);
         }
         for r in &self.recipients {
             rec(b'T', &r.address);
@@ -264,6 +273,9 @@ impl Envelope {
         if let Some(v) = &self.body {
             line('B', v);
         }
+        if let Some(v) = &self.hold {
+            line('H', v);
+        }
         for r in &self.recipients {
             line('T', &r.address);
             if let Some(v) = &r.notify {
@@ -295,7 +307,7 @@ impl Envelope {
                 check_field("recipient parameter", v)?;
             }
         }
-        for v in [&self.envid, &self.client, &self.body]
+        for v in [&self.envid, &self.client, &self.body, &self.hold]
             .into_iter()
             .flatten()
         {
@@ -402,6 +414,7 @@ mod tests {
         e.recipients[1].notify = Some("FAILURE,DELAY".into());
         e.recipients[1].orcpt = Some("rfc822;e@f.test".into());
         e.smtputf8 = true;
+        e.hold = Some("milter clamav: Eicar-Signature".into());
         let parsed = Envelope::parse_qmail(&e.to_qmail()).expect("parses");
         assert_eq!(parsed, e);
     }
@@ -452,6 +465,7 @@ mod tests {
         e.id = "0123456789ABCDEF012345".into();
         e.arrival = 1_700_000_000;
         e.client = Some("localhost[127.0.0.1]".into());
+        e.hold = Some("<a@b>: Sender address triggers HOLD action: Review".into());
         let body = b"Subject: x\r\n\r\nhello\r\n".to_vec();
         e.size = body.len() as u64;
         let mut file = body.clone();

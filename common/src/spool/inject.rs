@@ -7,7 +7,9 @@
 //! 3. obtain the envelope (given up front by [`commit`], or read only now by
 //!    [`commit_streaming`], as qmail-queue reads fd 1 after fd 0), append it as the
 //!    trailer, then `fsync` the file;
-//! 4. `rename` it to `incoming/<id>` and `fsync` `incoming/`: **the commit point**;
+//! 4. `rename` it to `incoming/<id>` and `fsync` `incoming/`: **the commit point**
+//!    (a message a filter put on hold, `Envelope::hold`, goes to `hold/` instead: the
+//!    queue manager never sees it until an operator releases it);
 //! 5. poke the trigger FIFO.
 //!
 //! Any failure before step 4 removes the temporary file, so no partial message is ever
@@ -120,13 +122,15 @@ pub fn commit_bytes(
     }
     envelope.validate().map_err(InjectError::Envelope)?;
     commit_with(spool, preset_id, |mut file, recycled, id, path| {
+        let state = target_state(&envelope);
         let trailer = stamp(envelope, id, size).to_trailer();
         ctx(
             write_all_vectored(&mut file, message, &trailer),
             "write",
             path,
         )?;
-        sync(file, recycled, size + trailer.len() as u64, path)
+        sync(file, recycled, size + trailer.len() as u64, path)?;
+        Ok(state)
     })
 }
 
@@ -135,7 +139,7 @@ pub fn commit_bytes(
 fn commit_with(
     spool: &Spool,
     preset_id: Option<&str>,
-    write: impl FnOnce(File, bool, &str, &Path) -> Result<(), InjectError>,
+    write: impl FnOnce(File, bool, &str, &Path) -> Result<QueueState, InjectError>,
 ) -> Result<String, InjectError> {
     // The temporary file is always named with an ID of this process, so `clean_tmp` can
     // tell from its name whether its writer is dead; the preset ID names the result.
@@ -144,18 +148,32 @@ fn commit_with(
         .filter(|id| usable_preset(spool, id))
         .map(str::to_string)
         .unwrap_or(own_id);
-    if let Err(e) = write(file, recycled, &id, &tmp_path) {
-        let _ = fs::remove_file(&tmp_path);
-        return Err(e);
-    }
-    let dst = spool.path(QueueState::Incoming, &id);
+    let state = match write(file, recycled, &id, &tmp_path) {
+        Ok(state) => state,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+    };
+    let dst = spool.path(state, &id);
     if let Err(e) = ctx(rename_noreplace(&tmp_path, &dst), "rename", &tmp_path) {
         let _ = fs::remove_file(&tmp_path);
         return Err(e.into());
     }
-    fsync_dir(&spool.state_dir(QueueState::Incoming))?;
-    spool.poke();
+    fsync_dir(&spool.state_dir(state))?;
+    if state == QueueState::Incoming {
+        spool.poke();
+    }
     Ok(id)
+}
+
+/// Where a committed message goes: `hold/` when a filter held it, else `incoming/`.
+fn target_state(env: &Envelope) -> QueueState {
+    if env.hold.is_some() {
+        QueueState::Hold
+    } else {
+        QueueState::Incoming
+    }
 }
 
 /// A preset ID is used when it is valid and not in the spool already. An ID this process
@@ -276,9 +294,22 @@ fn write_and_sync<R: Read>(
     id: &str,
     max_size: u64,
     path: &Path,
-) -> Result<(), InjectError> {
-    let (file, len) = write_queue_file(file, message, envelope_fn, id, max_size, path)?;
-    sync(file, recycled, len, path)
+) -> Result<QueueState, InjectError> {
+    let mut state = QueueState::Incoming;
+    let (file, len) = write_queue_file(
+        file,
+        message,
+        || {
+            let env = envelope_fn()?;
+            state = target_state(&env);
+            Ok(env)
+        },
+        id,
+        max_size,
+        path,
+    )?;
+    sync(file, recycled, len, path)?;
+    Ok(state)
 }
 
 /// Writes the queue file format into `file`: the message from `message` (at most

@@ -159,3 +159,27 @@ fn a_recycled_file_holds_exactly_the_new_message() {
     assert_eq!(recycled.ino(), ino, "the pooled file was reused");
     let _ = fs::remove_dir_all(spool.root());
 }
+
+#[test]
+fn a_held_message_is_committed_into_hold() {
+    let spool = temp_spool("held");
+    let msg = b"Subject: hi\r\n\r\nbody\r\n";
+    for bytes in [true, false] {
+        let mut env = Envelope::new("a@b.test", vec![Recipient::new("c@d.test")]);
+        env.hold = Some("<a@b.test>: Sender address triggers HOLD action".into());
+        let id = if bytes {
+            inject::commit_bytes(&spool, msg, env, 0, None).expect("commit")
+        } else {
+            commit(&spool, &mut msg.as_slice(), env, 0).expect("commit")
+        };
+        let (state, path) = spool.find(&id).expect("found");
+        assert_eq!(state, QueueState::Hold);
+        let (env, _) = open_message(&path).expect("open");
+        assert_eq!(
+            env.hold.as_deref(),
+            Some("<a@b.test>: Sender address triggers HOLD action")
+        );
+    }
+    assert!(spool.list(QueueState::Incoming).expect("list").is_empty());
+    let _ = fs::remove_dir_all(spool.root());
+}
