@@ -11,6 +11,8 @@
 //!
 //! docs/filters.md is the operator's page.
 
+pub mod access;
 pub mod engine;
 pub mod failure;
 pub mod milter;
+pub mod policy;

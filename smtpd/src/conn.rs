@@ -288,6 +288,33 @@ impl Conn {
         )
     }
 
+    /// True when the client has closed its side and sent nothing more that is still
+    /// unread (checked after filter hooks ran, so a client that left is not answered
+    /// and its message not committed).
+    pub fn peer_gone(&self) -> bool {
+        // nix does not name POLLRDHUP (Linux: the peer shut down its writing side).
+        let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+        let mut fds = [PollFd::new(self.rd.as_fd(), PollFlags::POLLIN | rdhup)];
+        let ready = matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0);
+        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+        if !ready || !revents.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return false;
+        }
+        if self.wr.is_some() {
+            // `--inetd`: input and end of file look alike on a pipe; the next read
+            // tells.
+            return false;
+        }
+        // Input still unread is the client's last words (a pipelined QUIT): not gone
+        // yet.
+        let mut one = [0u8; 1];
+        let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+        !matches!(
+            nix::sys::socket::recv(self.rd.as_raw_fd(), &mut one, flags),
+            Ok(n) if n > 0
+        )
+    }
+
     /// Looks at what the client sent without consuming it (for the PROXY header);
     /// `None` when nothing arrived by `deadline`, `Some(0)` at end of file.
     pub(crate) fn peek_raw(

@@ -35,6 +35,7 @@ pub mod connect;
 pub mod data;
 pub mod faults;
 pub mod fds;
+pub mod hooks;
 pub mod overload;
 pub mod parser;
 pub mod proxy;

@@ -6,13 +6,17 @@
 //! unpipelined ones one by one. Deadlines: `connect_timeout` for the connect phase,
 //! `idle_timeout` while waiting for a command, `data_timeout` while waiting for message
 //! octets, `command_timeout` for handling and writing, `queue_timeout` for the queue
-//! program, and `session_timeout` overall; the watchdog is armed with each. A panic
+//! program, and `session_timeout` overall; the watchdog is armed with each. Filter
+//! hooks (`hooks.rs`) run under the phase deadline of their stage: the rest of
+//! `connect_timeout` at connect (less a margin for the reply), `command_timeout` at
+//! HELO, MAIL, RCPT and DATA, `data_timeout` at the end of the message. A panic
 //! anywhere in the session is caught here: the client gets `421 4.3.0` and the worker
 //! exits after this session (docs/invariants.md G3, G4).
 
 use crate::conn::{Conn, ReadOutcome};
 use crate::session::{Phase, Policy, Session, Step};
 use crate::watchdog::Watchdog;
+use sloop_common::config::hooks::HookListener;
 use sloop_common::config::ListenRole;
 use std::any::Any;
 use std::net::IpAddr;
@@ -85,8 +89,12 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog, role: 
     watchdog.arm("connect", started + s.connect_timeout);
     let (client, opening) = crate::connect::check(policy, ip, conn);
     log::info!("connect from {}", client.display());
-    let mut session =
-        Session::start(policy, client, opening).with_listener(role, policy.tls.is_some(), implicit);
+    let listener = HookListener::of_role(role);
+    let stages = crate::hooks::stages(policy, listener);
+    let mut hooks = crate::hooks::SessionRun::new(policy, listener, stages, started);
+    let mut session = Session::start(policy, client, opening)
+        .with_listener(role, policy.tls.is_some(), implicit)
+        .with_hooks(stages, listener);
     let mut out: Vec<u8> = Vec::new();
     // The read buffer is kept for the worker's next session (a panic just loses it).
     let mut buf = READ_BUF.take();
@@ -131,6 +139,15 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog, role: 
                     crate::serve_tls::authenticate(policy, session.client(), watchdog, &creds);
                 session.authenticated(creds.mechanism, &creds.username, outcome);
             }
+            Step::Hook(call) => {
+                let (decision, job) = hooks.run(call, watchdog);
+                if conn.peer_gone() && !session.has_input() {
+                    conn.release_slot();
+                    session.lost_during_hooks();
+                    continue;
+                }
+                session.hooked(decision, job);
+            }
             Step::NeedInput => {
                 if !flush(conn, &mut out, policy, watchdog) {
                     session.eof();
@@ -147,6 +164,7 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog, role: 
             }
         }
     }
+    hooks.finish(watchdog);
     conn.close_tls();
     log::info!("{}", session.disconnect_line());
     READ_BUF.set(buf);

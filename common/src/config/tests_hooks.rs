@@ -321,6 +321,27 @@ fn hook_table_errors_name_the_table_key_and_line() {
         "policy[1].name",
     );
     assert_eq!(i.line, Some(2));
+    let i = one(
+        "[[policy]]\nname = 3\nsocket = \"unix:/x\"\n",
+        "policy[1].name",
+    );
+    assert_eq!((i.found.as_str(), i.expected.as_str()), ("3", "a string"));
+    let long = "n".repeat(65);
+    let i = one(
+        &format!("[[policy]]\nname = {long:?}\nsocket = \"unix:/x\"\n"),
+        "policy[1].name",
+    );
+    assert!(i.expected.contains("at most 64"), "{i}");
+    let i = one(
+        "[[milter]]\nname = \"m\"\nsocket = 25\n",
+        "milter[1].socket",
+    );
+    assert_eq!(i.expected, "a string");
+    let i = one(
+        "[[milter]]\nname = \"m\"\nsocket = \"unix:/m\"\nlisteners = [\"smtpd\", 3]\n",
+        "milter[1].listeners",
+    );
+    assert_eq!(i.found, "3");
 }
 
 #[test]

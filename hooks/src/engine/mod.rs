@@ -1,5 +1,648 @@
 //! Runs the hooks of each SMTP stage in order and turns their answers into one
 //! decision for the session (docs/filters.md, "Policy services", "Milters",
 //! "Failure policy").
+//!
+//! An [`Engine`] lives as long as the worker process: the configuration, the access
+//! tables, and one [`PolicyClient`] per `[[policy]]` (whose connection is reused across
+//! sessions). A [`SessionHooks`] lives as long as one SMTP session (or one `sendmail`
+//! message): one milter connection per `[[milter]]` that sees its listener, opened at
+//! connect, dropped for the rest of the session after its first failure (its
+//! `on_error` then applies at each later stage).
+//!
+//! At each stage, in order: the `[access]` rules of the stage (the first match wins;
+//! `accept` skips the policy services), the `[[policy]]` services of the stage in table
+//! order, then every milter's event for the stage. The answers are folded by
+//! `decide.rs` (Postfix's semantics); what each says is read by `answers.rs`. Each call
+//! gets the earlier of its own timeout and the phase deadline the caller gives; the
+//! caller's watchdog stays the last line. Relay permission is never a hook's to give:
+//! the caller runs its built-in checks first and asks the engine only when they pass.
+//!
+//! At the end of the message ([`Engine::end_of_message`]) the milters' edits are
+//! applied in order to copies of the message and the envelope, each milter seeing the
+//! previous one's result; the copies replace the originals only when the whole stage
+//! accepts (all or nothing).
 
+pub mod answers;
 pub mod decide;
+pub mod facts;
+
+use crate::access::{AccessError, AccessTables};
+use crate::milter::{apply_edits, MilterSession};
+use crate::policy::PolicyClient;
+use answers::{milter_said, policy_said};
+use decide::{access_said, Flow, Said, StageFold};
+pub use decide::{Decision, Effects, Source};
+pub use facts::Facts;
+use sloop_common::config::hooks::{HookListener, HookStage, HooksConfig, MilterHook, OnError};
+use std::time::Instant;
+
+/// The hooks of one worker process.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: HooksConfig,
+    /// The compiled `[access]` rules (an error only for rules that did not come from a
+    /// validated configuration).
+    access: Result<AccessTables, AccessError>,
+    /// One client per `cfg.policies` entry, same order.
+    policies: Vec<PolicyClient>,
+}
+
+/// The message and envelope the end-of-message milters may edit.
+#[derive(Debug)]
+pub struct Message<'a> {
+    /// Header, empty line, body, as it will be committed.
+    pub bytes: &'a mut Vec<u8>,
+    pub sender: &'a mut String,
+    pub recipients: &'a mut Vec<String>,
+}
+
+/// The milters of one session.
+#[derive(Debug)]
+pub struct SessionHooks {
+    listener: HookListener,
+    milters: Vec<MilterSlot>,
+    /// A milter has seen MAIL for a message it has not seen the end of.
+    in_message: bool,
+}
+
+#[derive(Debug)]
+struct MilterSlot {
+    /// Index into `HooksConfig::milters`.
+    index: usize,
+    state: MilterState,
+}
+
+#[derive(Debug)]
+enum MilterState {
+    /// Not connected yet (connected at the connect stage).
+    Idle,
+    /// Connected. `skip_message`: it accepted the current message.
+    Open {
+        session: Box<MilterSession>,
+        skip_message: bool,
+    },
+    /// It accepted the session at connect or HELO: nothing more is asked.
+    AcceptedSession,
+    /// It failed: its `on_error` applies at every later stage.
+    Failed,
+}
+
+impl Engine {
+    /// The engine of a worker for this configuration (no connection is opened here).
+    pub fn new(cfg: &HooksConfig) -> Engine {
+        Engine {
+            cfg: cfg.clone(),
+            access: AccessTables::new(&cfg.access),
+            policies: cfg.policies.iter().map(PolicyClient::new).collect(),
+        }
+    }
+
+    /// True when some hook runs for `listener` at `stage` (when none does, the caller
+    /// skips the engine altogether).
+    pub fn active(&self, listener: HookListener, stage: HookStage) -> bool {
+        (listener != HookListener::Local && self.access_list(stage).is_some())
+            || self.cfg.policies_at(listener, stage).next().is_some()
+            || self.cfg.milters_for(listener).next().is_some()
+    }
+
+    /// True when no hook at all runs for `listener`.
+    pub fn idle(&self, listener: HookListener) -> bool {
+        [
+            HookStage::Connect,
+            HookStage::Helo,
+            HookStage::Mail,
+            HookStage::Rcpt,
+            HookStage::Data,
+            HookStage::Eom,
+        ]
+        .iter()
+        .all(|s| !self.active(listener, *s))
+    }
+
+    /// The hooks of a new session on `listener` (no milter is connected yet).
+    pub fn session(&self, listener: HookListener) -> SessionHooks {
+        let milters = self
+            .cfg
+            .milters
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.listeners.contains(&listener))
+            .map(|(index, _)| MilterSlot {
+                index,
+                state: MilterState::Idle,
+            })
+            .collect();
+        SessionHooks {
+            listener,
+            milters,
+            in_message: false,
+        }
+    }
+
+    /// Runs the hooks of `stage` (not the end of message: see
+    /// [`Engine::end_of_message`]) with every call ending by `deadline`.
+    pub fn run(
+        &mut self,
+        sess: &mut SessionHooks,
+        stage: HookStage,
+        facts: &Facts,
+        deadline: Instant,
+    ) -> Decision {
+        let mut fold = StageFold::new(stage);
+        if self.rules_and_policies(&mut fold, sess.listener, stage, facts, deadline) == Flow::Go {
+            if stage == HookStage::Mail && sess.in_message {
+                self.abort_milters(sess, deadline);
+            }
+            for i in 0..sess.milters.len() {
+                let said = self.milter_event(sess, i, stage, facts, deadline);
+                if fold.take(Source::Milter, said) == Flow::Stop {
+                    break;
+                }
+            }
+            if stage == HookStage::Mail {
+                sess.in_message = true;
+            }
+        }
+        fold.finish()
+    }
+
+    /// Runs the end-of-message hooks: access rules have none; the policy services of
+    /// `eom`, then the milters, which see `msg` and may edit it. The edits are applied
+    /// to `msg` only when the stage accepts.
+    pub fn end_of_message(
+        &mut self,
+        sess: &mut SessionHooks,
+        facts: &Facts,
+        msg: Message<'_>,
+        deadline: Instant,
+    ) -> Decision {
+        let stage = HookStage::Eom;
+        let mut fold = StageFold::new(stage);
+        let mut work: Option<(Vec<u8>, String, Vec<String>)> = None;
+        if self.rules_and_policies(&mut fold, sess.listener, stage, facts, deadline) == Flow::Go {
+            for i in 0..sess.milters.len() {
+                let said = self.milter_message(sess, i, facts, &msg, &mut work, deadline);
+                if fold.take(Source::Milter, said) == Flow::Stop {
+                    break;
+                }
+            }
+        }
+        sess.in_message = false;
+        let decision = fold.finish();
+        if let (Decision::Accept(_), Some((bytes, sender, rcpts))) = (&decision, work) {
+            *msg.bytes = bytes;
+            *msg.sender = sender;
+            *msg.recipients = rcpts;
+        }
+        decision
+    }
+
+    /// Ends the session's milter connections (politely, as far as `deadline` allows).
+    pub fn finish(&mut self, sess: &mut SessionHooks, deadline: Instant) {
+        if sess.in_message {
+            self.abort_milters(sess, deadline);
+        }
+        for slot in sess.milters.drain(..) {
+            if let MilterState::Open { session, .. } = slot.state {
+                session.quit();
+            }
+        }
+    }
+
+    /// The access rules and policy services of the stage.
+    fn rules_and_policies(
+        &mut self,
+        fold: &mut StageFold,
+        listener: HookListener,
+        stage: HookStage,
+        facts: &Facts,
+        deadline: Instant,
+    ) -> Flow {
+        let subject = facts.subject(stage);
+        if listener != HookListener::Local {
+            if let Some(said) = self.access_said(stage, facts, &subject) {
+                if fold.take(Source::Access, said) == Flow::Stop {
+                    return Flow::Stop;
+                }
+            }
+        }
+        for (i, hook) in self.cfg.policies.iter().enumerate() {
+            if hook.stage != stage || !hook.listeners.contains(&listener) {
+                continue;
+            }
+            if fold.skips_policies() {
+                break;
+            }
+            let Some(client) = self.policies.get_mut(i) else {
+                continue;
+            };
+            let req = facts.policy_request(stage);
+            let said = match client.query(&req, deadline) {
+                Ok(action) => policy_said(stage, &hook.name, hook.on_error, &subject, action),
+                Err(e) => {
+                    log::warn!(
+                        "{}policy {}: {e}; on_error={}",
+                        qid(facts),
+                        hook.name,
+                        hook.on_error.name()
+                    );
+                    Said::Failed(hook.on_error)
+                }
+            };
+            if fold.take(Source::Policy, said) == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        Flow::Go
+    }
+
+    /// What the first matching access rule of the stage's list says, if one matches.
+    fn access_said(&self, stage: HookStage, facts: &Facts, subject: &str) -> Option<Said> {
+        let tables = match &self.access {
+            Ok(t) => t,
+            Err(e) => {
+                // The loader compiles every pattern with the same code: this cannot
+                // happen with a validated configuration. Fail closed, temporarily.
+                log::error!("{e}; access rules unusable, on_error=tempfail");
+                return Some(Said::Failed(OnError::Tempfail));
+            }
+        };
+        let verdict = match stage {
+            HookStage::Connect => {
+                let name = (facts.client_name != "unknown").then_some(facts.client_name.as_str());
+                tables.client(facts.client_addr?, name)
+            }
+            HookStage::Helo => tables.helo(&facts.helo),
+            HookStage::Mail => tables.sender(&facts.sender),
+            HookStage::Rcpt => tables.recipient(&facts.recipient),
+            HookStage::Data | HookStage::Eom => None,
+        }?;
+        Some(access_said(stage, subject, verdict))
+    }
+
+    fn access_list(&self, stage: HookStage) -> Option<()> {
+        let a = &self.cfg.access;
+        let list = match stage {
+            HookStage::Connect => &a.client,
+            HookStage::Helo => &a.helo,
+            HookStage::Mail => &a.sender,
+            HookStage::Rcpt => &a.recipient,
+            HookStage::Data | HookStage::Eom => return None,
+        };
+        (!list.is_empty()).then_some(())
+    }
+
+    /// One milter's event for `stage` (connecting it at connect).
+    fn milter_event(
+        &mut self,
+        sess: &mut SessionHooks,
+        i: usize,
+        stage: HookStage,
+        facts: &Facts,
+        deadline: Instant,
+    ) -> Said {
+        let Some(slot) = sess.milters.get_mut(i) else {
+            return Said::Dunno;
+        };
+        let Some(hook) = self.cfg.milters.get(slot.index) else {
+            return Said::Dunno;
+        };
+        if stage == HookStage::Connect && matches!(slot.state, MilterState::Idle) {
+            let open_by = deadline.min(Instant::now() + hook.connect_timeout);
+            match MilterSession::open(hook, open_by) {
+                Ok(s) => {
+                    slot.state = MilterState::Open {
+                        session: Box::new(s),
+                        skip_message: false,
+                    }
+                }
+                Err(e) => return failed(slot, hook, facts, &e),
+            }
+        }
+        let by = deadline.min(Instant::now() + hook.command_timeout);
+        let macros = facts.macros(stage);
+        let (session, skip) = match &mut slot.state {
+            MilterState::Open {
+                session,
+                skip_message,
+            } => (session, skip_message),
+            MilterState::AcceptedSession => return Said::Dunno,
+            MilterState::Failed | MilterState::Idle => return Said::Failed(hook.on_error),
+        };
+        if stage == HookStage::Mail {
+            *skip = false;
+        }
+        if *skip {
+            return Said::Dunno;
+        }
+        let result = match stage {
+            HookStage::Connect => session.connect(&facts.connect_info(), &macros, by),
+            HookStage::Helo => session.helo(&facts.helo, &macros, by),
+            HookStage::Mail => {
+                let mut args = vec![format!("<{}>", facts.sender)];
+                args.extend(facts.mail_args.iter().cloned());
+                session.mail(&args, &macros, by)
+            }
+            HookStage::Rcpt => {
+                let mut args = vec![format!("<{}>", facts.recipient)];
+                args.extend(facts.rcpt_args.iter().cloned());
+                session.rcpt(&args, &macros, by)
+            }
+            HookStage::Data => session.data(&macros, by),
+            HookStage::Eom => return Said::Dunno,
+        };
+        match result {
+            Ok(reply) => {
+                let said = milter_said(stage, &hook.name, hook.on_error, reply);
+                if said == Said::MilterAccept {
+                    if stage.is_session_phase() {
+                        slot.state = MilterState::AcceptedSession;
+                    } else {
+                        *skip = true;
+                    }
+                }
+                said
+            }
+            Err(e) => failed(slot, hook, facts, &e),
+        }
+    }
+
+    /// One milter's message events (header, body, end of message) and its edits,
+    /// applied to `work` (a copy of `msg` made at the first edit).
+    fn milter_message(
+        &mut self,
+        sess: &mut SessionHooks,
+        i: usize,
+        facts: &Facts,
+        msg: &Message<'_>,
+        work: &mut Option<(Vec<u8>, String, Vec<String>)>,
+        deadline: Instant,
+    ) -> Said {
+        let Some(slot) = sess.milters.get_mut(i) else {
+            return Said::Dunno;
+        };
+        let Some(hook) = self.cfg.milters.get(slot.index) else {
+            return Said::Dunno;
+        };
+        let session = match &mut slot.state {
+            MilterState::Open {
+                skip_message: true, ..
+            }
+            | MilterState::AcceptedSession => return Said::Dunno,
+            MilterState::Open { session, .. } => session,
+            MilterState::Failed | MilterState::Idle => return Said::Failed(hook.on_error),
+        };
+        let macros = facts.macros(HookStage::Eom);
+        let current: &[u8] = match work {
+            Some((bytes, _, _)) => bytes,
+            None => msg.bytes,
+        };
+        let (reply, edits) = match session.message(current, &macros, hook.content_timeout, deadline)
+        {
+            Ok(r) => r,
+            Err(e) => return failed(slot, hook, facts, &e),
+        };
+        if !edits.is_empty() {
+            let (bytes, sender, rcpts) = work.get_or_insert_with(|| {
+                (
+                    msg.bytes.clone(),
+                    msg.sender.clone(),
+                    msg.recipients.clone(),
+                )
+            });
+            if let Err(e) = apply_edits(&edits, bytes, sender, rcpts) {
+                log::warn!(
+                    "{}milter {}: cannot apply its changes: {e}; on_error={}",
+                    qid(facts),
+                    hook.name,
+                    hook.on_error.name()
+                );
+                slot.state = MilterState::Failed;
+                return Said::Failed(hook.on_error);
+            }
+        }
+        milter_said(HookStage::Eom, &hook.name, hook.on_error, reply)
+    }
+
+    /// Tells the open milters the current message is abandoned.
+    fn abort_milters(&mut self, sess: &mut SessionHooks, deadline: Instant) {
+        for slot in &mut sess.milters {
+            if let MilterState::Open {
+                session,
+                skip_message,
+            } = &mut slot.state
+            {
+                let by = self.cfg.milters.get(slot.index).map_or(deadline, |h| {
+                    deadline.min(Instant::now() + h.command_timeout)
+                });
+                session.abort(by);
+                *skip_message = false;
+            }
+        }
+        sess.in_message = false;
+    }
+}
+
+/// Marks the milter failed, logs why, and applies its `on_error`.
+fn failed(
+    slot: &mut MilterSlot,
+    hook: &MilterHook,
+    facts: &Facts,
+    e: &crate::milter::MilterError,
+) -> Said {
+    log::warn!(
+        "{}milter {}: {e}; on_error={}",
+        qid(facts),
+        hook.name,
+        hook.on_error.name()
+    );
+    slot.state = MilterState::Failed;
+    Said::Failed(hook.on_error)
+}
+
+/// `QID: ` when the facts have a queue ID, else nothing.
+fn qid(facts: &Facts) -> String {
+    if facts.queue_id.is_empty() {
+        String::new()
+    } else {
+        format!("{}: ", facts.queue_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::failure::HookReply;
+    use sloop_common::config::hooks::{AccessEntry, AccessList, HookSocket, OnError, PolicyHook};
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// A socket path nobody listens on.
+    fn nowhere(name: &str) -> HookSocket {
+        HookSocket::Unix(PathBuf::from(format!(
+            "/nonexistent/sloop-engine-test/{name}.sock"
+        )))
+    }
+
+    fn policy(name: &str, stage: HookStage, on_error: OnError) -> PolicyHook {
+        PolicyHook {
+            name: name.into(),
+            socket: nowhere(name),
+            stage,
+            timeout: Duration::from_millis(200),
+            tries: 1,
+            on_error,
+            listeners: vec![HookListener::Smtpd],
+        }
+    }
+
+    fn milter(name: &str, on_error: OnError) -> MilterHook {
+        MilterHook {
+            name: name.into(),
+            socket: nowhere(name),
+            on_error,
+            connect_timeout: Duration::from_millis(200),
+            command_timeout: Duration::from_millis(200),
+            content_timeout: Duration::from_millis(200),
+            listeners: vec![HookListener::Smtpd],
+        }
+    }
+
+    fn facts() -> Facts {
+        let mut f = Facts::new(
+            HookListener::Smtpd,
+            Some("192.0.2.7".parse().unwrap()),
+            "unknown",
+        );
+        f.helo = "client.example".into();
+        f.sender = "a@b.example".into();
+        f.queue_id = "0123456789ABCDEF012345".into();
+        f
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    fn reply_code(d: &Decision) -> Option<u16> {
+        match d {
+            Decision::Reply { reply, .. } => Some(reply.code),
+            Decision::Accept(_) => None,
+        }
+    }
+
+    #[test]
+    fn nothing_configured_is_idle_everywhere() {
+        let e = Engine::new(&HooksConfig::default());
+        assert!(e.idle(HookListener::Smtpd));
+        assert!(e.idle(HookListener::Local));
+    }
+
+    #[test]
+    fn a_policy_runs_only_at_its_stage_and_listener() {
+        let cfg = HooksConfig {
+            policies: vec![policy("p", HookStage::Rcpt, OnError::Tempfail)],
+            ..HooksConfig::default()
+        };
+        let e = Engine::new(&cfg);
+        assert!(e.active(HookListener::Smtpd, HookStage::Rcpt));
+        assert!(!e.active(HookListener::Smtpd, HookStage::Mail));
+        assert!(e.idle(HookListener::Submission));
+    }
+
+    #[test]
+    fn an_access_accept_skips_the_policy_services_of_the_stage() {
+        let mut cfg = HooksConfig {
+            policies: vec![policy("p", HookStage::Rcpt, OnError::Reject)],
+            ..HooksConfig::default()
+        };
+        cfg.access.recipient =
+            vec![AccessEntry::parse(AccessList::Recipient, "abuse@example.com accept").unwrap()];
+        let mut e = Engine::new(&cfg);
+        let mut s = e.session(HookListener::Smtpd);
+        let mut f = facts();
+        f.recipient = "abuse@example.com".into();
+        assert_eq!(
+            e.run(&mut s, HookStage::Rcpt, &f, soon()),
+            Decision::accept()
+        );
+        f.recipient = "other@example.com".into();
+        let d = e.run(&mut s, HookStage::Rcpt, &f, soon());
+        assert_eq!(
+            d,
+            Decision::Reply {
+                reply: HookReply::new(550, (5, 3, 5), "Server configuration problem"),
+                source: Source::Policy
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_milter_applies_its_on_error_at_every_later_stage() {
+        let cfg = HooksConfig {
+            milters: vec![milter("m", OnError::Accept), milter("t", OnError::Tempfail)],
+            ..HooksConfig::default()
+        };
+        let mut e = Engine::new(&cfg);
+        // "t" fails at connect: its tempfail there is 421 and close.
+        let mut s = e.session(HookListener::Smtpd);
+        let d = e.run(&mut s, HookStage::Connect, &facts(), soon());
+        assert_eq!(reply_code(&d), Some(421));
+        // Only "m" (on_error accept): the session goes on without it, at every stage.
+        let cfg = HooksConfig {
+            milters: vec![milter("m", OnError::Accept)],
+            ..HooksConfig::default()
+        };
+        let mut e = Engine::new(&cfg);
+        let mut s = e.session(HookListener::Smtpd);
+        for st in [HookStage::Connect, HookStage::Helo, HookStage::Mail] {
+            assert_eq!(e.run(&mut s, st, &facts(), soon()), Decision::accept());
+        }
+        // With reject, each later stage is refused (not only the first).
+        let cfg = HooksConfig {
+            milters: vec![milter("r", OnError::Reject)],
+            ..HooksConfig::default()
+        };
+        let mut e = Engine::new(&cfg);
+        let mut s = e.session(HookListener::Smtpd);
+        assert_eq!(
+            reply_code(&e.run(&mut s, HookStage::Connect, &facts(), soon())),
+            Some(554)
+        );
+        assert_eq!(
+            reply_code(&e.run(&mut s, HookStage::Mail, &facts(), soon())),
+            Some(550)
+        );
+        let mut bytes = b"Subject: x\r\n\r\nbody\r\n".to_vec();
+        let mut sender = "a@b.example".to_string();
+        let mut rcpts = vec!["c@d.example".to_string()];
+        let d = e.end_of_message(
+            &mut s,
+            &facts(),
+            Message {
+                bytes: &mut bytes,
+                sender: &mut sender,
+                recipients: &mut rcpts,
+            },
+            soon(),
+        );
+        assert_eq!(reply_code(&d), Some(550));
+        assert_eq!(bytes, b"Subject: x\r\n\r\nbody\r\n");
+        e.finish(&mut s, soon());
+    }
+
+    #[test]
+    fn a_deadline_already_past_fails_the_call_not_the_session() {
+        let cfg = HooksConfig {
+            policies: vec![policy("p", HookStage::Mail, OnError::Tempfail)],
+            ..HooksConfig::default()
+        };
+        let mut e = Engine::new(&cfg);
+        let mut s = e.session(HookListener::Smtpd);
+        let started = Instant::now();
+        let d = e.run(&mut s, HookStage::Mail, &facts(), Instant::now());
+        assert_eq!(reply_code(&d), Some(451));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}

@@ -12,8 +12,10 @@
 //!
 //! What can go wrong: the FIFO or the socket cannot be set up (exit 75, `sloopd`
 //! restarts it with backoff); `maildrop/` cannot be read (logged, retried at the next
-//! scan); a bad file (moved to `corrupt/` with a warning, take.rs).
+//! scan); a bad file (moved to `corrupt/` with a warning, take.rs). Milters whose
+//! `listeners` include `local` see each message before its commit (filter.rs).
 
+pub mod filter;
 mod showq;
 pub mod take;
 
@@ -89,12 +91,13 @@ fn serve(cfg: &Config) -> io::Result<()> {
     log::info!("started: maildrop {}", spool.maildrop_dir().display());
     let interval = cfg.queue.scan_interval;
     let max_size = cfg.smtpd.max_message_size;
+    let mut filters = filter::LocalFilters::new(&cfg.hooks, &cfg.server.hostname);
     let mut events = Events::with_capacity(16);
     let mut next_scan = Instant::now();
     loop {
         let now = Instant::now();
         if now >= next_scan {
-            scan(&spool, max_size);
+            scan(&spool, max_size, filters.as_mut());
             next_scan = Instant::now() + interval;
         }
         let wait = next_scan.saturating_duration_since(Instant::now());
@@ -124,7 +127,7 @@ fn serve(cfg: &Config) -> io::Result<()> {
 }
 
 /// Takes every entry of `maildrop/`, oldest name first.
-fn scan(spool: &Spool, max_size: u64) {
+fn scan(spool: &Spool, max_size: u64, mut filters: Option<&mut filter::LocalFilters>) {
     let dir = spool.maildrop_dir();
     let entries = match std::fs::read_dir(&dir) {
         Ok(rd) => rd,
@@ -139,7 +142,7 @@ fn scan(spool: &Spool, max_size: u64) {
         .collect();
     names.sort_unstable();
     for name in names {
-        take::take(spool, &name, max_size);
+        take::take_filtered(spool, &name, max_size, filters.as_deref_mut());
     }
 }
 

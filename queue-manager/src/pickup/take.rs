@@ -11,7 +11,8 @@
 //! reason; an incomplete file whose writer is gone is removed after an hour; a
 //! temporary failure (the spool cannot be written) leaves the file for the next scan.
 
-use sloop_common::spool::inject::commit_streaming;
+use super::filter::{self, LocalFilters};
+use sloop_common::spool::inject::{commit_bytes, commit_streaming};
 use sloop_common::spool::{maildrop, pid_alive, queue_id, Envelope, Spool};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
@@ -100,6 +101,16 @@ pub enum Outcome {
 
 /// Handles the maildrop entry `name`; logs what it did.
 pub fn take(spool: &Spool, name: &str, max_size: u64) -> Outcome {
+    take_filtered(spool, name, max_size, None)
+}
+
+/// As [`take`], running the local milters (`filter.rs`) before the commit.
+pub fn take_filtered(
+    spool: &Spool,
+    name: &str,
+    max_size: u64,
+    filters: Option<&mut LocalFilters>,
+) -> Outcome {
     let path = spool.maildrop_dir().join(name);
     let Ok(meta) = std::fs::symlink_metadata(&path) else {
         return Outcome::Waiting; // gone meanwhile
@@ -116,7 +127,10 @@ pub fn take(spool: &Spool, name: &str, max_size: u64) -> Outcome {
         }
         Verdict::Corrupt(why) => to_corrupt(spool, name, uid, &why),
         Verdict::Take => match open_checked(&path, &meta) {
-            Ok(file) => commit(spool, name, uid, file, max_size),
+            Ok(file) => match filters {
+                Some(f) => commit_filtered(spool, name, uid, file, max_size, f),
+                None => commit(spool, name, uid, file, max_size),
+            },
             Err(why) => to_corrupt(spool, name, uid, &why),
         },
     }
@@ -179,6 +193,74 @@ fn commit(spool: &Spool, name: &str, uid: u32, mut file: File, max_size: u64) ->
     match commit_streaming(spool, &mut body, || Ok(env), max_size, Some(name)) {
         Ok(id) => {
             log::info!("{id}: uid={uid} from={sender}");
+            remove(spool, name);
+            Outcome::Queued
+        }
+        Err(e) if e.is_permanent() => to_corrupt(spool, name, uid, &e.to_string()),
+        Err(e) => {
+            log::warn!("{name}: uid={uid}: not queued yet: {e}; will retry");
+            Outcome::Deferred
+        }
+    }
+}
+
+/// The commit of a message the local milters see first (read into memory: at most
+/// the size limit).
+fn commit_filtered(
+    spool: &Spool,
+    name: &str,
+    uid: u32,
+    mut file: File,
+    max_size: u64,
+    filters: &mut LocalFilters,
+) -> Outcome {
+    let mut env = match Envelope::read_from(&mut file) {
+        Ok(env) => env,
+        Err(e) => return to_corrupt(spool, name, uid, &e.to_string()),
+    };
+    if spool.find(name).is_some() {
+        log::info!("{name}: uid={uid}: already queued; maildrop file removed");
+        remove(spool, name);
+        return Outcome::Removed;
+    }
+    let mut message = Vec::new();
+    let read = file
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| (&file).take(env.size).read_to_end(&mut message));
+    if let Err(e) = read {
+        log::warn!("{name}: uid={uid}: cannot read the maildrop file: {e}; will retry");
+        return Outcome::Deferred;
+    }
+    env.client = Some(format!("local uid={uid}"));
+    let before = message.len() as u64;
+    match filters.run(name, uid, &mut env, &mut message) {
+        filter::Verdict::Commit => {}
+        filter::Verdict::Discard(_) => {
+            remove(spool, name);
+            return Outcome::Removed;
+        }
+        filter::Verdict::Reject(why) => env.hold = Some(format!("milter-reject: {why}")),
+        filter::Verdict::Defer(why) => {
+            log::warn!("{name}: uid={uid}: not queued yet: milter: {why}; will retry");
+            return Outcome::Deferred;
+        }
+    }
+    if env.recipients.is_empty() {
+        log::info!("{name}: uid={uid}: the milters removed every recipient; message dropped");
+        remove(spool, name);
+        return Outcome::Removed;
+    }
+    // What a milter added is not the user's: the limit stays the user's.
+    let grown = (message.len() as u64).saturating_sub(before);
+    let limit = if max_size == 0 { 0 } else { max_size + grown };
+    let sender = env.sender_display();
+    let held = env.hold.clone();
+    match commit_bytes(spool, &message, env, limit, Some(name)) {
+        Ok(id) => {
+            log::info!("{id}: uid={uid} from={sender}");
+            if let Some(why) = held {
+                log::info!("{id}: hold: {why}");
+            }
             remove(spool, name);
             Outcome::Queued
         }

@@ -3,6 +3,7 @@
 //! `501`/`500`, parameter errors `555 5.5.4`; rejects are logged Postfix style
 //! (`<ID>: reject: RCPT from name[addr]: 554 5.7.1 ...; from=<..> to=<..>`).
 
+use super::hooks::Pending;
 use super::txn::{mail_params, rcpt_params, Txn};
 use super::{Chunk, ChunkTarget, Helo, Session, State};
 use crate::address::{parse_path, AddrError, PathArg};
@@ -10,6 +11,7 @@ use crate::bdat::BdatReceiver;
 use crate::data::DataReceiver;
 use crate::parser::Command;
 use crate::reply::Reply;
+use sloop_common::config::hooks::HookStage;
 use sloop_common::spool::{queue_id, Recipient};
 
 impl Session<'_> {
@@ -30,10 +32,10 @@ impl Session<'_> {
         }
         let junk = matches!(cmd, Command::Noop | Command::Rset | Command::Vrfy(_));
         let reply = match cmd {
-            Command::Helo(name) => Some(self.helo(name, false)),
-            Command::Ehlo(name) => Some(self.helo(name, true)),
-            Command::Mail(arg) => Some(self.mail(&arg)),
-            Command::Rcpt(arg) => Some(self.rcpt(&arg)),
+            Command::Helo(name) => self.helo(name, false),
+            Command::Ehlo(name) => self.helo(name, true),
+            Command::Mail(arg) => self.mail(&arg),
+            Command::Rcpt(arg) => self.rcpt(&arg),
             Command::Data => self.data(),
             Command::Bdat { size, last } => self.bdat(size, last),
             Command::StartTls => self.starttls(),
@@ -45,7 +47,7 @@ impl Session<'_> {
             other => Some(stateless_reply(&other)),
         };
         // DATA/BDAT accepted (None) are counted at the end of the message, STARTTLS
-        // and AUTH when they complete.
+        // and AUTH when they complete, commands waiting for hooks when they decide.
         if let Some(r) = reply {
             self.counters.count(verb, !r.is_error());
             self.answer(r);
@@ -67,10 +69,19 @@ impl Session<'_> {
         ));
     }
 
-    fn helo(&mut self, name: String, esmtp: bool) -> Reply {
+    fn helo(&mut self, name: String, esmtp: bool) -> Option<Reply> {
         if name.chars().any(char::is_control) || name.split_whitespace().count() != 1 {
-            return Reply::new(501, (5, 5, 4), "Syntax: EHLO hostname");
+            return Some(Reply::new(501, (5, 5, 4), "Syntax: EHLO hostname"));
         }
+        if self.hooks_at(HookStage::Helo) {
+            self.hook(HookStage::Helo, Pending::Helo { name, esmtp });
+            return None;
+        }
+        Some(self.helo_accepted(name, esmtp))
+    }
+
+    /// HELO/EHLO accepted: the session's HELO name is set and the reply built.
+    pub(super) fn helo_accepted(&mut self, name: String, esmtp: bool) -> Reply {
         self.helo = Some(Helo { name, esmtp });
         self.state = State::Ready;
         let cfg = &self.policy.cfg;
@@ -94,37 +105,47 @@ impl Session<'_> {
         Reply::bare(250, lines)
     }
 
-    fn mail(&mut self, arg: &str) -> Reply {
+    fn mail(&mut self, arg: &str) -> Option<Reply> {
+        match self.mail_checks(arg) {
+            Ok(txn) if self.hooks_at(HookStage::Mail) => {
+                let facts = self.hook_facts(Some(&txn), None);
+                self.hook_with(HookStage::Mail, Pending::Mail(txn), facts);
+                None
+            }
+            Ok(txn) => {
+                self.state = State::Mail(txn);
+                Some(Reply::new(250, (2, 1, 0), "Ok"))
+            }
+            Err(r) => Some(r),
+        }
+    }
+
+    /// The built-in checks of MAIL; the transaction it would open.
+    fn mail_checks(&mut self, arg: &str) -> Result<Txn, Reply> {
         let Some(helo) = &self.helo else {
-            return bad_sequence("Error: send HELO/EHLO first");
+            return Err(bad_sequence("Error: send HELO/EHLO first"));
         };
         if !matches!(self.state, State::Ready) {
-            return bad_sequence("Error: nested MAIL command");
+            return Err(bad_sequence("Error: nested MAIL command"));
         }
         let esmtp = helo.esmtp;
-        let path = match parse_path(arg) {
-            Ok(p) => p,
-            Err(e) => return addr_error(e, "Sender"),
-        };
+        let path = parse_path(arg).map_err(|e| addr_error(e, "Sender"))?;
         let max = self.policy.cfg.smtpd.max_message_size;
-        let params = match mail_params(&path.params, esmtp, max) {
-            Ok(p) => p,
-            Err(r) => return r,
-        };
+        let params = mail_params(&path.params, esmtp, max)?;
         let sender = path
             .mailbox
             .as_ref()
             .map(|m| m.address())
             .unwrap_or_default();
         if path.mailbox.as_ref().is_some_and(|m| m.is_utf8()) && !params.smtputf8 {
-            return Reply::new(
+            return Err(Reply::new(
                 553,
                 (5, 6, 7),
                 "Error: SMTPUTF8 is required for this address",
-            );
+            ));
         }
         if let Some(r) = self.mail_auth_check(&sender) {
-            return r;
+            return Err(r);
         }
         if let Some(r) = crate::spool_room::at_mail(&self.policy.cfg, params.size) {
             // The spool's state change is logged once (space.rs), not per client.
@@ -132,38 +153,34 @@ impl Session<'_> {
                 "NOQUEUE: reject: MAIL from {}: 452 4.3.1",
                 self.client.display()
             );
-            return r;
+            return Err(r);
         }
         let id = queue_id::new_id();
-        self.state = State::Mail(Txn {
+        Ok(Txn {
             id,
             sender,
             params,
             recipients: Vec::new(),
-        });
-        Reply::new(250, (2, 1, 0), "Ok")
+            effects: None,
+        })
     }
 
-    fn rcpt(&mut self, arg: &str) -> Reply {
+    fn rcpt(&mut self, arg: &str) -> Option<Reply> {
         let mut txn = match std::mem::replace(&mut self.state, State::Ready) {
             State::Mail(t) | State::Rcpt(t) => t,
             other => {
                 self.state = other;
-                return bad_sequence("Error: need MAIL command");
+                return Some(bad_sequence("Error: need MAIL command"));
             }
         };
         let result = self.check_rcpt(&txn, arg);
         let reply = match result {
-            Ok(r) => {
-                txn.recipients.push(r);
-                if txn.recipients.len() == 1 {
-                    // As Postfix, at the first accepted recipient (where its queue
-                    // file is made): log readers (pflogsumm) count this line as a
-                    // message received, so a transaction with no recipient has none.
-                    log::info!("{}: client={}", txn.id, self.client.display());
-                }
-                Reply::new(250, (2, 1, 5), "Ok")
+            Ok(r) if self.hooks_at(HookStage::Rcpt) => {
+                let facts = self.hook_facts(Some(&txn), Some(&r));
+                self.hook_with(HookStage::Rcpt, Pending::Rcpt { txn, rcpt: r }, facts);
+                return None;
             }
+            Ok(r) => self.rcpt_accepted(&mut txn, r),
             Err(r) => {
                 self.log_reject(&txn, "RCPT", &r, arg);
                 r
@@ -174,7 +191,19 @@ impl Session<'_> {
         } else {
             State::Rcpt(txn)
         };
-        reply
+        Some(reply)
+    }
+
+    /// A recipient every check accepted joins the transaction.
+    pub(super) fn rcpt_accepted(&mut self, txn: &mut Txn, r: Recipient) -> Reply {
+        txn.recipients.push(r);
+        if txn.recipients.len() == 1 {
+            // As Postfix, at the first accepted recipient (where its queue
+            // file is made): log readers (pflogsumm) count this line as a
+            // message received, so a transaction with no recipient has none.
+            log::info!("{}: client={}", txn.id, self.client.display());
+        }
+        Reply::new(250, (2, 1, 5), "Ok")
     }
 
     fn check_rcpt(&self, txn: &Txn, arg: &str) -> Result<Recipient, Reply> {
@@ -211,6 +240,11 @@ impl Session<'_> {
 
     fn data(&mut self) -> Option<Reply> {
         match std::mem::replace(&mut self.state, State::Ready) {
+            State::Rcpt(txn) if self.hooks_at(HookStage::Data) => {
+                let facts = self.hook_facts(Some(&txn), None);
+                self.hook_with(HookStage::Data, Pending::Data(txn), facts);
+                None
+            }
             State::Rcpt(txn) => {
                 let rx = DataReceiver::new(self.data_limits());
                 self.state = State::Data(txn, rx);
@@ -234,6 +268,11 @@ impl Session<'_> {
 
     fn bdat(&mut self, size: u64, last: bool) -> Option<Reply> {
         let target = match std::mem::replace(&mut self.state, State::Ready) {
+            State::Rcpt(txn) if self.hooks_at(HookStage::Data) => {
+                let facts = self.hook_facts(Some(&txn), None);
+                self.hook_with(HookStage::Data, Pending::Bdat { txn, size, last }, facts);
+                return None;
+            }
             State::Rcpt(txn) => ChunkTarget::Collect {
                 txn,
                 rx: BdatReceiver::new(self.data_limits()),

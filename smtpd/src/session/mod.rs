@@ -13,6 +13,7 @@
 //! panic; the worker still catches panics per session (G3).
 
 mod commands;
+pub mod hooks;
 pub mod policy;
 mod secure;
 pub mod txn;
@@ -23,8 +24,10 @@ use crate::data::{count_received, DataLimits, DataReceiver};
 use crate::parser::{self, Input, Line, LineSplitter, MAX_COMMAND_LINE};
 use crate::reply::{Enhanced, Reply};
 use crate::tls::TlsInfo;
+pub use hooks::{HookCall, HookStages};
 pub use policy::Policy;
 pub use secure::Identity;
+use sloop_common::config::hooks::HookStage;
 use sloop_common::config::ListenRole;
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -71,6 +74,9 @@ pub enum Step {
     StartTls,
     /// Check the credentials and report with [`Session::authenticated`].
     Authenticate(Credentials),
+    /// Run the filter hooks of a stage and report with [`Session::hooked`] (only when
+    /// hooks are configured for the stage: see `hooks.rs`).
+    Hook(HookCall),
 }
 
 /// What the queue program said.
@@ -138,6 +144,8 @@ enum State {
     Sasl(Pending),
     /// The credentials are being checked.
     Authenticating,
+    /// The filter hooks of a stage run; what to do after them waits here.
+    Hooking(hooks::Pending),
     Closed,
 }
 
@@ -203,6 +211,11 @@ pub struct Session<'a> {
     tls: Option<TlsInfo>,
     /// Set once AUTH succeeded.
     auth: Option<Identity>,
+    /// The stages at which filter hooks run (none by default).
+    hooks: HookStages,
+    hook_listener: sloop_common::config::hooks::HookListener,
+    /// What hooks at connect and HELO asked of every message of the session.
+    session_effects: sloop_hooks::engine::Effects,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -234,6 +247,9 @@ impl<'a> Session<'a> {
             tls_available: false,
             tls: None,
             auth: None,
+            hooks: HookStages::NONE,
+            hook_listener: sloop_common::config::hooks::HookListener::Smtpd,
+            session_effects: Default::default(),
         };
         match opening {
             Opening::Greet => {
@@ -250,6 +266,11 @@ impl<'a> Session<'a> {
             }
         }
         s
+    }
+
+    /// True when input read from the client is still waiting to be handled.
+    pub fn has_input(&self) -> bool {
+        !self.input.is_empty()
     }
 
     /// Appends octets read from the client.
@@ -372,6 +393,10 @@ impl<'a> Session<'a> {
                 self.state = State::Authenticating;
                 false
             }
+            State::Hooking(p) => {
+                self.state = State::Hooking(p);
+                false
+            }
             State::Sasl(pending) => self.advance_sasl(pending),
             State::Data(txn, rx) => self.advance_data(txn, rx),
             State::Bdat(chunk) => self.advance_bdat(chunk),
@@ -492,8 +517,9 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// A complete message: loop check, then hand it to the queue program.
-    fn end_of_message(&mut self, txn: Txn, body: Vec<u8>, verb: &'static str) {
+    /// A complete message: loop check, then the end-of-message hooks (if any), then
+    /// hand it to the queue program.
+    fn end_of_message(&mut self, mut txn: Txn, body: Vec<u8>, verb: &'static str) {
         let max = self.policy.cfg.smtpd.max_received_headers;
         if count_received(&body) >= max {
             self.counters.count(verb, false);
@@ -505,7 +531,6 @@ impl<'a> Session<'a> {
             self.reject_message(&txn, r);
             return;
         }
-        self.counters.count(verb, true);
         let (helo, esmtp) = match &self.helo {
             Some(h) => (h.name.clone(), h.esmtp),
             None => (String::from("unknown"), false),
@@ -522,19 +547,31 @@ impl<'a> Session<'a> {
             authenticated: self.auth.is_some(),
             now: (self.now)(),
         };
+        let mut effects = txn.effects.take().map(|b| *b).unwrap_or_default();
+        if !self.session_effects.is_empty() {
+            let mut all = self.session_effects.clone();
+            all.merge(effects);
+            effects = all;
+        }
+        let facts = self
+            .hooks_at(HookStage::Eom)
+            .then(|| self.hook_facts(Some(&txn), None));
         let mut job = txn.into_job(body, &trace);
         if let Some(c) = job.envelope.client.as_mut() {
             c.push_str(&self.sasl_suffix());
         }
-        log::info!(
-            "{}: from=<{}>, size={}, nrcpt={}",
-            job.id,
-            job.envelope.sender,
-            job.message.len(),
-            job.envelope.recipients.len()
-        );
-        self.state = State::Queueing;
-        self.out.push_back(Step::Queue(job));
+        match facts {
+            Some(mut facts) => {
+                facts.size = job.message.len() as u64;
+                self.state = State::Hooking(hooks::Pending::Eom { verb, effects });
+                self.out.push_back(Step::Hook(HookCall {
+                    stage: HookStage::Eom,
+                    facts,
+                    job: Some(Box::new(job)),
+                }));
+            }
+            None => self.finish_message(job, effects, verb),
+        }
     }
 
     fn reject_message(&mut self, txn: &Txn, reply: Reply) {
@@ -637,5 +674,7 @@ fn unix_now() -> u64 {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hooks;
 #[cfg(test)]
 mod tests_secure;

@@ -26,6 +26,8 @@ pub struct Policy {
     pub aliases: Result<Aliases, AliasError>,
     /// The TLS server context, when a certificate is configured (set at worker start).
     pub tls: Option<crate::tls::TlsContext>,
+    /// The filter hooks of this worker (policy connections are kept across sessions).
+    pub hooks: std::cell::RefCell<sloop_hooks::engine::Engine>,
 }
 
 /// An accepted recipient: the address to store and the trick seen, if any.
@@ -38,6 +40,7 @@ pub struct Accepted {
 impl Policy {
     pub fn new(cfg: Config, aliases: Aliases) -> Policy {
         Policy {
+            hooks: std::cell::RefCell::new(sloop_hooks::engine::Engine::new(&cfg.hooks)),
             cfg,
             aliases: Ok(aliases),
             tls: None,
@@ -47,6 +50,7 @@ impl Policy {
     /// A policy whose aliases file is unusable (`why` is logged, not shown).
     pub fn without_aliases(cfg: Config, why: AliasError) -> Policy {
         Policy {
+            hooks: std::cell::RefCell::new(sloop_hooks::engine::Engine::new(&cfg.hooks)),
             cfg,
             aliases: Err(why),
             tls: None,

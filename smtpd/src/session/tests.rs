@@ -52,6 +52,7 @@ fn drive(
             Step::NeedInput => return (codes, jobs, false),
             Step::Close => return (codes, jobs, true),
             Step::StartTls | Step::Authenticate(_) => panic!("no TLS/AUTH in these tests"),
+            Step::Hook(_) => panic!("no hooks in these tests"),
         }
     }
 }
@@ -602,6 +603,7 @@ fn feed_checked(s: &mut Session<'_>, input: &[u8], first: &mut bool) -> bool {
             Step::NeedInput => return false,
             Step::Close => return true,
             Step::StartTls | Step::Authenticate(_) => panic!("no TLS/AUTH in these tests"),
+            Step::Hook(_) => panic!("no hooks in these tests"),
         }
     }
 }

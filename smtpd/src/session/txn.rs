@@ -20,6 +20,41 @@ pub struct MailParams {
     pub envid: Option<String>,
 }
 
+impl Txn {
+    /// Adds what a stage's hooks asked of the message.
+    pub fn add_effects(&mut self, e: sloop_hooks::engine::Effects) {
+        if !e.is_empty() {
+            self.effects.get_or_insert_with(Default::default).merge(e);
+        }
+    }
+}
+
+impl MailParams {
+    /// The parameters as MAIL FROM carried them (`SIZE=100`), for milters.
+    pub fn args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(n) = self.size {
+            out.push(format!("SIZE={n}"));
+        }
+        if let Some(b) = &self.body {
+            out.push(format!("BODY={b}"));
+        }
+        if self.smtputf8 {
+            out.push("SMTPUTF8".to_string());
+        }
+        if let Some(r) = self.ret {
+            out.push(format!(
+                "RET={}",
+                if r == Ret::Full { "FULL" } else { "HDRS" }
+            ));
+        }
+        if let Some(e) = &self.envid {
+            out.push(format!("ENVID={e}"));
+        }
+        out
+    }
+}
+
 /// A transaction in progress; exists only after MAIL was accepted.
 #[derive(Debug, Clone)]
 pub struct Txn {
@@ -27,6 +62,9 @@ pub struct Txn {
     pub sender: String,
     pub params: MailParams,
     pub recipients: Vec<Recipient>,
+    /// What filter hooks asked of this message so far (HOLD, DISCARD, PREPEND);
+    /// `None` (no allocation) until one asks something.
+    pub effects: Option<Box<sloop_hooks::engine::Effects>>,
 }
 
 /// What the worker hands to the queue program.
@@ -327,6 +365,7 @@ mod tests {
             sender: "a@b.example".into(),
             params: MailParams::default(),
             recipients: vec![Recipient::new("c@d.example")],
+            effects: None,
         };
         let t = Trace {
             helo: "client.example",

@@ -1,0 +1,166 @@
+//! Running the filter hooks of a session (docs/filters.md): the socket side of
+//! `session/hooks.rs`.
+//!
+//! The session asks with `Step::Hook`; [`SessionRun::run`] arms the watchdog with the
+//! stage's phase deadline, runs the worker's hook engine (`sloop_hooks::engine`) with
+//! that deadline (each hook call gets the earlier of its own timeout and it), and gives
+//! the decision back, with the queue job at the end of the message (edited by the
+//! milters when they all accepted). Phase deadlines: the rest of
+//! `smtpd.connect_timeout` less a margin at connect (the greeting or the refusal must
+//! still be written in time, docs/invariants.md G1); `smtpd.command_timeout` at HELO,
+//! MAIL, RCPT and DATA; `smtpd.data_timeout` at the end of the message. A hook that
+//! blocks past its deadline is cut off by its client's own timers; if anything is
+//! stuck anyway, the watchdog's `421 4.4.2` is the last line.
+//!
+//! A listener without hooks never gets here ([`stages`] is empty and the session never
+//! asks); nothing is allocated for it.
+
+use crate::session::{HookCall, HookStages, Policy, QueueJob};
+use crate::watchdog::Watchdog;
+use sloop_common::config::hooks::{HookListener, HookStage};
+use sloop_common::spool::Recipient;
+use sloop_hooks::engine::{Decision, Message, SessionHooks};
+use std::time::{Duration, Instant};
+
+/// The part of `smtpd.connect_timeout` kept for writing the greeting (or the refusal)
+/// after the connect hooks, at most.
+const CONNECT_REPLY_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long the milters are given to hear that the session ends.
+const QUIT_BUDGET: Duration = Duration::from_secs(2);
+
+/// The stages at which hooks run for `listener` in this worker.
+pub fn stages(policy: &Policy, listener: HookListener) -> HookStages {
+    let engine = policy.hooks.borrow();
+    if engine.idle(listener) {
+        return HookStages::NONE;
+    }
+    HookStages::of(|s| engine.active(listener, s))
+}
+
+/// One session's hooks: its milter connections and its deadlines.
+pub struct SessionRun<'a> {
+    policy: &'a Policy,
+    /// `None` when no hook runs for the listener.
+    hooks: Option<SessionHooks>,
+    connect_deadline: Instant,
+}
+
+impl<'a> SessionRun<'a> {
+    /// A session started at `started` on `listener`.
+    pub fn new(
+        policy: &'a Policy,
+        listener: HookListener,
+        stages: HookStages,
+        started: Instant,
+    ) -> SessionRun<'a> {
+        let s = &policy.cfg.smtpd;
+        let margin = CONNECT_REPLY_MARGIN.min(s.connect_timeout / 10);
+        SessionRun {
+            policy,
+            hooks: (!stages.is_empty()).then(|| policy.hooks.borrow().session(listener)),
+            connect_deadline: started + s.connect_timeout - margin,
+        }
+    }
+
+    /// Runs the hooks `call` asks for; returns the decision and the job given back.
+    pub fn run(
+        &mut self,
+        call: HookCall,
+        watchdog: &Watchdog,
+    ) -> (Decision, Option<Box<QueueJob>>) {
+        let Some(sess) = self.hooks.as_mut() else {
+            return (Decision::accept(), call.job);
+        };
+        let s = &self.policy.cfg.smtpd;
+        let now = Instant::now();
+        let deadline = match call.stage {
+            HookStage::Connect => self.connect_deadline.max(now),
+            HookStage::Eom => now + s.data_timeout,
+            _ => now + s.command_timeout,
+        };
+        watchdog.arm("hooks", deadline);
+        let mut engine = self.policy.hooks.borrow_mut();
+        match (call.stage, call.job) {
+            (HookStage::Eom, Some(mut job)) => {
+                let mut rcpts: Vec<String> = job
+                    .envelope
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.clone())
+                    .collect();
+                let before = job.message.len();
+                let decision = engine.end_of_message(
+                    sess,
+                    &call.facts,
+                    Message {
+                        bytes: &mut job.message,
+                        sender: &mut job.envelope.sender,
+                        recipients: &mut rcpts,
+                    },
+                    deadline,
+                );
+                set_recipients(&mut job, rcpts);
+                // Octets a milter added (a header, a new body) are ours, not the
+                // client's: the size limit stays the client's.
+                job.trace_len += job.message.len().saturating_sub(before);
+                (decision, Some(job))
+            }
+            (stage, job) => (engine.run(sess, stage, &call.facts, deadline), job),
+        }
+    }
+
+    /// Ends the milter connections of the session.
+    pub fn finish(&mut self, watchdog: &Watchdog) {
+        if let Some(mut sess) = self.hooks.take() {
+            let deadline = Instant::now() + QUIT_BUDGET;
+            watchdog.arm("hooks", deadline);
+            self.policy.hooks.borrow_mut().finish(&mut sess, deadline);
+        }
+    }
+}
+
+/// The envelope's recipients after the milters' edits: recipients kept keep their DSN
+/// parameters, added ones have none.
+fn set_recipients(job: &mut QueueJob, rcpts: Vec<String>) {
+    let same = rcpts.len() == job.envelope.recipients.len()
+        && rcpts
+            .iter()
+            .zip(&job.envelope.recipients)
+            .all(|(a, r)| *a == r.address);
+    if same {
+        return;
+    }
+    let mut old = std::mem::take(&mut job.envelope.recipients);
+    job.envelope.recipients = rcpts
+        .into_iter()
+        .map(|a| match old.iter().position(|r| r.address == a) {
+            Some(i) => old.swap_remove(i),
+            None => Recipient::new(a),
+        })
+        .collect();
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use sloop_common::spool::Envelope;
+
+    #[test]
+    fn edited_recipients_keep_their_dsn_parameters() {
+        let mut a = Recipient::new("a@x");
+        a.notify = Some("NEVER".into());
+        let mut job = QueueJob {
+            id: "id".into(),
+            envelope: Envelope::new("s@x", vec![a.clone(), Recipient::new("b@x")]),
+            message: Vec::new(),
+            trace_len: 0,
+        };
+        set_recipients(&mut job, vec!["a@x".into(), "b@x".into()]);
+        assert_eq!(job.envelope.recipients.len(), 2);
+        set_recipients(&mut job, vec!["c@x".into(), "a@x".into()]);
+        assert_eq!(job.envelope.recipients[0], Recipient::new("c@x"));
+        assert_eq!(job.envelope.recipients[1], a);
+    }
+}
