@@ -306,6 +306,9 @@ pub struct MilterScript {
     pub silent_at: Option<u8>,
     /// Answers this command with a progress packet every 200 ms, forever.
     pub progress_at: Option<u8>,
+    /// Stops reading when this command arrives (the connection stays open): the MTA's
+    /// writes block once the socket buffers are full.
+    pub stall_at: Option<u8>,
     /// Answers this command with these raw octets (whole packets, or garbage).
     pub raw_at: Option<(u8, Vec<u8>)>,
 }
@@ -318,6 +321,7 @@ impl Default for MilterScript {
             crash_at: None,
             silent_at: None,
             progress_at: None,
+            stall_at: None,
             raw_at: None,
         }
     }
@@ -414,6 +418,12 @@ fn serve_milter(peer: &mut dyn Peer, conn: usize, shared: &Shared, s: &MilterScr
         if s.silent_at == Some(command) {
             return hold(peer, shared);
         }
+        if s.stall_at == Some(command) {
+            while !shared.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        }
         if s.progress_at == Some(command) {
             while !shared.stop.load(Ordering::Relaxed) {
                 if peer.write_all(&packet(b'p', b"")).is_err() {
@@ -499,22 +509,27 @@ impl Syslog {
         self.lines().join("\n")
     }
 
-    /// The first line containing every one of `needles`, waiting up to `timeout`.
+    /// The first line containing every one of `needles`, waiting up to `timeout`. A
+    /// needle may leave out the queue ID (`warning: policy p: ...` finds
+    /// `warning: 661B...: policy p: ...`): see [`without_id`].
     pub fn wait_line(&self, needles: &[&str], timeout: Duration) -> Option<String> {
         let mut found = None;
         wait_until(timeout, || {
-            found = self
-                .lines()
-                .into_iter()
-                .find(|l| needles.iter().all(|n| l.contains(n)));
+            found = self.lines().into_iter().find(|l| {
+                let short = without_id(l);
+                needles.iter().all(|n| l.contains(n)) || needles.iter().all(|n| short.contains(n))
+            });
             found.is_some()
         });
         found
     }
 
-    /// Lines containing `needle`.
+    /// Lines containing `needle` (with or without their queue ID).
     pub fn count(&self, needle: &str) -> usize {
-        self.lines().iter().filter(|l| l.contains(needle)).count()
+        self.lines()
+            .iter()
+            .filter(|l| l.contains(needle) || without_id(l).contains(needle))
+            .count()
     }
 }
 
@@ -522,6 +537,58 @@ impl Drop for Syslog {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// `sloopd -c config` in a mount namespace where `resolv` is /etc/resolv.conf.
+fn spawn_with_resolv_conf(config: &Path, resolv: &Path) -> Daemon {
+    let log = config.with_file_name("sloopd.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /etc/resolv.conf && exec "$2" -c "$3""#)
+        .arg("sh")
+        .arg(resolv)
+        .arg(sloop_tests::bin("sloopd"))
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    Daemon { child, log }
+}
+
+/// A syslog line's message without the program and pid, and without the queue ID (or
+/// `NOQUEUE`) that follows the level word: `sloop/smtpd[7]: warning: 661B..: policy p: x`
+/// gives `warning: policy p: x`.
+pub fn without_id(line: &str) -> String {
+    let msg = line.split_once("]: ").map_or(line, |(_, m)| m);
+    let (level, rest) = ["warning: ", "error: ", "debug: "]
+        .iter()
+        .find_map(|w| msg.strip_prefix(w).map(|r| (*w, r)))
+        .unwrap_or(("", msg));
+    let rest = match rest.split_once(": ") {
+        Some((id, r)) if is_queue_id(id) || id == "NOQUEUE" => r,
+        _ => rest,
+    };
+    format!("{level}{rest}")
+}
+
+/// The queue ID right after the level word of a syslog line, if any.
+pub fn queue_id(line: &str) -> Option<String> {
+    let msg = line.split_once("]: ").map_or(line, |(_, m)| m);
+    let rest = ["warning: ", "error: ", "debug: "]
+        .iter()
+        .find_map(|w| msg.strip_prefix(w))
+        .unwrap_or(msg);
+    let (id, _) = rest.split_once(": ")?;
+    is_queue_id(id).then(|| id.to_string())
+}
+
+fn is_queue_id(s: &str) -> bool {
+    s.len() >= 10
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase())
 }
 
 /// A `sloopd` with filter hooks, logging to a [`Syslog`] of its own.
@@ -537,6 +604,18 @@ impl Mta {
     /// `[[milter]]`, `[access]`), and waits until it listens. `dir` may already hold
     /// the fakes' sockets.
     pub fn start(dir: TestDir, overrides: &[(&str, &str)], hooks: &str) -> Mta {
+        Mta::start_with(dir, overrides, hooks, None)
+    }
+
+    /// As [`start`](Self::start), with `resolv_conf` bind-mounted on /etc/resolv.conf
+    /// in a mount namespace of sloopd's own (`unshare -m`), so its DNS goes where the
+    /// test says. Needs root (or CAP_SYS_ADMIN).
+    pub fn start_with(
+        dir: TestDir,
+        overrides: &[(&str, &str)],
+        hooks: &str,
+        resolv_conf: Option<&Path>,
+    ) -> Mta {
         let port = free_port();
         let log = Syslog::start(dir.path.join("syslog.sock"));
         let sock = format!("{:?}", log.path.display().to_string());
@@ -546,7 +625,10 @@ impl Mta {
         ];
         all.extend_from_slice(overrides);
         let config = dir.write_config(port, &all, hooks);
-        let mut daemon = Daemon::spawn(&config);
+        let mut daemon = match resolv_conf {
+            None => Daemon::spawn(&config),
+            Some(resolv) => spawn_with_resolv_conf(&config, resolv),
+        };
         // A probe connection would itself run the connect hooks and count as a
         // session: wait until the port is in LISTEN state instead.
         let mut exited = None;
