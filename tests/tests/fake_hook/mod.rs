@@ -688,6 +688,15 @@ pub fn listening(port: u16) -> bool {
         })
 }
 
+impl Drop for Mta {
+    /// `FAKE_HOOK_SHOW_LOGS=1` prints every test's logs, passing or not.
+    fn drop(&mut self) {
+        if std::env::var_os("FAKE_HOOK_SHOW_LOGS").is_some() {
+            println!("{}", self.all_logs());
+        }
+    }
+}
+
 /// Asserts `elapsed` is at most `budget` plus the load margin.
 pub fn within(elapsed: Duration, budget: Duration, what: &str) {
     assert!(
