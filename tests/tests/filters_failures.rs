@@ -637,6 +637,39 @@ fn policy_eof_mid_reply_retries_once_then_on_error() {
     ok(&mut c, "QUIT", 221, &mta);
 }
 
+#[test]
+fn milter_closing_mid_packet_is_dropped_with_its_on_error() {
+    // A reply packet announced as 16 octets, cut after its command octet.
+    let fake = FakeMilter::start(
+        Endpoint::Tcp,
+        MilterScript {
+            raw_at: Some((cmd::RCPT, b"\0\0\0\x10c".to_vec())),
+            close_after_raw: true,
+            ..Default::default()
+        },
+    );
+    let mta = start(
+        "ff-milter-eof",
+        &[],
+        &milter("cut", &fake.socket, "on_error = \"reject\""),
+    );
+    let (mut c, t) = mta.connect();
+    greeting(&mut c, t, GREETING, Duration::from_secs(10), &mta);
+    ok(&mut c, "EHLO client.test", 250, &mta);
+    ok(&mut c, "MAIL FROM:<s@b.example>", 250, &mta);
+    let t = Instant::now();
+    expect(&mut c, "RCPT TO:<a@localhost.test>", REJECT, &mta);
+    within(t.elapsed(), Duration::from_secs(30), "RCPT");
+    // A milter is not retried: dropped, its on_error at the later stages.
+    ok(&mut c, "RSET", 250, &mta);
+    expect(&mut c, "MAIL FROM:<s@b.example>", REJECT, &mta);
+    ok(&mut c, "QUIT", 221, &mta);
+    assert_eq!(fake.connections(), 1);
+    mta.expect_log(&[
+        "warning: milter cut: unexpected EOF waiting for the reply to RCPT; on_error=reject",
+    ]);
+}
+
 // ---------------------------------------------------------------------------------
 // Milter negotiation mismatch
 // ---------------------------------------------------------------------------------
@@ -1106,6 +1139,11 @@ fn hook_blocked_past_the_phase_budget_ends_in_the_watchdogs_421() {
     // answers. Resolving it (getaddrinfo) knows nothing of the phase deadline, so the
     // worker blocks past it; the watchdog answers `421 4.4.2` at the deadline plus
     // `smtpd.watchdog_grace` and the worker exits.
+    if !nix::unistd::geteuid().is_root() {
+        // A mount namespace for a private resolv.conf, and port 53.
+        println!("SKIP: hook_blocked_past_the_phase_budget_ends_in_the_watchdogs_421: needs root");
+        return;
+    }
     let dir = TestDir::new("ff-watchdog");
     // A DNS server that never answers, on a loopback address of this test's own.
     let pid = std::process::id();

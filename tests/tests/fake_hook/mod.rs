@@ -311,6 +311,8 @@ pub struct MilterScript {
     pub stall_at: Option<u8>,
     /// Answers this command with these raw octets (whole packets, or garbage).
     pub raw_at: Option<(u8, Vec<u8>)>,
+    /// Closes the connection right after writing `raw_at`'s octets.
+    pub close_after_raw: bool,
 }
 
 impl Default for MilterScript {
@@ -323,6 +325,7 @@ impl Default for MilterScript {
             progress_at: None,
             stall_at: None,
             raw_at: None,
+            close_after_raw: false,
         }
     }
 }
@@ -435,7 +438,7 @@ fn serve_milter(peer: &mut dyn Peer, conn: usize, shared: &Shared, s: &MilterScr
         }
         if let Some((at, bytes)) = &s.raw_at {
             if *at == command {
-                if peer.write_all(bytes).is_err() {
+                if peer.write_all(bytes).is_err() || s.close_after_raw {
                     return;
                 }
                 continue;
