@@ -292,27 +292,25 @@ impl Conn {
     /// unread (checked after filter hooks ran, so a client that left is not answered
     /// and its message not committed).
     pub fn peer_gone(&self) -> bool {
-        // nix does not name POLLRDHUP (Linux: the peer shut down its writing side).
-        let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
-        let mut fds = [PollFd::new(self.rd.as_fd(), PollFlags::POLLIN | rdhup)];
-        let ready = matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0);
-        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-        if !ready || !revents.intersects(rdhup | PollFlags::POLLHUP | PollFlags::POLLERR) {
-            return false;
-        }
         if self.wr.is_some() {
             // `--inetd`: input and end of file look alike on a pipe; the next read
             // tells.
             return false;
         }
-        // Input still unread is the client's last words (a pipelined QUIT): not gone
-        // yet.
+        let mut fds = [PollFd::new(self.rd.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+            return false;
+        }
+        // Readable: the end of file (or a reset) means gone; input still unread is the
+        // client's last words (a pipelined QUIT), to be answered.
         let mut one = [0u8; 1];
         let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
-        !matches!(
-            nix::sys::socket::recv(self.rd.as_raw_fd(), &mut one, flags),
-            Ok(n) if n > 0
-        )
+        match nix::sys::socket::recv(self.rd.as_raw_fd(), &mut one, flags) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => false,
+            Err(_) => true,
+        }
     }
 
     /// Looks at what the client sent without consuming it (for the PROXY header);

@@ -31,7 +31,7 @@ const QUIT_BUDGET: Duration = Duration::from_secs(2);
 
 /// The stages at which hooks run for `listener` in this worker.
 pub fn stages(policy: &Policy, listener: HookListener) -> HookStages {
-    let engine = policy.hooks.borrow();
+    let engine = policy.hook_engine();
     if engine.idle(listener) {
         return HookStages::NONE;
     }
@@ -58,7 +58,7 @@ impl<'a> SessionRun<'a> {
         let margin = CONNECT_REPLY_MARGIN.min(s.connect_timeout / 10);
         SessionRun {
             policy,
-            hooks: (!stages.is_empty()).then(|| policy.hooks.borrow().session(listener)),
+            hooks: (!stages.is_empty()).then(|| policy.hook_engine().session(listener)),
             connect_deadline: started + s.connect_timeout - margin,
         }
     }
@@ -80,7 +80,7 @@ impl<'a> SessionRun<'a> {
             _ => now + s.command_timeout,
         };
         watchdog.arm("hooks", deadline);
-        let mut engine = self.policy.hooks.borrow_mut();
+        let mut engine = self.policy.hook_engine();
         match (call.stage, call.job) {
             (HookStage::Eom, Some(mut job)) => {
                 let mut rcpts: Vec<String> = job
@@ -115,7 +115,7 @@ impl<'a> SessionRun<'a> {
         if let Some(mut sess) = self.hooks.take() {
             let deadline = Instant::now() + QUIT_BUDGET;
             watchdog.arm("hooks", deadline);
-            self.policy.hooks.borrow_mut().finish(&mut sess, deadline);
+            self.policy.hook_engine().finish(&mut sess, deadline);
         }
     }
 }

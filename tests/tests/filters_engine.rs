@@ -18,34 +18,9 @@ use std::time::Duration;
 /// A policy service on a free loopback port: at RCPT, the action is chosen by the
 /// recipient's local-part (`grey`, `hold`, `discard`, `prepend`, `reject`), else DUNNO.
 fn fake_policy() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || serve_policy(conn));
-        }
-    });
-    port
-}
-
-fn serve_policy(conn: TcpStream) {
-    let mut out = conn.try_clone().unwrap();
-    let mut rd = BufReader::new(conn);
-    let mut rcpt = String::new();
-    loop {
-        let mut line = String::new();
-        if rd.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let line = line.trim_end_matches('\n');
-        if let Some(v) = line.strip_prefix("recipient=") {
-            rcpt = v.to_string();
-        }
-        if !line.is_empty() {
-            continue;
-        }
-        let local = rcpt.split('@').next().unwrap_or("").to_string();
-        let action = match local.as_str() {
+    scripted_policy(|attrs| {
+        let rcpt = attrs.get("recipient").map_or("", String::as_str);
+        let action = match rcpt.split('@').next().unwrap_or("") {
             "grey" => "DEFER_IF_PERMIT Greylisted for 300 seconds",
             "hold" => "HOLD Review please",
             "discard" => "DISCARD",
@@ -53,13 +28,48 @@ fn serve_policy(conn: TcpStream) {
             "reject" => "REJECT Not here",
             _ => "DUNNO",
         };
+        (action.to_string(), Duration::ZERO)
+    })
+}
+
+type Attrs = std::collections::HashMap<String, String>;
+
+/// A policy service answering what `script` says of each request's attributes, after
+/// the delay it says.
+fn scripted_policy(script: fn(&Attrs) -> (String, Duration)) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || serve_policy(conn, script));
+        }
+    });
+    port
+}
+
+fn serve_policy(conn: TcpStream, script: fn(&Attrs) -> (String, Duration)) {
+    let mut out = conn.try_clone().unwrap();
+    let mut rd = BufReader::new(conn);
+    let mut attrs = Attrs::new();
+    loop {
+        let mut line = String::new();
+        if rd.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let line = line.trim_end_matches('\n');
+        if let Some((k, v)) = line.split_once('=') {
+            attrs.insert(k.to_string(), v.to_string());
+            continue;
+        }
+        let (action, delay) = script(&attrs);
+        std::thread::sleep(delay);
         if out
             .write_all(format!("action={action}\n\n").as_bytes())
             .is_err()
         {
             return;
         }
-        rcpt.clear();
+        attrs.clear();
     }
 }
 
@@ -158,6 +168,10 @@ impl Server {
         self.daemon.log_text()
     }
 
+    fn wait_log_line(&self, needle: &str) -> bool {
+        wait_until(Duration::from_secs(10), || self.log().contains(needle))
+    }
+
     /// One message to `rcpt` in a new session; the reply codes of RCPT and of the end
     /// of data (0 when DATA was not reached) and the end-of-data reply line.
     fn send(&self, rcpt: &str, body: &str) -> (u16, u16, String) {
@@ -230,6 +244,28 @@ fn policy_actions_reach_the_client_and_the_queue() {
     assert!(server
         .log()
         .contains("hold: RCPT from unknown[127.0.0.1]: <hold@localhost.test>: Recipient address triggers HOLD action: Review please"));
+    // The operator sees why, and a release delivers it (the record does not hold it
+    // again).
+    let held_id = held[0].file_name().unwrap().to_string_lossy().into_owned();
+    let config = server.dir.path.join("sloop.toml");
+    let sloop = |args: &[&str]| {
+        let out = std::process::Command::new(sloop_tests::bin("sloop"))
+            .arg("-c")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = sloop(&["queue", "show", &held_id]);
+    assert!(shown.contains("state: hold"), "{shown}");
+    assert!(
+        shown.contains("held by filter: <hold@localhost.test>: Recipient address triggers HOLD action: Review please"),
+        "{shown}"
+    );
+    sloop(&["queue", "release", &held_id]);
+    server.wait_delivered("hold");
 
     // DISCARD: the client is told 250, nothing is queued, the log says so.
     let (r, d, line) = server.send("discard@localhost.test", "gone");
@@ -244,7 +280,6 @@ fn policy_actions_reach_the_client_and_the_queue() {
     assert_eq!((r, d), (250, 250));
     server.wait_delivered("plain");
     assert!(server.delivered("discard").is_empty());
-    assert!(server.delivered("hold").is_empty());
 }
 
 #[test]
@@ -321,4 +356,52 @@ fn local_mail_goes_through_local_milters() {
     // SMTP sessions do not see a local-only milter.
     let (r, d, _) = server.send("carol@localhost.test", "REJECTME");
     assert_eq!((r, d), (250, 250));
+}
+
+#[test]
+fn a_connect_policy_reply_is_made_legal_for_the_greeting() {
+    let port = scripted_policy(|_| ("450 4.7.1 Come back later".into(), Duration::ZERO));
+    let toml = format!(
+        "[[policy]]\nname = \"early\"\nsocket = \"inet:127.0.0.1:{port}\"\nstage = \"connect\"\n"
+    );
+    let server = Server::start("filters-connect", &toml);
+    let mut c = Smtp::connect(server.port);
+    let reply = c.reply();
+    assert_eq!(
+        reply,
+        vec!["421 4.7.1 <unknown[127.0.0.1]>: Client host rejected: Come back later".to_string()],
+        "log:\n{}",
+        server.log()
+    );
+    assert!(c.closed());
+    assert!(server
+        .log()
+        .contains("notice: hook early: 450 reply at connect sent as 421"));
+}
+
+#[test]
+fn a_client_gone_during_hooks_gets_nothing_and_nothing_is_queued() {
+    let port = scripted_policy(|_| ("DUNNO".into(), Duration::from_millis(700)));
+    let toml = format!(
+        "[[policy]]\nname = \"slow\"\nsocket = \"inet:127.0.0.1:{port}\"\nstage = \"eom\"\n"
+    );
+    let server = Server::start("filters-gone", &toml);
+    let mut c = Smtp::connect(server.port);
+    assert_eq!(c.code(), 220);
+    assert_eq!(c.cmd("EHLO client.test"), 250);
+    assert_eq!(c.cmd("MAIL FROM:<s@example.org>"), 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@localhost.test>"), 250);
+    assert_eq!(c.cmd("DATA"), 354);
+    c.send_raw(b"Subject: x\r\n\r\nbye\r\n.\r\n");
+    c.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(c);
+    assert!(
+        server.wait_log_line("lost connection during END-OF-MESSAGE hooks from unknown[127.0.0.1]"),
+        "log:\n{}",
+        server.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!server.log().contains("(queued)"), "log:\n{}", server.log());
+    assert!(files_under(&server.dir.spool().join("incoming")).is_empty());
+    assert!(server.delivered("alice").is_empty());
 }

@@ -278,6 +278,7 @@ fn envelope_text(id: &str, env: &Envelope, state: QueueState) -> String {
         ("ret", env.ret.map(|r| format!("{r:?}").to_uppercase())),
         ("body", env.body.clone()),
         ("smtputf8", env.smtputf8.then(|| "yes".to_string())),
+        ("held by filter", env.hold.clone()),
     ];
     for (name, value) in optional {
         if let Some(v) = value {

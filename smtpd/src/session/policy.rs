@@ -27,7 +27,8 @@ pub struct Policy {
     /// The TLS server context, when a certificate is configured (set at worker start).
     pub tls: Option<crate::tls::TlsContext>,
     /// The filter hooks of this worker (policy connections are kept across sessions).
-    pub hooks: std::cell::RefCell<sloop_hooks::engine::Engine>,
+    /// One session at a time uses it; the lock keeps `Policy` shareable.
+    pub hooks: std::sync::Mutex<sloop_hooks::engine::Engine>,
 }
 
 /// An accepted recipient: the address to store and the trick seen, if any.
@@ -38,9 +39,17 @@ pub struct Accepted {
 }
 
 impl Policy {
+    /// The worker's hook engine (a panic in an earlier session does not make it
+    /// unusable: its state is connections, each checked before use).
+    pub fn hook_engine(&self) -> std::sync::MutexGuard<'_, sloop_hooks::engine::Engine> {
+        self.hooks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     pub fn new(cfg: Config, aliases: Aliases) -> Policy {
         Policy {
-            hooks: std::cell::RefCell::new(sloop_hooks::engine::Engine::new(&cfg.hooks)),
+            hooks: std::sync::Mutex::new(sloop_hooks::engine::Engine::new(&cfg.hooks)),
             cfg,
             aliases: Ok(aliases),
             tls: None,
@@ -50,7 +59,7 @@ impl Policy {
     /// A policy whose aliases file is unusable (`why` is logged, not shown).
     pub fn without_aliases(cfg: Config, why: AliasError) -> Policy {
         Policy {
-            hooks: std::cell::RefCell::new(sloop_hooks::engine::Engine::new(&cfg.hooks)),
+            hooks: std::sync::Mutex::new(sloop_hooks::engine::Engine::new(&cfg.hooks)),
             cfg,
             aliases: Err(why),
             tls: None,
