@@ -490,3 +490,64 @@ fn reference_and_man_page_document_the_hook_keys() {
     let man = render_man("1");
     assert!(man.contains(".SH \"[[milter]]\""), "{man}");
 }
+
+/// The round trip of `render_effective` over many generated hook configurations (the
+/// fuzz target checks the same property, but random text seldom loads with hooks).
+#[test]
+fn generated_hook_configs_render_and_load_back_equal() {
+    let sockets = [
+        "unix:/run/a.sock",
+        "unix:rel/b.sock",
+        "unix:/odd \"quoted\" path\\x",
+        "inet:127.0.0.1:1",
+        "inet:[::ffff:192.0.2.1]:65535",
+        "inet:Mail.Example.COM.:25",
+    ];
+    let stages = ["connect", "helo", "mail", "rcpt", "data", "eom"];
+    let errors = ["", "accept", "tempfail", "reject", "shutdown"];
+    let durations = ["", "100ms", "1500ms", "90s", "10m"];
+    let listeners = ["", "[\"submissions\", \"smtpd\"]", "[\"smtpd\", \"smtpd\"]"];
+    let entries = [
+        "'/(?-i)A\\/ b/ reject Text with \"quotes\"'",
+        "\"198.51.100.7/24 accept\"",
+        "\".Example.NET tempfail\"",
+    ];
+    let mut n = 0;
+    for (i, socket) in sockets.iter().enumerate() {
+        for (j, stage) in stages.iter().enumerate() {
+            let on_error = errors[(i + j) % errors.len()];
+            let duration = durations[(i * 7 + j) % durations.len()];
+            let listen = listeners[(i + 2 * j) % listeners.len()];
+            let entry = entries[(i + j) % entries.len()];
+            let mut text = format!(
+                "[[policy]]\nname = \"p{i}{j}\"\nsocket = {socket:?}\nstage = \"{stage}\"\n"
+            );
+            let mut milter = format!("[[milter]]\nname = \"m.{j}-{i}\"\nsocket = {socket:?}\n");
+            if !on_error.is_empty() {
+                text.push_str(&format!("on_error = \"{on_error}\"\n"));
+                milter.push_str(&format!("on_error = \"{on_error}\"\n"));
+            }
+            if !duration.is_empty() {
+                text.push_str(&format!("timeout = \"{duration}\"\n"));
+                milter.push_str(&format!("content_timeout = \"{duration}\"\n"));
+            }
+            if !listen.is_empty() {
+                text.push_str(&format!("listeners = {listen}\n"));
+                milter.push_str(&format!("listeners = {listen}\n"));
+            }
+            text.push_str(&milter);
+            text.push_str(&format!(
+                "[access]\nclient = [{entry}]\nrecipient = [\"a@B.example hold\"]\n"
+            ));
+            let cfg = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let shown = cfg.render_effective();
+            let again = parse(&shown).unwrap_or_else(|e| panic!("{e}\n{shown}"));
+            assert_eq!(again.hooks, cfg.hooks, "{text}");
+            assert_eq!(again.effective, cfg.effective, "{text}");
+            // Loaded again, it renders the same but for the marks of defaulted keys.
+            assert_eq!(again.render_effective(), shown.replace("  # default", ""));
+            n += 1;
+        }
+    }
+    assert_eq!(n, sockets.len() * stages.len());
+}
