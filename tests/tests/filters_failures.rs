@@ -202,6 +202,25 @@ fn milter_refused_with_on_error_accept_lets_mail_through() {
     )]);
 }
 
+#[test]
+fn policy_failure_at_helo_defaults_to_shutdown() {
+    let socket = refused_socket();
+    let mta = start(
+        "ff-helo-refused",
+        &[],
+        &policy("greeter", &socket, "helo", ""),
+    );
+    let (mut c, t) = mta.connect();
+    greeting(&mut c, t, GREETING, Duration::from_secs(10), &mta);
+    let t = Instant::now();
+    expect(&mut c, "EHLO client.test", SHUTDOWN, &mta);
+    within(t.elapsed(), Duration::from_secs(3), "EHLO");
+    closed(&mut c, &mta);
+    mta.expect_log(&[&format!(
+        "warning: policy greeter: connect {socket}: Connection refused; on_error=shutdown"
+    )]);
+}
+
 // ---------------------------------------------------------------------------------
 // Accepts and never answers
 // ---------------------------------------------------------------------------------
@@ -234,6 +253,40 @@ fn policy_silent_times_out_after_each_try() {
     mta.expect_log(&["warning: policy silent: timeout after 1000ms (try 2/2)"]);
     assert_eq!(fake.requests().len(), 2, "{:?}", fake.requests());
     ok(&mut c, "QUIT", 221, &mta);
+}
+
+#[test]
+fn policy_silent_at_end_of_message_queues_nothing() {
+    let fake = FakePolicy::start(Endpoint::Tcp, vec![Answer::Silent]);
+    let mta = start(
+        "ff-silent-eom",
+        &[],
+        &policy(
+            "lastword",
+            &fake.socket,
+            "eom",
+            "timeout = \"1s\"\ntries = 1",
+        ),
+    );
+    let (mut c, t) = mta.connect();
+    greeting(&mut c, t, GREETING, Duration::from_secs(10), &mta);
+    envelope(&mut c, &mta);
+    let t = Instant::now();
+    let r = message(&mut c, &mta);
+    within(t.elapsed(), Duration::from_secs(1), "end of message");
+    assert_eq!(r, TEMPFAIL, "{}", mta.all_logs());
+    mta.expect_log(&[
+        "warning: policy lastword: timeout after 1000ms (try 1/1); on_error=tempfail",
+    ]);
+    mta.expect_log(&["reject: END-OF-MESSAGE from unknown[127.0.0.1]: 451 4.3.5 "]);
+    assert!(fake.requests()[0].contains("protocol_state=END-OF-MESSAGE\n"));
+    // The client may retry: nothing of this message was kept.
+    ok(&mut c, "QUIT", 221, &mta);
+    for state in ["incoming", "active", "deferred", "hold"] {
+        let files = sloop_tests::files_under(&mta.dir.spool().join(state));
+        assert!(files.is_empty(), "{state}: {files:?}");
+    }
+    assert_eq!(mta.log.count("(queued)"), 0, "{}", mta.all_logs());
 }
 
 #[test]
@@ -493,14 +546,16 @@ fn policy_550_at_connect_is_sent_as_554() {
 
 #[test]
 fn milter_y_with_2xx_is_a_failure() {
+    // On a unix socket, as OpenDKIM and clamav-milter usually listen.
+    let dir = TestDir::new("ff-milter-2xx");
     let fake = FakeMilter::start(
-        Endpoint::Tcp,
+        Endpoint::Unix(sock_path(&dir.path, "milter.sock")),
         MilterScript {
             raw_at: Some((cmd::RCPT, reply_code("250 2.0.0 fine"))),
             ..Default::default()
         },
     );
-    let mta = start("ff-milter-2xx", &[], &milter("yes2xx", &fake.socket, ""));
+    let mta = Mta::start(dir, &[], &milter("yes2xx", &fake.socket, ""));
     let (mut c, t) = mta.connect();
     greeting(&mut c, t, GREETING, Duration::from_secs(10), &mta);
     ok(&mut c, "EHLO client.test", 250, &mta);
@@ -609,9 +664,11 @@ fn milter_reply_text_is_sanitized_and_clamped() {
 
 #[test]
 fn policy_eof_mid_reply_retries_once_then_on_error() {
+    // On a unix socket, as most policy services listen.
+    let dir = TestDir::new("ff-eof");
     let half = || Answer::CloseAfter(b"action=DEF".to_vec());
     let fake = FakePolicy::start(
-        Endpoint::Tcp,
+        Endpoint::Unix(sock_path(&dir.path, "policy.sock")),
         vec![
             half(),
             Answer::action("DUNNO"),
@@ -620,7 +677,7 @@ fn policy_eof_mid_reply_retries_once_then_on_error() {
             Answer::action("DUNNO"),
         ],
     );
-    let mta = start("ff-eof", &[], &policy("flaky", &fake.socket, "rcpt", ""));
+    let mta = Mta::start(dir, &[], &policy("flaky", &fake.socket, "rcpt", ""));
     let (mut c, t) = mta.connect();
     greeting(&mut c, t, GREETING, Duration::from_secs(10), &mta);
     ok(&mut c, "EHLO client.test", 250, &mta);
