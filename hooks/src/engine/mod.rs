@@ -187,8 +187,10 @@ impl Engine {
                 }
             }
         }
-        sess.in_message = false;
         let decision = fold.finish();
+        // A refused message may have left a milter mid-transaction (a reject at a
+        // header): the next MAIL, or the end of the session, aborts it.
+        sess.in_message = !matches!(decision, Decision::Accept(_));
         if let (Decision::Accept(_), Some((bytes, sender, rcpts))) = (&decision, work) {
             *msg.bytes = bytes;
             *msg.sender = sender;

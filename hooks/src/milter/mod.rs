@@ -9,6 +9,8 @@
 //! - `session`: [`MilterSession`], one connection to one filter for one SMTP session:
 //!   the events (connect, HELO, MAIL, RCPT, DATA, the message, abort, quit) under
 //!   deadlines, honouring the filter's "no such event" and "no reply" flags.
+//! - `conn`: the socket (`unix:` or `inet:`), connected within a budget.
+//! - `reply_code`: the filter's own SMTP reply (`SMFIR_REPLYCODE`), checked.
 //! - `header`: the header block of a message split into fields, shared by the session
 //!   (which sends them) and the edits (which change them).
 //! - `edits`: [`apply_edits`], the end-of-message modifications applied to the message
@@ -21,9 +23,11 @@
 //! filter for the rest of the SMTP session.
 
 mod codec;
+mod conn;
 mod edits;
 mod header;
 mod negotiate;
+mod reply_code;
 mod session;
 
 use std::fmt;
@@ -191,3 +195,6 @@ pub(crate) fn os_reason(e: &std::io::Error) -> String {
         None => e.to_string(),
     }
 }
+
+#[cfg(test)]
+mod session_tests;

@@ -18,18 +18,18 @@
 //! `MilterError::Closed`: the caller drops the filter for the rest of the SMTP session.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use sloop_common::config::hooks::{HookSocket, MilterHook};
+use sloop_common::config::hooks::MilterHook;
 
 use super::codec::{self, encode_command, read_packet, Command, Reply};
+use super::conn::Conn;
 use super::header::{split, value_for_filter};
 use super::negotiate::{
     Event, MacroStage, Negotiated, SMFIF_ADDHDRS, SMFIF_ADDRCPT, SMFIF_ADDRCPT_PAR, SMFIF_CHGBODY,
     SMFIF_CHGFROM, SMFIF_CHGHDRS, SMFIF_DELRCPT, SMFIF_QUARANTINE,
 };
+use super::reply_code::parse_reply_code;
 use super::{os_reason, ConnectInfo, Edit, Macros, MilterError, MilterReply};
 
 /// The largest body chunk sent (libmilter's `MILTER_CHUNK_SIZE`).
@@ -85,9 +85,12 @@ impl MilterSession {
             quarantine: None,
             skipped: false,
         };
-        let end = started + budget;
-        session.send(&Negotiated::offer(), "OPTNEG", end)?;
-        let mut timer = Timer::new(budget, end);
+        let mut timer = Timer {
+            length: budget,
+            started,
+            deadline,
+        };
+        session.send(&Negotiated::offer(), "OPTNEG", timer.end())?;
         let reply = session.read_reply("OPTNEG", &mut timer)?;
         session.negotiated = Negotiated::accept(&reply)?;
         Ok(session)
@@ -163,7 +166,9 @@ impl MilterSession {
     /// header, body chunks, end of message; then the modifications and the final
     /// decision. Each event has `per_event` (restarted by progress reports), never
     /// past `phase_deadline`. Edits come only with `Continue`, `Accept` or
-    /// `Quarantine`.
+    /// `Quarantine`. A decision before the end of the message (a reject at a header,
+    /// say) leaves the filter mid-transaction: the caller ends it with `abort`, as for
+    /// any transaction that does not end in a committed message.
     pub fn message(
         &mut self,
         message: &[u8],
@@ -334,7 +339,13 @@ impl MilterSession {
         match self.state {
             State::Broken => return Err(MilterError::Closed),
             State::SessionAccepted | State::MessageAccepted => {
-                return Ok((MilterReply::Accept, Vec::new()))
+                return Ok(match self.quarantine.take() {
+                    Some(reason) => (
+                        MilterReply::Quarantine(reason.clone()),
+                        vec![Edit::Quarantine(reason)],
+                    ),
+                    None => (MilterReply::Accept, Vec::new()),
+                });
             }
             State::Open => {}
         }
@@ -637,7 +648,8 @@ impl Timer {
 
     /// The time this event had: the timer's length, or less when the deadline cut it.
     fn length(&self) -> Duration {
-        self.end().saturating_duration_since(self.started)
+        self.length
+            .min(self.deadline.saturating_duration_since(self.started))
     }
 
     fn restart(&mut self) {
@@ -688,232 +700,9 @@ fn check_octets(octets: usize) -> Result<(), MilterError> {
     Ok(())
 }
 
-/// Checks an `SMFIR_REPLYCODE` reply as Postfix does: each line `4xx` or `5xx`, the
-/// same code on every line, then a blank or `-`, and an enhanced status code (when
-/// there is one) of the same class. `%%` is a literal `%`; a lone `%` is dropped.
-pub(crate) fn parse_reply_code(raw: &str) -> Result<MilterReply, MilterError> {
-    let bad = || MilterError::Protocol(format!("malformed reply {raw:?}"));
-    let unescaped = unescape_percent(raw);
-    let mut code = None;
-    let mut enhanced = None;
-    let mut texts = Vec::new();
-    for line in unescaped.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() && code.is_some() {
-            continue;
-        }
-        let digits = line.get(..3).ok_or_else(bad)?;
-        let n: u16 = digits
-            .parse()
-            .ok()
-            .filter(|_| digits.bytes().all(|b| b.is_ascii_digit()))
-            .ok_or_else(bad)?;
-        if !(400..600).contains(&n) {
-            return Err(MilterError::Protocol(format!(
-                "reply code {n} is not 4xx or 5xx: {raw:?}"
-            )));
-        }
-        if code.is_some_and(|c| c != n) {
-            return Err(bad());
-        }
-        code = Some(n);
-        let rest = match line.as_bytes().get(3) {
-            None => "",
-            Some(b' ' | b'-') => &line[4..],
-            Some(_) => return Err(bad()),
-        };
-        let (status, text) = match rest.split_once(' ') {
-            Some((first, text)) => (first, text),
-            None => (rest, ""),
-        };
-        match parse_enhanced(status) {
-            Some(e) if u16::from(e.0) * 100 != n / 100 * 100 => return Err(bad()),
-            Some(e) => {
-                enhanced.get_or_insert(e);
-                texts.push(text.to_string());
-            }
-            None => texts.push(rest.to_string()),
-        }
-    }
-    let code = code.ok_or_else(bad)?;
-    Ok(MilterReply::Code {
-        code,
-        enhanced,
-        text: texts
-            .into_iter()
-            .filter(|t| !t.is_empty())
-            .collect::<Vec<_>>()
-            .join(" "),
-    })
-}
-
-fn parse_enhanced(s: &str) -> Option<(u8, u16, u16)> {
-    let mut parts = s.split('.');
-    let class: u8 = parts.next()?.parse().ok()?;
-    let subject: u16 = parts.next()?.parse().ok()?;
-    let detail: u16 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() || !s.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        return None;
-    }
-    matches!(class, 2 | 4 | 5).then_some((class, subject, detail))
-}
-
-fn unescape_percent(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '%' {
-            if let Some(next) = chars.next() {
-                if next == '%' {
-                    out.push('%');
-                } else {
-                    out.push(next);
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The socket to the filter.
-#[derive(Debug)]
-enum Conn {
-    Unix(UnixStream),
-    Tcp(TcpStream),
-}
-
-impl Conn {
-    fn connect(socket: &HookSocket, budget: Duration) -> Result<Conn, MilterError> {
-        let fail = |reason: String| MilterError::Connect {
-            socket: socket.to_string(),
-            reason,
-        };
-        if budget.is_zero() {
-            return Err(fail("Connection timed out".into()));
-        }
-        match socket {
-            // A local connect does not wait for the filter to accept: it succeeds or
-            // fails at once (a full backlog is refused on Linux).
-            HookSocket::Unix(path) => UnixStream::connect(path)
-                .map(Conn::Unix)
-                .map_err(|e| fail(os_reason(&e))),
-            HookSocket::Inet { host, port } => {
-                let started = Instant::now();
-                let addrs = (host.as_str(), *port)
-                    .to_socket_addrs()
-                    .map_err(|e| fail(format!("cannot resolve {host}: {e}")))?;
-                let mut last = fail(format!("no address for {host}"));
-                for addr in addrs {
-                    let left = budget.saturating_sub(started.elapsed());
-                    if left.is_zero() {
-                        return Err(fail("Connection timed out".into()));
-                    }
-                    match TcpStream::connect_timeout(&addr, left) {
-                        Ok(s) => {
-                            // Small packets go out at once (OPTNEG, macros, commands).
-                            let _ = s.set_nodelay(true);
-                            return Ok(Conn::Tcp(s));
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                            last = fail("Connection timed out".into())
-                        }
-                        Err(e) => last = fail(os_reason(&e)),
-                    }
-                }
-                Err(last)
-            }
-        }
-    }
-
-    fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
-        let t = Some(t.max(Duration::from_millis(1)));
-        match self {
-            Conn::Unix(s) => s.set_read_timeout(t),
-            Conn::Tcp(s) => s.set_read_timeout(t),
-        }
-    }
-
-    fn set_write_timeout(&self, t: Duration) -> io::Result<()> {
-        let t = Some(t.max(Duration::from_millis(1)));
-        match self {
-            Conn::Unix(s) => s.set_write_timeout(t),
-            Conn::Tcp(s) => s.set_write_timeout(t),
-        }
-    }
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.read(buf),
-            Conn::Tcp(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Unix(s) => s.write(buf),
-            Conn::Tcp(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn code(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> MilterReply {
-        MilterReply::Code {
-            code,
-            enhanced,
-            text: text.into(),
-        }
-    }
-
-    #[test]
-    fn reply_codes_as_postfix_checks_them() {
-        assert_eq!(
-            parse_reply_code("554 5.7.1 Gtube pattern").unwrap(),
-            code(554, Some((5, 7, 1)), "Gtube pattern")
-        );
-        assert_eq!(
-            parse_reply_code("451 Try later").unwrap(),
-            code(451, None, "Try later")
-        );
-        assert_eq!(
-            parse_reply_code("550-5.7.1 first\r\n550 5.7.1 second").unwrap(),
-            code(550, Some((5, 7, 1)), "first second")
-        );
-        assert_eq!(
-            parse_reply_code("550 5.7.1 100%% spam, 50% sure").unwrap(),
-            code(550, Some((5, 7, 1)), "100% spam, 50 sure")
-        );
-        assert_eq!(parse_reply_code("421").unwrap(), code(421, None, ""));
-        for (bad, why) in [
-            ("250 2.0.0 Ok", "reply code 250 is not 4xx or 5xx"),
-            ("354 go", "reply code 354 is not 4xx or 5xx"),
-            ("550 4.7.1 mixed class", "malformed reply"),
-            ("55x nope", "malformed reply"),
-            ("550x", "malformed reply"),
-            ("55", "malformed reply"),
-            ("", "malformed reply"),
-            ("550-a\r\n451 b", "malformed reply"),
-        ] {
-            let err = parse_reply_code(bad).unwrap_err().to_string();
-            assert!(
-                err.starts_with(&format!("protocol error: {why}")),
-                "{bad}: {err}"
-            );
-        }
-    }
 
     #[test]
     fn timer_restarts_but_never_passes_the_deadline() {

@@ -297,6 +297,12 @@ impl Session<'_> {
             }
             Pending::Bdat { txn, size, last } => {
                 self.log_hook(word, Some(&txn), "BDAT", &reply.summary(), "");
+                if closes {
+                    self.counters.count("bdat", false);
+                    self.push(reply);
+                    self.close();
+                    return;
+                }
                 // The chunk's octets are still read (RFC 3030 §2), then refused.
                 self.state = State::Bdat(Chunk {
                     size,
@@ -304,9 +310,6 @@ impl Session<'_> {
                     last,
                     target: ChunkTarget::Refused(reply),
                 });
-                if closes {
-                    self.close();
-                }
                 return;
             }
             Pending::Eom { verb, .. } => {

@@ -283,6 +283,30 @@ fn a_refused_data_or_bdat_keeps_the_session_in_step() {
 }
 
 #[test]
+fn a_421_to_bdat_is_sent_before_the_close() {
+    let p = policy("");
+    let script = vec![(
+        HookStage::Data,
+        reply(
+            421,
+            (4, 3, 5),
+            "Server configuration problem",
+            Source::Policy,
+        ),
+    )];
+    let mut s = session_with(&p, &[HookStage::Data]);
+    let mut seen = Seen::default();
+    drive(
+        &mut s,
+        b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<alice@local.test>\r\nBDAT 5 LAST\r\nhello",
+        &script,
+        &mut seen,
+    );
+    assert_eq!(seen.codes, vec![220, 250, 250, 250, 421]);
+    assert!(seen.closed);
+}
+
+#[test]
 fn a_hook_421_closes_the_session() {
     let p = policy("");
     let mut s = session_with(&p, &[HookStage::Helo]);
