@@ -184,6 +184,12 @@ impl Mta {
             daemon.log_text(),
             log.text()
         );
+        // The greeting budgets are measured from the client's connect: let the first
+        // worker exist by then, so a loaded machine's fork and exec are not counted.
+        let forked = wait_until(Duration::from_secs(20), || {
+            log.count("started sloop-smtpd pid=") >= 1
+        });
+        assert!(forked, "no smtpd worker:\n{}", log.text());
         Mta {
             dir,
             port,
