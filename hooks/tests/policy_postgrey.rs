@@ -21,7 +21,10 @@ const DELAY_SECS: u64 = 2;
 
 #[test]
 fn postgrey_inet_greylists_first_sight_then_passes_after_the_delay() {
-    let Some(pg) = Postgrey::start("postgrey_inet", Listen::Inet) else {
+    let Some(pg) = Postgrey::start(
+        "postgrey_inet_greylists_first_sight_then_passes_after_the_delay",
+        Listen::Inet,
+    ) else {
         return;
     };
     greylist_then_pass(&pg, "192.0.2.10");
@@ -29,7 +32,10 @@ fn postgrey_inet_greylists_first_sight_then_passes_after_the_delay() {
 
 #[test]
 fn postgrey_unix_greylists_first_sight_then_passes_after_the_delay() {
-    let Some(pg) = Postgrey::start("postgrey_unix", Listen::Unix) else {
+    let Some(pg) = Postgrey::start(
+        "postgrey_unix_greylists_first_sight_then_passes_after_the_delay",
+        Listen::Unix,
+    ) else {
         return;
     };
     greylist_then_pass(&pg, "198.51.100.20");
@@ -114,7 +120,11 @@ impl Postgrey {
             println!("SKIP: {test}: postgrey not installed");
             return None;
         }
-        let dir = std::env::temp_dir().join(format!("sloop-{test}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "sloop-{}-{}",
+            &test[..test.len().min(20)],
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // Empty white lists: nothing escapes greylisting by the Debian defaults.

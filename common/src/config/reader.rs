@@ -61,6 +61,7 @@ impl<'a> Reader<'a> {
 
     pub(super) fn check_unknown(&mut self) {
         let mut unknown = Vec::new();
+        let mut misshapen = Vec::new();
         for (section, value) in &self.table {
             match value {
                 // `[[policy]]` and `[[milter]]` tables are read, and their keys checked,
@@ -75,8 +76,24 @@ impl<'a> Reader<'a> {
                         }
                     }
                 }
+                other if SECTIONS.iter().any(|(s, _)| s == section) => {
+                    let found = match other {
+                        toml::Value::Array(_) => format!("[[{section}]] (an array of tables)"),
+                        v => show(v),
+                    };
+                    misshapen.push((section.clone(), found));
+                }
                 _ => unknown.push((section.clone(), show_key(section), None)),
             }
+        }
+        for (section, found) in misshapen {
+            self.issues.push(ConfigIssue {
+                file: self.file.clone(),
+                key: show_key(&section),
+                line: locate(self.text, &section),
+                found,
+                expected: format!("one [{section}] table (single brackets) of its keys"),
+            });
         }
         for (key, shown, section) in unknown {
             let expected = match section {
@@ -633,7 +650,13 @@ pub(super) fn locate(text: &str, dotted: &str) -> Option<usize> {
     for (i, line) in text.lines().enumerate() {
         let t = line.trim();
         if let Some(h) = t.strip_prefix('[') {
-            current = h.trim_end_matches(']').trim().trim_matches('"').to_string();
+            // `[section]`, or `[[section]]` for an array of tables.
+            current = h
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .trim_matches('"')
+                .to_string();
             if key.is_none() && current == section {
                 return Some(i + 1);
             }

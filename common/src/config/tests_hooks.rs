@@ -551,3 +551,13 @@ fn generated_hook_configs_render_and_load_back_equal() {
     }
     assert_eq!(n, sockets.len() * stages.len());
 }
+
+#[test]
+fn a_table_section_written_as_an_array_says_so() {
+    let i = one("[[access]]\nclient = []\n", "access");
+    assert_eq!(i.line, Some(1));
+    assert_eq!(i.found, "[[access]] (an array of tables)");
+    assert!(i.expected.contains("single brackets"), "{i}");
+    let i = one("smtpd = 3\n", "smtpd");
+    assert_eq!(i.found, "3");
+}
