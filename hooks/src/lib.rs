@@ -16,3 +16,4 @@ pub mod engine;
 pub mod failure;
 pub mod milter;
 pub mod policy;
+pub mod resolve;

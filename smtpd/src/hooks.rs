@@ -80,6 +80,7 @@ impl<'a> SessionRun<'a> {
             _ => now + s.command_timeout,
         };
         watchdog.arm("hooks", deadline);
+        crate::faults::hook_check();
         let mut engine = self.policy.hook_engine();
         match (call.stage, call.job) {
             (HookStage::Eom, Some(mut job)) => {

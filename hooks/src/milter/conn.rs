@@ -2,7 +2,7 @@
 //! read and written with per-call timeouts.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -35,9 +35,14 @@ impl Conn {
             HookSocket::Inet { host, port } => {
                 let started = Instant::now();
                 let host = host.trim_start_matches('[').trim_end_matches(']');
-                let addrs = (host, *port)
-                    .to_socket_addrs()
-                    .map_err(|e| fail(format!("cannot resolve {host}: {e}")))?;
+                let addrs =
+                    crate::resolve::resolve(host, *port, started + budget).map_err(|e| {
+                        if e.kind() == io::ErrorKind::TimedOut {
+                            fail(e.to_string())
+                        } else {
+                            fail(format!("cannot resolve {host}: {e}"))
+                        }
+                    })?;
                 let mut last = fail(format!("no address for {host}"));
                 for addr in addrs {
                     let left = budget.saturating_sub(started.elapsed());

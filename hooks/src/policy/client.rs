@@ -21,7 +21,7 @@
 //!   once, at once, without counting a failed try.
 
 use std::io::{self, Read};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -205,11 +205,13 @@ impl PolicyClient {
             if !err.is_retryable() || try_no >= tries {
                 return Err(err);
             }
-            log::warn!("{who}: {err}");
-            std::thread::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now())));
-            if Instant::now() >= deadline {
+            // No time left for another try after the pause: this is the last error,
+            // logged once by the caller with its on_error.
+            if deadline.saturating_duration_since(Instant::now()) <= RETRY_PAUSE {
                 return Err(err);
             }
+            log::warn!("{who}: {err}");
+            std::thread::sleep(RETRY_PAUSE);
             try_no += 1;
         }
     }
@@ -355,10 +357,7 @@ fn connect_unix(path: &Path, deadline: Instant) -> io::Result<UnixStream> {
 }
 
 fn connect_inet(host: &str, port: u16, deadline: Instant) -> io::Result<TcpStream> {
-    let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => (host, port).to_socket_addrs()?.collect(),
-    };
+    let addrs: Vec<SocketAddr> = crate::resolve::resolve(host, port, deadline)?;
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address for the host name");
     for addr in addrs {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -82,6 +82,21 @@ impl Drop for Syslog {
 }
 
 /// `sloopd -c config` in a mount namespace where `resolv` is /etc/resolv.conf.
+fn spawn_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
+    let log = config.with_file_name("sloopd.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new(sloop_tests::bin("sloopd"))
+        .arg("-c")
+        .arg(config)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    Daemon { child, log }
+}
+
 fn spawn_with_resolv_conf(config: &Path, resolv: &Path) -> Daemon {
     let log = config.with_file_name("sloopd.log");
     let f = std::fs::File::create(&log).unwrap();
@@ -158,6 +173,18 @@ impl Mta {
         hooks: &str,
         resolv_conf: Option<&Path>,
     ) -> Mta {
+        Mta::start_env(dir, overrides, hooks, resolv_conf, &[])
+    }
+
+    /// As [`start_with`](Self::start_with), with `env` set for sloopd and its children
+    /// (`SLOOP_FAULT`).
+    pub fn start_env(
+        dir: TestDir,
+        overrides: &[(&str, &str)],
+        hooks: &str,
+        resolv_conf: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Mta {
         let port = free_port();
         let log = Syslog::start(dir.path.join("syslog.sock"));
         let sock = format!("{:?}", log.path.display().to_string());
@@ -168,7 +195,8 @@ impl Mta {
         all.extend_from_slice(overrides);
         let config = dir.write_config(port, &all, hooks);
         let mut daemon = match resolv_conf {
-            None => Daemon::spawn(&config),
+            None if env.is_empty() => Daemon::spawn(&config),
+            None => spawn_with_env(&config, env),
             Some(resolv) => spawn_with_resolv_conf(&config, resolv),
         };
         // A probe connection would itself run the connect hooks and count as a
