@@ -205,11 +205,12 @@ pub fn certified_key(
             why: other.to_string(),
         },
     })?;
-    let signer =
-        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| TlsFileError::BadKey {
+    let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key).map_err(|e| {
+        TlsFileError::BadKey {
             file: key_file.to_path_buf(),
             why: e.to_string(),
-        })?;
+        }
+    })?;
     let ck = CertifiedKey::new(chain, signer);
     match ck.keys_match() {
         Ok(()) => Ok(ck),

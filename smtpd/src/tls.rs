@@ -87,7 +87,7 @@ impl TlsContext {
     /// Builds the server configuration from a bundle.
     pub fn from_bundle(b: &Bundle) -> Result<TlsContext, TlsSetupError> {
         let keys = b.certified_keys().map_err(TlsSetupError::File)?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(TlsSetupError::Rustls)?

@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// The client TLS settings shared by every session of a worker; an error means rustls
 /// offers no safe protocol version with this crypto provider (STARTTLS is then off).
 pub fn client_config() -> Result<Arc<ClientConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(AnyCertificate {
         provider: provider.clone(),
     });
@@ -40,7 +40,7 @@ const SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// route's host, or the MX host name).
 pub fn verifying_config(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, String> {
     use rustls::pki_types::pem::PemObject;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     let mut files: Vec<&std::path::Path> = Vec::new();
     if std::path::Path::new(SYSTEM_ROOTS).is_file() {
