@@ -91,6 +91,27 @@ mailboxes = ["@bench.test"]
     return proc
 
 
+def maildir_count(path):
+    try:
+        return len(os.listdir(path))
+    except OSError:
+        return 0
+
+
+def drain(maildirs, expected, secs=120):
+    """Waits until every target has delivered all it accepted, so that no run pays for
+    the previous target's delivery backlog (Postfix accepts faster than its local(8)
+    delivers; without this its backlog ran into Sloop's next run)."""
+    end = time.time() + secs
+    while time.time() < end:
+        if all(maildir_count(m) >= expected[t] for t, m in maildirs.items()):
+            return True
+        time.sleep(0.05)
+    print(f"drain: not every message delivered within {secs} s: "
+          + ", ".join(f"{t} {maildir_count(m)}/{expected[t]}" for t, m in maildirs.items()), flush=True)
+    return False
+
+
 def load(port, sessions, msgs, resume, rcpt):
     out = sh(os.path.join(ROOT, "target", "release", "sloop-tls-load"), str(port), str(sessions),
              str(msgs), "4096", resume, rcpt)
@@ -109,17 +130,31 @@ def main():
     os.makedirs(args.work)
     crt, key = make_cert(args.work)
     saved = start_postfix(crt, key)
+    # Both start with an empty Maildir (a Maildir grown over earlier runs slows
+    # Postfix's deliveries); the old one is deleted after the last run.
+    old_maildir = os.path.join(os.path.expanduser("~benchload"), "Maildir")
+    trash = f"{old_maildir}.trash-{os.getpid()}"
+    if os.path.exists(old_maildir):
+        os.rename(old_maildir, trash)
     sloop = start_sloop(args.work, crt, key)
     targets = {"sloop": (2536, "benchload@bench.test"), "postfix": (2525, "benchload@bench.test")}
+    maildirs = {"sloop": os.path.join(args.work, "mail", "bench.test", "benchload", "Maildir", "new"),
+                "postfix": os.path.join(os.path.expanduser("~benchload"), "Maildir", "new")}
+    # Counted from what is there now: Postfix's Maildir persists across runs.
+    expected = {t: maildir_count(m) for t, m in maildirs.items()}
     rows = []
     try:
         for resume in ("on", "off"):
             res = {"sloop": [], "postfix": []}
             for t, (port, rcpt) in targets.items():
+                drain(maildirs, expected)
                 load(port, args.sessions, args.messages // 4, resume, rcpt)  # warm-up
+                expected[t] += args.messages // 4
             for _ in range(args.reps):
                 for t, (port, rcpt) in targets.items():
+                    drain(maildirs, expected)
                     rate, failed, resumed = load(port, args.sessions, args.messages, resume, rcpt)
+                    expected[t] += args.messages - failed
                     res[t].append(rate)
                     print(f"{t} resumption={resume}: {rate:.1f} msgs/s failed={failed} resumed={resumed}",
                           flush=True)
@@ -129,6 +164,7 @@ def main():
         sloop.terminate()
         sloop.wait()
         restore_postfix(saved)
+        subprocess.run(["rm", "-rf", trash])
     print(f"\n`uptime`: {sh('uptime')}\n")
     print(f"| resumption | Sloop msgs/s (min/median/max) | Postfix msgs/s (min/median/max) | Sloop/Postfix |")
     print("| --- | --- | --- | --- |")
