@@ -2,8 +2,10 @@
 //! `sloop_common::pool_proto`).
 //!
 //! The worker adopts the listening sockets and the status pipe `sloopd` passed down,
-//! reports `Idle`, waits in `poll(2)` on all listeners and on the hand-off socket,
-//! takes a connection the supervisor's busy acceptor passes down (preferred: it has
+//! reports `Idle`, waits in `epoll_wait(2)` on all listeners and on the hand-off
+//! socket, registered with `EPOLLEXCLUSIVE` so that a new connection wakes one idle
+//! worker rather than every one of them (with `poll(2)` each connection woke the whole
+//! idle pool to race for one `accept`), takes a connection the supervisor's busy acceptor passes down (preferred: it has
 //! waited longest) or accepts one (the listeners are non-blocking, so a worker that
 //! loses the race goes back to waiting), reports `Busy` and the client's address,
 //! takes a per-client slot (`client_limit.rs`), serves the session
@@ -19,10 +21,11 @@ use crate::session::policy::canonical;
 use crate::session::Policy;
 use crate::watchdog::Watchdog;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use sloop_common::pool_proto::{encode, encode_client, Availability};
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -72,6 +75,13 @@ impl Worker {
         let parent = nix::unistd::getppid();
         let max_use = self.policy.cfg.smtpd.max_use;
         let mut served: u64 = 0;
+        let waiter = match self.exclusive_waiter() {
+            Ok(e) => Some(e),
+            Err(e) => {
+                log::warn!("epoll: {e}; waiting with poll(2) instead");
+                None
+            }
+        };
         if !self.report(Availability::Idle) {
             return;
         }
@@ -84,30 +94,53 @@ impl Worker {
                 log::info!("supervisor gone; worker exits");
                 return;
             }
-            let Some(stream) = self.accept() else {
+            let Some((stream, peer)) = self.accept(waiter.as_ref()) else {
                 continue;
             };
-            if !self.report(Availability::Busy) {
-                self.session(stream);
+            let Some(peer) = peer.or_else(|| stream.peer_addr().ok()) else {
+                continue;
+            };
+            if !self.report_busy(Some(canonical(peer.ip()))) {
+                self.session(stream, peer);
                 return;
             }
-            if let Ok(peer) = stream.peer_addr() {
-                if !self.report_client(canonical(peer.ip())) {
-                    self.session(stream);
-                    return;
-                }
-            }
             served += 1;
-            if self.session(stream) == SessionEnd::Panicked || !self.report(Availability::Idle) {
+            if self.session(stream, peer) == SessionEnd::Panicked
+                || !self.report(Availability::Idle)
+            {
                 return;
             }
         }
         log::info!("served {served} sessions (smtpd.max_use); worker exits");
     }
 
-    /// Waits up to a second for a connection: one passed down by the busy acceptor
-    /// first, else one accepted from any listener.
-    fn accept(&self) -> Option<TcpStream> {
+    /// An epoll instance with every listener and the hand-off socket registered
+    /// exclusively: the kernel wakes one waiting worker per event instead of all.
+    fn exclusive_waiter(&self) -> nix::Result<Epoll> {
+        let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLEXCLUSIVE;
+        for (i, l) in self.listeners.iter().enumerate() {
+            ep.add(l.as_fd(), EpollEvent::new(flags, i as u64))?;
+        }
+        if let Some(h) = &self.handoff {
+            ep.add(
+                h.as_fd(),
+                EpollEvent::new(flags, self.listeners.len() as u64),
+            )?;
+        }
+        Ok(ep)
+    }
+
+    /// Which of the listeners (index `listeners.len()`: the hand-off socket) became
+    /// readable within a second.
+    fn wait_ready(&self, waiter: Option<&Epoll>) -> Vec<usize> {
+        if let Some(ep) = waiter {
+            let mut events = [EpollEvent::empty(); 8];
+            return match ep.wait(&mut events, PollTimeout::from(1000u16)) {
+                Ok(n) => events[..n].iter().map(|e| e.data() as usize).collect(),
+                Err(_) => Vec::new(),
+            };
+        }
         let mut fds: Vec<PollFd<'_>> = self
             .listeners
             .iter()
@@ -118,25 +151,29 @@ impl Worker {
         }
         match poll(&mut fds, PollTimeout::from(1000u16)) {
             Ok(n) if n > 0 => {}
-            _ => return None,
+            _ => return Vec::new(),
         }
-        let ready: Vec<usize> = fds
-            .iter()
+        fds.iter()
             .enumerate()
             .filter(|(_, f)| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN)))
             .map(|(i, _)| i)
-            .collect();
-        drop(fds);
+            .collect()
+    }
+
+    /// Waits up to a second for a connection: one passed down by the busy acceptor
+    /// first (its peer address still to be asked), else one accepted from any listener.
+    fn accept(&self, waiter: Option<&Epoll>) -> Option<(TcpStream, Option<SocketAddr>)> {
+        let ready = self.wait_ready(waiter);
         if let Some(h) = &self.handoff {
             if ready.contains(&self.listeners.len()) {
                 if let Some(fd) = receive_handoff(h.as_raw_fd()) {
-                    return Some(TcpStream::from(fd));
+                    return Some((TcpStream::from(fd), None));
                 }
             }
         }
         for i in ready.into_iter().filter(|i| *i < self.listeners.len()) {
             match self.listeners[i].accept() {
-                Ok((s, _)) => return Some(s),
+                Ok((s, peer)) => return Some((s, Some(peer))),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => log::warn!("accept: {e}"),
             }
@@ -145,11 +182,8 @@ impl Worker {
     }
 
     /// One accepted connection: the per-client slot, then the session.
-    fn session(&self, stream: TcpStream) -> SessionEnd {
+    fn session(&self, stream: TcpStream, peer: SocketAddr) -> SessionEnd {
         let s = &self.policy.cfg.smtpd;
-        let Ok(peer) = stream.peer_addr() else {
-            return SessionEnd::Normal;
-        };
         let ip = canonical(peer.ip());
         let local = stream.local_addr().ok();
         let role = local.map_or(sloop_common::config::ListenRole::Smtp, |l| {
@@ -223,11 +257,17 @@ impl Worker {
     }
 
     /// Writes a client record; false when the supervisor is gone.
-    fn report_client(&mut self, ip: std::net::IpAddr) -> bool {
+    /// `Busy` and the client's address in one write (one wake-up of the supervisor).
+    fn report_busy(&mut self, client: Option<std::net::IpAddr>) -> bool {
         let Some(f) = self.status.as_mut() else {
             return true;
         };
-        match f.write_all(&encode_client(std::process::id(), ip)) {
+        let pid = worker_pid();
+        let mut rec = encode(pid, Availability::Busy).to_vec();
+        if let Some(ip) = client {
+            rec.extend_from_slice(&encode_client(pid, ip));
+        }
+        match f.write_all(&rec) {
             Ok(()) => true,
             Err(e) => {
                 log::info!("status pipe: {e}; supervisor gone, worker exits");
@@ -236,12 +276,11 @@ impl Worker {
         }
     }
 
-    /// Writes a status record; false when the supervisor is gone.
     fn report(&mut self, state: Availability) -> bool {
         let Some(f) = self.status.as_mut() else {
             return true;
         };
-        match f.write_all(&encode(std::process::id(), state)) {
+        match f.write_all(&encode(worker_pid(), state)) {
             Ok(()) => true,
             Err(e) => {
                 log::info!("status pipe: {e}; supervisor gone, worker exits");
@@ -273,4 +312,10 @@ fn receive_handoff(fd: RawFd) -> Option<OwnedFd> {
         }
     }
     got
+}
+
+/// This process's id, asked of the kernel once (`getpid(2)` is a system call).
+fn worker_pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
