@@ -131,7 +131,7 @@ pub fn take_filtered(
                 Some(f) => commit_filtered(spool, name, uid, file, max_size, f),
                 None => commit(spool, name, uid, file, max_size),
             },
-            Err(why) => to_corrupt(spool, name, uid, &why),
+            Err(why) => to_corrupt(spool, name, uid, &why.to_string()),
         },
     }
 }
@@ -156,18 +156,36 @@ fn seen(name: &str, meta: &Metadata) -> Seen {
     }
 }
 
+/// Why a maildrop entry classified as ready could not be taken.
+#[derive(Debug)]
+enum OpenRefusal {
+    Open(std::io::Error),
+    Fstat(std::io::Error),
+    Replaced,
+}
+
+impl std::fmt::Display for OpenRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenRefusal::Open(e) => write!(f, "cannot be opened by sloop-pickup: {e}"),
+            OpenRefusal::Fstat(e) => write!(f, "fstat: {e}"),
+            OpenRefusal::Replaced => f.write_str("replaced while it was being checked"),
+        }
+    }
+}
+
 /// Opens the file without following a symlink or blocking, and checks it is still the
 /// entry that was classified.
-fn open_checked(path: &std::path::Path, before: &Metadata) -> Result<File, String> {
+fn open_checked(path: &std::path::Path, before: &Metadata) -> Result<File, OpenRefusal> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| format!("cannot be opened by sloop-pickup: {e}"))?;
-    let now = file.metadata().map_err(|e| format!("fstat: {e}"))?;
+        .map_err(OpenRefusal::Open)?;
+    let now = file.metadata().map_err(OpenRefusal::Fstat)?;
     let same = now.ino() == before.ino() && now.dev() == before.dev();
     if !same || !now.file_type().is_file() || now.nlink() != 1 {
-        return Err("replaced while it was being checked".into());
+        return Err(OpenRefusal::Replaced);
     }
     Ok(file)
 }
