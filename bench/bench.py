@@ -209,6 +209,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="only 20 sessions, 4 KiB, one message per connection")
+    ap.add_argument("--workloads", default="",
+                    help="only these workloads, SESSIONS:SIZE:MSGS_PER_CONN[,...] with MSGS_PER_CONN "
+                         "1 or many, e.g. 20:4096:1,50:4096:1")
     ap.add_argument("--work", default="/var/tmp/sloop-bench")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results.md"))
     args = ap.parse_args()
@@ -222,6 +225,12 @@ def main():
     sloop_proc, sloop = start_sloop(args.work)
     workloads = [(20, 4096, False)] if args.quick else [
         (s, size, reuse) for s in (1, 20, 50) for size in (4096, 102400) for reuse in (False, True)]
+    if args.workloads:
+        try:
+            workloads = [(int(s), int(size), per == "many")
+                         for s, size, per in (w.split(":") for w in args.workloads.split(","))]
+        except ValueError:
+            sys.exit("bench.py: --workloads wants SESSIONS:SIZE:1|many[,...]")
     rows = []
     try:
         for sessions, size, reuse in workloads:
