@@ -2,12 +2,12 @@
 //! arrays of tables. Every problem is named by its entry, counting from 1
 //! (`policy[2].stage`, `access.sender[3]`), with the line where it can be found.
 
+use super::choice::Choice;
 use super::hooks::{
-    AccessEntry, AccessList, AccessRules, HookListener, HookSocket, HookStage, HooksConfig,
-    MilterHook, OnError, PolicyHook,
+    AccessEntry, AccessList, HookListener, HookSocket, HookStage, MilterHook, OnError, PolicyHook,
 };
 use super::params::{self, Kind, Param};
-use super::reader::{default_value, locate, show, show_key, Reader};
+use super::reader::{default_str, default_value, locate, show, show_key, Reader};
 use super::values::{self, Expected};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,14 +27,8 @@ struct Entry {
 }
 
 impl Reader<'_> {
-    /// `[access]`, `[[policy]]` and `[[milter]]`.
-    pub(super) fn hooks(&mut self) -> HooksConfig {
-        let access = AccessRules {
-            client: self.access_list("access.client", AccessList::Client),
-            helo: self.access_list("access.helo", AccessList::Helo),
-            sender: self.access_list("access.sender", AccessList::Sender),
-            recipient: self.access_list("access.recipient", AccessList::Recipient),
-        };
+    /// The `[[policy]]` and `[[milter]]` tables, in file order.
+    pub(super) fn hook_tables(&mut self) -> (Vec<PolicyHook>, Vec<MilterHook>) {
         let policy_entries = self.entries("policy");
         let milter_entries = self.entries("milter");
         let policies: Vec<PolicyHook> = policy_entries
@@ -47,15 +41,17 @@ impl Reader<'_> {
             .collect();
         self.unique_names(&policy_entries);
         self.unique_names(&milter_entries);
-        HooksConfig {
-            policies,
-            milters,
-            access,
-        }
+        (policies, milters)
     }
 
-    fn access_list(&mut self, key: &'static str, list: AccessList) -> Vec<AccessEntry> {
-        let (_, value) = self.raw(key);
+    /// A `Kind::AccessRules` key of `[access]`: the rules of `list`.
+    pub(super) fn access_rules(&mut self, p: &'static Param, list: AccessList) -> Vec<AccessEntry> {
+        if p.kind != Kind::AccessRules {
+            self.mismatch(p, "access rules");
+            return Vec::new();
+        }
+        let key = p.key;
+        let value = self.raw(p);
         let Some(items) = value.as_array() else {
             self.bad(
                 key,
@@ -160,19 +156,12 @@ impl Reader<'_> {
     fn policy(&mut self, e: &Entry) -> Option<PolicyHook> {
         let name = self.hook_name(e);
         let socket = self.hook_socket(e);
-        let stage = match self.word(e, "stage").as_str() {
-            "connect" => HookStage::Connect,
-            "helo" => HookStage::Helo,
-            "mail" => HookStage::Mail,
-            "data" => HookStage::Data,
-            "eom" => HookStage::Eom,
-            _ => HookStage::Rcpt,
-        };
+        let stage: HookStage = self.entry_choice(e, "stage");
         let timeout = self.entry_duration(e, "timeout");
         let tries = self.entry_int(e, "tries") as u32;
         let on_error = match e.table.get("on_error") {
             None => OnError::default_for(stage),
-            Some(_) => on_error(&self.word(e, "on_error")),
+            Some(_) => self.entry_choice(e, "on_error"),
         };
         let listeners = self.listeners(e);
         Some(PolicyHook {
@@ -189,7 +178,7 @@ impl Reader<'_> {
     fn milter(&mut self, e: &Entry) -> Option<MilterHook> {
         let name = self.hook_name(e);
         let socket = self.hook_socket(e);
-        let on_error = on_error(&self.word(e, "on_error"));
+        let on_error: OnError = self.entry_choice(e, "on_error");
         let connect_timeout = self.entry_duration(e, "connect_timeout");
         let command_timeout = self.entry_duration(e, "command_timeout");
         let content_timeout = self.entry_duration(e, "content_timeout");
@@ -216,25 +205,43 @@ impl Reader<'_> {
         );
     }
 
-    /// The declaration of `section.key` and the value written, or the default.
-    fn entry_value(&self, e: &Entry, key: &str) -> (Param, Option<toml::Value>) {
+    /// The declaration of `section.key` if it is declared with a kind `ok` accepts, and
+    /// the value written, or the default (`None` when the key is required and missing).
+    /// A key the table does not declare, or declares with another kind, is Sloop's own
+    /// bug: it is recorded as an internal error (and the unit tests fail on it).
+    fn entry_value(
+        &mut self,
+        e: &Entry,
+        key: &str,
+        read_as: &str,
+        ok: fn(Kind) -> bool,
+    ) -> Option<(&'static Param, Option<toml::Value>)> {
         let dotted = format!("{}.{key}", e.section);
-        let param = params::find(&dotted).copied().unwrap_or(Param {
-            key: "",
-            kind: Kind::Bool,
-            default: params::REQUIRED,
-            doc: "",
-        });
+        let Some(param) = params::find(&dotted) else {
+            self.entry_issue(
+                e,
+                key,
+                "an internal error: the key is not declared in the parameter table".to_string(),
+                "a parameter table that agrees with its reader (a Sloop bug: please report it)",
+            );
+            return None;
+        };
+        if !ok(param.kind) {
+            self.mismatch(param, read_as);
+            return None;
+        }
         let value = match e.table.get(key) {
             Some(v) => Some(v.clone()),
             None if param.default == params::REQUIRED => None,
-            None => Some(default_value(&param)),
+            None => Some(default_value(param)),
         };
-        (param, value)
+        Some((param, value))
     }
 
     fn entry_str(&mut self, e: &Entry, key: &str) -> Option<(toml::Value, String)> {
-        let (param, value) = self.entry_value(e, key);
+        let (param, value) = self.entry_value(e, key, "a name or socket", |k| {
+            matches!(k, Kind::HookName | Kind::HookSocket)
+        })?;
         let Some(value) = value else {
             let what = match param.kind {
                 Kind::HookSocket => {
@@ -295,42 +302,46 @@ impl Reader<'_> {
         }
     }
 
-    /// A `Kind::Choice` key; the default when it is bad.
-    fn word(&mut self, e: &Entry, key: &str) -> String {
-        let (param, value) = self.entry_value(e, key);
-        let Kind::Choice(words) = param.kind else {
-            return String::new();
+    /// A `Kind::Choice` key of an entry, as the enum whose words the table declares;
+    /// the default when it is bad.
+    fn entry_choice<T: Choice>(&mut self, e: &Entry, key: &str) -> T {
+        let Some((param, value)) = self.entry_value(
+            e,
+            key,
+            "a choice",
+            |k| matches!(k, Kind::Choice(words) if words == T::WORDS),
+        ) else {
+            return T::FIRST;
         };
-        let fallback = || {
-            default_value(&param)
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        };
+        let fallback = T::from_word(&default_str(param)).unwrap_or(T::FIRST);
         let Some(value) = value else {
-            return fallback();
+            return fallback;
         };
-        match value.as_str() {
-            Some(s) if words.contains(&s) => s.to_string(),
-            _ => {
+        match value.as_str().and_then(T::from_word) {
+            Some(v) => v,
+            None => {
                 self.entry_issue(
                     e,
                     key,
                     show(&value),
-                    format!("one of: {}", words.join(", ")),
+                    format!("one of: {}", T::WORDS.join(", ")),
                 );
-                fallback()
+                fallback
             }
         }
     }
 
     fn entry_duration(&mut self, e: &Entry, key: &str) -> Duration {
-        let (param, value) = self.entry_value(e, key);
+        let Some((param, value)) =
+            self.entry_value(e, key, "a duration", |k| matches!(k, Kind::Duration { .. }))
+        else {
+            return Duration::ZERO;
+        };
         let Kind::Duration { min, max } = param.kind else {
             return Duration::ZERO;
         };
         let fallback = || {
-            default_value(&param)
+            default_value(param)
                 .as_str()
                 .and_then(|s| values::parse_duration(s).ok())
                 .unwrap_or(Duration::from_millis(min.max(1)))
@@ -363,11 +374,15 @@ impl Reader<'_> {
     }
 
     fn entry_int(&mut self, e: &Entry, key: &str) -> u64 {
-        let (param, value) = self.entry_value(e, key);
+        let Some((param, value)) =
+            self.entry_value(e, key, "a whole number", |k| matches!(k, Kind::Int { .. }))
+        else {
+            return 0;
+        };
         let Kind::Int { min, max } = param.kind else {
             return 0;
         };
-        let fallback = || default_value(&param).as_integer().map_or(min, |n| n as u64);
+        let fallback = || default_value(param).as_integer().map_or(min, |n| n as u64);
         let Some(value) = value else {
             return fallback();
         };
@@ -386,18 +401,24 @@ impl Reader<'_> {
     }
 
     fn listeners(&mut self, e: &Entry) -> Vec<HookListener> {
-        let (param, value) = self.entry_value(e, "listeners");
+        let Some((param, value)) = self.entry_value(e, "listeners", "a list of listeners", |k| {
+            matches!(k, Kind::HookListeners { .. })
+        }) else {
+            return Vec::new();
+        };
         let Kind::HookListeners { local } = param.kind else {
             return Vec::new();
         };
-        let words: &[&str] = if local {
-            &["smtpd", "submission", "submissions", "local"]
-        } else {
-            &["smtpd", "submission", "submissions"]
-        };
+        let listener =
+            |w: &str| HookListener::from_word(w).filter(|l| local || *l != HookListener::Local);
+        let words: Vec<&str> = HookListener::WORDS
+            .iter()
+            .copied()
+            .filter(|w| listener(w).is_some())
+            .collect();
         let expected = format!("a non-empty list of: {}", words.join(", "));
         let defaults = || {
-            default_value(&param)
+            default_value(param)
                 .as_array()
                 .map(|a| a.iter().filter_map(|v| listener(v.as_str()?)).collect())
                 .unwrap_or_default()
@@ -411,18 +432,17 @@ impl Reader<'_> {
         };
         let mut out = Vec::new();
         for item in items {
-            match item
-                .as_str()
-                .filter(|s| words.contains(s))
-                .and_then(listener)
-            {
+            match item.as_str().and_then(listener) {
                 Some(l) if !out.contains(&l) => out.push(l),
                 Some(_) => {}
                 None => {
-                    let why = if item.as_str() == Some("local") {
-                        "one of smtpd, submission, submissions (mail injected with sendmail has \
-                         no SMTP session for a policy service to check)"
-                            .to_string()
+                    let named = item.as_str().and_then(HookListener::from_word);
+                    let why = if named == Some(HookListener::Local) {
+                        format!(
+                            "one of {} (mail injected with sendmail has no SMTP session for a \
+                             policy service to check)",
+                            words.join(", ")
+                        )
                     } else {
                         format!("one of: {}", words.join(", "))
                     };
@@ -473,25 +493,6 @@ fn valid_name(s: &str) -> bool {
         && s.len() <= NAME_MAX
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
-fn on_error(word: &str) -> OnError {
-    match word {
-        "accept" => OnError::Accept,
-        "reject" => OnError::Reject,
-        "shutdown" => OnError::Shutdown,
-        _ => OnError::Tempfail,
-    }
-}
-
-fn listener(word: &str) -> Option<HookListener> {
-    match word {
-        "smtpd" => Some(HookListener::Smtpd),
-        "submission" => Some(HookListener::Submission),
-        "submissions" => Some(HookListener::Submissions),
-        "local" => Some(HookListener::Local),
-        _ => None,
-    }
 }
 
 /// `unix:/path` (a relative path is left for the reader to resolve), `inet:host:port`,
@@ -597,4 +598,36 @@ fn locate_element(text: &str, key: &str, item: &toml::Value) -> Option<usize> {
         .find(|(_, l)| l.contains(&written))
         .map(|(i, _)| i + 1);
     Some(found.unwrap_or(start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigError;
+    use std::path::Path;
+
+    #[test]
+    fn an_undeclared_or_mistyped_entry_key_is_an_internal_error() {
+        let text = "[[policy]]\nname = \"a\"\nsocket = \"unix:/s\"\n";
+        let mut r = Reader::new(Path::new("/etc/sloop/test.toml"), text, true).expect("reader");
+        let e = Entry {
+            section: "policy",
+            n: 1,
+            table: toml::Table::new(),
+        };
+        assert_eq!(r.entry_int(&e, "no_such_key"), 0);
+        assert_eq!(r.entry_duration(&e, "tries"), Duration::ZERO);
+        let _: OnError = r.entry_choice(&e, "stage");
+        let Err(ConfigError::Invalid(found)) = r.finish() else {
+            panic!("internal errors must be reported");
+        };
+        let keys: Vec<&str> = found.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["policy[1].no_such_key", "policy.tries", "policy.stage"]
+        );
+        assert!(found
+            .iter()
+            .all(|i| i.found.starts_with("an internal error")));
+    }
 }

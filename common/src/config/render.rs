@@ -2,8 +2,10 @@
 //! the reference page (`docs/configuration.md`). Both files are checked against these
 //! renderings by tests, so the table stays the one source of truth.
 
+use super::choice::Choice;
 use super::hooks::{HookListener, HooksConfig};
 use super::params::{self, Kind, Param, PARAMS, SECTIONS};
+use super::sections::TlsLevel;
 use super::values::format_duration;
 
 /// Values the packaged config (the Debian package's /etc/sloop/sloop.toml) sets
@@ -213,7 +215,7 @@ pub(super) fn kind_name(kind: Kind) -> String {
         Kind::RouteTable => "table domain = host:port".into(),
         Kind::LogLevel => "log level".into(),
         Kind::SendersTable => "table user = list of addresses".into(),
-        Kind::TlsPolicyTable => "table domain = none \\| may \\| encrypt \\| verify".into(),
+        Kind::TlsPolicyTable => format!("table domain = {}", TlsLevel::WORDS.join(" \\| ")),
         Kind::HookName => "name".into(),
         Kind::HookSocket => "unix:/path \\| inet:host:port".into(),
         Kind::HookListeners { .. } => "list of listeners".into(),
