@@ -14,8 +14,9 @@
 //! BareNewline::WORDS)`, see `choice.rs`): the words are declared once, with the enum.
 
 use super::choice::Choice;
-use super::hooks::{AccessList, HookStage, OnError};
+use super::hooks::{AccessList, HookStage, MilterHook, OnError, PolicyHook};
 use super::reader::Reader;
+use super::reader_hooks::Entry;
 use super::sections::{AuthBackend, BareNewline, Facility, LogTarget, MailboxFormat, TlsLevel};
 use super::Config;
 
@@ -90,7 +91,8 @@ pub enum Kind {
 /// The default of a key that has none: the table is refused without it.
 pub const REQUIRED: &str = "";
 
-/// The default of `policy.on_error`: it follows the stage (`OnError::default_for`).
+/// The default of `policy.on_error`: it follows the stage (`OnError::default_for`;
+/// `policy.stage` is declared, so read, before it).
 pub const DEFAULT_BY_STAGE: &str = "@stage";
 
 /// Sections written as arrays of tables (`[[policy]]`), one table per hook, in the
@@ -124,21 +126,29 @@ pub struct Param {
 /// Reads one key (with the reader method of its kind) into its field of the config.
 pub(super) type FillFn = fn(&mut Reader<'_>, &'static Param, &mut Config);
 
+/// Reads one key of a `[[policy]]` table into the hook made of that table.
+pub(super) type PolicyFn = fn(&mut Reader<'_>, &Entry, &'static Param, &mut PolicyHook);
+
+/// Reads one key of a `[[milter]]` table into the hook made of that table.
+pub(super) type MilterFn = fn(&mut Reader<'_>, &Entry, &'static Param, &mut MilterHook);
+
 /// Where a key's value goes.
 #[derive(Clone, Copy)]
 pub(super) enum Fill {
     /// A key of a `[section]`: read once per load into a field of the config.
     Field(FillFn),
-    /// A key of an array section (`[[policy]]`, `[[milter]]`): read once per table of
-    /// the array, by `reader_hooks.rs`, into one hook.
-    Entry,
+    /// A key of the `[[policy]]` tables: read once per table into its hook.
+    Policy(PolicyFn),
+    /// A key of the `[[milter]]` tables: read once per table into its hook.
+    Milter(MilterFn),
 }
 
 impl std::fmt::Debug for Fill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Fill::Field(_) => "Field",
-            Fill::Entry => "Entry",
+            Fill::Policy(_) => "Policy",
+            Fill::Milter(_) => "Milter",
         })
     }
 }
@@ -150,6 +160,21 @@ impl std::fmt::Debug for Fill {
 macro_rules! set {
     ($read:ident => $($field:ident).+) => {
         Fill::Field(|r, p, c| c.$($field).+ = r.$read(p))
+    };
+}
+
+/// `policy!(method => field)`: as `set!`, for a key of each `[[policy]]` table, stored
+/// in the field of its `PolicyHook`.
+macro_rules! policy {
+    ($read:ident => $field:ident) => {
+        Fill::Policy(|r, e, p, h| h.$field = r.$read(e, p))
+    };
+}
+
+/// `milter!(method => field)`: as `set!`, for a key of each `[[milter]]` table.
+macro_rules! milter {
+    ($read:ident => $field:ident) => {
+        Fill::Milter(|r, e, p, h| h.$field = r.$read(e, p))
     };
 }
 
@@ -420,46 +445,46 @@ pub const PARAMS: &[Param] = &[
         fill: Fill::Field(|r, p, c| c.hooks.access.recipient = r.access_rules(p, AccessList::Recipient)) },
     Param { key: "policy.name", kind: Kind::HookName, default: REQUIRED,
         doc: "Names the service in logs; unique among the [[policy]] tables.",
-        fill: Fill::Entry },
+        fill: policy!(hook_name => name) },
     Param { key: "policy.socket", kind: Kind::HookSocket, default: REQUIRED,
         doc: "Where the service listens: \"unix:/path\", \"inet:127.0.0.1:10023\" or \"inet:[::1]:10023\".",
-        fill: Fill::Entry },
+        fill: policy!(hook_socket => socket) },
     Param { key: "policy.stage", kind: Kind::Choice(HookStage::WORDS), default: "\"rcpt\"",
         doc: "The SMTP stage the service is asked at (eom: end of message, before the commit).",
-        fill: Fill::Entry },
+        fill: policy!(entry_choice => stage) },
     Param { key: "policy.timeout", kind: Kind::Duration { min: 100, max: 10 * MIN }, default: "\"5s\"",
         doc: "Budget of one try (connect, request, reply); clipped by the stage's own deadline.",
-        fill: Fill::Entry },
+        fill: policy!(entry_duration => timeout) },
     Param { key: "policy.tries", kind: Kind::Int { min: 1, max: 10 }, default: "2",
         doc: "Tries per request; a try fails on a connect error, a timeout or an early EOF.",
-        fill: Fill::Entry },
+        fill: policy!(entry_int => tries) },
     Param { key: "policy.on_error", kind: Kind::Choice(OnError::WORDS), default: DEFAULT_BY_STAGE,
         doc: "What a failed service makes of the stage: accept (go on), tempfail (451 4.3.5; at connect and helo 421 4.3.5 and close), reject (550 5.3.5; at connect 554 5.3.5) or shutdown (421 4.3.5 and close).",
-        fill: Fill::Entry },
+        fill: Fill::Policy(|r, e, p, h| h.on_error = r.policy_on_error(e, p, h.stage)) },
     Param { key: "policy.listeners", kind: Kind::HookListeners { local: false }, default: "[\"smtpd\"]",
         doc: "Whose sessions are checked: any of smtpd, submission, submissions.",
-        fill: Fill::Entry },
+        fill: policy!(listeners => listeners) },
     Param { key: "milter.name", kind: Kind::HookName, default: REQUIRED,
         doc: "Names the filter in logs; unique among the [[milter]] tables.",
-        fill: Fill::Entry },
+        fill: milter!(hook_name => name) },
     Param { key: "milter.socket", kind: Kind::HookSocket, default: REQUIRED,
         doc: "Where the filter listens: \"unix:/path\", \"inet:127.0.0.1:8891\" or \"inet:[::1]:8891\" (Postfix's syntax; the milter's own inet:PORT@HOST is written inet:HOST:PORT here).",
-        fill: Fill::Entry },
+        fill: milter!(hook_socket => socket) },
     Param { key: "milter.on_error", kind: Kind::Choice(OnError::WORDS), default: "\"tempfail\"",
         doc: "What a failed filter makes of each later stage of the session: accept (go on without it), tempfail (451 4.3.5; at connect and helo 421 4.3.5 and close), reject (550 5.3.5; at connect 554 5.3.5) or shutdown (421 4.3.5 and close).",
-        fill: Fill::Entry },
+        fill: milter!(entry_choice => on_error) },
     Param { key: "milter.connect_timeout", kind: Kind::Duration { min: 100, max: 10 * MIN }, default: "\"5s\"",
         doc: "Budget of connecting and negotiating; clipped by smtpd.connect_timeout.",
-        fill: Fill::Entry },
+        fill: milter!(entry_duration => connect_timeout) },
     Param { key: "milter.command_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"30s\"",
         doc: "Budget of each event but the message content.",
-        fill: Fill::Entry },
+        fill: milter!(entry_duration => command_timeout) },
     Param { key: "milter.content_timeout", kind: Kind::Duration { min: 100, max: HOUR }, default: "\"300s\"",
         doc: "Budget of each message content event (headers, body chunks, end of message).",
-        fill: Fill::Entry },
+        fill: milter!(entry_duration => content_timeout) },
     Param { key: "milter.listeners", kind: Kind::HookListeners { local: true }, default: "[\"smtpd\", \"submission\", \"submissions\"]",
         doc: "Which mail the filter sees: any of smtpd, submission, submissions, and local (mail injected with sendmail, committed by sloop-pickup).",
-        fill: Fill::Entry },
+        fill: milter!(listeners => listeners) },
     // remote
     Param { key: "remote.smarthost", kind: Kind::HostPort, default: "\"\"",
         doc: "Send all non-local mail through this host:port. Empty: look up MX records.",

@@ -6,8 +6,8 @@ use super::choice::Choice;
 use super::hooks::{
     AccessEntry, AccessList, HookListener, HookSocket, HookStage, MilterHook, OnError, PolicyHook,
 };
-use super::params::{self, Kind, Param};
-use super::reader::{default_str, default_value, locate, show, show_key, Reader};
+use super::params::{self, Fill, Kind, Param};
+use super::reader::{default_str, default_value, locate, show, show_key, FromInt, Reader};
 use super::values::{self, Expected};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +19,7 @@ const NAME_MAX: usize = 64;
 const SUN_PATH_MAX: usize = 107;
 
 /// One table of an array section, as written.
-struct Entry {
+pub(super) struct Entry {
     section: &'static str,
     /// Counting from 1.
     n: usize,
@@ -31,14 +31,8 @@ impl Reader<'_> {
     pub(super) fn hook_tables(&mut self) -> (Vec<PolicyHook>, Vec<MilterHook>) {
         let policy_entries = self.entries("policy");
         let milter_entries = self.entries("milter");
-        let policies: Vec<PolicyHook> = policy_entries
-            .iter()
-            .filter_map(|e| self.policy(e))
-            .collect();
-        let milters: Vec<MilterHook> = milter_entries
-            .iter()
-            .filter_map(|e| self.milter(e))
-            .collect();
+        let policies: Vec<PolicyHook> = policy_entries.iter().map(|e| self.policy(e)).collect();
+        let milters: Vec<MilterHook> = milter_entries.iter().map(|e| self.milter(e)).collect();
         self.unique_names(&policy_entries);
         self.unique_names(&milter_entries);
         (policies, milters)
@@ -153,45 +147,44 @@ impl Reader<'_> {
         }
     }
 
-    fn policy(&mut self, e: &Entry) -> Option<PolicyHook> {
-        let name = self.hook_name(e);
-        let socket = self.hook_socket(e);
-        let stage: HookStage = self.entry_choice(e, "stage");
-        let timeout = self.entry_duration(e, "timeout");
-        let tries = self.entry_int(e, "tries") as u32;
-        let on_error = match e.table.get("on_error") {
-            None => OnError::default_for(stage),
-            Some(_) => self.entry_choice(e, "on_error"),
+    /// The hook of one `[[policy]]` table: each key of the section read by its fill.
+    /// A required key missing or a bad value leaves a placeholder in the hook and an
+    /// issue, so the config is refused and the placeholder never reaches a program.
+    fn policy(&mut self, e: &Entry) -> PolicyHook {
+        let mut hook = PolicyHook {
+            name: String::new(),
+            socket: HookSocket::Unix(PathBuf::new()),
+            stage: HookStage::Rcpt,
+            timeout: Duration::ZERO,
+            tries: 0,
+            on_error: OnError::Tempfail,
+            listeners: Vec::new(),
         };
-        let listeners = self.listeners(e);
-        Some(PolicyHook {
-            name: name?,
-            socket: socket?,
-            stage,
-            timeout,
-            tries,
-            on_error,
-            listeners,
-        })
+        for p in params::PARAMS {
+            if let Fill::Policy(fill) = p.fill {
+                fill(self, e, p, &mut hook);
+            }
+        }
+        hook
     }
 
-    fn milter(&mut self, e: &Entry) -> Option<MilterHook> {
-        let name = self.hook_name(e);
-        let socket = self.hook_socket(e);
-        let on_error: OnError = self.entry_choice(e, "on_error");
-        let connect_timeout = self.entry_duration(e, "connect_timeout");
-        let command_timeout = self.entry_duration(e, "command_timeout");
-        let content_timeout = self.entry_duration(e, "content_timeout");
-        let listeners = self.listeners(e);
-        Some(MilterHook {
-            name: name?,
-            socket: socket?,
-            on_error,
-            connect_timeout,
-            command_timeout,
-            content_timeout,
-            listeners,
-        })
+    /// The hook of one `[[milter]]` table (as [`Reader::policy`]).
+    fn milter(&mut self, e: &Entry) -> MilterHook {
+        let mut hook = MilterHook {
+            name: String::new(),
+            socket: HookSocket::Unix(PathBuf::new()),
+            on_error: OnError::Tempfail,
+            connect_timeout: Duration::ZERO,
+            command_timeout: Duration::ZERO,
+            content_timeout: Duration::ZERO,
+            listeners: Vec::new(),
+        };
+        for p in params::PARAMS {
+            if let Fill::Milter(fill) = p.fill {
+                fill(self, e, p, &mut hook);
+            }
+        }
+        hook
     }
 
     fn entry_issue(&mut self, e: &Entry, key: &str, found: String, expected: impl Into<String>) {
@@ -205,45 +198,34 @@ impl Reader<'_> {
         );
     }
 
-    /// The declaration of `section.key` if it is declared with a kind `ok` accepts, and
-    /// the value written, or the default (`None` when the key is required and missing).
-    /// A key the table does not declare, or declares with another kind, is Sloop's own
-    /// bug: it is recorded as an internal error (and the unit tests fail on it).
+    /// The value of `p` written in the table, or its default (`None` when the key is
+    /// required and missing); `None` as well, with an internal error, when `p` is not
+    /// of a kind `ok` accepts (Sloop's own bug, which the unit tests report).
     fn entry_value(
         &mut self,
         e: &Entry,
-        key: &str,
+        p: &'static Param,
         read_as: &str,
         ok: fn(Kind) -> bool,
-    ) -> Option<(&'static Param, Option<toml::Value>)> {
-        let dotted = format!("{}.{key}", e.section);
-        let Some(param) = params::find(&dotted) else {
-            self.entry_issue(
-                e,
-                key,
-                "an internal error: the key is not declared in the parameter table".to_string(),
-                "a parameter table that agrees with its reader (a Sloop bug: please report it)",
-            );
-            return None;
-        };
-        if !ok(param.kind) {
-            self.mismatch(param, read_as);
+    ) -> Option<Option<toml::Value>> {
+        if !ok(p.kind) {
+            self.mismatch(p, read_as);
             return None;
         }
-        let value = match e.table.get(key) {
+        Some(match e.table.get(short(p)) {
             Some(v) => Some(v.clone()),
-            None if param.default == params::REQUIRED => None,
-            None => Some(default_value(param)),
-        };
-        Some((param, value))
+            None if p.default == params::REQUIRED => None,
+            None => Some(default_value(p)),
+        })
     }
 
-    fn entry_str(&mut self, e: &Entry, key: &str) -> Option<(toml::Value, String)> {
-        let (param, value) = self.entry_value(e, key, "a name or socket", |k| {
+    fn entry_str(&mut self, e: &Entry, p: &'static Param) -> Option<(toml::Value, String)> {
+        let key = short(p);
+        let value = self.entry_value(e, p, "a name or socket", |k| {
             matches!(k, Kind::HookName | Kind::HookSocket)
         })?;
         let Some(value) = value else {
-            let what = match param.kind {
+            let what = match p.kind {
                 Kind::HookSocket => {
                     "a socket such as \"unix:/run/x.sock\" or \"inet:127.0.0.1:10023\""
                 }
@@ -261,25 +243,31 @@ impl Reader<'_> {
         }
     }
 
-    fn hook_name(&mut self, e: &Entry) -> Option<String> {
-        let (value, s) = self.entry_str(e, "name")?;
+    /// A `Kind::HookName` key (empty when missing or bad, with an issue).
+    pub(super) fn hook_name(&mut self, e: &Entry, p: &'static Param) -> String {
+        let Some((value, s)) = self.entry_str(e, p) else {
+            return String::new();
+        };
         if valid_name(&s) {
-            Some(s)
+            s
         } else {
             self.entry_issue(
                 e,
-                "name",
+                short(p),
                 show(&value),
                 format!(
                     "a name of letters, digits, _ . - (at most {NAME_MAX}), such as \"postgrey\""
                 ),
             );
-            None
+            String::new()
         }
     }
 
-    fn hook_socket(&mut self, e: &Entry) -> Option<HookSocket> {
-        let (value, s) = self.entry_str(e, "socket")?;
+    /// A `Kind::HookSocket` key (an empty path when missing or bad, with an issue).
+    pub(super) fn hook_socket(&mut self, e: &Entry, p: &'static Param) -> HookSocket {
+        let Some((value, s)) = self.entry_str(e, p) else {
+            return HookSocket::Unix(PathBuf::new());
+        };
         let parsed = parse_socket(&s).and_then(|socket| match socket {
             HookSocket::Unix(p) => {
                 let p = self.resolve(&p.to_string_lossy());
@@ -294,26 +282,27 @@ impl Reader<'_> {
             inet => Ok(inet),
         });
         match parsed {
-            Ok(socket) => Some(socket),
+            Ok(socket) => socket,
             Err(why) => {
-                self.entry_issue(e, "socket", show(&value), why.0);
-                None
+                self.entry_issue(e, short(p), show(&value), why.0);
+                HookSocket::Unix(PathBuf::new())
             }
         }
     }
 
     /// A `Kind::Choice` key of an entry, as the enum whose words the table declares;
     /// the default when it is bad.
-    fn entry_choice<T: Choice>(&mut self, e: &Entry, key: &str) -> T {
-        let Some((param, value)) = self.entry_value(
+    pub(super) fn entry_choice<T: Choice>(&mut self, e: &Entry, p: &'static Param) -> T {
+        let Some(value) = self.entry_value(
             e,
-            key,
+            p,
             "a choice",
             |k| matches!(k, Kind::Choice(words) if words == T::WORDS),
         ) else {
             return T::FIRST;
         };
-        let fallback = T::from_word(&default_str(param)).unwrap_or(T::FIRST);
+        let key = short(p);
+        let fallback = T::from_word(&default_str(p)).unwrap_or(T::FIRST);
         let Some(value) = value else {
             return fallback;
         };
@@ -331,15 +320,32 @@ impl Reader<'_> {
         }
     }
 
-    fn entry_duration(&mut self, e: &Entry, key: &str) -> Duration {
-        let Some((param, value)) =
-            self.entry_value(e, key, "a duration", |k| matches!(k, Kind::Duration { .. }))
+    /// `policy.on_error`: as written, else what the hook's stage (read before it, as
+    /// the table declares it first) calls for.
+    pub(super) fn policy_on_error(
+        &mut self,
+        e: &Entry,
+        p: &'static Param,
+        stage: HookStage,
+    ) -> OnError {
+        if e.table.contains_key(short(p)) {
+            self.entry_choice(e, p)
+        } else {
+            OnError::default_for(stage)
+        }
+    }
+
+    /// A `Kind::Duration` key of an entry.
+    pub(super) fn entry_duration(&mut self, e: &Entry, p: &'static Param) -> Duration {
+        let Some(value) =
+            self.entry_value(e, p, "a duration", |k| matches!(k, Kind::Duration { .. }))
         else {
             return Duration::ZERO;
         };
-        let Kind::Duration { min, max } = param.kind else {
+        let Kind::Duration { min, max } = p.kind else {
             return Duration::ZERO;
         };
+        let (key, param) = (short(p), p);
         let fallback = || {
             default_value(param)
                 .as_str()
@@ -373,15 +379,21 @@ impl Reader<'_> {
         }
     }
 
-    fn entry_int(&mut self, e: &Entry, key: &str) -> u64 {
-        let Some((param, value)) =
-            self.entry_value(e, key, "a whole number", |k| matches!(k, Kind::Int { .. }))
+    /// A `Kind::Int` key of an entry, as the integer type of its field.
+    pub(super) fn entry_int<T: FromInt>(&mut self, e: &Entry, p: &'static Param) -> T {
+        T::from_int(self.entry_u64(e, p))
+    }
+
+    fn entry_u64(&mut self, e: &Entry, p: &'static Param) -> u64 {
+        let Some(value) =
+            self.entry_value(e, p, "a whole number", |k| matches!(k, Kind::Int { .. }))
         else {
             return 0;
         };
-        let Kind::Int { min, max } = param.kind else {
+        let Kind::Int { min, max } = p.kind else {
             return 0;
         };
+        let (key, param) = (short(p), p);
         let fallback = || default_value(param).as_integer().map_or(min, |n| n as u64);
         let Some(value) = value else {
             return fallback();
@@ -400,12 +412,14 @@ impl Reader<'_> {
         }
     }
 
-    fn listeners(&mut self, e: &Entry) -> Vec<HookListener> {
-        let Some((param, value)) = self.entry_value(e, "listeners", "a list of listeners", |k| {
+    /// A `Kind::HookListeners` key: which mail the hook sees, each listener once.
+    pub(super) fn listeners(&mut self, e: &Entry, p: &'static Param) -> Vec<HookListener> {
+        let Some(value) = self.entry_value(e, p, "a list of listeners", |k| {
             matches!(k, Kind::HookListeners { .. })
         }) else {
             return Vec::new();
         };
+        let (key, param) = (short(p), p);
         let Kind::HookListeners { local } = param.kind else {
             return Vec::new();
         };
@@ -427,7 +441,7 @@ impl Reader<'_> {
             return defaults();
         };
         let Some(items) = value.as_array().filter(|a| !a.is_empty()) else {
-            self.entry_issue(e, "listeners", show(&value), expected);
+            self.entry_issue(e, key, show(&value), expected);
             return defaults();
         };
         let mut out = Vec::new();
@@ -446,7 +460,7 @@ impl Reader<'_> {
                     } else {
                         format!("one of: {}", words.join(", "))
                     };
-                    self.entry_issue(e, "listeners", show(item), why);
+                    self.entry_issue(e, key, show(item), why);
                 }
             }
         }
@@ -486,6 +500,11 @@ impl Reader<'_> {
             );
         }
     }
+}
+
+/// A key as written inside its table (`stage` for `policy.stage`).
+fn short(p: &Param) -> &'static str {
+    p.key.split_once('.').map_or(p.key, |(_, k)| k)
 }
 
 fn valid_name(s: &str) -> bool {
@@ -607,7 +626,7 @@ mod tests {
     use std::path::Path;
 
     #[test]
-    fn an_undeclared_or_mistyped_entry_key_is_an_internal_error() {
+    fn an_entry_key_read_as_another_kind_is_an_internal_error() {
         let text = "[[policy]]\nname = \"a\"\nsocket = \"unix:/s\"\n";
         let mut r = Reader::new(Path::new("/etc/sloop/test.toml"), text, true).expect("reader");
         let e = Entry {
@@ -615,17 +634,16 @@ mod tests {
             n: 1,
             table: toml::Table::new(),
         };
-        assert_eq!(r.entry_int(&e, "no_such_key"), 0);
-        assert_eq!(r.entry_duration(&e, "tries"), Duration::ZERO);
-        let _: OnError = r.entry_choice(&e, "stage");
+        let find = |k: &str| params::find(k).expect("declared");
+        assert_eq!(r.entry_int::<u32>(&e, find("policy.name")), 0);
+        assert_eq!(r.entry_duration(&e, find("policy.tries")), Duration::ZERO);
+        // The words of policy.stage are not those of OnError.
+        let _: OnError = r.entry_choice(&e, find("policy.stage"));
         let Err(ConfigError::Invalid(found)) = r.finish() else {
             panic!("internal errors must be reported");
         };
         let keys: Vec<&str> = found.iter().map(|i| i.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            ["policy[1].no_such_key", "policy.tries", "policy.stage"]
-        );
+        assert_eq!(keys, ["policy.name", "policy.tries", "policy.stage"]);
         assert!(found
             .iter()
             .all(|i| i.found.starts_with("an internal error")));
