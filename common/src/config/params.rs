@@ -17,6 +17,7 @@ use super::choice::Choice;
 use super::hooks::{AccessList, HookStage, MilterHook, OnError, PolicyHook};
 use super::reader::Reader;
 use super::reader_hooks::Entry;
+use super::render::ToToml;
 use super::sections::{AuthBackend, BareNewline, Facility, LogTarget, MailboxFormat, TlsLevel};
 use super::Config;
 
@@ -137,18 +138,25 @@ pub(super) type MilterFn = fn(&mut Reader<'_>, &Entry, &'static Param, &mut Milt
 pub(super) enum Fill {
     /// A key of a `[section]`: read once per load into a field of the config.
     Field(FillFn),
-    /// A key of the `[[policy]]` tables: read once per table into its hook.
-    Policy(PolicyFn),
-    /// A key of the `[[milter]]` tables: read once per table into its hook.
-    Milter(MilterFn),
+    /// A key of the `[[policy]]` tables: read once per table into its hook, and
+    /// shown from it in the effective config.
+    Policy {
+        read: PolicyFn,
+        show: fn(&PolicyHook) -> String,
+    },
+    /// A key of the `[[milter]]` tables, as `Policy`.
+    Milter {
+        read: MilterFn,
+        show: fn(&MilterHook) -> String,
+    },
 }
 
 impl std::fmt::Debug for Fill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Fill::Field(_) => "Field",
-            Fill::Policy(_) => "Policy",
-            Fill::Milter(_) => "Milter",
+            Fill::Policy { .. } => "Policy",
+            Fill::Milter { .. } => "Milter",
         })
     }
 }
@@ -164,17 +172,23 @@ macro_rules! set {
 }
 
 /// `policy!(method => field)`: as `set!`, for a key of each `[[policy]]` table, stored
-/// in the field of its `PolicyHook`.
+/// in the field of its `PolicyHook` (and shown from it by `render.rs`).
 macro_rules! policy {
     ($read:ident => $field:ident) => {
-        Fill::Policy(|r, e, p, h| h.$field = r.$read(e, p))
+        Fill::Policy {
+            read: |r, e, p, h| h.$field = r.$read(e, p),
+            show: |h| ToToml::to_toml(&h.$field),
+        }
     };
 }
 
-/// `milter!(method => field)`: as `set!`, for a key of each `[[milter]]` table.
+/// `milter!(method => field)`: as `policy!`, for a key of each `[[milter]]` table.
 macro_rules! milter {
     ($read:ident => $field:ident) => {
-        Fill::Milter(|r, e, p, h| h.$field = r.$read(e, p))
+        Fill::Milter {
+            read: |r, e, p, h| h.$field = r.$read(e, p),
+            show: |h| ToToml::to_toml(&h.$field),
+        }
     };
 }
 
@@ -460,7 +474,10 @@ pub const PARAMS: &[Param] = &[
         fill: policy!(entry_int => tries) },
     Param { key: "policy.on_error", kind: Kind::Choice(OnError::WORDS), default: DEFAULT_BY_STAGE,
         doc: "What a failed service makes of the stage: accept (go on), tempfail (451 4.3.5; at connect and helo 421 4.3.5 and close), reject (550 5.3.5; at connect 554 5.3.5) or shutdown (421 4.3.5 and close).",
-        fill: Fill::Policy(|r, e, p, h| h.on_error = r.policy_on_error(e, p, h.stage)) },
+        fill: Fill::Policy {
+            read: |r, e, p, h| h.on_error = r.policy_on_error(e, p, h.stage),
+            show: |h| h.on_error.to_toml(),
+        } },
     Param { key: "policy.listeners", kind: Kind::HookListeners { local: false }, default: "[\"smtpd\"]",
         doc: "Whose sessions are checked: any of smtpd, submission, submissions.",
         fill: policy!(listeners => listeners) },

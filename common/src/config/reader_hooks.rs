@@ -161,8 +161,8 @@ impl Reader<'_> {
             listeners: Vec::new(),
         };
         for p in params::PARAMS {
-            if let Fill::Policy(fill) = p.fill {
-                fill(self, e, p, &mut hook);
+            if let Fill::Policy { read, .. } = p.fill {
+                read(self, e, p, &mut hook);
             }
         }
         hook
@@ -180,8 +180,8 @@ impl Reader<'_> {
             listeners: Vec::new(),
         };
         for p in params::PARAMS {
-            if let Fill::Milter(fill) = p.fill {
-                fill(self, e, p, &mut hook);
+            if let Fill::Milter { read, .. } = p.fill {
+                read(self, e, p, &mut hook);
             }
         }
         hook

@@ -3,8 +3,8 @@
 //! renderings by tests, so the table stays the one source of truth.
 
 use super::choice::Choice;
-use super::hooks::{HookListener, HooksConfig};
-use super::params::{self, Kind, Param, PARAMS, SECTIONS};
+use super::hooks::{HookSocket, HooksConfig};
+use super::params::{self, Fill, Kind, Param, PARAMS, SECTIONS};
 use super::sections::TlsLevel;
 use super::values::format_duration;
 
@@ -64,41 +64,34 @@ pub(super) fn shown_default(p: &Param, code: fn(&str) -> String) -> String {
     }
 }
 
-/// The tables of an array section as TOML, for `render_effective`.
+/// The tables of an array section as TOML, for `render_effective`: each hook's keys
+/// in table order, each value shown by the key's entry (`Fill::Policy`/`Milter`).
 pub(super) fn hook_tables(section: &str, hooks: &HooksConfig) -> String {
-    let string = |s: &str| toml::Value::String(s.to_string()).to_string();
-    let list = |ls: &[HookListener]| {
-        let words: Vec<String> = ls.iter().map(|l| string(l.name())).collect();
-        format!("[{}]", words.join(", "))
-    };
-    let dur = |d: std::time::Duration| string(&format_duration(d));
-    let mut out = String::new();
     let mut tables: Vec<Vec<(&str, String)>> = Vec::new();
     if section == "policy" {
-        for p in &hooks.policies {
-            tables.push(vec![
-                ("name", string(&p.name)),
-                ("socket", string(&p.socket.to_string())),
-                ("stage", string(p.stage.name())),
-                ("timeout", dur(p.timeout)),
-                ("tries", p.tries.to_string()),
-                ("on_error", string(p.on_error.name())),
-                ("listeners", list(&p.listeners)),
-            ]);
+        for hook in &hooks.policies {
+            tables.push(
+                keys_of(section)
+                    .filter_map(|p| match p.fill {
+                        Fill::Policy { show, .. } => Some((short(p), show(hook))),
+                        _ => None,
+                    })
+                    .collect(),
+            );
         }
     } else {
-        for m in &hooks.milters {
-            tables.push(vec![
-                ("name", string(&m.name)),
-                ("socket", string(&m.socket.to_string())),
-                ("on_error", string(m.on_error.name())),
-                ("connect_timeout", dur(m.connect_timeout)),
-                ("command_timeout", dur(m.command_timeout)),
-                ("content_timeout", dur(m.content_timeout)),
-                ("listeners", list(&m.listeners)),
-            ]);
+        for hook in &hooks.milters {
+            tables.push(
+                keys_of(section)
+                    .filter_map(|p| match p.fill {
+                        Fill::Milter { show, .. } => Some((short(p), show(hook))),
+                        _ => None,
+                    })
+                    .collect(),
+            );
         }
     }
+    let mut out = String::new();
     if tables.is_empty() {
         out.push_str(&format!("\n# [[{section}]]: none\n"));
     }
@@ -109,6 +102,53 @@ pub(super) fn hook_tables(section: &str, hooks: &HooksConfig) -> String {
         }
     }
     out
+}
+
+/// A typed value as a TOML value that reads back to it (for hooks in the effective
+/// config).
+pub(super) trait ToToml {
+    fn to_toml(&self) -> String;
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+impl ToToml for String {
+    fn to_toml(&self) -> String {
+        toml_string(self)
+    }
+}
+
+impl ToToml for HookSocket {
+    fn to_toml(&self) -> String {
+        toml_string(&self.to_string())
+    }
+}
+
+impl ToToml for std::time::Duration {
+    fn to_toml(&self) -> String {
+        toml_string(&format_duration(*self))
+    }
+}
+
+impl ToToml for u32 {
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl<T: Choice> ToToml for T {
+    fn to_toml(&self) -> String {
+        toml_string(self.word())
+    }
+}
+
+impl<T: Choice> ToToml for Vec<T> {
+    fn to_toml(&self) -> String {
+        let words: Vec<String> = self.iter().map(|w| toml_string(w.word())).collect();
+        format!("[{}]", words.join(", "))
+    }
 }
 
 /// The packaged `etc/sloop.toml`: every key present, commented, with FHS paths.

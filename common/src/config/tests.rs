@@ -356,8 +356,8 @@ fn each_key_fills_the_config_or_the_hook_of_its_table() {
         let section = p.key.split('.').next().unwrap_or_default();
         let fills = match p.fill {
             Fill::Field(_) => !params::is_array_section(section),
-            Fill::Policy(_) => section == "policy",
-            Fill::Milter(_) => section == "milter",
+            Fill::Policy { .. } => section == "policy",
+            Fill::Milter { .. } => section == "milter",
         };
         assert!(fills, "{} fills {:?}", p.key, p.fill);
     }
