@@ -123,6 +123,7 @@ mod tests {
         round_trips::<HookStage>();
         round_trips::<OnError>();
         round_trips::<HookListener>();
+        round_trips::<super::super::values::AccessAction>();
     }
 
     #[test]

@@ -206,7 +206,10 @@ pub fn render_docs() -> String {
          Relative paths are relative to the config file's directory. Sizes take units\n\
          (`512K`, `25M`, `1G`); durations need one (`100ms`, `30s`, `5m`, `4h`, `5d`, `1w`).\n\
          `sloop config check [-c FILE] [--show]` validates a file and lists every error with\n\
-         file, key, line, the value found and what is expected.\n",
+         file, key, line, the value found and what is expected.\n\
+         \n\
+         Each key below is one entry of the parameter table (name, type, default, meaning\n\
+         and the field it fills); `docs/architecture.md` (Configuration) says how to add one.\n",
     );
     for (section, about) in SECTIONS {
         let header = if params::is_array_section(section) {
