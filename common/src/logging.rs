@@ -55,7 +55,7 @@ pub fn init_with(program: &'static str, syslog_name: &str, log: &LogConfig) {
     let logger = SyslogLogger {
         ident: format!("sloop/{syslog_name}"),
         pid: std::process::id(),
-        facility: log.facility,
+        facility: log.facility.code(),
         level,
         socket: log.syslog_socket.clone(),
         conn: Mutex::new(None),

@@ -5,58 +5,52 @@
 //! and validates each entry with an error naming the file, the entry (`policy[2].stage`)
 //! and the fix. docs/filters.md describes what each hook does at run time.
 
+use super::choice::choice;
 use super::values::{self, Expected};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The SMTP stage a hook runs at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum HookStage {
-    /// After accept, before the greeting.
-    Connect,
-    /// HELO or EHLO.
-    Helo,
-    /// MAIL FROM.
-    Mail,
-    /// Each RCPT TO.
-    Rcpt,
-    /// The DATA (or first BDAT) command, before the message.
-    Data,
-    /// The end of the message, before the commit.
-    Eom,
+choice! {
+    /// The SMTP stage a hook runs at.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum HookStage {
+        /// After accept, before the greeting.
+        Connect = "connect",
+        /// HELO or EHLO.
+        Helo = "helo",
+        /// MAIL FROM.
+        Mail = "mail",
+        /// Each RCPT TO.
+        Rcpt = "rcpt",
+        /// The DATA (or first BDAT) command, before the message.
+        Data = "data",
+        /// The end of the message, before the commit.
+        Eom = "eom",
+    }
 }
 
 impl HookStage {
-    /// The config word (`connect`, `helo`, `mail`, `rcpt`, `data`, `eom`).
-    pub fn name(self) -> &'static str {
-        match self {
-            HookStage::Connect => "connect",
-            HookStage::Helo => "helo",
-            HookStage::Mail => "mail",
-            HookStage::Rcpt => "rcpt",
-            HookStage::Data => "data",
-            HookStage::Eom => "eom",
-        }
-    }
-
     /// True at connect and helo, where the session has no transaction yet.
     pub fn is_session_phase(self) -> bool {
         matches!(self, HookStage::Connect | HookStage::Helo)
     }
 }
 
-/// What a failed hook (unreachable, silent, garbage, illegal answer) makes of the stage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    /// Go on as if the hook had said nothing.
-    Accept,
-    /// `451 4.3.5` (at connect: `421 4.3.5` and close).
-    Tempfail,
-    /// `554 5.3.5` / `550 5.3.5`.
-    Reject,
-    /// `421 4.3.5` and close the session.
-    Shutdown,
+choice! {
+    /// What a failed hook (unreachable, silent, garbage, illegal answer) makes of the
+    /// stage.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum OnError {
+        /// Go on as if the hook had said nothing.
+        Accept = "accept",
+        /// `451 4.3.5` (at connect: `421 4.3.5` and close).
+        Tempfail = "tempfail",
+        /// `554 5.3.5` / `550 5.3.5`.
+        Reject = "reject",
+        /// `421 4.3.5` and close the session.
+        Shutdown = "shutdown",
+    }
 }
 
 impl OnError {
@@ -67,16 +61,6 @@ impl OnError {
             OnError::Shutdown
         } else {
             OnError::Tempfail
-        }
-    }
-
-    /// The config word.
-    pub fn name(self) -> &'static str {
-        match self {
-            OnError::Accept => "accept",
-            OnError::Tempfail => "tempfail",
-            OnError::Reject => "reject",
-            OnError::Shutdown => "shutdown",
         }
     }
 }
@@ -100,27 +84,19 @@ impl std::fmt::Display for HookSocket {
     }
 }
 
-/// Which mail a hook sees: a listener role, or `local` (mail injected with `sendmail`,
-/// committed by `sloop-pickup`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HookListener {
-    Smtpd,
-    Submission,
-    Submissions,
-    Local,
+choice! {
+    /// Which mail a hook sees: a listener role, or `local` (mail injected with
+    /// `sendmail`, committed by `sloop-pickup`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum HookListener {
+        Smtpd = "smtpd",
+        Submission = "submission",
+        Submissions = "submissions",
+        Local = "local",
+    }
 }
 
 impl HookListener {
-    /// The config word.
-    pub fn name(self) -> &'static str {
-        match self {
-            HookListener::Smtpd => "smtpd",
-            HookListener::Submission => "submission",
-            HookListener::Submissions => "submissions",
-            HookListener::Local => "local",
-        }
-    }
-
     /// The hook listener of an SMTP listener role.
     pub fn of_role(role: super::ListenRole) -> HookListener {
         match role {

@@ -2,8 +2,9 @@
 //! load, so nothing reads raw settings during a session (docs/invariants.md, "where the error
 //! boundaries go").
 //!
-//! Every key is declared once in [`params::PARAMS`] with its kind, default and doc. The
-//! loader walks the file against that table and collects **every** problem (syntax,
+//! Every key is declared once in [`params::PARAMS`] with its kind, default, doc and the
+//! field it fills; a key with a fixed set of words reads into an enum declared with
+//! its words (`choice.rs`). The loader walks that table and collects **every** problem (syntax,
 //! unknown keys, wrong types, out-of-range values, missing files, cross-key rules) into
 //! one [`ConfigError`], each naming the file, the dotted key, the line where known, the
 //! value found and what is expected. A setting that is omitted takes its default.
@@ -11,16 +12,19 @@
 //! Relative paths in the file are taken relative to the file's own directory, so a
 //! checkout's `etc/dev.toml` works from any working directory.
 
+pub mod choice;
 pub mod hooks;
 mod man;
 pub mod params;
 mod reader;
 mod reader_hooks;
+mod reader_kinds;
 mod reader_tls;
 mod render;
 mod sections;
 pub mod values;
 
+pub use choice::Choice;
 pub use hooks::{
     compile_access_regex, AccessEntry, AccessList, AccessPattern, AccessRules, AccessVerdict,
     HookListener, HookSocket, HookStage, HooksConfig, MilterHook, OnError, PolicyHook,
@@ -31,7 +35,7 @@ pub use sections::*;
 pub use values::{AccessAction, AccessRule, HostPort};
 
 use ipnet::IpNet;
-use params::{PARAMS, SECTIONS};
+use params::{Fill, PARAMS, SECTIONS};
 use reader::Reader;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -219,157 +223,64 @@ impl Config {
 
     fn parse_with(file: &Path, text: &str, check_files: bool) -> Result<Config, ConfigError> {
         let mut r = Reader::new(file, text, check_files)?;
-        let hostname = r.hostname("server.hostname");
-        let greeting_raw = r.text("smtpd.greeting");
-        let greeting = greeting_raw.replace("{hostname}", &hostname);
-        let server = ServerConfig {
-            spool_dir: r.path("server.spool_dir"),
-            run_dir: r.path("server.run_dir"),
-            user: r.string("server.user"),
-            drop_group: r.string("server.drop_group"),
-            bin_dir: r.opt_path("server.bin_dir"),
-            hostname,
-        };
-        let smtpd = SmtpdConfig {
-            listen: r.listen("smtpd.listen"),
-            greeting,
-            max_message_size: r.size("smtpd.max_message_size"),
-            max_recipients: r.int("smtpd.max_recipients") as usize,
-            max_line_length: r.int("smtpd.max_line_length") as usize,
-            max_errors: r.int("smtpd.max_errors") as u32,
-            junk_command_limit: r.int("smtpd.junk_command_limit") as u32,
-            max_received_headers: r.int("smtpd.max_received_headers") as usize,
-            bare_newline: if r.string("smtpd.bare_newline") == "normalize" {
-                BareNewline::Normalize
-            } else {
-                BareNewline::Reject
-            },
-            min_idle: r.int("smtpd.min_idle") as usize,
-            max_processes: r.int("smtpd.max_processes") as usize,
-            max_use: r.int("smtpd.max_use"),
-            max_per_client: r.int("smtpd.max_per_client") as usize,
-            connect_timeout: r.duration("smtpd.connect_timeout"),
-            reverse_dns: r.boolean("smtpd.reverse_dns"),
-            dns_timeout: r.duration("smtpd.dns_timeout"),
-            command_timeout: r.duration("smtpd.command_timeout"),
-            idle_timeout: r.duration("smtpd.idle_timeout"),
-            data_timeout: r.duration("smtpd.data_timeout"),
-            session_timeout: r.duration("smtpd.session_timeout"),
-            watchdog_grace: r.duration("smtpd.watchdog_grace"),
-            access: r.access("smtpd.access"),
-            queue_program: r.opt_path("smtpd.queue_program"),
-            queue_timeout: r.duration("smtpd.queue_timeout"),
-            overload_idle_timeout: r.duration("smtpd.overload_idle_timeout"),
-        };
-        let local_domains: Vec<String> = r
-            .strings("domains.local")
-            .into_iter()
-            .map(|d| {
-                if d == HOSTNAME_TOKEN {
-                    server.hostname.clone()
-                } else {
-                    d
-                }
-            })
-            .collect();
-        let local = LocalConfig {
-            mailbox_root: r.path("local.mailbox_root"),
-            mailboxes: r.strings("local.mailboxes"),
-            aliases: r.opt_path("local.aliases"),
-            recipient_delimiter: r.string("local.recipient_delimiter").chars().next(),
-            mailbox_format: if r.string("local.mailbox_format") == "mbox" {
-                MailboxFormat::Mbox
-            } else {
-                MailboxFormat::Maildir
-            },
-            system_users: r.boolean("local.system_users"),
-            system_mailbox: if r.string("local.system_mailbox") == "maildir" {
-                MailboxFormat::Maildir
-            } else {
-                MailboxFormat::Mbox
-            },
-            mail_spool_dir: r.path("local.mail_spool_dir"),
-        };
-        let relay_networks = r.cidrs("relay.networks");
-        let submission_listen = r.listen("submission.listen");
-        let submissions_listen = r.listen("submissions.listen");
-        let tls = r.tls();
-        let auth = r.auth();
-        let proxy = r.proxy();
-        let remote_tls = r.remote_tls();
-        let remote = RemoteConfig {
-            smarthost: r.hostport("remote.smarthost"),
-            routes: r.routes("remote.routes"),
-            connect_timeout: r.duration("remote.connect_timeout"),
-            command_timeout: r.duration("remote.command_timeout"),
-            data_timeout: r.duration("remote.data_timeout"),
-        };
-        let delay_warning = r.duration("queue.delay_warning");
-        let queue = QueueConfig {
-            retry_min: r.duration("queue.retry_min"),
-            retry_max: r.duration("queue.retry_max"),
-            max_lifetime: r.duration("queue.max_lifetime"),
-            delay_warning: (!delay_warning.is_zero()).then_some(delay_warning),
-            scan_interval: r.duration("queue.scan_interval"),
-            max_active: r.int("queue.max_active") as usize,
-            local_concurrency: r.int("queue.local_concurrency") as usize,
-            remote_concurrency: r.int("queue.remote_concurrency") as usize,
-            destination_concurrency: r.int("queue.destination_concurrency") as usize,
-            delivery_timeout: r.duration("queue.delivery_timeout"),
-            min_free: match r.size("queue.min_free") {
-                0 => smtpd.max_message_size.saturating_mul(3) / 2,
-                n => n,
-            },
-        };
-        let supervisor = SupervisorConfig {
-            stop_timeout: r.duration("supervisor.stop_timeout"),
-            restart_min: r.duration("supervisor.restart_min"),
-            restart_max: r.duration("supervisor.restart_max"),
-            startup_crash_pause: r.duration("supervisor.startup_crash_pause"),
-        };
-        let hooks = r.hooks();
-        let log_level = r.level("log.level");
-        let log = LogConfig {
-            level: log_level,
-            target: if r.string("log.target") == "syslog" {
-                LogTarget::Syslog
-            } else {
-                LogTarget::Stderr
-            },
-            facility: facility_code(&r.string("log.facility")),
-            syslog_socket: r.path("log.syslog_socket"),
-        };
-        let cfg = Config {
+        let mut cfg = Config::blank(file, text);
+        for p in PARAMS {
+            if let Fill::Field(fill) = p.fill {
+                fill(&mut r, p, &mut cfg);
+            }
+        }
+        (cfg.hooks.policies, cfg.hooks.milters) = r.hook_tables();
+        cfg.complete(&mut r);
+        r.cross_checks(&cfg);
+        r.tls_cross_checks(&cfg);
+        (cfg.effective, cfg.defaulted) = r.finish()?;
+        Ok(cfg)
+    }
+
+    /// The config before the table is read: every field is then filled by its key.
+    fn blank(file: &Path, text: &str) -> Config {
+        Config {
             file: file.to_path_buf(),
-            server,
-            smtpd,
-            local_domains,
-            local,
-            relay_networks,
-            submission_listen,
-            submissions_listen,
-            tls,
-            auth,
-            proxy,
-            remote_tls,
-            remote,
-            queue,
-            supervisor,
-            log_level,
-            log,
-            hooks,
+            server: ServerConfig::default(),
+            smtpd: SmtpdConfig::default(),
+            local_domains: Vec::new(),
+            local: LocalConfig::default(),
+            relay_networks: Vec::new(),
+            submission_listen: Vec::new(),
+            submissions_listen: Vec::new(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            proxy: ProxyConfig::default(),
+            remote_tls: RemoteTlsConfig::default(),
+            remote: RemoteConfig::default(),
+            queue: QueueConfig::default(),
+            supervisor: SupervisorConfig::default(),
+            log_level: log::LevelFilter::Off,
+            log: LogConfig::default(),
+            hooks: HooksConfig::default(),
             effective: BTreeMap::new(),
             defaulted: Vec::new(),
             text: text.to_string(),
-        };
-        r.cross_checks(&cfg);
-        r.tls_cross_checks(&cfg);
-        let (effective, defaulted) = r.finish()?;
-        Ok(Config {
-            effective,
-            defaulted,
-            ..cfg
-        })
+        }
+    }
+
+    /// The values made from several keys, once every key is read: the greeting with
+    /// the host name, `@hostname` among the local domains, `queue.min_free = 0`, the
+    /// TLS certificate pairs.
+    fn complete(&mut self, r: &mut Reader) {
+        self.smtpd.greeting = self
+            .smtpd
+            .greeting
+            .replace("{hostname}", &self.server.hostname);
+        for d in &mut self.local_domains {
+            if *d == HOSTNAME_TOKEN {
+                d.clone_from(&self.server.hostname);
+            }
+        }
+        if self.queue.min_free == 0 {
+            self.queue.min_free = self.smtpd.max_message_size.saturating_mul(3) / 2;
+        }
+        r.tls_pairs(&mut self.tls);
     }
 
     /// Checks the tables the config names (the aliases file) parse. `sloopd` runs this

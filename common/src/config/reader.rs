@@ -1,14 +1,18 @@
 //! Walks a parsed TOML file against the parameter table, collecting every issue with
 //! its file, key and line, and returning each value typed (or its default when bad).
+//!
+//! The methods that read each kind of value are in `reader_kinds.rs`. A reader
+//! method takes the key's declaration (`&'static Param`, so a key the table
+//! does not declare cannot be asked for) and reads one kind of value; asked for a key
+//! of another kind it records an internal error instead of guessing, which the unit
+//! tests turn into a failure.
 
-use super::params::{self, Kind, Param, SECTIONS};
-use super::values::{self, AccessRule, HostPort};
-use super::{machine_hostname, Config, ConfigError, ConfigIssue};
-use ipnet::IpNet;
+use super::params::{self, Param, SECTIONS};
+use super::render::kind_name;
+use super::values;
+use super::{Config, ConfigError, ConfigIssue};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 pub(super) struct Reader<'a> {
     file: PathBuf,
@@ -160,101 +164,49 @@ impl<'a> Reader<'a> {
         });
     }
 
-    /// The raw value of `key`, or its default. Records the effective value.
-    pub(super) fn raw(&mut self, key: &'static str) -> (Param, toml::Value) {
-        let param = match params::find(key) {
-            Some(p) => *p,
-            // A key asked for by the code but not declared is our own bug; it is caught
-            // by the unit test that loads an empty file.
-            None => Param {
-                key,
-                kind: Kind::Bool,
-                default: "false",
-                doc: "",
-            },
-        };
-        let (section, name) = key.split_once('.').unwrap_or(("", key));
+    /// The value of `p` as written, or its default. Records the effective value.
+    pub(super) fn raw(&mut self, p: &'static Param) -> toml::Value {
+        let (section, name) = p.key.split_once('.').unwrap_or(("", p.key));
         let given = self.table.get(section).and_then(|s| s.get(name)).cloned();
         let value = match given {
             Some(v) => v,
             None => {
-                self.defaulted.push(key);
-                default_value(&param)
+                self.defaulted.push(p.key);
+                default_value(p)
             }
         };
-        self.effective.insert(key, value.to_string());
-        (param, value)
+        self.effective.insert(p.key, value.to_string());
+        value
     }
 
-    pub(super) fn bad(
-        &mut self,
-        key: &'static str,
-        value: &toml::Value,
-        expected: impl Into<String>,
-    ) {
+    /// Records that `p` was read by a method for another kind of value: Sloop's own
+    /// bug, not the operator's, reported as such (the unit test that loads an empty
+    /// file reads every key and fails on it).
+    pub(super) fn mismatch(&mut self, p: &Param, read_as: &str) {
+        self.issues.push(ConfigIssue {
+            file: self.file.clone(),
+            key: p.key.to_string(),
+            line: None,
+            found: format!(
+                "an internal error: the key is declared as {} but read as {read_as}",
+                kind_name(p.kind)
+            ),
+            expected: "a parameter table that agrees with its reader (a Sloop bug: please \
+                       report it)"
+                .to_string(),
+        });
+    }
+
+    pub(super) fn bad(&mut self, key: &str, value: &toml::Value, expected: impl Into<String>) {
         self.issue(key, show(value), expected.into());
     }
 
-    pub(super) fn str_of(&mut self, key: &'static str, value: &toml::Value) -> Option<String> {
+    pub(super) fn str_of(&mut self, key: &str, value: &toml::Value) -> Option<String> {
         match value.as_str() {
             Some(s) => Some(s.to_string()),
             None => {
                 self.bad(key, value, "a string");
                 None
-            }
-        }
-    }
-
-    pub(super) fn string(&mut self, key: &'static str) -> String {
-        let (param, value) = self.raw(key);
-        let Some(s) = self.str_of(key, &value) else {
-            return default_str(&param);
-        };
-        match param.kind {
-            Kind::Choice(words) if !words.contains(&s.as_str()) => {
-                self.bad(key, &value, format!("one of: {}", words.join(", ")));
-                default_str(&param)
-            }
-            Kind::Text { max } => match values::check_text(&s, max) {
-                Ok(()) => s,
-                Err(e) => {
-                    self.bad(key, &value, e);
-                    default_str(&param)
-                }
-            },
-            Kind::User
-                if !s
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) =>
-            {
-                self.bad(
-                    key,
-                    &value,
-                    "a user or group name (letters, digits, _ - .) or empty",
-                );
-                String::new()
-            }
-            _ => s,
-        }
-    }
-
-    pub(super) fn text(&mut self, key: &'static str) -> String {
-        self.string(key)
-    }
-
-    pub(super) fn hostname(&mut self, key: &'static str) -> String {
-        let (_, value) = self.raw(key);
-        let Some(s) = self.str_of(key, &value) else {
-            return machine_hostname();
-        };
-        if s == "@hostname" {
-            return machine_hostname();
-        }
-        match values::parse_hostname(&s) {
-            Ok(h) => h,
-            Err(e) => {
-                self.bad(key, &value, e);
-                machine_hostname()
             }
         }
     }
@@ -266,251 +218,6 @@ impl<'a> Reader<'a> {
         } else {
             self.base.join(p)
         }
-    }
-
-    pub(super) fn opt_path(&mut self, key: &'static str) -> Option<PathBuf> {
-        let (param, value) = self.raw(key);
-        self.path_of(key, &param, &value)
-    }
-
-    pub(super) fn path_of(
-        &mut self,
-        key: &'static str,
-        param: &Param,
-        value: &toml::Value,
-    ) -> Option<PathBuf> {
-        let s = self.str_of(key, value)?;
-        if s.is_empty() {
-            return None;
-        }
-        if s.contains('\0') {
-            self.bad(key, value, "a path without NUL");
-            return None;
-        }
-        let path = self.resolve(&s);
-        if self.check_files
-            && matches!(param.kind, Kind::Path { must_exist: true })
-            && !path.is_file()
-        {
-            let why = match std::fs::metadata(&path) {
-                Ok(_) => "is not a regular file".to_string(),
-                Err(e) => e.to_string(),
-            };
-            self.issue(
-                key,
-                format!("{} ({why})", path.display()),
-                "an existing, readable file".to_string(),
-            );
-        }
-        Some(path)
-    }
-
-    /// A path that must be set (a directory Sloop needs).
-    pub(super) fn path(&mut self, key: &'static str) -> PathBuf {
-        let (param, value) = self.raw(key);
-        match self.path_of(key, &param, &value) {
-            Some(p) => p,
-            None => {
-                if value.as_str() == Some("") {
-                    self.bad(key, &value, "a directory path");
-                }
-                PathBuf::from(default_str(&param))
-            }
-        }
-    }
-
-    pub(super) fn boolean(&mut self, key: &'static str) -> bool {
-        let (_, value) = self.raw(key);
-        match value.as_bool() {
-            Some(b) => b,
-            None => {
-                self.bad(key, &value, "true or false");
-                false
-            }
-        }
-    }
-
-    pub(super) fn int(&mut self, key: &'static str) -> u64 {
-        let (param, value) = self.raw(key);
-        let Kind::Int { min, max } = param.kind else {
-            return 0;
-        };
-        match value.as_integer() {
-            Some(n) if n >= 0 && (n as u64) >= min && (n as u64) <= max => n as u64,
-            _ => {
-                self.bad(key, &value, format!("a whole number from {min} to {max}"));
-                min
-            }
-        }
-    }
-
-    pub(super) fn size(&mut self, key: &'static str) -> u64 {
-        let (param, value) = self.raw(key);
-        let Kind::Size { min, max } = param.kind else {
-            return 0;
-        };
-        let parsed = match &value {
-            toml::Value::Integer(n) if *n >= 0 => Ok(*n as u64),
-            toml::Value::String(s) => values::parse_size(s),
-            _ => Err(values::Expected("a size such as 25M".to_string())),
-        };
-        match parsed {
-            Ok(n) if n >= min && n <= max => n,
-            Ok(_) => {
-                self.bad(key, &value, format!("a size from {min} to {max} bytes"));
-                min
-            }
-            Err(e) => {
-                self.bad(key, &value, e);
-                min
-            }
-        }
-    }
-
-    pub(super) fn duration(&mut self, key: &'static str) -> Duration {
-        let (param, value) = self.raw(key);
-        let Kind::Duration { min, max } = param.kind else {
-            return Duration::ZERO;
-        };
-        let parsed = match value.as_str() {
-            Some(s) => values::parse_duration(s),
-            None => Err(values::Expected(
-                "a duration string with a unit, such as \"30s\"".to_string(),
-            )),
-        };
-        match parsed {
-            Ok(d) if d.as_millis() as u64 >= min && d.as_millis() as u64 <= max => d,
-            Ok(_) => {
-                let range = format!(
-                    "a duration from {} to {}",
-                    values::format_duration(Duration::from_millis(min)),
-                    values::format_duration(Duration::from_millis(max))
-                );
-                self.bad(key, &value, range);
-                Duration::from_millis(min.max(1))
-            }
-            Err(e) => {
-                self.bad(key, &value, e);
-                Duration::from_millis(min.max(1))
-            }
-        }
-    }
-
-    pub(super) fn list(&mut self, key: &'static str) -> Vec<(toml::Value, String)> {
-        let (_, value) = self.raw(key);
-        let Some(items) = value.as_array() else {
-            self.bad(key, &value, "a list of strings, such as [\"a\", \"b\"]");
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for item in items {
-            match item.as_str() {
-                Some(s) => out.push((item.clone(), s.to_string())),
-                None => self.bad(key, item, "a list of strings"),
-            }
-        }
-        out
-    }
-
-    pub(super) fn parsed_list<T>(
-        &mut self,
-        key: &'static str,
-        parse: fn(&str) -> Result<T, values::Expected>,
-    ) -> Vec<T> {
-        let mut out = Vec::new();
-        for (raw, s) in self.list(key) {
-            match parse(&s) {
-                Ok(v) => out.push(v),
-                Err(e) => self.bad(key, &raw, e),
-            }
-        }
-        out
-    }
-
-    pub(super) fn strings(&mut self, key: &'static str) -> Vec<String> {
-        let (param, _) = match params::find(key) {
-            Some(p) => (*p, ()),
-            None => return Vec::new(),
-        };
-        match param.kind {
-            Kind::DomainList => self.parsed_list(key, |s| {
-                if s == super::HOSTNAME_TOKEN {
-                    Ok(s.to_string())
-                } else {
-                    values::parse_hostname(s)
-                }
-            }),
-            Kind::MailboxList => self.parsed_list(key, values::parse_mailbox),
-            _ => self.list(key).into_iter().map(|(_, s)| s).collect(),
-        }
-    }
-
-    pub(super) fn listen(&mut self, key: &'static str) -> Vec<SocketAddr> {
-        self.parsed_list(key, values::parse_listen)
-    }
-
-    pub(super) fn cidrs(&mut self, key: &'static str) -> Vec<IpNet> {
-        self.parsed_list(key, values::parse_cidr)
-    }
-
-    pub(super) fn access(&mut self, key: &'static str) -> Vec<AccessRule> {
-        self.parsed_list(key, values::parse_access_rule)
-    }
-
-    pub(super) fn hostport(&mut self, key: &'static str) -> Option<HostPort> {
-        let (_, value) = self.raw(key);
-        let s = self.str_of(key, &value)?;
-        if s.is_empty() {
-            return None;
-        }
-        match values::parse_hostport(&s) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                self.bad(key, &value, e);
-                None
-            }
-        }
-    }
-
-    pub(super) fn routes(&mut self, key: &'static str) -> BTreeMap<String, HostPort> {
-        let (_, value) = self.raw(key);
-        let Some(table) = value.as_table() else {
-            self.bad(key, &value, "a table of domain = \"host:port\"");
-            return BTreeMap::new();
-        };
-        let mut out = BTreeMap::new();
-        for (domain, target) in table {
-            let d = values::parse_hostname(domain);
-            let t = target.as_str().map(values::parse_hostport);
-            match (d, t) {
-                (Ok(d), Some(Ok(t))) => {
-                    out.insert(d, t);
-                }
-                (Err(e), _) => self.issue(key, format!("domain {domain:?}"), e.into()),
-                (_, Some(Err(e))) => self.bad(key, target, e),
-                (_, None) => self.bad(key, target, "a string \"host:port\""),
-            }
-        }
-        out
-    }
-
-    pub(super) fn level(&mut self, key: &'static str) -> log::LevelFilter {
-        let (_, value) = self.raw(key);
-        let parsed = value
-            .as_str()
-            .and_then(|s| match s.to_ascii_lowercase().as_str() {
-                "off" => Some(log::LevelFilter::Off),
-                "error" => Some(log::LevelFilter::Error),
-                "warn" | "warning" => Some(log::LevelFilter::Warn),
-                "info" => Some(log::LevelFilter::Info),
-                "debug" => Some(log::LevelFilter::Debug),
-                "trace" => Some(log::LevelFilter::Trace),
-                _ => None,
-            });
-        parsed.unwrap_or_else(|| {
-            self.bad(key, &value, "one of: error, warn, info, debug, trace, off");
-            log::LevelFilter::Info
-        })
     }
 
     /// Rules between keys.
@@ -588,6 +295,30 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The integer types `Kind::Int` keys fill; the table's bounds keep values in range,
+/// and a value past the type's range (which the bounds exclude) saturates.
+pub(super) trait FromInt {
+    fn from_int(n: u64) -> Self;
+}
+
+impl FromInt for u64 {
+    fn from_int(n: u64) -> u64 {
+        n
+    }
+}
+
+impl FromInt for u32 {
+    fn from_int(n: u64) -> u32 {
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
+impl FromInt for usize {
+    fn from_int(n: u64) -> usize {
+        usize::try_from(n).unwrap_or(usize::MAX)
+    }
+}
+
 pub(super) fn default_value(param: &Param) -> toml::Value {
     // Defaults are TOML literals; a unit test checks that every one parses.
     let doc = format!("v = {}", param.default);
@@ -597,7 +328,7 @@ pub(super) fn default_value(param: &Param) -> toml::Value {
         .unwrap_or(toml::Value::String(String::new()))
 }
 
-fn default_str(param: &Param) -> String {
+pub(super) fn default_str(param: &Param) -> String {
     default_value(param)
         .as_str()
         .unwrap_or_default()

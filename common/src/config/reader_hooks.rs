@@ -2,12 +2,12 @@
 //! arrays of tables. Every problem is named by its entry, counting from 1
 //! (`policy[2].stage`, `access.sender[3]`), with the line where it can be found.
 
+use super::choice::Choice;
 use super::hooks::{
-    AccessEntry, AccessList, AccessRules, HookListener, HookSocket, HookStage, HooksConfig,
-    MilterHook, OnError, PolicyHook,
+    AccessEntry, AccessList, HookListener, HookSocket, HookStage, MilterHook, OnError, PolicyHook,
 };
-use super::params::{self, Kind, Param};
-use super::reader::{default_value, locate, show, show_key, Reader};
+use super::params::{self, Fill, Kind, Param};
+use super::reader::{default_str, default_value, locate, show, show_key, FromInt, Reader};
 use super::values::{self, Expected};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +19,7 @@ const NAME_MAX: usize = 64;
 const SUN_PATH_MAX: usize = 107;
 
 /// One table of an array section, as written.
-struct Entry {
+pub(super) struct Entry {
     section: &'static str,
     /// Counting from 1.
     n: usize,
@@ -27,35 +27,25 @@ struct Entry {
 }
 
 impl Reader<'_> {
-    /// `[access]`, `[[policy]]` and `[[milter]]`.
-    pub(super) fn hooks(&mut self) -> HooksConfig {
-        let access = AccessRules {
-            client: self.access_list("access.client", AccessList::Client),
-            helo: self.access_list("access.helo", AccessList::Helo),
-            sender: self.access_list("access.sender", AccessList::Sender),
-            recipient: self.access_list("access.recipient", AccessList::Recipient),
-        };
+    /// The `[[policy]]` and `[[milter]]` tables, in file order.
+    pub(super) fn hook_tables(&mut self) -> (Vec<PolicyHook>, Vec<MilterHook>) {
         let policy_entries = self.entries("policy");
         let milter_entries = self.entries("milter");
-        let policies: Vec<PolicyHook> = policy_entries
-            .iter()
-            .filter_map(|e| self.policy(e))
-            .collect();
-        let milters: Vec<MilterHook> = milter_entries
-            .iter()
-            .filter_map(|e| self.milter(e))
-            .collect();
+        let policies: Vec<PolicyHook> = policy_entries.iter().map(|e| self.policy(e)).collect();
+        let milters: Vec<MilterHook> = milter_entries.iter().map(|e| self.milter(e)).collect();
         self.unique_names(&policy_entries);
         self.unique_names(&milter_entries);
-        HooksConfig {
-            policies,
-            milters,
-            access,
-        }
+        (policies, milters)
     }
 
-    fn access_list(&mut self, key: &'static str, list: AccessList) -> Vec<AccessEntry> {
-        let (_, value) = self.raw(key);
+    /// A `Kind::AccessRules` key of `[access]`: the rules of `list`.
+    pub(super) fn access_rules(&mut self, p: &'static Param, list: AccessList) -> Vec<AccessEntry> {
+        if p.kind != Kind::AccessRules {
+            self.mismatch(p, "access rules");
+            return Vec::new();
+        }
+        let key = p.key;
+        let value = self.raw(p);
         let Some(items) = value.as_array() else {
             self.bad(
                 key,
@@ -157,52 +147,44 @@ impl Reader<'_> {
         }
     }
 
-    fn policy(&mut self, e: &Entry) -> Option<PolicyHook> {
-        let name = self.hook_name(e);
-        let socket = self.hook_socket(e);
-        let stage = match self.word(e, "stage").as_str() {
-            "connect" => HookStage::Connect,
-            "helo" => HookStage::Helo,
-            "mail" => HookStage::Mail,
-            "data" => HookStage::Data,
-            "eom" => HookStage::Eom,
-            _ => HookStage::Rcpt,
+    /// The hook of one `[[policy]]` table: each key of the section read by its fill.
+    /// A required key missing or a bad value leaves a placeholder in the hook and an
+    /// issue, so the config is refused and the placeholder never reaches a program.
+    fn policy(&mut self, e: &Entry) -> PolicyHook {
+        let mut hook = PolicyHook {
+            name: String::new(),
+            socket: HookSocket::Unix(PathBuf::new()),
+            stage: HookStage::Rcpt,
+            timeout: Duration::ZERO,
+            tries: 0,
+            on_error: OnError::Tempfail,
+            listeners: Vec::new(),
         };
-        let timeout = self.entry_duration(e, "timeout");
-        let tries = self.entry_int(e, "tries") as u32;
-        let on_error = match e.table.get("on_error") {
-            None => OnError::default_for(stage),
-            Some(_) => on_error(&self.word(e, "on_error")),
-        };
-        let listeners = self.listeners(e);
-        Some(PolicyHook {
-            name: name?,
-            socket: socket?,
-            stage,
-            timeout,
-            tries,
-            on_error,
-            listeners,
-        })
+        for p in params::PARAMS {
+            if let Fill::Policy { read, .. } = p.fill {
+                read(self, e, p, &mut hook);
+            }
+        }
+        hook
     }
 
-    fn milter(&mut self, e: &Entry) -> Option<MilterHook> {
-        let name = self.hook_name(e);
-        let socket = self.hook_socket(e);
-        let on_error = on_error(&self.word(e, "on_error"));
-        let connect_timeout = self.entry_duration(e, "connect_timeout");
-        let command_timeout = self.entry_duration(e, "command_timeout");
-        let content_timeout = self.entry_duration(e, "content_timeout");
-        let listeners = self.listeners(e);
-        Some(MilterHook {
-            name: name?,
-            socket: socket?,
-            on_error,
-            connect_timeout,
-            command_timeout,
-            content_timeout,
-            listeners,
-        })
+    /// The hook of one `[[milter]]` table (as [`Reader::policy`]).
+    fn milter(&mut self, e: &Entry) -> MilterHook {
+        let mut hook = MilterHook {
+            name: String::new(),
+            socket: HookSocket::Unix(PathBuf::new()),
+            on_error: OnError::Tempfail,
+            connect_timeout: Duration::ZERO,
+            command_timeout: Duration::ZERO,
+            content_timeout: Duration::ZERO,
+            listeners: Vec::new(),
+        };
+        for p in params::PARAMS {
+            if let Fill::Milter { read, .. } = p.fill {
+                read(self, e, p, &mut hook);
+            }
+        }
+        hook
     }
 
     fn entry_issue(&mut self, e: &Entry, key: &str, found: String, expected: impl Into<String>) {
@@ -216,27 +198,34 @@ impl Reader<'_> {
         );
     }
 
-    /// The declaration of `section.key` and the value written, or the default.
-    fn entry_value(&self, e: &Entry, key: &str) -> (Param, Option<toml::Value>) {
-        let dotted = format!("{}.{key}", e.section);
-        let param = params::find(&dotted).copied().unwrap_or(Param {
-            key: "",
-            kind: Kind::Bool,
-            default: params::REQUIRED,
-            doc: "",
-        });
-        let value = match e.table.get(key) {
+    /// The value of `p` written in the table, or its default (`None` when the key is
+    /// required and missing); `None` as well, with an internal error, when `p` is not
+    /// of a kind `ok` accepts (Sloop's own bug, which the unit tests report).
+    fn entry_value(
+        &mut self,
+        e: &Entry,
+        p: &'static Param,
+        read_as: &str,
+        ok: fn(Kind) -> bool,
+    ) -> Option<Option<toml::Value>> {
+        if !ok(p.kind) {
+            self.mismatch(p, read_as);
+            return None;
+        }
+        Some(match e.table.get(short(p)) {
             Some(v) => Some(v.clone()),
-            None if param.default == params::REQUIRED => None,
-            None => Some(default_value(&param)),
-        };
-        (param, value)
+            None if p.default == params::REQUIRED => None,
+            None => Some(default_value(p)),
+        })
     }
 
-    fn entry_str(&mut self, e: &Entry, key: &str) -> Option<(toml::Value, String)> {
-        let (param, value) = self.entry_value(e, key);
+    fn entry_str(&mut self, e: &Entry, p: &'static Param) -> Option<(toml::Value, String)> {
+        let key = short(p);
+        let value = self.entry_value(e, p, "a name or socket", |k| {
+            matches!(k, Kind::HookName | Kind::HookSocket)
+        })?;
         let Some(value) = value else {
-            let what = match param.kind {
+            let what = match p.kind {
                 Kind::HookSocket => {
                     "a socket such as \"unix:/run/x.sock\" or \"inet:127.0.0.1:10023\""
                 }
@@ -254,25 +243,31 @@ impl Reader<'_> {
         }
     }
 
-    fn hook_name(&mut self, e: &Entry) -> Option<String> {
-        let (value, s) = self.entry_str(e, "name")?;
+    /// A `Kind::HookName` key (empty when missing or bad, with an issue).
+    pub(super) fn hook_name(&mut self, e: &Entry, p: &'static Param) -> String {
+        let Some((value, s)) = self.entry_str(e, p) else {
+            return String::new();
+        };
         if valid_name(&s) {
-            Some(s)
+            s
         } else {
             self.entry_issue(
                 e,
-                "name",
+                short(p),
                 show(&value),
                 format!(
                     "a name of letters, digits, _ . - (at most {NAME_MAX}), such as \"postgrey\""
                 ),
             );
-            None
+            String::new()
         }
     }
 
-    fn hook_socket(&mut self, e: &Entry) -> Option<HookSocket> {
-        let (value, s) = self.entry_str(e, "socket")?;
+    /// A `Kind::HookSocket` key (an empty path when missing or bad, with an issue).
+    pub(super) fn hook_socket(&mut self, e: &Entry, p: &'static Param) -> HookSocket {
+        let Some((value, s)) = self.entry_str(e, p) else {
+            return HookSocket::Unix(PathBuf::new());
+        };
         let parsed = parse_socket(&s).and_then(|socket| match socket {
             HookSocket::Unix(p) => {
                 let p = self.resolve(&p.to_string_lossy());
@@ -287,50 +282,72 @@ impl Reader<'_> {
             inet => Ok(inet),
         });
         match parsed {
-            Ok(socket) => Some(socket),
+            Ok(socket) => socket,
             Err(why) => {
-                self.entry_issue(e, "socket", show(&value), why.0);
-                None
+                self.entry_issue(e, short(p), show(&value), why.0);
+                HookSocket::Unix(PathBuf::new())
             }
         }
     }
 
-    /// A `Kind::Choice` key; the default when it is bad.
-    fn word(&mut self, e: &Entry, key: &str) -> String {
-        let (param, value) = self.entry_value(e, key);
-        let Kind::Choice(words) = param.kind else {
-            return String::new();
+    /// A `Kind::Choice` key of an entry, as the enum whose words the table declares;
+    /// the default when it is bad.
+    pub(super) fn entry_choice<T: Choice>(&mut self, e: &Entry, p: &'static Param) -> T {
+        let Some(value) = self.entry_value(
+            e,
+            p,
+            "a choice",
+            |k| matches!(k, Kind::Choice(words) if words == T::WORDS),
+        ) else {
+            return T::FIRST;
         };
-        let fallback = || {
-            default_value(&param)
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        };
+        let key = short(p);
+        let fallback = T::from_word(&default_str(p)).unwrap_or(T::FIRST);
         let Some(value) = value else {
-            return fallback();
+            return fallback;
         };
-        match value.as_str() {
-            Some(s) if words.contains(&s) => s.to_string(),
-            _ => {
+        match value.as_str().and_then(T::from_word) {
+            Some(v) => v,
+            None => {
                 self.entry_issue(
                     e,
                     key,
                     show(&value),
-                    format!("one of: {}", words.join(", ")),
+                    format!("one of: {}", T::WORDS.join(", ")),
                 );
-                fallback()
+                fallback
             }
         }
     }
 
-    fn entry_duration(&mut self, e: &Entry, key: &str) -> Duration {
-        let (param, value) = self.entry_value(e, key);
-        let Kind::Duration { min, max } = param.kind else {
+    /// `policy.on_error`: as written, else what the hook's stage (read before it, as
+    /// the table declares it first) calls for.
+    pub(super) fn policy_on_error(
+        &mut self,
+        e: &Entry,
+        p: &'static Param,
+        stage: HookStage,
+    ) -> OnError {
+        if e.table.contains_key(short(p)) {
+            self.entry_choice(e, p)
+        } else {
+            OnError::default_for(stage)
+        }
+    }
+
+    /// A `Kind::Duration` key of an entry.
+    pub(super) fn entry_duration(&mut self, e: &Entry, p: &'static Param) -> Duration {
+        let Some(value) =
+            self.entry_value(e, p, "a duration", |k| matches!(k, Kind::Duration { .. }))
+        else {
             return Duration::ZERO;
         };
+        let Kind::Duration { min, max } = p.kind else {
+            return Duration::ZERO;
+        };
+        let (key, param) = (short(p), p);
         let fallback = || {
-            default_value(&param)
+            default_value(param)
                 .as_str()
                 .and_then(|s| values::parse_duration(s).ok())
                 .unwrap_or(Duration::from_millis(min.max(1)))
@@ -362,12 +379,22 @@ impl Reader<'_> {
         }
     }
 
-    fn entry_int(&mut self, e: &Entry, key: &str) -> u64 {
-        let (param, value) = self.entry_value(e, key);
-        let Kind::Int { min, max } = param.kind else {
+    /// A `Kind::Int` key of an entry, as the integer type of its field.
+    pub(super) fn entry_int<T: FromInt>(&mut self, e: &Entry, p: &'static Param) -> T {
+        T::from_int(self.entry_u64(e, p))
+    }
+
+    fn entry_u64(&mut self, e: &Entry, p: &'static Param) -> u64 {
+        let Some(value) =
+            self.entry_value(e, p, "a whole number", |k| matches!(k, Kind::Int { .. }))
+        else {
             return 0;
         };
-        let fallback = || default_value(&param).as_integer().map_or(min, |n| n as u64);
+        let Kind::Int { min, max } = p.kind else {
+            return 0;
+        };
+        let (key, param) = (short(p), p);
+        let fallback = || default_value(param).as_integer().map_or(min, |n| n as u64);
         let Some(value) = value else {
             return fallback();
         };
@@ -385,19 +412,27 @@ impl Reader<'_> {
         }
     }
 
-    fn listeners(&mut self, e: &Entry) -> Vec<HookListener> {
-        let (param, value) = self.entry_value(e, "listeners");
+    /// A `Kind::HookListeners` key: which mail the hook sees, each listener once.
+    pub(super) fn listeners(&mut self, e: &Entry, p: &'static Param) -> Vec<HookListener> {
+        let Some(value) = self.entry_value(e, p, "a list of listeners", |k| {
+            matches!(k, Kind::HookListeners { .. })
+        }) else {
+            return Vec::new();
+        };
+        let (key, param) = (short(p), p);
         let Kind::HookListeners { local } = param.kind else {
             return Vec::new();
         };
-        let words: &[&str] = if local {
-            &["smtpd", "submission", "submissions", "local"]
-        } else {
-            &["smtpd", "submission", "submissions"]
-        };
+        let listener =
+            |w: &str| HookListener::from_word(w).filter(|l| local || *l != HookListener::Local);
+        let words: Vec<&str> = HookListener::WORDS
+            .iter()
+            .copied()
+            .filter(|w| listener(w).is_some())
+            .collect();
         let expected = format!("a non-empty list of: {}", words.join(", "));
         let defaults = || {
-            default_value(&param)
+            default_value(param)
                 .as_array()
                 .map(|a| a.iter().filter_map(|v| listener(v.as_str()?)).collect())
                 .unwrap_or_default()
@@ -406,27 +441,26 @@ impl Reader<'_> {
             return defaults();
         };
         let Some(items) = value.as_array().filter(|a| !a.is_empty()) else {
-            self.entry_issue(e, "listeners", show(&value), expected);
+            self.entry_issue(e, key, show(&value), expected);
             return defaults();
         };
         let mut out = Vec::new();
         for item in items {
-            match item
-                .as_str()
-                .filter(|s| words.contains(s))
-                .and_then(listener)
-            {
+            match item.as_str().and_then(listener) {
                 Some(l) if !out.contains(&l) => out.push(l),
                 Some(_) => {}
                 None => {
-                    let why = if item.as_str() == Some("local") {
-                        "one of smtpd, submission, submissions (mail injected with sendmail has \
-                         no SMTP session for a policy service to check)"
-                            .to_string()
+                    let named = item.as_str().and_then(HookListener::from_word);
+                    let why = if named == Some(HookListener::Local) {
+                        format!(
+                            "one of {} (mail injected with sendmail has no SMTP session for a \
+                             policy service to check)",
+                            words.join(", ")
+                        )
                     } else {
                         format!("one of: {}", words.join(", "))
                     };
-                    self.entry_issue(e, "listeners", show(item), why);
+                    self.entry_issue(e, key, show(item), why);
                 }
             }
         }
@@ -468,30 +502,16 @@ impl Reader<'_> {
     }
 }
 
+/// A key as written inside its table (`stage` for `policy.stage`).
+fn short(p: &Param) -> &'static str {
+    p.key.split_once('.').map_or(p.key, |(_, k)| k)
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= NAME_MAX
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
-}
-
-fn on_error(word: &str) -> OnError {
-    match word {
-        "accept" => OnError::Accept,
-        "reject" => OnError::Reject,
-        "shutdown" => OnError::Shutdown,
-        _ => OnError::Tempfail,
-    }
-}
-
-fn listener(word: &str) -> Option<HookListener> {
-    match word {
-        "smtpd" => Some(HookListener::Smtpd),
-        "submission" => Some(HookListener::Submission),
-        "submissions" => Some(HookListener::Submissions),
-        "local" => Some(HookListener::Local),
-        _ => None,
-    }
 }
 
 /// `unix:/path` (a relative path is left for the reader to resolve), `inet:host:port`,
@@ -597,4 +617,35 @@ fn locate_element(text: &str, key: &str, item: &toml::Value) -> Option<usize> {
         .find(|(_, l)| l.contains(&written))
         .map(|(i, _)| i + 1);
     Some(found.unwrap_or(start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigError;
+    use std::path::Path;
+
+    #[test]
+    fn an_entry_key_read_as_another_kind_is_an_internal_error() {
+        let text = "[[policy]]\nname = \"a\"\nsocket = \"unix:/s\"\n";
+        let mut r = Reader::new(Path::new("/etc/sloop/test.toml"), text, true).expect("reader");
+        let e = Entry {
+            section: "policy",
+            n: 1,
+            table: toml::Table::new(),
+        };
+        let find = |k: &str| params::find(k).expect("declared");
+        assert_eq!(r.entry_int::<u32>(&e, find("policy.name")), 0);
+        assert_eq!(r.entry_duration(&e, find("policy.tries")), Duration::ZERO);
+        // The words of policy.stage are not those of OnError.
+        let _: OnError = r.entry_choice(&e, find("policy.stage"));
+        let Err(ConfigError::Invalid(found)) = r.finish() else {
+            panic!("internal errors must be reported");
+        };
+        let keys: Vec<&str> = found.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["policy.name", "policy.tries", "policy.stage"]);
+        assert!(found
+            .iter()
+            .all(|i| i.found.starts_with("an internal error")));
+    }
 }

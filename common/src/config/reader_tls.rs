@@ -1,28 +1,38 @@
-//! Reading the TLS, submission and AUTH keys (the table kinds and cross-key rules that
-//! only they have).
+//! Reading the TLS, submission and AUTH keys: the table kinds, the certificate pairs
+//! and the cross-key rules that only they have.
 
+use super::choice::Choice;
+use super::params::{Kind, Param};
 use super::reader::Reader;
-use super::sections::{
-    AuthBackend, AuthConfig, CertKeyFiles, ProxyConfig, RemoteTlsConfig, TlsConfig, TlsLevel,
-};
+use super::sections::{AuthBackend, CertKeyFiles, TlsConfig, TlsLevel};
 use super::values;
 use super::Config;
 use std::collections::BTreeMap;
 
 impl Reader<'_> {
-    /// `tls.*`: the configured pairs (each file given with its partner).
-    pub(super) fn tls(&mut self) -> TlsConfig {
-        let mut pairs = Vec::new();
-        for (cert_key, key_key) in [
-            ("tls.cert_file", "tls.key_file"),
-            ("tls.ecdsa_cert_file", "tls.ecdsa_key_file"),
-        ] {
-            let cert = self.opt_path(cert_key);
-            let key = self.opt_path(key_key);
+    /// Pairs the four `tls.*_file` keys into `tls.pairs`: each file given with its
+    /// partner, or neither.
+    pub(super) fn tls_pairs(&mut self, tls: &mut TlsConfig) {
+        let pairs = [
+            (
+                &tls.cert_file,
+                &tls.key_file,
+                "tls.cert_file",
+                "tls.key_file",
+            ),
+            (
+                &tls.ecdsa_cert_file,
+                &tls.ecdsa_key_file,
+                "tls.ecdsa_cert_file",
+                "tls.ecdsa_key_file",
+            ),
+        ];
+        let mut out = Vec::new();
+        for (cert, key, cert_key, key_key) in pairs {
             match (cert, key) {
-                (Some(cert_file), Some(key_file)) => pairs.push(CertKeyFiles {
-                    cert_file,
-                    key_file,
+                (Some(cert_file), Some(key_file)) => out.push(CertKeyFiles {
+                    cert_file: cert_file.clone(),
+                    key_file: key_file.clone(),
                 }),
                 (Some(c), None) => self.issue(
                     key_key,
@@ -40,79 +50,45 @@ impl Reader<'_> {
                 (None, None) => {}
             }
         }
-        TlsConfig {
-            pairs,
-            handshake_timeout: self.duration("tls.handshake_timeout"),
-            session_tickets: self.boolean("tls.session_tickets"),
-            ticket_rotation: self.duration("tls.ticket_rotation"),
-        }
+        tls.pairs = out;
     }
 
-    /// `smtpd.proxy_*`.
-    pub(super) fn proxy(&mut self) -> ProxyConfig {
-        ProxyConfig {
-            listen: self.listen("smtpd.proxy_listen"),
-            trusted: self.cidrs("smtpd.proxy_trusted"),
-            timeout: self.duration("smtpd.proxy_timeout"),
+    /// A `Kind::TlsPolicyTable` key: domain = level.
+    pub(super) fn tls_policy(&mut self, p: &'static Param) -> BTreeMap<String, TlsLevel> {
+        if p.kind != Kind::TlsPolicyTable {
+            self.mismatch(p, "a table of domain = TLS level");
+            return BTreeMap::new();
         }
-    }
-
-    /// `remote.tls`, `remote.tls_policy`, `remote.ca_file`.
-    pub(super) fn remote_tls(&mut self) -> RemoteTlsConfig {
-        let level = TlsLevel::parse(&self.string("remote.tls")).unwrap_or(TlsLevel::May);
-        let key = "remote.tls_policy";
-        let (_, value) = self.raw(key);
+        let key = p.key;
+        let value = self.raw(p);
         let mut policy = BTreeMap::new();
-        match value.as_table() {
-            Some(table) => {
-                for (domain, v) in table {
-                    let d = values::parse_hostname(domain);
-                    let l = v.as_str().and_then(TlsLevel::parse);
-                    match (d, l) {
-                        (Ok(d), Some(l)) => {
-                            policy.insert(d, l);
-                        }
-                        (Err(e), _) => self.issue(key, format!("domain {domain:?}"), e.into()),
-                        (_, None) => self.bad(key, v, "one of: none, may, encrypt, verify"),
-                    }
-                }
-            }
-            None => self.bad(
-                key,
-                &value,
-                "a table of domain = \"none|may|encrypt|verify\"",
-            ),
-        }
-        RemoteTlsConfig {
-            level,
-            policy,
-            ca_file: self.opt_path("remote.ca_file"),
-            credentials_file: self.opt_path("remote.credentials_file"),
-        }
-    }
-
-    /// `auth.*`.
-    pub(super) fn auth(&mut self) -> AuthConfig {
-        let backend = match self.string("auth.backend").as_str() {
-            "file" => AuthBackend::File,
-            "dovecot" => AuthBackend::Dovecot,
-            _ => AuthBackend::None,
+        let Some(table) = value.as_table() else {
+            let expected = format!("a table of domain = \"{}\"", TlsLevel::WORDS.join("|"));
+            self.bad(key, &value, expected);
+            return policy;
         };
-        AuthConfig {
-            backend,
-            password_file: self.opt_path("auth.password_file"),
-            dovecot_socket: self.opt_path("auth.dovecot_socket"),
-            offer_on_smtpd: self.boolean("auth.offer_on_smtpd"),
-            senders: self.senders("auth.senders"),
-            max_failures: self.int("auth.max_failures") as u32,
-            failure_window: self.duration("auth.failure_window"),
-            failure_delay: self.duration("auth.failure_delay"),
+        for (domain, v) in table {
+            let d = values::parse_hostname(domain);
+            let l = v.as_str().and_then(TlsLevel::from_word);
+            match (d, l) {
+                (Ok(d), Some(l)) => {
+                    policy.insert(d, l);
+                }
+                (Err(e), _) => self.issue(key, format!("domain {domain:?}"), e.into()),
+                (_, None) => self.bad(key, v, format!("one of: {}", TlsLevel::WORDS.join(", "))),
+            }
         }
+        policy
     }
 
-    /// A table of user = ["addr@domain", "@domain"].
-    fn senders(&mut self, key: &'static str) -> BTreeMap<String, Vec<String>> {
-        let (_, value) = self.raw(key);
+    /// A `Kind::SendersTable` key: user = ["addr@domain", "@domain"].
+    pub(super) fn senders(&mut self, p: &'static Param) -> BTreeMap<String, Vec<String>> {
+        if p.kind != Kind::SendersTable {
+            self.mismatch(p, "a table of user = addresses");
+            return BTreeMap::new();
+        }
+        let key = p.key;
+        let value = self.raw(p);
         let Some(table) = value.as_table() else {
             self.bad(
                 key,

@@ -2,8 +2,10 @@
 //! the reference page (`docs/configuration.md`). Both files are checked against these
 //! renderings by tests, so the table stays the one source of truth.
 
-use super::hooks::{HookListener, HooksConfig};
-use super::params::{self, Kind, Param, PARAMS, SECTIONS};
+use super::choice::Choice;
+use super::hooks::{HookSocket, HooksConfig};
+use super::params::{self, Fill, Kind, Param, PARAMS, SECTIONS};
+use super::sections::TlsLevel;
 use super::values::format_duration;
 
 /// Values the packaged config (the Debian package's /etc/sloop/sloop.toml) sets
@@ -62,41 +64,34 @@ pub(super) fn shown_default(p: &Param, code: fn(&str) -> String) -> String {
     }
 }
 
-/// The tables of an array section as TOML, for `render_effective`.
+/// The tables of an array section as TOML, for `render_effective`: each hook's keys
+/// in table order, each value shown by the key's entry (`Fill::Policy`/`Milter`).
 pub(super) fn hook_tables(section: &str, hooks: &HooksConfig) -> String {
-    let string = |s: &str| toml::Value::String(s.to_string()).to_string();
-    let list = |ls: &[HookListener]| {
-        let words: Vec<String> = ls.iter().map(|l| string(l.name())).collect();
-        format!("[{}]", words.join(", "))
-    };
-    let dur = |d: std::time::Duration| string(&format_duration(d));
-    let mut out = String::new();
     let mut tables: Vec<Vec<(&str, String)>> = Vec::new();
     if section == "policy" {
-        for p in &hooks.policies {
-            tables.push(vec![
-                ("name", string(&p.name)),
-                ("socket", string(&p.socket.to_string())),
-                ("stage", string(p.stage.name())),
-                ("timeout", dur(p.timeout)),
-                ("tries", p.tries.to_string()),
-                ("on_error", string(p.on_error.name())),
-                ("listeners", list(&p.listeners)),
-            ]);
+        for hook in &hooks.policies {
+            tables.push(
+                keys_of(section)
+                    .filter_map(|p| match p.fill {
+                        Fill::Policy { show, .. } => Some((short(p), show(hook))),
+                        _ => None,
+                    })
+                    .collect(),
+            );
         }
     } else {
-        for m in &hooks.milters {
-            tables.push(vec![
-                ("name", string(&m.name)),
-                ("socket", string(&m.socket.to_string())),
-                ("on_error", string(m.on_error.name())),
-                ("connect_timeout", dur(m.connect_timeout)),
-                ("command_timeout", dur(m.command_timeout)),
-                ("content_timeout", dur(m.content_timeout)),
-                ("listeners", list(&m.listeners)),
-            ]);
+        for hook in &hooks.milters {
+            tables.push(
+                keys_of(section)
+                    .filter_map(|p| match p.fill {
+                        Fill::Milter { show, .. } => Some((short(p), show(hook))),
+                        _ => None,
+                    })
+                    .collect(),
+            );
         }
     }
+    let mut out = String::new();
     if tables.is_empty() {
         out.push_str(&format!("\n# [[{section}]]: none\n"));
     }
@@ -107,6 +102,53 @@ pub(super) fn hook_tables(section: &str, hooks: &HooksConfig) -> String {
         }
     }
     out
+}
+
+/// A typed value as a TOML value that reads back to it (for hooks in the effective
+/// config).
+pub(super) trait ToToml {
+    fn to_toml(&self) -> String;
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+impl ToToml for String {
+    fn to_toml(&self) -> String {
+        toml_string(self)
+    }
+}
+
+impl ToToml for HookSocket {
+    fn to_toml(&self) -> String {
+        toml_string(&self.to_string())
+    }
+}
+
+impl ToToml for std::time::Duration {
+    fn to_toml(&self) -> String {
+        toml_string(&format_duration(*self))
+    }
+}
+
+impl ToToml for u32 {
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl<T: Choice> ToToml for T {
+    fn to_toml(&self) -> String {
+        toml_string(self.word())
+    }
+}
+
+impl<T: Choice> ToToml for Vec<T> {
+    fn to_toml(&self) -> String {
+        let words: Vec<String> = self.iter().map(|w| toml_string(w.word())).collect();
+        format!("[{}]", words.join(", "))
+    }
 }
 
 /// The packaged `etc/sloop.toml`: every key present, commented, with FHS paths.
@@ -164,7 +206,10 @@ pub fn render_docs() -> String {
          Relative paths are relative to the config file's directory. Sizes take units\n\
          (`512K`, `25M`, `1G`); durations need one (`100ms`, `30s`, `5m`, `4h`, `5d`, `1w`).\n\
          `sloop config check [-c FILE] [--show]` validates a file and lists every error with\n\
-         file, key, line, the value found and what is expected.\n",
+         file, key, line, the value found and what is expected.\n\
+         \n\
+         Each key below is one entry of the parameter table (name, type, default, meaning\n\
+         and the field it fills); `docs/architecture.md` (Configuration) says how to add one.\n",
     );
     for (section, about) in SECTIONS {
         let header = if params::is_array_section(section) {
@@ -213,7 +258,7 @@ pub(super) fn kind_name(kind: Kind) -> String {
         Kind::RouteTable => "table domain = host:port".into(),
         Kind::LogLevel => "log level".into(),
         Kind::SendersTable => "table user = list of addresses".into(),
-        Kind::TlsPolicyTable => "table domain = none \\| may \\| encrypt \\| verify".into(),
+        Kind::TlsPolicyTable => format!("table domain = {}", TlsLevel::WORDS.join(" \\| ")),
         Kind::HookName => "name".into(),
         Kind::HookSocket => "unix:/path \\| inet:host:port".into(),
         Kind::HookListeners { .. } => "list of listeners".into(),

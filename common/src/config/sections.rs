@@ -1,12 +1,17 @@
 //! The typed sections of a validated [`super::Config`]: what the programs read.
+//!
+//! Each field is filled by the parameter table (`params.rs`), which names the field
+//! beside the key. `Default` gives the blank a config is filled into before the table
+//! is read; a default that matters is the key's, in the table, never these.
 
+use super::choice::choice;
 use super::values::{AccessRule, HostPort};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerConfig {
     pub hostname: String,
     pub spool_dir: PathBuf,
@@ -18,13 +23,19 @@ pub struct ServerConfig {
     pub bin_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BareNewline {
-    Reject,
-    Normalize,
+choice! {
+    /// What a bare CR or LF inside DATA gets (`smtpd.bare_newline`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum BareNewline {
+        /// Refused with `554 5.6.x`.
+        #[default]
+        Reject = "reject",
+        /// Stored as CRLF.
+        Normalize = "normalize",
+    }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SmtpdConfig {
     pub listen: Vec<SocketAddr>,
     /// The greeting text after `220 `, already rendered with the host name.
@@ -55,13 +66,17 @@ pub struct SmtpdConfig {
     pub overload_idle_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MailboxFormat {
-    Maildir,
-    Mbox,
+choice! {
+    /// A mailbox format (`local.mailbox_format`, `local.system_mailbox`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum MailboxFormat {
+        #[default]
+        Maildir = "maildir",
+        Mbox = "mbox",
+    }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LocalConfig {
     pub mailbox_root: PathBuf,
     pub mailboxes: Vec<String>,
@@ -76,7 +91,7 @@ pub struct LocalConfig {
     pub mail_spool_dir: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RemoteConfig {
     pub smarthost: Option<HostPort>,
     pub routes: BTreeMap<String, HostPort>,
@@ -85,7 +100,7 @@ pub struct RemoteConfig {
     pub data_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct QueueConfig {
     pub retry_min: Duration,
     pub retry_max: Duration,
@@ -103,7 +118,7 @@ pub struct QueueConfig {
     pub min_free: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SupervisorConfig {
     pub stop_timeout: Duration,
     pub restart_min: Duration,
@@ -111,38 +126,72 @@ pub struct SupervisorConfig {
     pub startup_crash_pause: Duration,
 }
 
-/// Where log lines go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogTarget {
-    Stderr,
-    Syslog,
+choice! {
+    /// Where log lines go (`log.target`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum LogTarget {
+        #[default]
+        Stderr = "stderr",
+        Syslog = "syslog",
+    }
+}
+
+choice! {
+    /// A syslog facility (`log.facility`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Facility {
+        Mail = "mail",
+        Daemon = "daemon",
+        User = "user",
+        Local0 = "local0",
+        Local1 = "local1",
+        Local2 = "local2",
+        Local3 = "local3",
+        Local4 = "local4",
+        Local5 = "local5",
+        Local6 = "local6",
+        Local7 = "local7",
+    }
+}
+
+impl Facility {
+    /// The facility code (RFC 5424 numbering: mail = 2).
+    pub fn code(self) -> u8 {
+        match self {
+            Facility::User => 1,
+            Facility::Mail => 2,
+            Facility::Daemon => 3,
+            Facility::Local0 => 16,
+            Facility::Local1 => 17,
+            Facility::Local2 => 18,
+            Facility::Local3 => 19,
+            Facility::Local4 => 20,
+            Facility::Local5 => 21,
+            Facility::Local6 => 22,
+            Facility::Local7 => 23,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct LogConfig {
     pub level: log::LevelFilter,
     pub target: LogTarget,
-    /// The syslog facility code (RFC 5424 numbering: mail = 2).
-    pub facility: u8,
+    pub facility: Facility,
     pub syslog_socket: PathBuf,
 }
 
-/// The syslog facility code of a `log.facility` word (validated by the table).
-pub fn facility_code(word: &str) -> u8 {
-    match word {
-        "user" => 1,
-        "daemon" => 3,
-        "local0" => 16,
-        "local1" => 17,
-        "local2" => 18,
-        "local3" => 19,
-        "local4" => 20,
-        "local5" => 21,
-        "local6" => 22,
-        "local7" => 23,
-        _ => 2,
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig {
+            level: log::LevelFilter::Off,
+            target: LogTarget::default(),
+            facility: Facility::Mail,
+            syslog_socket: PathBuf::new(),
+        }
     }
 }
+
 /// Which SMTP service a listening socket provides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenRole {
@@ -171,38 +220,20 @@ impl ListenRole {
     }
 }
 
-/// Outbound TLS levels (Postfix's `smtp_tls_security_level` words).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TlsLevel {
-    None,
-    May,
-    Encrypt,
-    Verify,
-}
-
-impl TlsLevel {
-    pub fn parse(s: &str) -> Option<TlsLevel> {
-        match s {
-            "none" => Some(TlsLevel::None),
-            "may" => Some(TlsLevel::May),
-            "encrypt" => Some(TlsLevel::Encrypt),
-            "verify" => Some(TlsLevel::Verify),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TlsLevel::None => "none",
-            TlsLevel::May => "may",
-            TlsLevel::Encrypt => "encrypt",
-            TlsLevel::Verify => "verify",
-        }
+choice! {
+    /// Outbound TLS levels (Postfix's `smtp_tls_security_level` words), weakest first.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+    pub enum TlsLevel {
+        None = "none",
+        #[default]
+        May = "may",
+        Encrypt = "encrypt",
+        Verify = "verify",
     }
 }
 
 /// Outbound TLS (`remote.tls`, `remote.tls_policy`, `remote.ca_file`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RemoteTlsConfig {
     pub level: TlsLevel,
     /// Lower-case domain -> level.
@@ -220,7 +251,7 @@ impl RemoteTlsConfig {
 }
 
 /// The PROXY protocol listeners (`smtpd.proxy_*`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ProxyConfig {
     pub listen: Vec<SocketAddr>,
     pub trusted: Vec<ipnet::IpNet>,
@@ -234,10 +265,19 @@ pub struct CertKeyFiles {
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TlsConfig {
     /// The configured pairs (RSA or only pair first, then the ECDSA pair); empty: no TLS.
+    /// Made at load from the four file keys below, each given with its partner.
     pub pairs: Vec<CertKeyFiles>,
+    /// `tls.cert_file`, as configured.
+    pub cert_file: Option<PathBuf>,
+    /// `tls.key_file`.
+    pub key_file: Option<PathBuf>,
+    /// `tls.ecdsa_cert_file`.
+    pub ecdsa_cert_file: Option<PathBuf>,
+    /// `tls.ecdsa_key_file`.
+    pub ecdsa_key_file: Option<PathBuf>,
     pub handshake_timeout: Duration,
     pub session_tickets: bool,
     pub ticket_rotation: Duration,
@@ -250,14 +290,21 @@ impl TlsConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthBackend {
-    None,
-    File,
-    Dovecot,
+choice! {
+    /// Where AUTH checks passwords (`auth.backend`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub enum AuthBackend {
+        /// AUTH not offered.
+        #[default]
+        None = "none",
+        /// `auth.password_file`.
+        File = "file",
+        /// Dovecot's auth server on `auth.dovecot_socket`.
+        Dovecot = "dovecot",
+    }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct AuthConfig {
     pub backend: AuthBackend,
     pub password_file: Option<PathBuf>,

@@ -2,6 +2,7 @@
 //! units, host names, CIDR networks, `host:port`, access rules. Each returns the typed
 //! value or a message saying what was expected; none can panic.
 
+use super::choice::{choice, Choice};
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -23,13 +24,16 @@ impl std::fmt::Display for HostPort {
     }
 }
 
-/// What a client access rule does to a matching client at connect time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccessAction {
-    Allow,
-    Reject,
-    Tempfail,
+choice! {
+    /// What a client access rule of `smtpd.access` does to a matching client at
+    /// connect time.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum AccessAction {
+        Allow = "allow",
+        Reject = "reject",
+        Tempfail = "tempfail",
+    }
 }
 
 /// One `"CIDR action"` rule of `smtpd.access`.
@@ -206,21 +210,17 @@ pub fn parse_hostport(s: &str) -> Result<HostPort, Expected> {
 /// `"CIDR action"`.
 pub fn parse_access_rule(s: &str) -> Result<AccessRule, Expected> {
     let expected = || {
-        Expected::new(
-            "\"CIDR action\" with action allow, reject or tempfail (such as \"192.0.2.0/24 reject\")",
-        )
+        Expected(format!(
+            "\"CIDR action\" with action {} (such as \"192.0.2.0/24 reject\")",
+            AccessAction::WORDS.join(", ")
+        ))
     };
     let mut words = s.split_whitespace();
     let (Some(net), Some(action), None) = (words.next(), words.next(), words.next()) else {
         return Err(expected());
     };
     let network = parse_cidr(net).map_err(|_| expected())?;
-    let action = match action.to_ascii_lowercase().as_str() {
-        "allow" => AccessAction::Allow,
-        "reject" => AccessAction::Reject,
-        "tempfail" => AccessAction::Tempfail,
-        _ => return Err(expected()),
-    };
+    let action = AccessAction::from_word(&action.to_ascii_lowercase()).ok_or_else(expected)?;
     Ok(AccessRule { network, action })
 }
 
