@@ -194,6 +194,7 @@ impl Reader<'_> {
         let command_timeout = self.entry_duration(e, "command_timeout");
         let content_timeout = self.entry_duration(e, "content_timeout");
         let listeners = self.listeners(e);
+        let reuse = self.entry_bool(e, "reuse");
         Some(MilterHook {
             name: name?,
             socket: socket?,
@@ -202,6 +203,7 @@ impl Reader<'_> {
             command_timeout,
             content_timeout,
             listeners,
+            reuse,
         })
     }
 
@@ -357,6 +359,21 @@ impl Reader<'_> {
             }
             Err(why) => {
                 self.entry_issue(e, key, show(&value), why.0);
+                fallback()
+            }
+        }
+    }
+
+    fn entry_bool(&mut self, e: &Entry, key: &str) -> bool {
+        let (param, value) = self.entry_value(e, key);
+        let fallback = || default_value(&param).as_bool().unwrap_or(false);
+        let Some(value) = value else {
+            return fallback();
+        };
+        match value.as_bool() {
+            Some(b) => b,
+            None => {
+                self.entry_issue(e, key, show(&value), "true or false");
                 fallback()
             }
         }

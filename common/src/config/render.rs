@@ -94,6 +94,7 @@ pub(super) fn hook_tables(section: &str, hooks: &HooksConfig) -> String {
                 ("command_timeout", dur(m.command_timeout)),
                 ("content_timeout", dur(m.content_timeout)),
                 ("listeners", list(&m.listeners)),
+                ("reuse", m.reuse.to_string()),
             ]);
         }
     }
