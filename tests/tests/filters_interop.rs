@@ -424,6 +424,14 @@ fn connections_to(port: u16) -> Vec<u16> {
         .collect()
 }
 
+/// The one kept connection to 127.0.0.1:`port` (waits for it): its local port.
+fn kept_connection(port: u16, log: &dyn Fn() -> String) -> u16 {
+    let one = sloop_tests::wait_until(Duration::from_secs(10), || connections_to(port).len() == 1);
+    let open = connections_to(port);
+    assert!(one, "connections to {port}: {open:?}\n{}", log());
+    open[0]
+}
+
 #[test]
 fn sloop_keeps_one_opendkim_connection_for_consecutive_sessions() {
     let t = "sloop_keeps_one_opendkim_connection_for_consecutive_sessions";
@@ -540,19 +548,38 @@ fn sloop_rspamd_rejects_gtube_with_rspamds_reply_and_adds_headers() {
         ),
         "{log}"
     );
-    let got = s.wait_delivered(1);
-    assert_rspamd_headers(&got[0]);
-    assert!(read(&got[0]).contains("An ordinary message."));
-    // rspamd names the message by Sloop's queue ID (the `i` macro): the delivered
-    // file's name carries the same ID.
-    let h = header(&got[0]);
-    let qid = h
-        .lines()
-        .find_map(|l| l.strip_prefix("X-Rspamd-Queue-Id: "))
-        .unwrap()
-        .trim();
-    let name = got[0].file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.contains(&format!(".Q{qid}R")), "{qid} vs {name}");
+    // One more session: on the connection the worker kept.
+    let kept = kept_connection(23132, &|| s.log());
+    let clean = message("a@ham.test", "clean-again", "Another ordinary message.");
+    let r = smtp(
+        &base.path,
+        s.port,
+        "a@ham.test",
+        "b@localhost.test",
+        &clean,
+        None,
+    );
+    assert_eq!(r.code("DATA"), 250, "{r:?}\n{}", s.log());
+    assert_eq!(
+        kept_connection(23132, &|| s.log()),
+        kept,
+        "not the kept connection"
+    );
+    let got = s.wait_delivered(2);
+    assert!(got.iter().any(|f| read(f).contains("An ordinary message.")));
+    for f in &got {
+        assert_rspamd_headers(f);
+        // rspamd names the message by Sloop's queue ID (the `i` macro, sent again on
+        // the kept connection): the delivered file's name carries the same ID.
+        let h = header(f);
+        let qid = h
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Rspamd-Queue-Id: "))
+            .unwrap()
+            .trim();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.contains(&format!(".Q{qid}R")), "{qid} vs {name}");
+    }
 }
 
 // ---------------------------------------------------------------- clamav-milter
@@ -609,7 +636,24 @@ fn sloop_clamav_milter_rejects_eicar() {
             && log.contains(&clamav::REJECT_TEXT.replace("%v", clamav::VIRUS_NAME)),
         "{log}"
     );
-    let got = s.wait_delivered(1);
-    assert!(read(&got[0]).contains("No virus here."));
-    assert_eq!(got.len(), 1, "the infected message was delivered too");
+    // One more session: on the connection the worker kept.
+    let kept = kept_connection(23142, &|| s.log());
+    let clean = message("a@clean.test", "clean-again", "Still no virus.");
+    let r = smtp(
+        &base.path,
+        s.port,
+        "a@clean.test",
+        "b@localhost.test",
+        &clean,
+        None,
+    );
+    assert_eq!(r.code("DATA"), 250, "{r:?}\n{}", s.log());
+    assert_eq!(
+        kept_connection(23142, &|| s.log()),
+        kept,
+        "not the kept connection"
+    );
+    let got = s.wait_delivered(2);
+    assert!(got.iter().all(|f| read(f).contains("o virus")), "{got:?}");
+    assert_eq!(got.len(), 2, "the infected message was delivered too");
 }
