@@ -19,6 +19,8 @@ min/median/max and the Sloop/Postfix ratio, and `uptime`.
 As root, from a checkout beside shared/ (or SLOOP_BENCH_SHARED=.../shared/bench):
     bench/milter-bench.py [--reps 3] [--sessions 20] [--messages 1000]
     bench/milter-bench.py --without-milter   # the same runs with no milter: the baseline
+    bench/milter-bench.py --no-build --sloop-bin DIR   # Sloop's programs from DIR (another build)
+    bench/milter-bench.py --milter-reuse false # `reuse = false` in the [[milter]] table
 """
 import argparse
 import glob
@@ -140,12 +142,14 @@ def restore_postfix(saved):
     sh("postfix", "reload", check=False)
 
 
-def start_sloop(work, milter=True):
+def start_sloop(work, milter=True, bindir=None, reuse=None):
     table = f"""
 [[milter]]
 name = "opendkim"
 socket = "inet:127.0.0.1:{DKIM_PORT}"
 """ if milter else ""
+    if milter and reuse is not None:
+        table += f"reuse = {reuse}\n"
     cfg = os.path.join(work, "sloop.toml")
     with open(cfg, "w") as f:
         f.write(f"""[server]
@@ -164,7 +168,8 @@ mailbox_root = "{work}/mail"
 mailboxes = ["@bench.test"]
 {table}""")
     log = open(os.path.join(work, "sloopd.log"), "w")
-    proc = subprocess.Popen([os.path.join(ROOT, "target", "release", "sloopd"), "-c", cfg],
+    bindir = bindir or os.path.join(ROOT, "target", "release")
+    proc = subprocess.Popen([os.path.join(bindir, "sloopd"), "-c", cfg],
                             stdout=log, stderr=log)
     if not wait_port(SLOOP_PORT):
         sys.exit("sloop did not start; see " + work)
@@ -217,6 +222,9 @@ def main():
     ap.add_argument("--no-build", action="store_true", help="use target/release as it is")
     ap.add_argument("--without-milter", action="store_true",
                     help="the baseline: the same runs with neither MTA asking OpenDKIM")
+    ap.add_argument("--sloop-bin", help="directory of Sloop's programs (default target/release)")
+    ap.add_argument("--milter-reuse", choices=["true", "false"],
+                    help="set `reuse` in Sloop's [[milter]] table (default: not written)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("milter-bench.py: run as root (Postfix, OpenDKIM's user)")
@@ -230,7 +238,7 @@ def main():
     dkim, public = start_opendkim(args.work)
     milter = not args.without_milter
     saved, postfix_maildir = start_postfix(milter)
-    sloop, sloop_maildir = start_sloop(args.work, milter)
+    sloop, sloop_maildir = start_sloop(args.work, milter, args.sloop_bin, args.milter_reuse)
     def postfix_master():
         with open("/var/spool/postfix/pid/master.pid") as f:
             return int(f.read().strip())
@@ -261,6 +269,8 @@ def main():
     p = [r[0] for r in res["postfix"]]
     ratios = [a / b for a, b in zip(s, p) if b]
     print(f"\nRun {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {'with' if milter else 'WITHOUT'} the milter, "
+          f"Sloop from {args.sloop_bin or 'target/release'}"
+          f"{', reuse = ' + args.milter_reuse if args.milter_reuse else ''}, "
           f"{args.reps} interleaved repetitions, "
           f"{args.sessions} sessions, 4 KiB, {args.messages} messages per run, one per connection.\n")
     med = lambda name, i: statistics.median(r[2][i] for r in res[name])

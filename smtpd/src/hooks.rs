@@ -18,7 +18,6 @@
 use crate::session::{HookCall, HookStages, Policy, QueueJob};
 use crate::watchdog::Watchdog;
 use sloop_common::config::hooks::{HookListener, HookStage};
-use sloop_common::spool::Recipient;
 use sloop_hooks::engine::{Decision, Message, SessionHooks};
 use std::time::{Duration, Instant};
 
@@ -84,24 +83,16 @@ impl<'a> SessionRun<'a> {
         let mut engine = self.policy.hook_engine();
         match (call.stage, call.job) {
             (HookStage::Eom, Some(mut job)) => {
-                let mut rcpts: Vec<String> = job
-                    .envelope
-                    .recipients
-                    .iter()
-                    .map(|r| r.address.clone())
-                    .collect();
                 let before = job.message.len();
                 let decision = engine.end_of_message(
                     sess,
                     &call.facts,
                     Message {
                         bytes: &mut job.message,
-                        sender: &mut job.envelope.sender,
-                        recipients: &mut rcpts,
+                        envelope: &mut job.envelope,
                     },
                     deadline,
                 );
-                set_recipients(&mut job, rcpts);
                 // Octets a milter added (a header, a new body) are ours, not the
                 // client's: the size limit stays the client's.
                 job.trace_len += job.message.len().saturating_sub(before);
@@ -111,57 +102,13 @@ impl<'a> SessionRun<'a> {
         }
     }
 
-    /// Ends the milter connections of the session.
+    /// Ends the milter connections of the session (kept for the worker's next session
+    /// where they allow it).
     pub fn finish(&mut self, watchdog: &Watchdog) {
         if let Some(mut sess) = self.hooks.take() {
             let deadline = Instant::now() + QUIT_BUDGET;
             watchdog.arm("hooks", deadline);
             self.policy.hook_engine().finish(&mut sess, deadline);
         }
-    }
-}
-
-/// The envelope's recipients after the milters' edits: recipients kept keep their DSN
-/// parameters, added ones have none.
-fn set_recipients(job: &mut QueueJob, rcpts: Vec<String>) {
-    let same = rcpts.len() == job.envelope.recipients.len()
-        && rcpts
-            .iter()
-            .zip(&job.envelope.recipients)
-            .all(|(a, r)| *a == r.address);
-    if same {
-        return;
-    }
-    let mut old = std::mem::take(&mut job.envelope.recipients);
-    job.envelope.recipients = rcpts
-        .into_iter()
-        .map(|a| match old.iter().position(|r| r.address == a) {
-            Some(i) => old.swap_remove(i),
-            None => Recipient::new(a),
-        })
-        .collect();
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-    use sloop_common::spool::Envelope;
-
-    #[test]
-    fn edited_recipients_keep_their_dsn_parameters() {
-        let mut a = Recipient::new("a@x");
-        a.notify = Some("NEVER".into());
-        let mut job = QueueJob {
-            id: "id".into(),
-            envelope: Envelope::new("s@x", vec![a.clone(), Recipient::new("b@x")]),
-            message: Vec::new(),
-            trace_len: 0,
-        };
-        set_recipients(&mut job, vec!["a@x".into(), "b@x".into()]);
-        assert_eq!(job.envelope.recipients.len(), 2);
-        set_recipients(&mut job, vec!["c@x".into(), "a@x".into()]);
-        assert_eq!(job.envelope.recipients[0], Recipient::new("c@x"));
-        assert_eq!(job.envelope.recipients[1], a);
     }
 }

@@ -12,7 +12,9 @@
 //! (`serve.rs`), reports `Idle`, and repeats. It exits after `smtpd.max_use` sessions,
 //! after a session that panicked, on SIGTERM or SIGHUP (after the session in
 //! progress), when a status write fails (`EPIPE`: the supervisor is gone) or when its
-//! parent changes (the supervisor died while this worker was idle).
+//! parent changes (the supervisor died while this worker was idle). Milter connections
+//! kept between sessions (docs/milter.md) are closed when they have been idle too long
+//! and when the worker exits.
 
 use crate::conn::Conn;
 use crate::reply::Reply;
@@ -70,8 +72,14 @@ impl StopFlags {
 }
 
 impl Worker {
-    /// The accept loop; returns when the worker should exit.
+    /// The accept loop; returns when the worker should exit, after closing the milter
+    /// connections it kept between sessions.
     pub fn run(mut self, flags: &StopFlags) {
+        self.serve(flags);
+        self.policy.hook_engine().close_kept();
+    }
+
+    fn serve(&mut self, flags: &StopFlags) {
         let parent = nix::unistd::getppid();
         let max_use = self.policy.cfg.smtpd.max_use;
         let mut served: u64 = 0;
@@ -95,6 +103,8 @@ impl Worker {
                 return;
             }
             let Some((stream, peer)) = self.accept(waiter.as_ref()) else {
+                // Idle: milter connections kept too long are closed.
+                self.policy.hook_engine().close_idle(Instant::now());
                 continue;
             };
             let Some(peer) = peer.or_else(|| stream.peer_addr().ok()) else {

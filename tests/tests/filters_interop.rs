@@ -123,7 +123,12 @@ fn sloop_postgrey_greylists_then_accepts_after_the_delay() {
     });
     assert_eq!(second.code("RCPT"), 250, "{second:?}\n{}", s.log());
     assert_eq!(second.code("DATA"), 250, "{second:?}\n{}", s.log());
-    assert!(started.elapsed() >= grey.delay, "accepted before the delay");
+    // postgrey counts whole seconds (the first attempt at 10.9 s, a retry at 13.0 s
+    // is 3 s later for it): up to a second less of real time may have passed.
+    assert!(
+        started.elapsed() + Duration::from_secs(1) >= grey.delay,
+        "accepted before the delay"
+    );
     // postgrey's PREPEND on the accepted retry is on top of the stored message.
     let got = s.wait_delivered(1);
     assert!(
@@ -400,6 +405,88 @@ s.quit()
     }
 }
 
+/// The local ports of the ESTABLISHED TCP connections to 127.0.0.1:`port` (from
+/// /proc/net/tcp: the connections this host has open to that server).
+fn connections_to(port: u16) -> Vec<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let want = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (local, remote, state) = (f.get(1)?, f.get(2)?, f.get(3)?);
+            if *remote != want || *state != "01" {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
+}
+
+/// The one kept connection to 127.0.0.1:`port` (waits for it): its local port.
+fn kept_connection(port: u16, log: &dyn Fn() -> String) -> u16 {
+    let one = sloop_tests::wait_until(Duration::from_secs(10), || connections_to(port).len() == 1);
+    let open = connections_to(port);
+    assert!(one, "connections to {port}: {open:?}\n{}", log());
+    open[0]
+}
+
+#[test]
+fn sloop_keeps_one_opendkim_connection_for_consecutive_sessions() {
+    let t = "sloop_keeps_one_opendkim_connection_for_consecutive_sessions";
+    let base = TestDir::new("sloop-dkim-keep");
+    let Some(dkim) = OpenDkim::start(t, &base.path, 23124) else {
+        return;
+    };
+    // One smtpd worker: the second session is served by the process that served the
+    // first, on the connection it kept (SMFIC_QUIT_NC, after an unknown-command event:
+    // OpenDKIM answers a signed message with "accept").
+    let s = Sloop::start(
+        "sloop-dkim-keep",
+        &[("smtpd.max_processes", "1"), ("smtpd.min_idle", "1")],
+        "[[milter]]\nname = \"opendkim\"\nsocket = \"inet:127.0.0.1:23124\"\n",
+    );
+    let mut kept = Vec::new();
+    for n in 1..=2 {
+        let subject = format!("dkim-kept-{n}");
+        let msg = message("a@localhost.test", &subject, &format!("message {n}"));
+        let r = smtp(
+            &base.path,
+            s.port,
+            "a@localhost.test",
+            "b@localhost.test",
+            &msg,
+            None,
+        );
+        assert_eq!(r.code("DATA"), 250, "{r:?}\n{}", s.log());
+        // After the session: one connection to OpenDKIM is still open, kept.
+        let one = sloop_tests::wait_until(Duration::from_secs(10), || {
+            connections_to(dkim.port).len() == 1
+        });
+        let open = connections_to(dkim.port);
+        assert!(
+            one,
+            "session {n}: connections to opendkim: {open:?}\n{}",
+            s.log()
+        );
+        kept.push(open[0]);
+    }
+    assert_eq!(kept[0], kept[1], "the second session used a new connection");
+    let got = s.wait_delivered(2);
+    for n in 1..=2 {
+        let f = got
+            .iter()
+            .find(|f| header(f).contains(&format!("Subject: dkim-kept-{n}")))
+            .unwrap_or_else(|| panic!("no message {n} in {got:?}"));
+        assert!(header(f).contains("DKIM-Signature:"), "{}", read(f));
+        let report = dkim.verify(f);
+        assert!(report.is_ok(), "message {n}: {report:?}\n{}", read(f));
+    }
+    let log = s.log();
+    assert!(!log.contains("milter opendkim:"), "{log}");
+}
+
 // ---------------------------------------------------------------- rspamd
 
 fn rspamd_cases(dir: &Path, port: u16, log: &dyn Fn() -> String) {
@@ -445,9 +532,11 @@ fn sloop_rspamd_rejects_gtube_with_rspamds_reply_and_adds_headers() {
     let Some(_rs) = Rspamd::start(t, &base.path, 23132, 23138) else {
         return;
     };
+    // One smtpd worker: the second session runs on the connection the first one
+    // kept (rspamd takes QUIT_NC in any state).
     let s = Sloop::start(
         "sloop-rspamd",
-        &[],
+        &[("smtpd.max_processes", "1"), ("smtpd.min_idle", "1")],
         "[[milter]]\nname = \"rspamd\"\nsocket = \"inet:127.0.0.1:23132\"\n",
     );
     rspamd_cases(&base.path, s.port, &|| s.log());
@@ -459,19 +548,38 @@ fn sloop_rspamd_rejects_gtube_with_rspamds_reply_and_adds_headers() {
         ),
         "{log}"
     );
-    let got = s.wait_delivered(1);
-    assert_rspamd_headers(&got[0]);
-    assert!(read(&got[0]).contains("An ordinary message."));
-    // rspamd names the message by Sloop's queue ID (the `i` macro): the delivered
-    // file's name carries the same ID.
-    let h = header(&got[0]);
-    let qid = h
-        .lines()
-        .find_map(|l| l.strip_prefix("X-Rspamd-Queue-Id: "))
-        .unwrap()
-        .trim();
-    let name = got[0].file_name().unwrap().to_string_lossy().into_owned();
-    assert!(name.contains(&format!(".Q{qid}R")), "{qid} vs {name}");
+    // One more session: on the connection the worker kept.
+    let kept = kept_connection(23132, &|| s.log());
+    let clean = message("a@ham.test", "clean-again", "Another ordinary message.");
+    let r = smtp(
+        &base.path,
+        s.port,
+        "a@ham.test",
+        "b@localhost.test",
+        &clean,
+        None,
+    );
+    assert_eq!(r.code("DATA"), 250, "{r:?}\n{}", s.log());
+    assert_eq!(
+        kept_connection(23132, &|| s.log()),
+        kept,
+        "not the kept connection"
+    );
+    let got = s.wait_delivered(2);
+    assert!(got.iter().any(|f| read(f).contains("An ordinary message.")));
+    for f in &got {
+        assert_rspamd_headers(f);
+        // rspamd names the message by Sloop's queue ID (the `i` macro, sent again on
+        // the kept connection): the delivered file's name carries the same ID.
+        let h = header(f);
+        let qid = h
+            .lines()
+            .find_map(|l| l.strip_prefix("X-Rspamd-Queue-Id: "))
+            .unwrap()
+            .trim();
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(name.contains(&format!(".Q{qid}R")), "{qid} vs {name}");
+    }
 }
 
 // ---------------------------------------------------------------- clamav-milter
@@ -513,9 +621,12 @@ fn sloop_clamav_milter_rejects_eicar() {
     let Some(_cl) = ClamavMilter::start(t, &base.path, 23142) else {
         return;
     };
+    // One smtpd worker: the second session runs on the connection the first one
+    // kept (after the unknown-command event: libmilter is back at HELO after the
+    // rejected message).
     let s = Sloop::start(
         "sloop-clamav",
-        &[],
+        &[("smtpd.max_processes", "1"), ("smtpd.min_idle", "1")],
         "[[milter]]\nname = \"clamav\"\nsocket = \"inet:127.0.0.1:23142\"\n",
     );
     clamav_cases(&base.path, s.port, &|| s.log());
@@ -525,7 +636,24 @@ fn sloop_clamav_milter_rejects_eicar() {
             && log.contains(&clamav::REJECT_TEXT.replace("%v", clamav::VIRUS_NAME)),
         "{log}"
     );
-    let got = s.wait_delivered(1);
-    assert!(read(&got[0]).contains("No virus here."));
-    assert_eq!(got.len(), 1, "the infected message was delivered too");
+    // One more session: on the connection the worker kept.
+    let kept = kept_connection(23142, &|| s.log());
+    let clean = message("a@clean.test", "clean-again", "Still no virus.");
+    let r = smtp(
+        &base.path,
+        s.port,
+        "a@clean.test",
+        "b@localhost.test",
+        &clean,
+        None,
+    );
+    assert_eq!(r.code("DATA"), 250, "{r:?}\n{}", s.log());
+    assert_eq!(
+        kept_connection(23142, &|| s.log()),
+        kept,
+        "not the kept connection"
+    );
+    let got = s.wait_delivered(2);
+    assert!(got.iter().all(|f| read(f).contains("o virus")), "{got:?}");
+    assert_eq!(got.len(), 2, "the infected message was delivered too");
 }

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use sloop_common::config::hooks::{HookListener, HookSocket, MilterHook, OnError};
+use sloop_common::spool::{Envelope, Recipient};
 use sloop_hooks::milter::{apply_edits, ConnectInfo, Edit, Macros, MilterReply, MilterSession};
 use sloop_tests::filters::clamav::{self, ClamavMilter};
 use sloop_tests::filters::opendkim::OpenDkim;
@@ -27,6 +28,7 @@ fn hook(name: &str, port: u16) -> MilterHook {
         command_timeout: Duration::from_secs(30),
         content_timeout: Duration::from_secs(120),
         listeners: vec![HookListener::Smtpd],
+        reuse: true,
     }
 }
 
@@ -137,11 +139,8 @@ fn milter_client_gets_opendkims_signature_and_dkimpy_verifies_it() {
         "no DKIM-Signature edit: {edits:?}"
     );
     let mut msg = text.into_bytes();
-    let (mut sender, mut rcpts) = (
-        "a@localhost.test".to_string(),
-        vec!["b@localhost.test".to_string()],
-    );
-    apply_edits(&edits, &mut msg, &mut sender, &mut rcpts).expect("apply");
+    let mut envelope = Envelope::new("a@localhost.test", vec![Recipient::new("b@localhost.test")]);
+    apply_edits(&edits, &mut msg, &mut envelope).expect("apply");
     let file = dir.path.join("signed.eml");
     std::fs::write(&file, &msg).unwrap();
     let report = dkim.verify(&file);

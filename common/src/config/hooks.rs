@@ -138,6 +138,8 @@ pub struct MilterHook {
     pub content_timeout: Duration,
     /// Which mail the filter sees (default: `smtpd`, `submission`, `submissions`).
     pub listeners: Vec<HookListener>,
+    /// Keep the connection for the worker's next session (`SMFIC_QUIT_NC`).
+    pub reuse: bool,
 }
 
 /// What an in-process access rule matches.

@@ -502,6 +502,9 @@ pub const PARAMS: &[Param] = &[
     Param { key: "milter.listeners", kind: Kind::HookListeners { local: true }, default: "[\"smtpd\", \"submission\", \"submissions\"]",
         doc: "Which mail the filter sees: any of smtpd, submission, submissions, and local (mail injected with sendmail, committed by sloop-pickup).",
         fill: milter!(listeners => listeners) },
+    Param { key: "milter.reuse", kind: Kind::Bool, default: "true",
+        doc: "Keep the connection open for the process's next SMTP session (SMFIC_QUIT_NC, protocol 6), at most 100 sessions and 60s idle, instead of connecting and negotiating again. A filter that fails it once is not offered it again by that process; false for a filter that mishandles it (docs/milter.md).",
+        fill: milter!(entry_bool => reuse) },
     // remote
     Param { key: "remote.smarthost", kind: Kind::HostPort, default: "\"\"",
         doc: "Send all non-local mail through this host:port. Empty: look up MX records.",

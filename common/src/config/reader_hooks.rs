@@ -178,6 +178,7 @@ impl Reader<'_> {
             command_timeout: Duration::ZERO,
             content_timeout: Duration::ZERO,
             listeners: Vec::new(),
+            reuse: false,
         };
         for p in params::PARAMS {
             if let Fill::Milter { read, .. } = p.fill {
@@ -332,6 +333,25 @@ impl Reader<'_> {
             self.entry_choice(e, p)
         } else {
             OnError::default_for(stage)
+        }
+    }
+
+    /// A `Kind::Bool` key of an entry.
+    pub(super) fn entry_bool(&mut self, e: &Entry, p: &'static Param) -> bool {
+        let Some(value) = self.entry_value(e, p, "true or false", |k| matches!(k, Kind::Bool))
+        else {
+            return false;
+        };
+        let fallback = || default_value(p).as_bool().unwrap_or(false);
+        let Some(value) = value else {
+            return fallback();
+        };
+        match value.as_bool() {
+            Some(b) => b,
+            None => {
+                self.entry_issue(e, short(p), show(&value), "true or false");
+                fallback()
+            }
         }
     }
 

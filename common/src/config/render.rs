@@ -132,6 +132,12 @@ impl ToToml for std::time::Duration {
     }
 }
 
+impl ToToml for bool {
+    fn to_toml(&self) -> String {
+        self.to_string()
+    }
+}
+
 impl ToToml for u32 {
     fn to_toml(&self) -> String {
         self.to_string()

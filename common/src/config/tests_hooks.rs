@@ -114,6 +114,10 @@ fn the_documented_example_loads_with_its_defaults() {
             HookListener::Submissions
         ]
     );
+    assert!(rspamd.reuse, "connections are kept by default");
+    let off =
+        parse("[[milter]]\nname = \"x\"\nsocket = \"unix:/x\"\nreuse = false\n").expect("valid");
+    assert!(!off.hooks.milters[0].reuse);
     let a = &h.access;
     assert_eq!(
         a.client[0].pattern,
@@ -298,6 +302,7 @@ fn hook_table_errors_name_the_table_key_and_line() {
             "to 1h",
         ),
         ("milter", "stage = \"rcpt\"", "stage", "keys of [[milter]]"),
+        ("milter", "reuse = \"yes\"", "reuse", "true or false"),
         (
             "milter",
             "listeners = \"smtpd\"",

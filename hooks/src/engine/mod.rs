@@ -3,11 +3,13 @@
 //! "Failure policy").
 //!
 //! An [`Engine`] lives as long as the worker process: the configuration, the access
-//! tables, and one [`PolicyClient`] per `[[policy]]` (whose connection is reused across
-//! sessions). A [`SessionHooks`] lives as long as one SMTP session (or one `sendmail`
-//! message): one milter connection per `[[milter]]` that sees its listener, opened at
-//! connect, dropped for the rest of the session after its first failure (its
-//! `on_error` then applies at each later stage).
+//! tables, one [`PolicyClient`] per `[[policy]]` (whose connection is reused across
+//! sessions), and the milter connections kept between sessions (`pool.rs`). A
+//! [`SessionHooks`] lives as long as one SMTP session (or one `sendmail` message): one
+//! milter connection per `[[milter]]` that sees its listener, taken from the pool or
+//! opened at connect, dropped for the rest of the session after its first failure (its
+//! `on_error` then applies at each later stage), and given back to the pool at the end
+//! of the session when it is sound and `reuse` allows.
 //!
 //! At each stage, in order: the `[access]` rules of the stage (the first match wins;
 //! `accept` skips the policy services), the `[[policy]]` services of the stage in table
@@ -17,6 +19,9 @@
 //! caller's watchdog stays the last line. Relay permission is never a hook's to give:
 //! the caller runs its built-in checks first and asks the engine only when they pass.
 //!
+//! The milters' side (their events, edits and failures) is `milters.rs`; the kept
+//! connections `pool.rs`.
+//!
 //! At the end of the message ([`Engine::end_of_message`]) the milters' edits are
 //! applied in order to copies of the message and the envelope, each milter seeing the
 //! previous one's result; the copies replace the originals only when the whole stage
@@ -25,15 +30,19 @@
 pub mod answers;
 pub mod decide;
 pub mod facts;
+mod milters;
+mod pool;
 
 use crate::access::{AccessError, AccessTables};
-use crate::milter::{apply_edits, MilterSession};
+use crate::milter::{MilterSession, Released};
 use crate::policy::PolicyClient;
-use answers::{milter_said, policy_said};
+use answers::policy_said;
 use decide::{access_said, Flow, Said, StageFold};
 pub use decide::{Decision, Effects, Source};
 pub use facts::Facts;
-use sloop_common::config::hooks::{HookListener, HookStage, HooksConfig, MilterHook, OnError};
+pub use pool::MilterPool;
+use sloop_common::config::hooks::{HookListener, HookStage, HooksConfig, OnError};
+use sloop_common::spool::Envelope;
 use std::time::Instant;
 
 /// The hooks of one worker process.
@@ -45,6 +54,8 @@ pub struct Engine {
     access: Result<AccessTables, AccessError>,
     /// One client per `cfg.policies` entry, same order.
     policies: Vec<PolicyClient>,
+    /// The milter connections kept between sessions.
+    pool: MilterPool,
 }
 
 /// The message and envelope the end-of-message milters may edit.
@@ -52,8 +63,8 @@ pub struct Engine {
 pub struct Message<'a> {
     /// Header, empty line, body, as it will be committed.
     pub bytes: &'a mut Vec<u8>,
-    pub sender: &'a mut String,
-    pub recipients: &'a mut Vec<String>,
+    /// Sender, recipients (with their DSN parameters), `RET`, `ENVID`, ...
+    pub envelope: &'a mut Envelope,
 }
 
 /// The milters of one session.
@@ -81,8 +92,9 @@ enum MilterState {
         session: Box<MilterSession>,
         skip_message: bool,
     },
-    /// It accepted the session at connect or HELO: nothing more is asked.
-    AcceptedSession,
+    /// It accepted the session at connect or HELO: nothing more is asked (the
+    /// connection stays open, to be kept or closed at the end of the session).
+    AcceptedSession(Box<MilterSession>),
     /// It failed: its `on_error` applies at every later stage.
     Failed,
 }
@@ -94,7 +106,24 @@ impl Engine {
             cfg: cfg.clone(),
             access: AccessTables::new(&cfg.access),
             policies: cfg.policies.iter().map(PolicyClient::new).collect(),
+            pool: MilterPool::new(cfg.milters.len()),
         }
+    }
+
+    /// Closes the kept milter connections that have waited too long (the process
+    /// calls this when it is idle).
+    pub fn close_idle(&mut self, now: Instant) {
+        self.pool.expire(now);
+    }
+
+    /// Closes every kept milter connection (the process is about to exit).
+    pub fn close_kept(&mut self) {
+        self.pool.close_all();
+    }
+
+    /// How many milter connections are kept for the next session.
+    pub fn kept(&self) -> usize {
+        self.pool.len()
     }
 
     /// True when some hook runs for `listener` at `stage` (when none does, the caller
@@ -178,7 +207,7 @@ impl Engine {
     ) -> Decision {
         let stage = HookStage::Eom;
         let mut fold = StageFold::new(stage);
-        let mut work: Option<(Vec<u8>, String, Vec<String>)> = None;
+        let mut work: Option<(Vec<u8>, Envelope)> = None;
         if self.rules_and_policies(&mut fold, sess.listener, stage, facts, deadline) == Flow::Go {
             for i in 0..sess.milters.len() {
                 let said = self.milter_message(sess, i, facts, &msg, &mut work, deadline);
@@ -191,22 +220,47 @@ impl Engine {
         // A refused message may have left a milter mid-transaction (a reject at a
         // header): the next MAIL, or the end of the session, aborts it.
         sess.in_message = !matches!(decision, Decision::Accept(_));
-        if let (Decision::Accept(_), Some((bytes, sender, rcpts))) = (&decision, work) {
+        if let (Decision::Accept(_), Some((bytes, envelope))) = (&decision, work) {
             *msg.bytes = bytes;
-            *msg.sender = sender;
-            *msg.recipients = rcpts;
+            *msg.envelope = envelope;
         }
         decision
     }
 
-    /// Ends the session's milter connections (politely, as far as `deadline` allows).
+    /// Ends the session's milter connections (politely, as far as `deadline` allows):
+    /// each sound one is kept for the next session when its `reuse` allows, else
+    /// closed.
     pub fn finish(&mut self, sess: &mut SessionHooks, deadline: Instant) {
         if sess.in_message {
             self.abort_milters(sess, deadline);
         }
         for slot in sess.milters.drain(..) {
-            if let MilterState::Open { session, .. } = slot.state {
+            let session = match slot.state {
+                MilterState::Open { session, .. } | MilterState::AcceptedSession(session) => {
+                    session
+                }
+                MilterState::Idle | MilterState::Failed => continue,
+            };
+            let keep = self
+                .cfg
+                .milters
+                .get(slot.index)
+                .filter(|h| h.reuse && self.pool.may_keep(slot.index));
+            let Some(hook) = keep else {
                 session.quit();
+                continue;
+            };
+            match session.release(deadline) {
+                Released::Kept(s) => self.pool.put(slot.index, s, Instant::now()),
+                Released::Closed => {}
+                Released::Failed(e) => {
+                    log::warn!(
+                        "milter {}: cannot keep the connection for the next session: {e}; \
+                         its connections are no longer kept by this process",
+                        hook.name
+                    );
+                    self.pool.switch_off(slot.index);
+                }
             }
         }
     }
@@ -293,173 +347,6 @@ impl Engine {
         };
         (!list.is_empty()).then_some(())
     }
-
-    /// One milter's event for `stage` (connecting it at connect).
-    fn milter_event(
-        &mut self,
-        sess: &mut SessionHooks,
-        i: usize,
-        stage: HookStage,
-        facts: &Facts,
-        deadline: Instant,
-    ) -> Said {
-        let Some(slot) = sess.milters.get_mut(i) else {
-            return Said::Dunno;
-        };
-        let Some(hook) = self.cfg.milters.get(slot.index) else {
-            return Said::Dunno;
-        };
-        if stage == HookStage::Connect && matches!(slot.state, MilterState::Idle) {
-            let open_by = deadline.min(Instant::now() + hook.connect_timeout);
-            match MilterSession::open(hook, open_by) {
-                Ok(s) => {
-                    slot.state = MilterState::Open {
-                        session: Box::new(s),
-                        skip_message: false,
-                    }
-                }
-                Err(e) => return failed(slot, hook, facts, &e),
-            }
-        }
-        let by = deadline.min(Instant::now() + hook.command_timeout);
-        let macros = facts.macros(stage);
-        let (session, skip) = match &mut slot.state {
-            MilterState::Open {
-                session,
-                skip_message,
-            } => (session, skip_message),
-            MilterState::AcceptedSession => return Said::Dunno,
-            MilterState::Failed | MilterState::Idle => return Said::Failed(hook.on_error),
-        };
-        if stage == HookStage::Mail {
-            *skip = false;
-        }
-        if *skip {
-            return Said::Dunno;
-        }
-        let result = match stage {
-            HookStage::Connect => session.connect(&facts.connect_info(), &macros, by),
-            HookStage::Helo => session.helo(&facts.helo, &macros, by),
-            HookStage::Mail => {
-                let mut args = vec![format!("<{}>", facts.sender)];
-                args.extend(facts.mail_args.iter().cloned());
-                session.mail(&args, &macros, by)
-            }
-            HookStage::Rcpt => {
-                let mut args = vec![format!("<{}>", facts.recipient)];
-                args.extend(facts.rcpt_args.iter().cloned());
-                session.rcpt(&args, &macros, by)
-            }
-            HookStage::Data => session.data(&macros, by),
-            HookStage::Eom => return Said::Dunno,
-        };
-        match result {
-            Ok(reply) => {
-                let said = milter_said(stage, &hook.name, hook.on_error, reply);
-                if said == Said::MilterAccept {
-                    if stage.is_session_phase() {
-                        slot.state = MilterState::AcceptedSession;
-                    } else {
-                        *skip = true;
-                    }
-                }
-                said
-            }
-            Err(e) => failed(slot, hook, facts, &e),
-        }
-    }
-
-    /// One milter's message events (header, body, end of message) and its edits,
-    /// applied to `work` (a copy of `msg` made at the first edit).
-    fn milter_message(
-        &mut self,
-        sess: &mut SessionHooks,
-        i: usize,
-        facts: &Facts,
-        msg: &Message<'_>,
-        work: &mut Option<(Vec<u8>, String, Vec<String>)>,
-        deadline: Instant,
-    ) -> Said {
-        let Some(slot) = sess.milters.get_mut(i) else {
-            return Said::Dunno;
-        };
-        let Some(hook) = self.cfg.milters.get(slot.index) else {
-            return Said::Dunno;
-        };
-        let session = match &mut slot.state {
-            MilterState::Open {
-                skip_message: true, ..
-            }
-            | MilterState::AcceptedSession => return Said::Dunno,
-            MilterState::Open { session, .. } => session,
-            MilterState::Failed | MilterState::Idle => return Said::Failed(hook.on_error),
-        };
-        let macros = facts.macros(HookStage::Eom);
-        let current: &[u8] = match work {
-            Some((bytes, _, _)) => bytes,
-            None => msg.bytes,
-        };
-        let (reply, edits) = match session.message(current, &macros, hook.content_timeout, deadline)
-        {
-            Ok(r) => r,
-            Err(e) => return failed(slot, hook, facts, &e),
-        };
-        if !edits.is_empty() {
-            let (bytes, sender, rcpts) = work.get_or_insert_with(|| {
-                (
-                    msg.bytes.clone(),
-                    msg.sender.clone(),
-                    msg.recipients.clone(),
-                )
-            });
-            if let Err(e) = apply_edits(&edits, bytes, sender, rcpts) {
-                log::warn!(
-                    "{}milter {}: cannot apply its changes: {e}; on_error={}",
-                    qid(facts),
-                    hook.name,
-                    hook.on_error.name()
-                );
-                slot.state = MilterState::Failed;
-                return Said::Failed(hook.on_error);
-            }
-        }
-        milter_said(HookStage::Eom, &hook.name, hook.on_error, reply)
-    }
-
-    /// Tells the open milters the current message is abandoned.
-    fn abort_milters(&mut self, sess: &mut SessionHooks, deadline: Instant) {
-        for slot in &mut sess.milters {
-            if let MilterState::Open {
-                session,
-                skip_message,
-            } = &mut slot.state
-            {
-                let by = self.cfg.milters.get(slot.index).map_or(deadline, |h| {
-                    deadline.min(Instant::now() + h.command_timeout)
-                });
-                session.abort(by);
-                *skip_message = false;
-            }
-        }
-        sess.in_message = false;
-    }
-}
-
-/// Marks the milter failed, logs why, and applies its `on_error`.
-fn failed(
-    slot: &mut MilterSlot,
-    hook: &MilterHook,
-    facts: &Facts,
-    e: &crate::milter::MilterError,
-) -> Said {
-    log::warn!(
-        "{}milter {}: {e}; on_error={}",
-        qid(facts),
-        hook.name,
-        hook.on_error.name()
-    );
-    slot.state = MilterState::Failed;
-    Said::Failed(hook.on_error)
 }
 
 /// `QID: ` when the facts have a queue ID, else nothing.

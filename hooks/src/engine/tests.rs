@@ -4,7 +4,9 @@
 
 use super::*;
 use crate::failure::HookReply;
-use sloop_common::config::hooks::{AccessEntry, AccessList, HookSocket, OnError, PolicyHook};
+use sloop_common::config::hooks::{
+    AccessEntry, AccessList, HookSocket, MilterHook, OnError, PolicyHook,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,6 +38,7 @@ fn milter(name: &str, on_error: OnError) -> MilterHook {
         command_timeout: Duration::from_millis(200),
         content_timeout: Duration::from_millis(200),
         listeners: vec![HookListener::Smtpd],
+        reuse: true,
     }
 }
 
@@ -145,15 +148,16 @@ fn a_failed_milter_applies_its_on_error_at_every_later_stage() {
         Some(550)
     );
     let mut bytes = b"Subject: x\r\n\r\nbody\r\n".to_vec();
-    let mut sender = "a@b.example".to_string();
-    let mut rcpts = vec!["c@d.example".to_string()];
+    let mut envelope = Envelope::new(
+        "a@b.example",
+        vec![sloop_common::spool::Recipient::new("c@d.example")],
+    );
     let d = e.end_of_message(
         &mut s,
         &facts(),
         Message {
             bytes: &mut bytes,
-            sender: &mut sender,
-            recipients: &mut rcpts,
+            envelope: &mut envelope,
         },
         soon(),
     );
@@ -174,4 +178,167 @@ fn a_deadline_already_past_fails_the_call_not_the_session() {
     let d = e.run(&mut s, HookStage::Mail, &facts(), Instant::now());
     assert_eq!(reply_code(&d), Some(451));
     assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+/// A filter on a unix socket that answers every event with continue (the end of the
+/// message with accept, as OpenDKIM does), takes QUIT_NC after an unknown command,
+/// and counts its connections and what it was sent.
+struct KeepingFilter {
+    socket: HookSocket,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+    dir: PathBuf,
+}
+
+impl KeepingFilter {
+    fn start(name: &str) -> KeepingFilter {
+        use crate::milter::{encode_reply, read_packet, Reply};
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let dir =
+            std::env::temp_dir().join(format!("sloop-engine-keep-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("milter.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (c, s) = (connections.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 65536]);
+                loop {
+                    let packet = match read_packet(&buf) {
+                        Ok(Some((p, used))) => {
+                            buf.drain(..used);
+                            p
+                        }
+                        Ok(None) => match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                buf.extend_from_slice(&chunk[..n]);
+                                continue;
+                            }
+                        },
+                        Err(_) => break,
+                    };
+                    s.lock().unwrap().push(packet.cmd as char);
+                    let reply = match packet.cmd {
+                        b'O' => Reply::OptNeg {
+                            version: 6,
+                            actions: 0x01,
+                            protocol: 0,
+                            symlists: Vec::new(),
+                        },
+                        b'D' | b'A' | b'K' => continue,
+                        b'Q' => break,
+                        b'E' => Reply::Accept,
+                        _ => Reply::Continue,
+                    };
+                    if conn.write_all(&encode_reply(&reply)).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        KeepingFilter {
+            socket: HookSocket::Unix(path),
+            connections,
+            seen,
+            dir,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for KeepingFilter {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One SMTP session with one message through the engine.
+fn one_session(e: &mut Engine) {
+    let mut s = e.session(HookListener::Smtpd);
+    for st in [
+        HookStage::Connect,
+        HookStage::Helo,
+        HookStage::Mail,
+        HookStage::Rcpt,
+        HookStage::Data,
+    ] {
+        assert_eq!(e.run(&mut s, st, &facts(), soon()), Decision::accept());
+    }
+    let mut bytes = b"Subject: x\r\n\r\nbody\r\n".to_vec();
+    let mut envelope = Envelope::new(
+        "a@b.example",
+        vec![sloop_common::spool::Recipient::new("c@d.example")],
+    );
+    let msg = Message {
+        bytes: &mut bytes,
+        envelope: &mut envelope,
+    };
+    assert_eq!(
+        e.end_of_message(&mut s, &facts(), msg, soon()),
+        Decision::accept()
+    );
+    e.finish(&mut s, soon());
+}
+
+#[test]
+fn consecutive_sessions_use_one_kept_connection() {
+    let f = KeepingFilter::start("on");
+    let mut m = milter("keep", OnError::Tempfail);
+    m.socket = f.socket.clone();
+    m.command_timeout = Duration::from_secs(10);
+    m.content_timeout = Duration::from_secs(10);
+    let mut e = Engine::new(&HooksConfig {
+        milters: vec![m],
+        ..HooksConfig::default()
+    });
+    for n in 1..=3 {
+        one_session(&mut e);
+        assert_eq!(e.kept(), 1, "session {n}");
+    }
+    assert_eq!(f.connections(), 1);
+    // Idle for less than the limit: kept; the process exits: closed with QUIT.
+    e.close_idle(Instant::now());
+    assert_eq!(e.kept(), 1);
+    e.close_kept();
+    assert_eq!(e.kept(), 0);
+    let ok = |seen: &str| seen.ends_with("UKQ") && seen.matches('O').count() == 1;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ok(&f.seen.lock().unwrap()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = f.seen.lock().unwrap().clone();
+    assert!(ok(&seen), "{seen}");
+    assert_eq!(seen.matches("UK").count(), 3, "{seen}");
+    // Idle too long: closed.
+    one_session(&mut e);
+    e.close_idle(Instant::now() + crate::milter::REUSE_MAX_IDLE);
+    assert_eq!(e.kept(), 0);
+}
+
+#[test]
+fn with_reuse_off_each_session_connects() {
+    let f = KeepingFilter::start("off");
+    let mut m = milter("nokeep", OnError::Tempfail);
+    m.socket = f.socket.clone();
+    m.command_timeout = Duration::from_secs(10);
+    m.content_timeout = Duration::from_secs(10);
+    m.reuse = false;
+    let mut e = Engine::new(&HooksConfig {
+        milters: vec![m],
+        ..HooksConfig::default()
+    });
+    one_session(&mut e);
+    one_session(&mut e);
+    assert_eq!(e.kept(), 0);
+    assert_eq!(f.connections(), 2);
 }

@@ -10,11 +10,15 @@
 //!
 //! Header fields keep CRLF line ends: a filter's bare LF in a folded value becomes
 //! CRLF. Envelope addresses are stored without angle brackets (`<>` is the null
-//! sender). ESMTP parameters of added recipients or a changed sender are not kept:
-//! the envelope has no place for them.
+//! sender). A recipient kept keeps its DSN parameters; the ESMTP parameters of an
+//! added recipient or a new sender are kept where the envelope has a place for them
+//! (`esmtp.rs`), and the others are returned for the caller to log.
 
 use std::fmt;
 
+use sloop_common::spool::{Envelope, Recipient};
+
+use super::esmtp::{rcpt_params, sender_params};
 use super::header::{split, Split};
 use super::Edit;
 
@@ -44,18 +48,43 @@ impl fmt::Display for EditError {
 
 impl std::error::Error for EditError {}
 
-/// Applies `edits` to the message (header, empty line, body, CRLF line ends), the
-/// envelope sender and the recipients; on error nothing is changed. `Quarantine` edits
-/// change nothing here: the caller holds the message (see `MilterReply::Quarantine`).
+/// An ESMTP parameter of an edit that the envelope cannot carry (left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoredParam {
+    /// The parameter as the filter gave it (`SIZE=100`).
+    pub param: String,
+    /// The address it came with (an added recipient, or the new sender).
+    pub address: String,
+}
+
+impl fmt::Display for IgnoredParam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ESMTP parameter {:?} for <{}> not kept",
+            self.param, self.address
+        )
+    }
+}
+
+/// Applies `edits` to the message (header, empty line, body, CRLF line ends) and the
+/// envelope (sender, recipients, DSN and body parameters); on error nothing is
+/// changed. Returns the ESMTP parameters left out. `Quarantine` edits change nothing
+/// here: the caller holds the message (see `MilterReply::Quarantine`).
 pub fn apply_edits(
     edits: &[Edit],
     message: &mut Vec<u8>,
-    sender: &mut String,
-    rcpts: &mut Vec<String>,
-) -> Result<(), EditError> {
+    envelope: &mut Envelope,
+) -> Result<Vec<IgnoredParam>, EditError> {
     let mut msg = message.clone();
-    let mut from = sender.clone();
-    let mut to = rcpts.clone();
+    let mut env = envelope.clone();
+    let mut ignored = Vec::new();
+    let mut left_out = |params: Vec<String>, address: &str| {
+        ignored.extend(params.into_iter().map(|param| IgnoredParam {
+            param,
+            address: address.to_string(),
+        }))
+    };
     let mut i = 0;
     while i < edits.len() {
         match &edits[i] {
@@ -86,22 +115,36 @@ pub fn apply_edits(
                 replace_body(&mut msg, &body);
                 continue;
             }
-            Edit::AddRcpt { rcpt, .. } => {
+            Edit::AddRcpt { rcpt, args } => {
                 let addr = address(rcpt)?;
-                if !to.iter().any(|r| same_address(r, &addr)) {
-                    to.push(addr);
+                let args = args.as_deref().unwrap_or("");
+                if env
+                    .recipients
+                    .iter()
+                    .any(|r| same_address(&r.address, &addr))
+                {
+                    // Already a recipient: it keeps what it has.
+                    let all = args.split_ascii_whitespace().map(str::to_string).collect();
+                    left_out(all, &addr);
+                } else {
+                    let mut r = Recipient::new(addr);
+                    left_out(rcpt_params(args, &mut r), &r.address);
+                    env.recipients.push(r);
                 }
             }
-            Edit::DelRcpt(rcpt) => to.retain(|r| !same_address(r, rcpt)),
-            Edit::ChangeFrom { sender, .. } => from = address(sender)?,
+            Edit::DelRcpt(rcpt) => env.recipients.retain(|r| !same_address(&r.address, rcpt)),
+            Edit::ChangeFrom { sender, args } => {
+                env.sender = address(sender)?;
+                let params = sender_params(args.as_deref().unwrap_or(""), &mut env);
+                left_out(params, &env.sender);
+            }
             Edit::Quarantine(_) => {}
         }
         i += 1;
     }
     *message = msg;
-    *sender = from;
-    *rcpts = to;
-    Ok(())
+    *envelope = env;
+    Ok(ignored)
 }
 
 /// `name:value` with CRLF line ends, checked so it stays one field.
@@ -236,12 +279,22 @@ Shall we meet at noon?\r\n\
 -- \r\n\
 Alice\r\n";
 
+    fn envelope() -> Envelope {
+        let mut bob = Recipient::new("bob@example.org");
+        bob.notify = Some("NEVER".into());
+        Envelope::new("alice@example.test", vec![bob])
+    }
+
+    fn addresses(env: &Envelope) -> Vec<String> {
+        env.recipients.iter().map(|r| r.address.clone()).collect()
+    }
+
     fn apply(edits: &[Edit]) -> (String, String, Vec<String>) {
         let mut m = MSG.to_vec();
-        let mut s = "alice@example.test".to_string();
-        let mut r = vec!["bob@example.org".to_string()];
-        apply_edits(edits, &mut m, &mut s, &mut r).unwrap();
-        (String::from_utf8(m).unwrap(), s, r)
+        let mut env = envelope();
+        apply_edits(edits, &mut m, &mut env).unwrap();
+        let r = addresses(&env);
+        (String::from_utf8(m).unwrap(), env.sender, r)
     }
 
     fn add(name: &str, value: &str) -> Edit {
@@ -350,16 +403,58 @@ Alice\r\n";
         assert!(r.is_empty());
         let (_, s, _) = apply(&[Edit::ChangeFrom {
             sender: "bounce@example.test".into(),
-            args: Some("SIZE=100".into()),
+            args: None,
         }]);
         assert_eq!(s, "bounce@example.test");
     }
 
     #[test]
+    fn esmtp_parameters_of_edits_are_kept_where_the_envelope_can() {
+        let mut m = MSG.to_vec();
+        let mut env = envelope();
+        let ignored = apply_edits(
+            &[
+                Edit::AddRcpt {
+                    rcpt: "<carol@example.org>".into(),
+                    args: Some("NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;carol+40example.org".into()),
+                },
+                // Already a recipient: keeps its NOTIFY=NEVER.
+                Edit::AddRcpt {
+                    rcpt: "<bob@example.org>".into(),
+                    args: Some("NOTIFY=DELAY".into()),
+                },
+                Edit::ChangeFrom {
+                    sender: "<bounce@example.test>".into(),
+                    args: Some("RET=HDRS ENVID=abc SIZE=100".into()),
+                },
+            ],
+            &mut m,
+            &mut env,
+        )
+        .unwrap();
+        assert_eq!(env.sender, "bounce@example.test");
+        assert_eq!(env.ret, Some(sloop_common::spool::Ret::Hdrs));
+        assert_eq!(env.envid.as_deref(), Some("abc"));
+        assert_eq!(env.recipients[0].address, "bob@example.org");
+        assert_eq!(env.recipients[0].notify.as_deref(), Some("NEVER"));
+        let carol = &env.recipients[1];
+        assert_eq!(carol.address, "carol@example.org");
+        assert_eq!(carol.notify.as_deref(), Some("SUCCESS,FAILURE"));
+        assert_eq!(carol.orcpt.as_deref(), Some("rfc822;carol+40example.org"));
+        let shown: Vec<String> = ignored.iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "ESMTP parameter \"NOTIFY=DELAY\" for <bob@example.org> not kept",
+                "ESMTP parameter \"SIZE=100\" for <bounce@example.test> not kept",
+            ]
+        );
+    }
+
+    #[test]
     fn all_or_nothing() {
         let mut m = MSG.to_vec();
-        let mut s = "alice@example.test".to_string();
-        let mut r = vec!["bob@example.org".to_string()];
+        let mut env = envelope();
         let cases = [
             (add("Bad Name", "x"), "bad header name \"Bad Name\" in edit"),
             (add("", "x"), "bad header name \"\" in edit"),
@@ -395,19 +490,18 @@ Alice\r\n";
                 },
                 bad,
             ];
-            let err = apply_edits(&edits, &mut m, &mut s, &mut r).unwrap_err();
+            let err = apply_edits(&edits, &mut m, &mut env).unwrap_err();
             assert_eq!(err.to_string(), want);
             assert_eq!(m, MSG);
-            assert_eq!(s, "alice@example.test");
-            assert_eq!(r, vec!["bob@example.org".to_string()]);
+            assert_eq!(env, envelope());
         }
     }
 
     #[test]
     fn messages_without_separator_or_final_line_end() {
         let mut m = b"Subject: x".to_vec();
-        let (mut s, mut r) = (String::new(), Vec::new());
-        apply_edits(&[add("X-A", " 1")], &mut m, &mut s, &mut r).unwrap();
+        let mut env = Envelope::new("", Vec::new());
+        apply_edits(&[add("X-A", " 1")], &mut m, &mut env).unwrap();
         assert_eq!(m, b"Subject: x\r\nX-A: 1\r\n");
         let mut m = b"Subject: x".to_vec();
         let chg = Edit::ChangeHeader {
@@ -415,16 +509,10 @@ Alice\r\n";
             name: "Subject".into(),
             value: " y".into(),
         };
-        apply_edits(&[chg], &mut m, &mut s, &mut r).unwrap();
+        apply_edits(&[chg], &mut m, &mut env).unwrap();
         assert_eq!(m, b"Subject: y");
         let mut m = b"Subject: x\r\nnot a header\r\n".to_vec();
-        apply_edits(
-            &[Edit::ReplaceBody(b"new".to_vec())],
-            &mut m,
-            &mut s,
-            &mut r,
-        )
-        .unwrap();
+        apply_edits(&[Edit::ReplaceBody(b"new".to_vec())], &mut m, &mut env).unwrap();
         assert_eq!(m, b"Subject: x\r\n\r\nnew\r\n");
     }
 }

@@ -6,15 +6,21 @@
 //!   the fuzz target `milter_packet`.
 //! - `negotiate`: option negotiation (`SMFIC_OPTNEG`): what Sloop offers, what a filter
 //!   may ask for, the macro lists it asks for (`SETSYMLIST`).
-//! - `session`: [`MilterSession`], one connection to one filter for one SMTP session:
-//!   the events (connect, HELO, MAIL, RCPT, DATA, the message, abort, quit) under
-//!   deadlines, honouring the filter's "no such event" and "no reply" flags.
+//! - `session`: [`MilterSession`], one connection to one filter for one SMTP session
+//!   (or several in a row): the events (connect, HELO, MAIL, RCPT, DATA, the message,
+//!   abort, quit) under deadlines, honouring the filter's "no such event" and "no
+//!   reply" flags.
+//! - `eom`: the replies to the end of the message (modifications, decision), I/O-free.
+//! - `reuse`: keeping a connection for the next SMTP session (`SMFIC_QUIT_NC`) where
+//!   libmilter's state machine takes it, I/O-free.
+//! - `wire`: packets queued and written together, replies read against a timer.
 //! - `conn`: the socket (`unix:` or `inet:`), connected within a budget.
 //! - `reply_code`: the filter's own SMTP reply (`SMFIR_REPLYCODE`), checked.
 //! - `header`: the header block of a message split into fields, shared by the session
 //!   (which sends them) and the edits (which change them).
 //! - `edits`: [`apply_edits`], the end-of-message modifications applied to the message
-//!   and the envelope, all or nothing.
+//!   and the envelope, all or nothing; `esmtp`: the ESMTP parameters that come with an
+//!   added recipient or a new sender.
 //!
 //! What can go wrong: the filter is unreachable, silent, answers garbage, or asks for
 //! what was not offered. Each is a [`MilterError`]; its `Display` is the text that
@@ -25,20 +31,27 @@
 mod codec;
 mod conn;
 mod edits;
+mod eom;
+mod esmtp;
 mod header;
 mod negotiate;
 mod reply_code;
+mod reuse;
 mod session;
+mod wire;
 
 use std::fmt;
 use std::net::IpAddr;
 
 pub use codec::{
-    encode_command, encode_reply, read_packet, Command, Packet, Reply, MAX_PACKET_LEN,
+    encode_command, encode_command_into, encode_reply, read_packet, Command, Packet, Reply,
+    MAX_PACKET_LEN,
 };
-pub use edits::{apply_edits, EditError};
+pub use edits::{apply_edits, EditError, IgnoredParam};
 pub use negotiate::{MacroStage, Negotiated, NegotiationError};
-pub use session::MilterSession;
+pub(crate) use reuse::fresh as reuse_fresh;
+pub use reuse::{MAX_IDLE as REUSE_MAX_IDLE, MAX_SESSIONS as REUSE_MAX_SESSIONS};
+pub use session::{MilterSession, Released};
 
 /// The macros the MTA passes with an event: `(name, value)` pairs such as
 /// `("{client_addr}", "192.0.2.1")`, `("j", "mx.example.org")`, `("i", queue_id)`.
@@ -126,7 +139,8 @@ pub enum Edit {
     },
     /// Replace the body (everything after the blank line) with these octets.
     ReplaceBody(Vec<u8>),
-    /// Add an envelope recipient (with ESMTP parameters when `args` is set).
+    /// Add an envelope recipient (with ESMTP parameters when `args` is set:
+    /// `NOTIFY=NEVER ORCPT=rfc822;a+40b`).
     AddRcpt { rcpt: String, args: Option<String> },
     /// Delete an envelope recipient.
     DelRcpt(String),

@@ -108,6 +108,8 @@ pub(crate) enum Event {
     Header,
     Eoh,
     Body,
+    /// An SMTP command the filter has no event for (sent only before QUIT_NC).
+    Unknown,
 }
 
 impl Event {
@@ -122,6 +124,7 @@ impl Event {
             Event::Header => (SMFIP_NOHDRS, SMFIP_NR_HDR),
             Event::Eoh => (SMFIP_NOEOH, SMFIP_NR_EOH),
             Event::Body => (SMFIP_NOBODY, SMFIP_NR_BODY),
+            Event::Unknown => (SMFIP_NOUNKNOWN, SMFIP_NR_UNKN),
         }
     }
 }

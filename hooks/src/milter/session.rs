@@ -1,50 +1,50 @@
-//! [`MilterSession`]: one connection to one filter for the length of one SMTP session.
+//! [`MilterSession`]: one connection to one filter, for one SMTP session or (kept with
+//! `SMFIC_QUIT_NC`) for several in a row.
 //!
 //! The SMTP session drives it event by event: `connect`, `helo`, then per transaction
 //! `mail`, `rcpt`..., `data`, `message` (the header fields one by one, end of header,
 //! the body in chunks of at most 65535 octets, end of message), and `abort` when a
-//! transaction ends without a message; `quit` at the end. Before each event go the
-//! macros of its stage (only those the filter asked for, when it asked).
+//! transaction ends without a message; at the end `release` (keep the connection for
+//! the next session, `reuse.rs`) or `quit`. Before each event go the macros of its
+//! stage (only those the filter asked for, when it asked), in the same write as the
+//! event (`wire.rs`).
 //!
 //! The filter's negotiated flags decide what is sent and what is waited for: an event
 //! it asked not to see is not sent; an event it asked not to answer is sent and not
 //! waited for (rspamd answers nothing before the end of the message: waiting would
-//! stall until the timeout). `SMFIR_PROGRESS` restarts the event's timer, never past
-//! the phase deadline the caller passes. `SMFIR_SKIP` during the body jumps to the end
-//! of the message. Modifications are accepted only in reply to the end of the message.
+//! stall until the timeout), and the message events it does not answer go out
+//! together. `SMFIR_PROGRESS` restarts the event's timer, never past the phase
+//! deadline the caller passes. `SMFIR_SKIP` during the body jumps to the end of the
+//! message. Modifications are accepted only in reply to the end of the message
+//! (`eom.rs`).
 //!
 //! Every failure (connect, timeout, EOF, garbage, negotiation) is a [`MilterError`];
 //! after one the session is broken and every later event fails with
-//! `MilterError::Closed`: the caller drops the filter for the rest of the SMTP session.
+//! `MilterError::Closed`: the caller drops the filter for the rest of the SMTP session,
+//! and the connection is never kept.
 
-use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use sloop_common::config::hooks::MilterHook;
 
-use super::codec::{self, encode_command, read_packet, Command, Reply};
+use super::codec::{self, Command, Reply};
 use super::conn::Conn;
+use super::eom::{check_action, shutdown_reply, EomFold, EomStep};
 use super::header::{split, value_for_filter};
-use super::negotiate::{
-    Event, MacroStage, Negotiated, SMFIF_ADDHDRS, SMFIF_ADDRCPT, SMFIF_ADDRCPT_PAR, SMFIF_CHGBODY,
-    SMFIF_CHGFROM, SMFIF_CHGHDRS, SMFIF_DELRCPT, SMFIF_QUARANTINE,
-};
+use super::negotiate::{Event, MacroStage, Negotiated, SMFIF_QUARANTINE};
 use super::reply_code::parse_reply_code;
-use super::{os_reason, ConnectInfo, Edit, Macros, MilterError, MilterReply};
+use super::reuse::{after_unknown, goodbye, Goodbye, Rest, UNKNOWN_TEXT};
+use super::wire::{Timer, Wire, FLUSH_AT};
+use super::{ConnectInfo, Edit, Macros, MilterError, MilterReply};
 
 /// The largest body chunk sent (libmilter's `MILTER_CHUNK_SIZE`).
 pub const BODY_CHUNK: usize = 65535;
 
-/// The most octets of modifications accepted for one message (header values, body
-/// replacement, addresses), so a runaway filter cannot exhaust memory.
-pub const MAX_EDIT_OCTETS: usize = 64 << 20;
-
-/// One filter connection for one SMTP session.
+/// One filter connection.
 #[derive(Debug)]
 pub struct MilterSession {
     name: String,
-    conn: Conn,
-    buf: Vec<u8>,
+    wire: Wire,
     negotiated: Negotiated,
     command_timeout: Duration,
     state: State,
@@ -52,6 +52,24 @@ pub struct MilterSession {
     quarantine: Option<String>,
     /// The filter answered the last body chunk with `SMFIR_SKIP`.
     skipped: bool,
+    /// Where the filter stands, for QUIT_NC.
+    rest: Rest,
+    /// SMTP sessions this connection has served, the current one included.
+    sessions: u32,
+    /// `[[milter]] reuse`: the connection may be kept for the next session.
+    reuse: bool,
+}
+
+/// What became of a connection at the end of an SMTP session ([`MilterSession::release`]).
+#[derive(Debug)]
+pub enum Released {
+    /// Kept for the next session: the filter was told a new session follows.
+    Kept(Box<MilterSession>),
+    /// Closed (`SMFIC_QUIT`), or it was broken already.
+    Closed,
+    /// Keeping it failed (the filter did not take the unknown-command event or
+    /// QUIT_NC as libmilter does); it is closed.
+    Failed(MilterError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,21 +95,19 @@ impl MilterSession {
         let conn = Conn::connect(&hook.socket, budget)?;
         let mut session = MilterSession {
             name: hook.name.clone(),
-            conn,
-            buf: Vec::new(),
+            wire: Wire::new(conn),
             negotiated: Negotiated::before_negotiation(),
             command_timeout: hook.command_timeout,
             state: State::Open,
             quarantine: None,
             skipped: false,
+            rest: Rest::Elsewhere,
+            sessions: 1,
+            reuse: hook.reuse,
         };
-        let mut timer = Timer {
-            length: budget,
-            started,
-            deadline,
-        };
-        session.send(&Negotiated::offer(), "OPTNEG", timer.end())?;
-        let reply = session.read_reply("OPTNEG", &mut timer)?;
+        let mut timer = Timer::since(started, budget, deadline);
+        session.wire.queue(&Negotiated::offer());
+        let reply = session.wire.read_reply("OPTNEG", &mut timer)?;
         session.negotiated = Negotiated::accept(&reply)?;
         Ok(session)
     }
@@ -104,6 +120,37 @@ impl MilterSession {
     /// What was negotiated.
     pub fn negotiated(&self) -> &Negotiated {
         &self.negotiated
+    }
+
+    /// SMTP sessions this connection has served, the current one included.
+    pub fn sessions(&self) -> u32 {
+        self.sessions
+    }
+
+    /// The number of `write(2)` calls so far (several packets go out in one).
+    pub fn writes(&self) -> u64 {
+        self.wire.writes()
+    }
+
+    /// True when the filter has sent nothing unasked and has not closed the
+    /// connection.
+    pub fn quiet(&self) -> bool {
+        self.wire.quiet()
+    }
+
+    /// Makes a kept connection ready for a new SMTP session (the connect event comes
+    /// next): false when it is not fit (the filter closed it or sent something
+    /// unasked), and the caller drops it and connects again.
+    pub fn resume(&mut self) -> bool {
+        if self.state == State::Broken || !self.wire.quiet() {
+            return false;
+        }
+        self.state = State::Open;
+        self.quarantine = None;
+        self.skipped = false;
+        self.rest = Rest::Elsewhere;
+        self.sessions += 1;
+        true
     }
 
     /// The connect event.
@@ -194,10 +241,46 @@ impl MilterSession {
             return;
         }
         self.new_transaction();
+        self.rest = Rest::Elsewhere;
         let end = deadline.min(Instant::now() + self.command_timeout);
-        if let Err(e) = self.send(&Command::Abort, "ABORT", end) {
+        self.wire.queue(&Command::Abort);
+        if let Err(e) = self.wire.flush("ABORT", end) {
             log::warn!("milter {}: {e}", self.name);
             self.state = State::Broken;
+        }
+    }
+
+    /// Ends the SMTP session on this connection: keeps the connection for the next
+    /// one when `reuse` allows (QUIT_NC, after an unknown-command event where
+    /// libmilter needs one: `reuse.rs`), else says goodbye and closes it. Waits for
+    /// the filter at most `command_timeout`, and never past `deadline`.
+    pub fn release(mut self, deadline: Instant) -> Released {
+        if self.state == State::Broken {
+            return Released::Closed;
+        }
+        let end = deadline.min(Instant::now() + self.command_timeout);
+        let plan = goodbye(
+            self.reuse,
+            self.negotiated.version,
+            self.sessions,
+            self.rest,
+        );
+        let keep = match plan {
+            Goodbye::Quit => false,
+            Goodbye::QuitNc => true,
+            Goodbye::UnknownThenQuitNc => match self.unknown(end) {
+                Ok(keep) => keep,
+                Err(e) => return Released::Failed(e),
+            },
+        };
+        if !keep {
+            self.quit();
+            return Released::Closed;
+        }
+        self.wire.queue(&Command::QuitNc);
+        match self.wire.flush("QUIT_NC", end) {
+            Ok(()) => Released::Kept(Box::new(self)),
+            Err(e) => Released::Failed(e),
         }
     }
 
@@ -205,8 +288,26 @@ impl MilterSession {
     pub fn quit(mut self) {
         if self.state != State::Broken {
             let end = Instant::now() + self.command_timeout.min(Duration::from_secs(1));
+            self.wire.queue(&Command::Quit);
             // The connection closes either way; a filter that is gone needs no goodbye.
-            let _ = self.send(&Command::Quit, "QUIT", end);
+            let _ = self.wire.flush("QUIT", end);
+        }
+    }
+
+    /// The unknown-command event before QUIT_NC: whether QUIT_NC may follow. Not
+    /// answered (`SMFIP_NR_UNKN`): it goes out with QUIT_NC.
+    fn unknown(&mut self, end: Instant) -> Result<bool, MilterError> {
+        self.wire.queue(&Command::Unknown(UNKNOWN_TEXT));
+        if !self.negotiated.replies(Event::Unknown) {
+            return Ok(true);
+        }
+        let mut timer = Timer::new(end.saturating_duration_since(Instant::now()), end);
+        loop {
+            let reply = self.wire.read_reply("UNKNOWN", &mut timer)?;
+            match after_unknown(&reply) {
+                Some(keep) => return Ok(keep),
+                None => timer.restart(),
+            }
         }
     }
 
@@ -245,7 +346,7 @@ impl MilterSession {
     fn message_event(
         &mut self,
         event: Event,
-        (stage, cmd): (MacroStage, u8),
+        stage: (MacroStage, u8),
         macros: &Macros,
         command: &Command<'_>,
         deadline: Instant,
@@ -256,7 +357,7 @@ impl MilterSession {
             State::Open => {}
         }
         let mut timer = Timer::new(self.command_timeout, deadline);
-        let result = self.exchange(event, (stage, cmd), macros, command, &mut timer);
+        let result = self.exchange(event, stage, macros, command, &mut timer, true);
         match &result {
             Err(_) => self.state = State::Broken,
             Ok(MilterReply::Accept) => self.state = State::MessageAccepted,
@@ -265,6 +366,10 @@ impl MilterSession {
         result
     }
 
+    /// Queues the event's macros and the event; reads the reply when the filter
+    /// answers the event. An unanswered event is written at once when `flush`, else
+    /// it waits in the queue for the next event that is answered (or for
+    /// [`FLUSH_AT`] octets).
     fn exchange(
         &mut self,
         event: Event,
@@ -272,18 +377,26 @@ impl MilterSession {
         macros: &Macros,
         command: &Command<'_>,
         timer: &mut Timer,
+        flush: bool,
     ) -> Result<MilterReply, MilterError> {
         if !self.negotiated.sends(event) {
             return Ok(MilterReply::Continue);
         }
         let name = event_name(event);
-        self.send_macros(stage, cmd, macros, name, timer.end())?;
-        self.send(command, name, timer.end())?;
+        self.rest = Rest::Elsewhere;
+        let pairs = self.negotiated.macros_for(stage, macros);
+        if !pairs.is_empty() {
+            self.wire.queue(&Command::Macro { cmd, pairs });
+        }
+        self.wire.queue(command);
         if !self.negotiated.replies(event) {
+            if flush || self.wire.queued() >= FLUSH_AT {
+                self.wire.flush(name, timer.end())?;
+            }
             return Ok(MilterReply::Continue);
         }
         loop {
-            let reply = self.read_reply(name, timer)?;
+            let reply = self.wire.read_reply(name, timer)?;
             if let Some(decision) = self.decision(reply, event, timer)? {
                 return Ok(decision);
             }
@@ -310,7 +423,11 @@ impl MilterSession {
                 return Ok(None);
             }
             Reply::Quarantine(reason) => {
-                self.check_action(SMFIF_QUARANTINE, "SMFIR_QUARANTINE")?;
+                check_action(
+                    self.negotiated.actions,
+                    SMFIF_QUARANTINE,
+                    "SMFIR_QUARANTINE",
+                )?;
                 self.quarantine = Some(reason);
                 return Ok(None);
             }
@@ -361,14 +478,14 @@ impl MilterSession {
             };
             let stage = (MacroStage::Eoh, codec::SMFIC_HEADER);
             let mut timer = Timer::new(per_event, phase_deadline);
-            match self.exchange(Event::Header, stage, &none, &command, &mut timer)? {
+            match self.exchange(Event::Header, stage, &none, &command, &mut timer, false)? {
                 MilterReply::Continue => {}
                 other => return Ok((other, Vec::new())),
             }
         }
         let stage = (MacroStage::Eoh, codec::SMFIC_EOH);
         let mut timer = Timer::new(per_event, phase_deadline);
-        match self.exchange(Event::Eoh, stage, macros, &Command::Eoh, &mut timer)? {
+        match self.exchange(Event::Eoh, stage, macros, &Command::Eoh, &mut timer, false)? {
             MilterReply::Continue => {}
             other => return Ok((other, Vec::new())),
         }
@@ -376,15 +493,33 @@ impl MilterSession {
             return Ok((done, Vec::new()));
         }
         let mut timer = Timer::new(per_event, phase_deadline);
-        self.send_macros(
-            MacroStage::Eom,
-            codec::SMFIC_BODYEOB,
-            macros,
-            "EOM",
-            timer.end(),
-        )?;
-        self.send(&Command::BodyEob, "EOM", timer.end())?;
-        self.end_of_message(&mut timer)
+        let pairs = self.negotiated.macros_for(MacroStage::Eom, macros);
+        if !pairs.is_empty() {
+            self.wire.queue(&Command::Macro {
+                cmd: codec::SMFIC_BODYEOB,
+                pairs,
+            });
+        }
+        self.wire.queue(&Command::BodyEob);
+        self.rest = Rest::Elsewhere;
+        let mut fold = EomFold::new(&self.negotiated, self.quarantine.take());
+        loop {
+            let reply = self.wire.read_reply("EOM", &mut timer)?;
+            match fold.take(reply)? {
+                EomStep::More => {}
+                EomStep::Progress => timer.restart(),
+                EomStep::Done {
+                    reply,
+                    edits,
+                    continued,
+                } => {
+                    if continued {
+                        self.rest = Rest::EndOfMessage;
+                    }
+                    return Ok((reply, edits));
+                }
+            }
+        }
     }
 
     /// The body chunks: `Some(decision)` when the filter decided before the end.
@@ -400,260 +535,13 @@ impl MilterSession {
             let mut timer = Timer::new(per_event, phase_deadline);
             let command = Command::Body(chunk);
             self.skipped = false;
-            match self.exchange(Event::Body, stage, &none, &command, &mut timer)? {
+            match self.exchange(Event::Body, stage, &none, &command, &mut timer, false)? {
                 MilterReply::Continue if self.skipped => break,
                 MilterReply::Continue => {}
                 other => return Ok(Some(other)),
             }
         }
         Ok(None)
-    }
-
-    /// Reads modifications until the final reply to the end of the message.
-    fn end_of_message(
-        &mut self,
-        timer: &mut Timer,
-    ) -> Result<(MilterReply, Vec<Edit>), MilterError> {
-        let space = if self.negotiated.leading_space() {
-            ""
-        } else {
-            " "
-        };
-        let mut edits: Vec<Edit> = Vec::new();
-        let mut octets = 0usize;
-        loop {
-            let reply = self.read_reply("EOM", timer)?;
-            let name = reply.name();
-            let edit = match reply {
-                Reply::AddHeader { name: n, value } => {
-                    self.check_action(SMFIF_ADDHDRS, name)?;
-                    Edit::AddHeader {
-                        name: n,
-                        value: format!("{space}{value}"),
-                    }
-                }
-                Reply::InsHeader {
-                    index,
-                    name: n,
-                    value,
-                } => {
-                    self.check_action(SMFIF_ADDHDRS, name)?;
-                    Edit::InsertHeader {
-                        index,
-                        name: n,
-                        value: format!("{space}{value}"),
-                    }
-                }
-                Reply::ChgHeader {
-                    index,
-                    name: n,
-                    value,
-                } => {
-                    self.check_action(SMFIF_CHGHDRS, name)?;
-                    if n.is_empty() {
-                        return Err(MilterError::Protocol("null change header name".into()));
-                    }
-                    let value = if value.is_empty() {
-                        value
-                    } else {
-                        format!("{space}{value}")
-                    };
-                    Edit::ChangeHeader {
-                        index,
-                        name: n,
-                        value,
-                    }
-                }
-                Reply::ReplBody(chunk) => {
-                    self.check_action(SMFIF_CHGBODY, name)?;
-                    octets += chunk.len();
-                    check_octets(octets)?;
-                    // All the chunks make one replacement, where the first one was.
-                    if let Some(Edit::ReplaceBody(body)) =
-                        edits.iter_mut().find(|e| matches!(e, Edit::ReplaceBody(_)))
-                    {
-                        body.extend_from_slice(&chunk);
-                        continue;
-                    }
-                    Edit::ReplaceBody(chunk)
-                }
-                Reply::AddRcpt(rcpt) => {
-                    self.check_action(SMFIF_ADDRCPT, name)?;
-                    Edit::AddRcpt { rcpt, args: None }
-                }
-                Reply::AddRcptPar { rcpt, args } => {
-                    self.check_action(SMFIF_ADDRCPT_PAR, name)?;
-                    Edit::AddRcpt { rcpt, args }
-                }
-                Reply::DelRcpt(rcpt) => {
-                    self.check_action(SMFIF_DELRCPT, name)?;
-                    Edit::DelRcpt(rcpt)
-                }
-                Reply::ChgFrom { sender, args } => {
-                    self.check_action(SMFIF_CHGFROM, name)?;
-                    Edit::ChangeFrom { sender, args }
-                }
-                Reply::Quarantine(reason) => {
-                    self.check_action(SMFIF_QUARANTINE, name)?;
-                    self.quarantine = Some(reason.clone());
-                    Edit::Quarantine(reason)
-                }
-                Reply::Progress => {
-                    timer.restart();
-                    continue;
-                }
-                Reply::Continue | Reply::Accept => {
-                    let reply = match self.quarantine.take() {
-                        Some(reason) => {
-                            if !edits.iter().any(|e| matches!(e, Edit::Quarantine(_))) {
-                                edits.push(Edit::Quarantine(reason.clone()));
-                            }
-                            MilterReply::Quarantine(reason)
-                        }
-                        None if name == "SMFIR_ACCEPT" => MilterReply::Accept,
-                        None => MilterReply::Continue,
-                    };
-                    return Ok((reply, edits));
-                }
-                Reply::Reject => return Ok((MilterReply::Reject, Vec::new())),
-                Reply::Tempfail => return Ok((MilterReply::Tempfail, Vec::new())),
-                Reply::Discard => return Ok((MilterReply::Discard, Vec::new())),
-                Reply::Shutdown => return Ok((shutdown_reply(), Vec::new())),
-                Reply::ReplyCode(text) => return Ok((parse_reply_code(&text)?, Vec::new())),
-                other => {
-                    return Err(MilterError::Protocol(format!(
-                        "unexpected {} after EOM",
-                        other.name()
-                    )))
-                }
-            };
-            octets += edit_octets(&edit);
-            check_octets(octets)?;
-            edits.push(edit);
-        }
-    }
-
-    fn check_action(&self, action: u32, reply: &str) -> Result<(), MilterError> {
-        if self.negotiated.actions & action == 0 {
-            return Err(MilterError::Protocol(format!(
-                "{reply} without the action negotiated"
-            )));
-        }
-        Ok(())
-    }
-
-    fn send_macros(
-        &mut self,
-        stage: MacroStage,
-        cmd: u8,
-        macros: &Macros,
-        event: &'static str,
-        end: Instant,
-    ) -> Result<(), MilterError> {
-        let pairs = self.negotiated.macros_for(stage, macros);
-        if pairs.is_empty() {
-            return Ok(());
-        }
-        self.send(&Command::Macro { cmd, pairs }, event, end)
-    }
-
-    fn send(
-        &mut self,
-        command: &Command<'_>,
-        event: &'static str,
-        end: Instant,
-    ) -> Result<(), MilterError> {
-        let bytes = encode_command(command);
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(MilterError::Timeout { ms: 0, event });
-        }
-        let io_err = |e: io::Error| match e.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => MilterError::Timeout {
-                ms: left.as_millis(),
-                event,
-            },
-            _ => MilterError::Io {
-                op: "write",
-                event,
-                reason: os_reason(&e),
-            },
-        };
-        self.conn.set_write_timeout(left).map_err(io_err)?;
-        self.conn.write_all(&bytes).map_err(io_err)
-    }
-
-    /// Reads and decodes one packet before the timer runs out.
-    fn read_reply(&mut self, event: &'static str, timer: &mut Timer) -> Result<Reply, MilterError> {
-        let mut chunk = [0u8; 8192];
-        loop {
-            if let Some((packet, used)) = read_packet(&self.buf)? {
-                self.buf.drain(..used);
-                return Reply::decode(&packet);
-            }
-            let left = timer.left();
-            if left.is_zero() {
-                return Err(MilterError::Timeout {
-                    ms: timer.length().as_millis(),
-                    event,
-                });
-            }
-            let io_err = |e: io::Error| MilterError::Io {
-                op: "read",
-                event,
-                reason: os_reason(&e),
-            };
-            self.conn.set_read_timeout(left).map_err(io_err)?;
-            match self.conn.read(&mut chunk) {
-                Ok(0) => return Err(MilterError::Eof { event }),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => return Err(io_err(e)),
-            }
-        }
-    }
-}
-
-/// The timer of one event: `length` from its start or the last progress report,
-/// never past the phase deadline.
-#[derive(Debug)]
-struct Timer {
-    length: Duration,
-    started: Instant,
-    deadline: Instant,
-}
-
-impl Timer {
-    fn new(length: Duration, deadline: Instant) -> Timer {
-        Timer {
-            length,
-            started: Instant::now(),
-            deadline,
-        }
-    }
-
-    fn end(&self) -> Instant {
-        (self.started + self.length).min(self.deadline)
-    }
-
-    fn left(&self) -> Duration {
-        self.end().saturating_duration_since(Instant::now())
-    }
-
-    /// The time this event had: the timer's length, or less when the deadline cut it.
-    fn length(&self) -> Duration {
-        self.length
-            .min(self.deadline.saturating_duration_since(self.started))
-    }
-
-    fn restart(&mut self) {
-        self.started = Instant::now();
     }
 }
 
@@ -667,51 +555,6 @@ fn event_name(event: Event) -> &'static str {
         Event::Header => "HEADER",
         Event::Eoh => "EOH",
         Event::Body => "BODY",
-    }
-}
-
-fn shutdown_reply() -> MilterReply {
-    MilterReply::Code {
-        code: 421,
-        enhanced: Some((4, 7, 0)),
-        text: "Server closing connection".into(),
-    }
-}
-
-fn edit_octets(edit: &Edit) -> usize {
-    match edit {
-        Edit::AddHeader { name, value }
-        | Edit::InsertHeader { name, value, .. }
-        | Edit::ChangeHeader { name, value, .. } => name.len() + value.len(),
-        Edit::ReplaceBody(b) => b.len(),
-        Edit::AddRcpt { rcpt, args } | Edit::ChangeFrom { sender: rcpt, args } => {
-            rcpt.len() + args.as_ref().map_or(0, String::len)
-        }
-        Edit::DelRcpt(s) | Edit::Quarantine(s) => s.len(),
-    }
-}
-
-fn check_octets(octets: usize) -> Result<(), MilterError> {
-    if octets > MAX_EDIT_OCTETS {
-        return Err(MilterError::Protocol(format!(
-            "modifications exceed {MAX_EDIT_OCTETS} octets"
-        )));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timer_restarts_but_never_passes_the_deadline() {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut t = Timer::new(Duration::from_secs(60), deadline);
-        assert!(t.left() <= Duration::from_secs(2));
-        t.restart();
-        assert!(t.end() <= deadline);
-        let t = Timer::new(Duration::from_millis(100), deadline);
-        assert!(t.left() <= Duration::from_millis(100));
+        Event::Unknown => "UNKNOWN",
     }
 }

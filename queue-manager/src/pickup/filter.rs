@@ -2,7 +2,9 @@
 //! `listeners` include `local`), run by `sloop-pickup` before the commit, as Postfix
 //! runs its `non_smtpd_milters`.
 //!
-//! Each message gets a milter session of its own: a connect event for `localhost` with
+//! Each message gets a milter session of its own (on a connection kept from the
+//! previous message of the same scan when the milter's `reuse` allows; closed after
+//! the scan): a connect event for `localhost` with
 //! no address (family unknown), no HELO, then MAIL, one RCPT per recipient, DATA and
 //! the message, with the macros of a local submission (`{daemon_name}` =
 //! `sloop-pickup`, `i` = the queue ID). The milters' edits are applied to the message
@@ -20,7 +22,7 @@
 //! Access rules and policy services never see local mail (they check SMTP clients).
 
 use sloop_common::config::hooks::{HookListener, HookStage, HooksConfig};
-use sloop_common::spool::{Envelope, Recipient};
+use sloop_common::spool::Envelope;
 use sloop_hooks::engine::{Decision, Engine, Facts, Message};
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,12 @@ impl LocalFilters {
             engine: Engine::new(hooks),
             hostname: hostname.to_string(),
         })
+    }
+
+    /// Closes the milter connections kept from one message to the next (after a scan
+    /// of `maildrop/`).
+    pub fn close_kept(&mut self) {
+        self.engine.close_kept();
     }
 
     /// Runs the milters on one message (`uid` is its submitter).
@@ -127,21 +135,18 @@ impl LocalFilters {
         if let Some(v) = stage(&mut self.engine, HookStage::Data, facts) {
             return v;
         }
-        let mut rcpts: Vec<String> = env.recipients.iter().map(|r| r.address.clone()).collect();
         let d = self.engine.end_of_message(
             sess,
             facts,
             Message {
                 bytes: message,
-                sender: &mut env.sender,
-                recipients: &mut rcpts,
+                envelope: env,
             },
             Instant::now() + MESSAGE_BUDGET,
         );
         if let Some(v) = judge(d, &mut held) {
             return v;
         }
-        set_recipients(env, rcpts);
         if let Some(why) = held {
             env.hold = Some(why);
         }
@@ -166,18 +171,6 @@ fn judge(d: Decision, held: &mut Option<String>) -> Option<Verdict> {
         }
         Decision::Reply { reply, .. } => Some(Verdict::Defer(reply.summary())),
     }
-}
-
-/// The recipients after the milters' edits; kept ones keep their DSN parameters.
-fn set_recipients(env: &mut Envelope, rcpts: Vec<String>) {
-    let mut old = std::mem::take(&mut env.recipients);
-    env.recipients = rcpts
-        .into_iter()
-        .map(|a| match old.iter().position(|r| r.address == a) {
-            Some(i) => old.swap_remove(i),
-            None => Recipient::new(a),
-        })
-        .collect();
 }
 
 #[cfg(test)]

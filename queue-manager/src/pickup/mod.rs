@@ -98,6 +98,10 @@ fn serve(cfg: &Config) -> io::Result<()> {
         let now = Instant::now();
         if now >= next_scan {
             scan(&spool, max_size, filters.as_mut());
+            // Milter connections serve one scan's messages, then close.
+            if let Some(f) = filters.as_mut() {
+                f.close_kept();
+            }
             next_scan = Instant::now() + interval;
         }
         let wait = next_scan.saturating_duration_since(Instant::now());
