@@ -8,6 +8,8 @@
 //! - [`local_recipient`]: what an address is to this node (not local, alias, mailbox,
 //!   unknown, invalid), for the smtpd at RCPT time and for local delivery.
 //! - [`delivery_proto`]: the line protocol between `sloop-qmgr` and `sloop-deliver`.
+//! - [`dsn_params`]: syntax of the DSN parameters (NOTIFY, ORCPT, ENVID), one check
+//!   for a client's MAIL/RCPT and for a milter's edits.
 //! - [`pool_proto`]: what `sloopd` passes to smtpd workers (descriptors, environment)
 //!   and the workers' status records.
 //! - [`exitcode`]: qmail-queue and sysexits exit codes, one mapping per boundary.
@@ -15,10 +17,13 @@
 //!   `message-id=` log line).
 //! - [`logging`]: one line per event, program name and pid first.
 //! - [`secure_fs`]: umask, and owner/mode changes that never follow a symlink.
+//! - [`passwd`], [`pool_state`], [`tls_material`]: the AUTH password file, the pool's
+//!   shared state files, and the checked certificates and keys.
 
 pub mod aliases;
 pub mod config;
 pub mod delivery_proto;
+pub mod dsn_params;
 pub mod exitcode;
 pub mod header;
 pub mod local_recipient;

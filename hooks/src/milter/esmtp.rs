@@ -9,6 +9,7 @@
 //! keyword, a malformed value, a parameter given twice) is left out and returned, for
 //! the caller to log; the edit itself still applies.
 
+use sloop_common::dsn_params::{valid_notify, valid_orcpt, valid_xtext};
 use sloop_common::spool::{Envelope, Recipient, Ret};
 
 /// Applies a recipient's parameters; returns those left out.
@@ -83,35 +84,6 @@ fn split(param: &str) -> (&str, Option<&str>) {
         Some((k, v)) => (k, Some(v)),
         None => (param, None),
     }
-}
-
-/// `NEVER`, or a comma list of SUCCESS, FAILURE, DELAY (RFC 3461 §4.1).
-fn valid_notify(n: &str) -> bool {
-    let words: Vec<String> = n.split(',').map(str::to_ascii_uppercase).collect();
-    if words.len() == 1 && words[0] == "NEVER" {
-        return true;
-    }
-    !words.is_empty()
-        && words
-            .iter()
-            .all(|w| matches!(w.as_str(), "SUCCESS" | "FAILURE" | "DELAY"))
-}
-
-/// `addr-type;xtext` (RFC 3461 §4.2), e.g. `rfc822;user+40example.com`.
-fn valid_orcpt(o: &str) -> bool {
-    match o.split_once(';') {
-        Some((t, x)) => {
-            !t.is_empty()
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && valid_xtext(x, 500)
-        }
-        None => false,
-    }
-}
-
-/// xtext (RFC 3461 §4): no controls, blanks or `=`; at most `max` octets.
-fn valid_xtext(x: &str, max: usize) -> bool {
-    !x.is_empty() && x.len() <= max && !x.chars().any(|c| c.is_control() || c == ' ' || c == '=')
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! header that names the queue ID, the client and the protocol.
 
 use crate::reply::Reply;
+use sloop_common::dsn_params::{valid_notify, valid_orcpt, valid_xtext};
 use sloop_common::spool::{Envelope, Recipient, Ret};
 
 /// What MAIL FROM established.
@@ -249,36 +250,6 @@ fn unsupported(k: &str) -> Reply {
         (5, 5, 4),
         format!("Unsupported or malformed parameter {k}"),
     )
-}
-
-/// `NEVER`, or a comma list of SUCCESS, FAILURE, DELAY (RFC 3461 §4.1).
-fn valid_notify(n: &str) -> bool {
-    let words: Vec<String> = n.split(',').map(str::to_ascii_uppercase).collect();
-    if words.len() == 1 && words[0] == "NEVER" {
-        return true;
-    }
-    !words.is_empty()
-        && words
-            .iter()
-            .all(|w| matches!(w.as_str(), "SUCCESS" | "FAILURE" | "DELAY"))
-}
-
-/// `addr-type;xtext` (RFC 3461 §4.2), e.g. `rfc822;user+40example.com`.
-fn valid_orcpt(o: &str) -> bool {
-    match o.split_once(';') {
-        Some((t, x)) => {
-            !t.is_empty()
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && valid_xtext(x, 500)
-        }
-        None => false,
-    }
-}
-
-/// xtext (RFC 3461 §4): printable ASCII except `+` and `=`, or `+XX` hex. UTF-8
-/// (utf-8-addr-xtext, RFC 6533) is tolerated but controls are not.
-fn valid_xtext(x: &str, max: usize) -> bool {
-    !x.is_empty() && x.len() <= max && !x.chars().any(|c| c.is_control() || c == ' ' || c == '=')
 }
 
 #[cfg(test)]
