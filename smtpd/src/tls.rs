@@ -316,6 +316,8 @@ pub struct TlsStream {
     conn: ServerConnection,
     /// Ciphertext read from the socket and not yet handed to rustls.
     pending: Vec<u8>,
+    /// The socket read buffer, allocated once per connection (not per read).
+    raw: Vec<u8>,
 }
 
 /// Octets of ciphertext read from the socket at a time (one maximal TLS record).
@@ -363,7 +365,11 @@ pub fn handshake(
     // The last flight (and TLS 1.3 tickets).
     flush_tls(conn, &mut tls).map_err(HandshakeError::Io)?;
     let info = TlsInfo::of(&tls);
-    conn.set_tls(TlsStream { conn: tls, pending });
+    conn.set_tls(TlsStream {
+        conn: tls,
+        pending,
+        raw,
+    });
     Ok(info)
 }
 
@@ -398,7 +404,6 @@ impl TlsStream {
         buf: &mut [u8],
         deadline: Instant,
     ) -> io::Result<ReadOutcome> {
-        let mut raw = vec![0u8; RAW_READ];
         loop {
             match self.conn.reader().read(buf) {
                 Ok(0) => return Ok(ReadOutcome::Eof),
@@ -408,8 +413,8 @@ impl TlsStream {
                 Err(e) => return Err(e),
             }
             if self.pending.is_empty() {
-                match conn.read_raw(&mut raw, deadline)? {
-                    ReadOutcome::Data(n) => self.pending.extend_from_slice(&raw[..n]),
+                match conn.read_raw(&mut self.raw, deadline)? {
+                    ReadOutcome::Data(n) => self.pending.extend_from_slice(&self.raw[..n]),
                     other => return Ok(other),
                 }
             }

@@ -1,20 +1,21 @@
 //! The commit: how a message enters the queue (docs/architecture.md §3, invariant 1).
 //!
-//! 1. create `tmp/<id>` with `O_EXCL` (a clash takes a new ID; run as root, the file
-//!    is given to the owner of `tmp/`), or claim a recycled file from `free/` under
-//!    that name (pool.rs);
+//! 1. claim a recycled file in `free/` (locked where it lies, pool.rs), or create
+//!    `tmp/<id>` with `O_EXCL` (a clash takes a new ID; run as root, the file is given
+//!    to the owner of `tmp/`);
 //! 2. stream the message into it, refusing more than the size limit;
 //! 3. obtain the envelope (given up front by [`commit`], or read only now by
 //!    [`commit_streaming`], as qmail-queue reads fd 1 after fd 0), append it as the
 //!    trailer, then `fsync` the file;
 //! 4. `rename` it to `incoming/<id>` and `fsync` `incoming/`: **the commit point**
+//!    (a claimed file is renamed from `free/` directly, still under its lock)
 //!    (a message a filter put on hold, `Envelope::hold`, goes to `hold/` instead: the
 //!    queue manager never sees it until an operator releases it);
 //! 5. poke the trigger FIFO.
 //!
-//! Any failure before step 4 removes the temporary file, so no partial message is ever
-//! visible; a crash before step 4 leaves only a `tmp/` file that the queue manager
-//! removes. A crash after the rename but before the directory fsync can lose the
+//! Any failure before step 4 removes the temporary file (a claimed file stays in the
+//! pool, garbage as before), so no partial message is ever visible; a crash before
+//! step 4 leaves only a `tmp/` file that the queue manager removes, or a pool file. A crash after the rename but before the directory fsync can lose the
 //! message only together with the caller's acknowledgement, which waits for our return.
 
 use super::{
@@ -143,28 +144,59 @@ fn commit_with(
 ) -> Result<String, InjectError> {
     // The temporary file is always named with an ID of this process, so `clean_tmp` can
     // tell from its name whether its writer is dead; the preset ID names the result.
-    let (own_id, tmp_path, file, recycled) = create_tmp(spool)?;
+    let (own_id, file, claim) = create_tmp(spool)?;
     let id = preset_id
         .filter(|id| usable_preset(spool, id))
         .map(str::to_string)
         .unwrap_or(own_id);
-    let state = match write(file, recycled, &id, &tmp_path) {
+    let recycled = claim.is_recycled();
+    let state = match write(file, recycled, &id, claim.path()) {
         Ok(state) => state,
         Err(e) => {
-            let _ = fs::remove_file(&tmp_path);
+            claim.abandon();
             return Err(e);
         }
     };
     let dst = spool.path(state, &id);
-    if let Err(e) = ctx(rename_noreplace(&tmp_path, &dst), "rename", &tmp_path) {
-        let _ = fs::remove_file(&tmp_path);
+    if let Err(e) = ctx(rename_noreplace(claim.path(), &dst), "rename", claim.path()) {
+        claim.abandon();
         return Err(e.into());
     }
+    // The rename is done: a pooled file's lock may go.
+    drop(claim);
     fsync_dir(&spool.state_dir(state))?;
     if state == QueueState::Incoming {
         spool.poke();
     }
     Ok(id)
+}
+
+/// Where a message is being written: a new `tmp/<id>`, or a recycled file claimed in
+/// `free/` (whose lock the value holds).
+enum Target {
+    New(PathBuf),
+    Recycled(pool::Claim),
+}
+
+impl Target {
+    fn path(&self) -> &Path {
+        match self {
+            Target::New(p) => p,
+            Target::Recycled(c) => &c.path,
+        }
+    }
+
+    fn is_recycled(&self) -> bool {
+        matches!(self, Target::Recycled(_))
+    }
+
+    /// After a failure: a new file is removed; a recycled one stays in the pool, which
+    /// holds garbage by definition, and is unlocked.
+    fn abandon(self) {
+        if let Target::New(p) = self {
+            let _ = fs::remove_file(p);
+        }
+    }
 }
 
 /// Where a committed message goes: `hold/` when a filter held it, else `incoming/`.
@@ -234,15 +266,15 @@ pub(crate) fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
     }
 }
 
-/// Claims a recycled file as `tmp/<id>` or creates `tmp/<id>` exclusively, with a new
-/// ID (a clash takes another). The flag is true for a recycled file, whose old content
-/// must be cut off after the new.
-fn create_tmp(spool: &Spool) -> Result<(String, PathBuf, File, bool), InjectError> {
+/// Claims a recycled file in `free/` or creates `tmp/<id>` exclusively, with a new ID
+/// (a clash takes another). The file is the one to write from offset 0; a recycled
+/// file's old content must be cut off after the new.
+fn create_tmp(spool: &Spool) -> Result<(String, File, Target), InjectError> {
     let mut id = queue_id::new_id();
-    let mut path = spool.tmp_dir().join(&id);
-    if let Some(f) = pool::claim(spool, &path) {
-        return Ok((id, path, f, true));
+    if let Some((file, c)) = pool::claim(spool) {
+        return Ok((id, file, Target::Recycled(c)));
     }
+    let mut path = spool.tmp_dir().join(&id);
     let mut last_err = None;
     for _ in 0..16 {
         match OpenOptions::new()
@@ -256,7 +288,7 @@ fn create_tmp(spool: &Spool) -> Result<(String, PathBuf, File, bool), InjectErro
                     let _ = fs::remove_file(&path);
                     return Err(ctx(Err(e), "chown", &path)?);
                 }
-                return Ok((id, path, f, false));
+                return Ok((id, f, Target::New(path)));
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 last_err = Some(e);
