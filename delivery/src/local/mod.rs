@@ -46,7 +46,7 @@ use sloop_common::spool::Spool;
 use sloop_common::Config;
 use std::io;
 use std::path::{Component, Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// The local delivery agent.
 #[derive(Debug)]
@@ -58,7 +58,13 @@ pub struct LocalAgent {
     trust: OwnerTrust,
     maildir: MaildirWriter,
     spool: Spool,
+    /// [`LocalAgent::spool_owner`]'s last answer and when it was looked up: the
+    /// account database is read once a minute, not for every message.
+    owner: Option<(Identity, Instant)>,
 }
+
+/// How long the spool owner's account entry is trusted before it is read again.
+const OWNER_TTL: Duration = Duration::from_secs(60);
 
 /// What every target of one recipient needs to know.
 struct Ctx<'a> {
@@ -89,6 +95,7 @@ impl LocalAgent {
             trust,
             maildir,
             spool,
+            owner: None,
         };
         agent.refresh_aliases();
         agent
@@ -250,13 +257,21 @@ impl LocalAgent {
     }
 
     /// Who writes virtual mailboxes and forwards: `server.user` when we are root and
-    /// one is set, else ourselves.
-    fn spool_owner(&self) -> Result<Identity, RcptResult> {
-        if can_switch() && !self.cfg.server.user.is_empty() {
+    /// one is set, else ourselves. Looked up at most once per [`OWNER_TTL`] (a failed
+    /// lookup is not kept).
+    fn spool_owner(&mut self) -> Result<Identity, RcptResult> {
+        if let Some((who, at)) = &self.owner {
+            if at.elapsed() < OWNER_TTL {
+                return Ok(who.clone());
+            }
+        }
+        let who = if can_switch() && !self.cfg.server.user.is_empty() {
             Identity::of_name(&self.cfg.server.user)
         } else {
             Identity::current()
-        }
+        }?;
+        self.owner = Some((who.clone(), Instant::now()));
+        Ok(who)
     }
 
     /// A `/path/file` member: a plain absolute path; when we cannot switch users (the
