@@ -362,8 +362,13 @@ pub fn handshake(
             });
         }
     }
-    // The last flight (and TLS 1.3 tickets).
-    flush_tls(conn, &mut tls).map_err(HandshakeError::Io)?;
+    // TLS 1.2's last flight (the server's Finished) must go now: the client waits for
+    // it. What TLS 1.3 leaves queued is only the session ticket, which the client does
+    // not wait for: it goes with our next reply, in the same write and segment,
+    // instead of costing a write and a wake-up of the client of its own.
+    if tls.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        flush_tls(conn, &mut tls).map_err(HandshakeError::Io)?;
+    }
     let info = TlsInfo::of(&tls);
     conn.set_tls(TlsStream {
         conn: tls,
@@ -418,10 +423,13 @@ impl TlsStream {
                     other => return Ok(other),
                 }
             }
-            let fed = feed(&mut self.conn, &mut self.pending);
-            // Alerts, key updates.
-            flush_tls(conn, &mut self.conn)?;
-            fed?;
+            // What the input made rustls queue (a key update, a deferred ticket) goes
+            // with our next reply, which always follows; an alert about bad input
+            // goes now, before the error ends the session.
+            if let Err(e) = feed(&mut self.conn, &mut self.pending) {
+                let _ = flush_tls(conn, &mut self.conn);
+                return Err(e);
+            }
         }
     }
 
