@@ -200,6 +200,21 @@ impl Conn {
         }
     }
 
+    /// Like [`Conn::write_all_before`] for the session's last reply: through TLS the
+    /// close_notify alert follows the reply in the same write (one segment instead of
+    /// two) and TLS is over for this connection.
+    pub fn write_last_before(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+        match self.tls.take() {
+            Some(mut t) => {
+                self.write_deadline = Some(deadline);
+                let r = t.write_all_and_close(self, bytes);
+                self.write_deadline = None;
+                r
+            }
+            None => self.write_raw_before(bytes, deadline),
+        }
+    }
+
     /// Writes octets to the socket itself, within the deadline of the write in
     /// progress (or the connection's send timeout).
     pub(crate) fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {

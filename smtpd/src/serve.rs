@@ -116,7 +116,7 @@ fn run(policy: &Policy, conn: &mut Conn, ip: IpAddr, watchdog: &Watchdog, role: 
                 // The session is over for the client: it no longer counts against
                 // smtpd.max_per_client, even before the last reply is written.
                 conn.release_slot();
-                flush(conn, &mut out, policy, watchdog);
+                flush_last(conn, &mut out, policy, watchdog);
                 break;
             }
             Step::StartTls => {
@@ -223,6 +223,22 @@ fn flush(conn: &mut Conn, out: &mut Vec<u8>, policy: &Policy, watchdog: &Watchdo
     if out.is_empty() {
         return true;
     }
+    let deadline = write_deadline(policy, watchdog);
+    let ok = conn.write_all_before(out, deadline).is_ok();
+    out.clear();
+    ok
+}
+
+/// Writes the session's last replies; through TLS the close_notify alert goes with
+/// them.
+fn flush_last(conn: &mut Conn, out: &mut Vec<u8>, policy: &Policy, watchdog: &Watchdog) {
+    let deadline = write_deadline(policy, watchdog);
+    let _ = conn.write_last_before(out, deadline);
+    out.clear();
+}
+
+/// Arms the watchdog for a write of replies and returns the write's deadline.
+fn write_deadline(policy: &Policy, watchdog: &Watchdog) -> Instant {
     let s = &policy.cfg.smtpd;
     // A client that does not read its replies holds a worker like a silent one. One
     // deadline for the whole write: the socket layer gives up at it, before the
@@ -234,9 +250,7 @@ fn flush(conn: &mut Conn, out: &mut Vec<u8>, policy: &Policy, watchdog: &Watchdo
     };
     let deadline = Instant::now() + budget;
     watchdog.arm("write", deadline);
-    let ok = conn.write_all_before(out, deadline).is_ok();
-    out.clear();
-    ok
+    deadline
 }
 
 fn panic_text(payload: &Box<dyn Any + Send>) -> String {

@@ -443,6 +443,24 @@ impl TlsStream {
         Ok(())
     }
 
+    /// Encrypts `bytes`, then the close_notify alert, and writes them together.
+    pub(crate) fn write_all_and_close(
+        &mut self,
+        conn: &mut Conn,
+        mut bytes: &[u8],
+    ) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let n = self.conn.writer().write(bytes)?;
+            bytes = &bytes[n..];
+            if !bytes.is_empty() {
+                // rustls' buffer is full: send what it holds and go on.
+                flush_tls(conn, &mut self.conn)?;
+            }
+        }
+        self.conn.send_close_notify();
+        flush_tls(conn, &mut self.conn)
+    }
+
     /// True when decrypted or undecrypted input is waiting.
     pub(crate) fn has_buffered_input(&self) -> bool {
         !self.pending.is_empty()
