@@ -296,6 +296,13 @@ impl Conn {
         }
     }
 
+    /// True when a read of the socket itself would not wait (input, end of file or an
+    /// error is there).
+    pub(crate) fn socket_readable(&self) -> bool {
+        let mut fds = [PollFd::new(self.rd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+
     /// True when the client has already sent something (or closed).
     pub fn has_early_input(&self) -> bool {
         if self.tls.as_ref().is_some_and(|t| t.has_buffered_input()) {

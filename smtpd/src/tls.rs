@@ -364,9 +364,17 @@ pub fn handshake(
     }
     // TLS 1.2's last flight (the server's Finished) must go now: the client waits for
     // it. What TLS 1.3 leaves queued is only the session ticket, which the client does
-    // not wait for: it goes with our next reply, in the same write and segment,
-    // instead of costing a write and a wake-up of the client of its own.
-    if tls.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+    // not wait for: when the client's next command is already here (it usually comes
+    // with its Finished), the ticket goes with our reply to it, in the same write and
+    // segment, instead of costing a write and a wake-up of the client of its own; when
+    // it is not, the ticket goes now, as soon as the handshake is over (a client that
+    // reads it and leaves, `openssl s_client -sess_out`, still gets it).
+    let client_spoke = !pending.is_empty()
+        || conn.socket_readable()
+        || tls
+            .process_new_packets()
+            .is_ok_and(|io| io.plaintext_bytes_to_read() > 0);
+    if tls.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) || !client_spoke {
         flush_tls(conn, &mut tls).map_err(HandshakeError::Io)?;
     }
     let info = TlsInfo::of(&tls);
@@ -418,14 +426,19 @@ impl TlsStream {
                 Err(e) => return Err(e),
             }
             if self.pending.is_empty() {
+                // Never wait for the client while holding output for it (a session
+                // ticket, a key update): it may be waiting for that first.
+                if self.conn.wants_write() && !conn.socket_readable() {
+                    flush_tls(conn, &mut self.conn)?;
+                }
                 match conn.read_raw(&mut self.raw, deadline)? {
                     ReadOutcome::Data(n) => self.pending.extend_from_slice(&self.raw[..n]),
                     other => return Ok(other),
                 }
             }
-            // What the input made rustls queue (a key update, a deferred ticket) goes
-            // with our next reply, which always follows; an alert about bad input
-            // goes now, before the error ends the session.
+            // What the input made rustls queue (a key update) goes with our next
+            // reply, or before we wait for more input; an alert about bad input goes
+            // now, before the error ends the session.
             if let Err(e) = feed(&mut self.conn, &mut self.pending) {
                 let _ = flush_tls(conn, &mut self.conn);
                 return Err(e);

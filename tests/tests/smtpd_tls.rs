@@ -458,6 +458,49 @@ fn sessions_resume_on_other_workers_with_shared_ticket_keys() {
     assert_ne!(pid(resumed[0]), issuer, "{log}");
 }
 
+/// A STARTTLS client that says nothing after the handshake (as `openssl s_client
+/// -sess_out` does) still gets its TLS 1.3 session ticket, and resumes with it; the
+/// ticket must not wait for a reply to go with.
+const TICKET_UNASKED: &str = r#"
+import select, socket, ssl, time
+ctx = ssl._create_unverified_context()
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+def starttls(sess=None):
+    s = socket.create_connection(('127.0.0.1', MX))
+    f = s.makefile('rb')
+    assert f.readline().startswith(b'220 ')
+    s.sendall(b'EHLO client.test\r\n')
+    while not f.readline().startswith(b'250 '):
+        pass
+    s.sendall(b'STARTTLS\r\n')
+    assert f.readline().startswith(b'220 ')
+    return ctx.wrap_socket(s, server_hostname='sloop.test', session=sess)
+t = starttls()
+t.setblocking(False)
+deadline = time.time() + 10
+while not (t.session is not None and t.session.has_ticket) and time.time() < deadline:
+    select.select([t], [], [], 0.2)
+    try:
+        t.recv(4096)
+    except ssl.SSLWantReadError:
+        pass
+print('ticket', t.session is not None and t.session.has_ticket)
+sess = t.session
+t.close()
+t = starttls(sess)
+print('reused', t.session_reused)
+t.sendall(b'QUIT\r\n')
+t.close()
+"#;
+
+#[test]
+fn a_starttls_client_that_says_nothing_still_gets_its_ticket() {
+    let t = TlsServer::start("tls-ticket", &[]);
+    let out = t.python(TICKET_UNASKED, &[]);
+    assert!(out.contains("ticket True"), "{out}\n{}", t.srv.log());
+    assert!(out.contains("reused True"), "{out}\n{}", t.srv.log());
+}
+
 /// `sloopd -c cfg` run to completion: (exit code, stderr).
 fn sloopd_once(cfg: &std::path::Path) -> (i32, String) {
     let out = Command::new(sloop_tests::bin("sloopd"))
