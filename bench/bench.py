@@ -254,6 +254,8 @@ def main():
         sloop_proc.send_signal(signal.SIGTERM)
         sloop_proc.wait(timeout=60)
         empty_trash()
+        # Leave no Postfix listening on 127.0.0.1:2525 behind us.
+        sh("bash", os.path.join(SHARED, "peers.sh"), "stop-postfix", check=False)
 
     lines = ["| sessions | size | msgs/conn | metric | Sloop min/med/max | Postfix min/med/max | ratio min/med/max |",
              "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -262,6 +262,8 @@ def main():
         sloop.terminate()
         sloop.wait()
         restore_postfix(saved)
+        # Leave no Postfix listening on 127.0.0.1:2525 behind us.
+        sh("bash", os.path.join(SHARED, "peers.sh"), "stop-postfix", check=False)
         os.killpg(dkim.pid, 15)
         dkim.wait()
     f = lambda v: f"{min(v):.1f} / {statistics.median(v):.1f} / {max(v):.1f}"

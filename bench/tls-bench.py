@@ -164,6 +164,8 @@ def main():
         sloop.terminate()
         sloop.wait()
         restore_postfix(saved)
+        # Leave no Postfix listening on 127.0.0.1:2525 behind us.
+        sh("bash", os.path.join(SHARED, "peers.sh"), "stop-postfix", check=False)
         subprocess.run(["rm", "-rf", trash])
     print(f"\n`uptime`: {sh('uptime')}\n")
     print(f"| resumption | Sloop msgs/s (min/median/max) | Postfix msgs/s (min/median/max) | Sloop/Postfix |")
