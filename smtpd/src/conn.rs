@@ -190,9 +190,7 @@ impl Conn {
     pub fn write_all_before(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()> {
         match self.tls.take() {
             Some(mut t) => {
-                self.write_deadline = Some(deadline);
-                let r = t.write_all(self, bytes);
-                self.write_deadline = None;
+                let r = self.through_tls(&mut t, deadline, |t, conn| t.write_all(conn, bytes));
                 self.tls = Some(t);
                 r
             }
@@ -205,14 +203,24 @@ impl Conn {
     /// two) and TLS is over for this connection.
     pub fn write_last_before(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()> {
         match self.tls.take() {
-            Some(mut t) => {
-                self.write_deadline = Some(deadline);
-                let r = t.write_all_and_close(self, bytes);
-                self.write_deadline = None;
-                r
-            }
+            Some(mut t) => self.through_tls(&mut t, deadline, |t, conn| {
+                t.write_all_and_close(conn, bytes)
+            }),
             None => self.write_raw_before(bytes, deadline),
         }
+    }
+
+    /// Runs a TLS write, whose socket writes (`write_raw`) keep `deadline`.
+    fn through_tls(
+        &mut self,
+        t: &mut TlsStream,
+        deadline: Instant,
+        write: impl FnOnce(&mut TlsStream, &mut Conn) -> io::Result<()>,
+    ) -> io::Result<()> {
+        self.write_deadline = Some(deadline);
+        let r = write(t, self);
+        self.write_deadline = None;
+        r
     }
 
     /// Writes octets to the socket itself, within the deadline of the write in
