@@ -7,16 +7,17 @@
 //! 3. obtain the envelope (given up front by [`commit`], or read only now by
 //!    [`commit_streaming`], as qmail-queue reads fd 1 after fd 0), append it as the
 //!    trailer, then `fsync` the file;
-//! 4. `rename` it to `incoming/<id>` and `fsync` `incoming/`: **the commit point**
-//!    (a claimed file is renamed from `free/` directly, still under its lock)
-//!    (a message a filter put on hold, `Envelope::hold`, goes to `hold/` instead: the
-//!    queue manager never sees it until an operator releases it);
+//! 4. `rename` it to `incoming/<id>` and `fsync` `incoming/`: **the commit point**.
+//!    A claimed file is renamed from `free/` directly, still under its lock. A
+//!    message a filter put on hold (`Envelope::hold`) goes to `hold/` instead: the
+//!    queue manager never sees it until an operator releases it;
 //! 5. poke the trigger FIFO.
 //!
 //! Any failure before step 4 removes the temporary file (a claimed file stays in the
 //! pool, garbage as before), so no partial message is ever visible; a crash before
-//! step 4 leaves only a `tmp/` file that the queue manager removes, or a pool file. A crash after the rename but before the directory fsync can lose the
-//! message only together with the caller's acknowledgement, which waits for our return.
+//! step 4 leaves only a `tmp/` file that the queue manager removes, or a pool file. A
+//! crash after the rename but before the directory fsync can lose the message only
+//! together with the caller's acknowledgement, which waits for our return.
 
 use super::{
     ctx, fsync_dir, pool, queue_id, Envelope, EnvelopeError, QueueState, Spool, SpoolError,
