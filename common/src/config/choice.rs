@@ -1,5 +1,5 @@
 //! Configuration words as Rust enums: each `Kind::Choice` key of the parameter table
-//! reads into an enum whose words are declared once, with the enum, by [`choice!`].
+//! reads into an enum whose words are declared once, with the enum, by `choice!`.
 //!
 //! The macro writes the enum, its [`Choice`] impl (`WORDS` in declaration order,
 //! `from_word`, `word`), an inherent `name()` giving the word (what logs and the

@@ -56,7 +56,7 @@ impl ShowqRequest {
     }
 }
 
-/// Runs `sloop-drop` with its arguments (without argv[0]).
+/// Runs `sloop-drop` with its arguments (without `argv[0]`).
 pub fn run(args: &[String]) -> Result<(), ToolError> {
     let args = parse_args(args)?;
     let code = if args.request.is_some() {

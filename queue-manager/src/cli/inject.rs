@@ -27,7 +27,7 @@ pub const TRACE_ALLOWANCE: u64 = 4096;
 /// Environment variable naming the queue ID to use.
 pub const QUEUE_ID_ENV: &str = "SLOOP_QUEUE_ID";
 
-/// Runs `sloop-queue` with its arguments (without argv[0]); returns the queue ID.
+/// Runs `sloop-queue` with its arguments (without `argv[0]`); returns the queue ID.
 pub fn run(args: &[String]) -> Result<String, ToolError> {
     let config_path = parse_args(args)?;
     // One line on stderr, whatever the number of config errors.

@@ -30,7 +30,7 @@ use sloop_common::spool::{queue_id, Envelope, QueueState, Recipient, Ret, Spool}
 use std::io::{Read, Write};
 use std::process::{Command, ExitStatus, Stdio};
 
-/// Runs sloop-sendmail with argv (argv[0] included).
+/// Runs sloop-sendmail with argv (`argv[0]` included).
 pub fn run(argv: &[String]) -> Result<(), ToolError> {
     let name = argv
         .first()

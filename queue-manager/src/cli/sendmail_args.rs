@@ -76,7 +76,7 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// Parses the arguments after argv[0]; `as_mailq` when invoked as `mailq`.
+/// Parses the arguments after `argv[0]`; `as_mailq` when invoked as `mailq`.
 pub fn parse(args: &[String], as_mailq: bool) -> Result<Options, UsageError> {
     let mut o = Options::default();
     if as_mailq {

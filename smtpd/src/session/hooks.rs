@@ -3,7 +3,7 @@
 //! When hooks run at a stage (connect, HELO/EHLO, MAIL, RCPT, DATA/BDAT, end of
 //! message), the command handler first runs its built-in checks (syntax, sequence,
 //! relay permission, recipient table: a hook can narrow access, never widen it), then,
-//! instead of answering, parks what it would have done in [`State::Hooking`] and asks
+//! instead of answering, parks what it would have done in `State::Hooking` and asks
 //! the socket layer to run the stage's hooks with [`Step::Hook`]. The socket layer
 //! reports the stage's decision with [`Session::hooked`], which gives the built-in
 //! answer (accept) or the hooks' reply, and logs rejects the way Postfix does
