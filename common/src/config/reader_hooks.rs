@@ -375,23 +375,8 @@ impl Reader<'_> {
         let Some(value) = value else {
             return fallback();
         };
-        let parsed = match value.as_str() {
-            Some(s) => values::parse_duration(s),
-            None => Err(Expected(
-                "a duration string with a unit, such as \"5s\"".to_string(),
-            )),
-        };
-        match parsed {
-            Ok(d) if d.as_millis() as u64 >= min && d.as_millis() as u64 <= max => d,
-            Ok(_) => {
-                let range = format!(
-                    "a duration from {} to {}",
-                    values::format_duration(Duration::from_millis(min)),
-                    values::format_duration(Duration::from_millis(max))
-                );
-                self.entry_issue(e, key, show(&value), range);
-                fallback()
-            }
+        match values::duration_within(&value, min, max, "5s") {
+            Ok(d) => d,
             Err(why) => {
                 self.entry_issue(e, key, show(&value), why.0);
                 fallback()

@@ -222,23 +222,8 @@ impl Reader<'_> {
             return Duration::ZERO;
         };
         let value = self.raw(p);
-        let parsed = match value.as_str() {
-            Some(s) => values::parse_duration(s),
-            None => Err(values::Expected(
-                "a duration string with a unit, such as \"30s\"".to_string(),
-            )),
-        };
-        match parsed {
-            Ok(d) if d.as_millis() as u64 >= min && d.as_millis() as u64 <= max => d,
-            Ok(_) => {
-                let range = format!(
-                    "a duration from {} to {}",
-                    values::format_duration(Duration::from_millis(min)),
-                    values::format_duration(Duration::from_millis(max))
-                );
-                self.bad(p.key, &value, range);
-                Duration::from_millis(min.max(1))
-            }
+        match values::duration_within(&value, min, max, "30s") {
+            Ok(d) => d,
             Err(e) => {
                 self.bad(p.key, &value, e);
                 Duration::from_millis(min.max(1))

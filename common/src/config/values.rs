@@ -110,6 +110,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, Expected> {
         .ok_or_else(expected)
 }
 
+/// A duration key's value (a TOML string) within `min..=max` milliseconds, or what
+/// was expected instead; `example` is a value to show for a non-string.
+pub fn duration_within(
+    value: &toml::Value,
+    min: u64,
+    max: u64,
+    example: &str,
+) -> Result<Duration, Expected> {
+    let Some(s) = value.as_str() else {
+        return Err(Expected(format!(
+            "a duration string with a unit, such as \"{example}\""
+        )));
+    };
+    let d = parse_duration(s)?;
+    let ms = d.as_millis() as u64;
+    if ms >= min && ms <= max {
+        Ok(d)
+    } else {
+        Err(Expected(format!(
+            "a duration from {} to {}",
+            format_duration(Duration::from_millis(min)),
+            format_duration(Duration::from_millis(max))
+        )))
+    }
+}
+
 /// Renders a duration the way the parser reads it back, in the largest exact unit.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis() as u64;
