@@ -290,6 +290,20 @@ mod tests {
     }
 
     #[test]
+    fn durations_within_a_range() {
+        let v = |s: &str| toml::Value::String(s.to_string());
+        assert_eq!(
+            duration_within(&v("2s"), 1000, 60_000, "5s").unwrap(),
+            Duration::from_secs(2)
+        );
+        let e = duration_within(&v("2m"), 1000, 60_000, "5s").unwrap_err();
+        assert_eq!(e.0, "a duration from 1s to 1m");
+        let e = duration_within(&toml::Value::Integer(5), 1000, 60_000, "5s").unwrap_err();
+        assert_eq!(e.0, "a duration string with a unit, such as \"5s\"");
+        assert!(duration_within(&v("5"), 1000, 60_000, "5s").is_err());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86400)));
