@@ -16,72 +16,30 @@ name and the mailbox, as Postfix runs with Debian's main.cf. If a default is wro
 speed, the default changes, not this script.
 Durability is equal: both fsync the queue file before 250 and the Maildir file before
 it is linked into new/.
+
+Both targets start with an empty Maildir: the old ones (and the old --work) are moved
+aside and deleted only after the last run. Once both servers are up it settles before
+the first warm-up run (bench/common.py settle(): sync, wait 65 s or until 370 s after the previous benchmark's clean-up, then until I/O
+pressure "full avg10" is below 1.0, at most 120 s in all), and it prints `uptime` and the
+CPU and I/O pressure before and after the runs (also into --out).
 """
 import argparse
-import glob
 import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py, from any cwd
+from common import (TICK, benchload_maildir, empty_trash, machine_state, postfix_master_pid, proc_table, run_postfix,
+                    set_aside, settle, stop_postfix, tree, tree_cpu_ticks, wait_port)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The Postfix peer and load scripts: ../shared/bench beside the checkout, or wherever
 # SLOOP_BENCH_SHARED points.
 SHARED = os.environ.get("SLOOP_BENCH_SHARED") or os.path.join(os.path.dirname(ROOT), "shared", "bench")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def sh(*cmd, check=True):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout
-
-
-def wait_port(port, secs=30):
-    deadline = time.time() + secs
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return True
-        except OSError:
-            time.sleep(0.05)
-    return False
-
-
-def proc_table():
-    table = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                s = f.read()
-        except OSError:
-            continue
-        rest = s[s.rindex(")") + 2:].split()
-        table[int(d)] = (int(rest[1]), sum(int(x) for x in rest[11:15]))  # ppid, u+s+cu+cs
-    return table
-
-
-def tree(root, table):
-    kids = {}
-    for pid, (ppid, _) in table.items():
-        kids.setdefault(ppid, []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        p = todo.pop()
-        if p in table:
-            out.append(p)
-            todo.extend(kids.get(p, []))
-    return out
-
-
-def tree_cpu_ticks(root):
-    table = proc_table()
-    return sum(table[p][1] for p in tree(root, table))
 
 
 def tree_pss_kib(root):
@@ -109,37 +67,11 @@ class Target:
             return 0
 
 
-# Old mailboxes and spools are moved aside at start and deleted only after the last
-# run: deleting thousands of files just before measuring would slow every file
-# creation for the next 30 s on ext4 without a journal (the inode allocator skips
-# recently freed inodes one probe at a time), and a mailbox that grows over many
-# benchmark runs slows its target's deliveries and the harness's counting.
-TRASH = []
-
-
-def set_aside(path):
-    # Leftovers of an interrupted run go too.
-    TRASH.extend(glob.glob(glob.escape(path) + ".trash-*"))
-    if os.path.exists(path):
-        aside = f"{path}.trash-{os.getpid()}"
-        os.rename(path, aside)
-        TRASH.append(aside)
-
-
-def empty_trash():
-    for path in TRASH:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def start_postfix():
-    sh("bash", os.path.join(SHARED, "peers.sh"), "start-postfix", "maildir")
-    home = os.path.expanduser("~benchload")
-    set_aside(os.path.join(home, "Maildir"))
-
-    def root():
-        with open("/var/spool/postfix/pid/master.pid") as f:
-            return int(f.read().strip())
-    return Target("postfix", 2525, "benchload@bench.test", os.path.join(home, "Maildir", "new"), root)
+    run_postfix(SHARED)
+    set_aside(benchload_maildir())
+    return Target("postfix", 2525, "benchload@bench.test", os.path.join(benchload_maildir(), "new"),
+                  postfix_master_pid)
 
 
 def start_sloop(work):
@@ -164,7 +96,7 @@ mailboxes = ["@bench.test"]
 """)
     log = open(os.path.join(work, "sloopd.log"), "w")
     proc = subprocess.Popen([os.path.join(ROOT, "target", "release", "sloopd"), "-c", cfg], stdout=log, stderr=log)
-    if not wait_port(2526):
+    if not wait_port(2526, interval=0.05):
         sys.exit("sloop did not start; see " + work)
     return proc, Target("sloop", 2526, "benchload@bench.test",
                         os.path.join(work, "mail", "bench.test", "benchload", "Maildir", "new"), lambda: proc.pid)
@@ -220,19 +152,24 @@ def main():
             sys.exit(f"bench.py: {os.path.join(SHARED, tool)} is missing: run from a checkout "
                      "beside shared/, or set SLOOP_BENCH_SHARED to the shared/bench directory")
 
-    subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], cwd=ROOT, check=True)
-    postfix = start_postfix()
-    sloop_proc, sloop = start_sloop(args.work)
     workloads = [(20, 4096, False)] if args.quick else [
         (s, size, reuse) for s in (1, 20, 50) for size in (4096, 102400) for reuse in (False, True)]
+    # Checked before anything starts: a bad --workloads must not leave servers running.
     if args.workloads:
         try:
             workloads = [(int(s), int(size), per == "many")
                          for s, size, per in (w.split(":") for w in args.workloads.split(","))]
         except ValueError:
             sys.exit("bench.py: --workloads wants SESSIONS:SIZE:1|many[,...]")
+
+    subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], cwd=ROOT, check=True)
+    postfix = start_postfix()
+    sloop_proc, sloop = start_sloop(args.work)
     rows = []
     try:
+        settle()
+        before = machine_state()
+        print(f"machine before the runs: {before}", flush=True)
         for sessions, size, reuse in workloads:
             msgs = (2000 if size <= 4096 else 500) if sessions > 1 else (500 if size <= 4096 else 200)
             res = {"sloop": [], "postfix": []}
@@ -250,12 +187,14 @@ def main():
                           f"acc={r['acc']:.0f}/s e2e={r['e2e']:.0f}/s cpu={r['cpu']:.2f}ms pss={r['pss']:.0f}MiB ok={r['ok']}",
                           flush=True)
             rows.append((sessions, size, reuse, msgs, res))
+        # Read before the clean-up below, which loads the disk itself.
+        after = machine_state()
+        print(f"machine after the runs: {after}", flush=True)
     finally:
         sloop_proc.send_signal(signal.SIGTERM)
         sloop_proc.wait(timeout=60)
         empty_trash()
-        # Leave no Postfix listening on 127.0.0.1:2525 behind us.
-        sh("bash", os.path.join(SHARED, "peers.sh"), "stop-postfix", check=False)
+        stop_postfix(SHARED)
 
     lines = ["| sessions | size | msgs/conn | metric | Sloop min/med/max | Postfix min/med/max | ratio min/med/max |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -272,6 +211,7 @@ def main():
             lines.append(f"| {sessions} | {size // 1024} KiB | {'many' if reuse else 1} | FAILED RUNS | {len(bad)} | | |")
     with open(args.out, "w") as f:
         f.write(f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {args.reps} interleaved repetitions.\n\n")
+        f.write(f"Machine before the runs: `{before}`\n\nMachine after the runs: `{after}`\n\n")
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

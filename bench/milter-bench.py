@@ -16,6 +16,12 @@ counted and every one must carry a DKIM-Signature (one per run is verified with 
 Debian's python3-dkim, against the test key). Prints a Markdown table with
 min/median/max and the Sloop/Postfix ratio, and `uptime`.
 
+Both start with an empty Maildir: the old --work and Postfix's old Maildir are moved
+aside and deleted only after the last run. Once OpenDKIM and both MTAs are up it
+settles before the first warm-up run (bench/common.py settle(): sync, wait 65 s or until 370 s after the previous benchmark's clean-up, then
+until I/O pressure "full avg10" is below 1.0, at most 120 s in all), and it prints
+`uptime` and the CPU and I/O pressure before and after the runs.
+
 As root, from a checkout beside shared/ (or SLOOP_BENCH_SHARED=.../shared/bench):
     bench/milter-bench.py [--reps 3] [--sessions 20] [--messages 1000]
     bench/milter-bench.py --without-milter   # the same runs with no milter: the baseline
@@ -31,14 +37,15 @@ import statistics
 import subprocess
 import sys
 import time
-import socket
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py, from any cwd
+from common import (POSTFIX_PORT, benchload_maildir, configure_postfix, empty_trash, machine_state,
+                    postfix_master_pid, restore_postfix, set_aside, settle, sh, stop_postfix, tree_cpu_ms, wait_port)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("SLOOP_BENCH_SHARED") or os.path.join(os.path.dirname(ROOT), "shared", "bench")
 DKIM_PORT = 23160
 SLOOP_PORT = 2556
-POSTFIX_PORT = 2525
-POSTFIX_KEYS = ["smtpd_milters", "non_smtpd_milters", "milter_default_action"]
 SYSTEM_PYTHON = "/usr/bin/python3"  # has Debian's python3-dkim
 
 VERIFY = r'''
@@ -48,54 +55,6 @@ msg = open(sys.argv[2], "rb").read()
 ok = dkim.verify(msg, dnsfunc=lambda name, timeout=5: record if name.startswith(b"bench._domainkey.") else None)
 sys.exit(0 if ok else 1)
 '''
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_table():
-    table = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                st = f.read()
-        except OSError:
-            continue
-        rest = st[st.rindex(")") + 2:].split()
-        table[int(d)] = (int(rest[1]), sum(int(x) for x in rest[11:15]))  # ppid, u+s+cu+cs
-    return table
-
-
-def tree_cpu_ms(root):
-    """CPU time of `root` and its descendants (reaped children included), in ms."""
-    table = proc_table()
-    kids = {}
-    for pid, (ppid, _) in table.items():
-        kids.setdefault(ppid, []).append(pid)
-    total, todo = 0, [root]
-    while todo:
-        p = todo.pop()
-        if p in table:
-            total += table[p][1]
-            todo.extend(kids.get(p, []))
-    return total * 1000 / TICK
-
-
-def sh(*cmd, check=True):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout.strip()
-
-
-def wait_port(port, secs=60):
-    end = time.time() + secs
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return True
-        except OSError:
-            time.sleep(0.2)
-    return False
 
 
 def start_opendkim(work):
@@ -119,27 +78,16 @@ RequireSafeKeys false
 """)
     log = open(os.path.join(work, "opendkim.log"), "w")
     proc = subprocess.Popen(["opendkim", "-f", "-x", conf], stdout=log, stderr=log, start_new_session=True)
-    if not wait_port(DKIM_PORT):
+    if not wait_port(DKIM_PORT, 60):
         sys.exit("opendkim did not start; see " + work)
     return proc, os.path.join(keys, "bench.txt")
 
 
 def start_postfix(milter=True):
-    saved = {k: sh("postconf", "-h", k, check=False) for k in POSTFIX_KEYS}
-    sh("bash", os.path.join(SHARED, "peers.sh"), "start-postfix", "maildir")
-    sh("postconf", "-e", f"smtpd_milters = inet:127.0.0.1:{DKIM_PORT}" if milter else "smtpd_milters =",
-       "non_smtpd_milters =",
-       "milter_default_action = tempfail")
-    sh("postfix", "reload", check=False)
-    time.sleep(2)
-    if not wait_port(POSTFIX_PORT):
-        sys.exit("postfix did not come up")
-    return saved, os.path.join(os.path.expanduser("~benchload"), "Maildir", "new")
-
-
-def restore_postfix(saved):
-    sh("postconf", "-e", *[f"{k} = {v}" for k, v in saved.items()], check=False)
-    sh("postfix", "reload", check=False)
+    """Returns the milter settings it replaced (for restore_postfix()) and the Maildir's new/."""
+    saved = configure_postfix(SHARED, {"smtpd_milters": f"inet:127.0.0.1:{DKIM_PORT}" if milter else "",
+                                       "non_smtpd_milters": "", "milter_default_action": "tempfail"}, secs=60)
+    return saved, os.path.join(benchload_maildir(), "new")
 
 
 def start_sloop(work, milter=True, bindir=None, reuse=None):
@@ -171,7 +119,7 @@ mailboxes = ["@bench.test"]
     bindir = bindir or os.path.join(ROOT, "target", "release")
     proc = subprocess.Popen([os.path.join(bindir, "sloopd"), "-c", cfg],
                             stdout=log, stderr=log)
-    if not wait_port(SLOOP_PORT):
+    if not wait_port(SLOOP_PORT, 60):
         sys.exit("sloop did not start; see " + work)
     time.sleep(2)
     return proc, os.path.join(work, "mail", "bench.test", "benchload", "Maildir", "new")
@@ -233,20 +181,24 @@ def main():
             sys.exit(f"milter-bench.py: {os.path.join(SHARED, tool)} is missing: set SLOOP_BENCH_SHARED")
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--workspace", "--bins"], cwd=ROOT, check=True)
-    shutil.rmtree(args.work, ignore_errors=True)
+    # The old work directory and Maildir are deleted after the last run, not now (see
+    # common.py): deleting them just before measuring would slow every file creation.
+    set_aside(args.work)
     os.makedirs(args.work)
     dkim, public = start_opendkim(args.work)
     milter = not args.without_milter
     saved, postfix_maildir = start_postfix(milter)
+    # Both start with an empty Maildir, as Sloop's under the new --work does.
+    set_aside(benchload_maildir())
     sloop, sloop_maildir = start_sloop(args.work, milter, args.sloop_bin, args.milter_reuse)
-    def postfix_master():
-        with open("/var/spool/postfix/pid/master.pid") as f:
-            return int(f.read().strip())
     targets = [("sloop", SLOOP_PORT, sloop_maildir, lambda: sloop.pid),
-               ("postfix", POSTFIX_PORT, postfix_maildir, postfix_master)]
+               ("postfix", POSTFIX_PORT, postfix_maildir, postfix_master_pid)]
     res = {"sloop": [], "postfix": []}
-    uptimes = [sh("uptime")]
     try:
+        settle()
+        before = machine_state()
+        print(f"machine before the runs: {before}", flush=True)
+        uptimes = [sh("uptime")]
         for name, port, maildir, root in targets:
             rate, ok, _, info = run_once(port, maildir, args.sessions, max(args.messages // 4, 50), public, root,
                                          dkim.pid, milter)
@@ -258,14 +210,17 @@ def main():
                 res[name].append((rate, ok, cpu))
                 print(f"{name} rep={rep}: {rate:.1f} msgs/s ok={ok} {info}", flush=True)
             uptimes.append(sh("uptime"))
+        # Read before the clean-up below, which loads the disk itself.
+        after = machine_state()
+        print(f"machine after the runs: {after}", flush=True)
     finally:
         sloop.terminate()
         sloop.wait()
         restore_postfix(saved)
-        # Leave no Postfix listening on 127.0.0.1:2525 behind us.
-        sh("bash", os.path.join(SHARED, "peers.sh"), "stop-postfix", check=False)
+        stop_postfix(SHARED)
         os.killpg(dkim.pid, 15)
         dkim.wait()
+        empty_trash()
     f = lambda v: f"{min(v):.1f} / {statistics.median(v):.1f} / {max(v):.1f}"
     s = [r[0] for r in res["sloop"]]
     p = [r[0] for r in res["postfix"]]
@@ -287,6 +242,7 @@ def main():
     print("\n`uptime` before and after each repetition:\n")
     for u in uptimes:
         print(f"    {u}")
+    print(f"\nMachine before the runs: `{before}`\n\nMachine after the runs: `{after}`")
     for path in glob.glob(os.path.join(args.work, "mail")):
         shutil.rmtree(path, ignore_errors=True)
 

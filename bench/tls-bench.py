@@ -10,26 +10,21 @@ RCPT, DATA, QUIT; with session resumption on (a client-side ticket cache) and of
 Each (target, resumption) pair runs once unrecorded, then the targets interleaved
 --reps times. Prints a Markdown table of accepted msgs/s (min/median/max) and the
 Sloop/Postfix ratio. As root:  bench/tls-bench.py [--reps 3] [--sessions 20]
+
+Both start with an empty Maildir: the old --work and Postfix's old Maildir are moved
+aside and deleted only after the last run. Once both servers are up it settles before
+the first warm-up run (bench/common.py settle(): sync, wait 65 s or until 370 s after the previous benchmark's clean-up, then until I/O
+pressure "full avg10" is below 1.0, at most 120 s in all), and it prints `uptime` and the
+CPU and I/O pressure before and after the runs.
 """
-import argparse, os, statistics, subprocess, sys, time, socket
+import argparse, os, statistics, subprocess, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/common.py, from any cwd
+from common import (benchload_maildir, configure_postfix, empty_trash, machine_state, restore_postfix, set_aside,
+                    settle, sh, stop_postfix, wait_port)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("SLOOP_BENCH_SHARED", os.path.join(ROOT, "..", "shared", "bench"))
-
-
-def sh(*cmd, check=True):
-    return subprocess.run(cmd, check=check, capture_output=True, text=True).stdout.strip()
-
-
-def wait_port(port, secs=30):
-    end = time.time() + secs
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return True
-        except OSError:
-            time.sleep(0.2)
-    return False
 
 
 def make_cert(work):
@@ -40,24 +35,10 @@ def make_cert(work):
     return crt, key
 
 
-POSTFIX_KEYS = ["smtpd_tls_cert_file", "smtpd_tls_key_file", "smtpd_tls_security_level"]
-
-
 def start_postfix(crt, key):
-    saved = {k: sh("postconf", "-h", k, check=False) for k in POSTFIX_KEYS}
-    sh("bash", os.path.join(SHARED, "peers.sh"), "start-postfix", "maildir")
-    sh("postconf", "-e", f"smtpd_tls_cert_file = {crt}", f"smtpd_tls_key_file = {key}",
-       "smtpd_tls_security_level = may")
-    sh("postfix", "reload", check=False)
-    time.sleep(2)
-    if not wait_port(2525):
-        sys.exit("postfix did not come up")
-    return saved
-
-
-def restore_postfix(saved):
-    sh("postconf", "-e", *[f"{k} = {v}" for k, v in saved.items()], check=False)
-    sh("postfix", "reload", check=False)
+    """Returns the TLS settings it replaced, for restore_postfix()."""
+    return configure_postfix(SHARED, {"smtpd_tls_cert_file": crt, "smtpd_tls_key_file": key,
+                                      "smtpd_tls_security_level": "may"})
 
 
 def start_sloop(work, crt, key):
@@ -126,24 +107,26 @@ def main():
     ap.add_argument("--messages", type=int, default=1000)
     ap.add_argument("--work", default="/var/tmp/sloop-tls-bench")
     args = ap.parse_args()
-    subprocess.run(["rm", "-rf", args.work])
+    # The old work directory and Maildir are deleted after the last run, not now (see
+    # common.py): deleting them just before measuring would slow every file creation.
+    set_aside(args.work)
     os.makedirs(args.work)
     crt, key = make_cert(args.work)
     saved = start_postfix(crt, key)
     # Both start with an empty Maildir (a Maildir grown over earlier runs slows
-    # Postfix's deliveries); the old one is deleted after the last run.
-    old_maildir = os.path.join(os.path.expanduser("~benchload"), "Maildir")
-    trash = f"{old_maildir}.trash-{os.getpid()}"
-    if os.path.exists(old_maildir):
-        os.rename(old_maildir, trash)
+    # Postfix's deliveries).
+    set_aside(benchload_maildir())
     sloop = start_sloop(args.work, crt, key)
     targets = {"sloop": (2536, "benchload@bench.test"), "postfix": (2525, "benchload@bench.test")}
     maildirs = {"sloop": os.path.join(args.work, "mail", "bench.test", "benchload", "Maildir", "new"),
-                "postfix": os.path.join(os.path.expanduser("~benchload"), "Maildir", "new")}
-    # Counted from what is there now: Postfix's Maildir persists across runs.
+                "postfix": os.path.join(benchload_maildir(), "new")}
+    # Counted from what is there now, should a Maildir not start empty.
     expected = {t: maildir_count(m) for t, m in maildirs.items()}
     rows = []
     try:
+        settle()
+        before = machine_state()
+        print(f"machine before the runs: {before}", flush=True)
         for resume in ("on", "off"):
             res = {"sloop": [], "postfix": []}
             for t, (port, rcpt) in targets.items():
@@ -160,14 +143,17 @@ def main():
                           flush=True)
             s, p = statistics.median(res["sloop"]), statistics.median(res["postfix"])
             rows.append((resume, res, s / p if p else float("inf")))
+        # Read before the clean-up below, which loads the disk itself.
+        after = machine_state()
+        print(f"machine after the runs: {after}", flush=True)
     finally:
         sloop.terminate()
         sloop.wait()
         restore_postfix(saved)
-        # Leave no Postfix listening on 127.0.0.1:2525 behind us.
-        sh("bash", os.path.join(SHARED, "peers.sh"), "stop-postfix", check=False)
-        subprocess.run(["rm", "-rf", trash])
+        stop_postfix(SHARED)
+        empty_trash()
     print(f"\n`uptime`: {sh('uptime')}\n")
+    print(f"Machine before the runs: `{before}`\n\nMachine after the runs: `{after}`\n")
     print(f"| resumption | Sloop msgs/s (min/median/max) | Postfix msgs/s (min/median/max) | Sloop/Postfix |")
     print("| --- | --- | --- | --- |")
     for resume, res, ratio in rows:

@@ -3,7 +3,7 @@
 //!
 //! Why: creating a file costs an inode allocation and removing it an inode (and block)
 //! free; on ext4 without a journal the allocator also skips every inode freed in the
-//! last 60 seconds (300 while its inode-table block is dirty), probing the inode
+//! last 60 seconds (360 while its inode-table block is dirty), probing the inode
 //! table for each, so at a thousand messages a second each create scanned thousands
 //! of inodes (a third of the smtpd's CPU and half of the delivery agents' in `perf`;
 //! docs/benchmarks.md). A recycled file keeps its
