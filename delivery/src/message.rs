@@ -10,7 +10,7 @@
 //! a clear text; the queue manager decides what happens next.
 
 use crate::result::RcptResult;
-use sloop_common::spool::{self, Envelope};
+use sloop_common::spool::Envelope;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -28,18 +28,27 @@ pub struct QueuedMessage {
 
 impl QueuedMessage {
     /// Opens the queue file at `path`; the error is a `defer` for every recipient.
+    /// (No `exists()` first: the open tells a vanished file apart by itself.)
     pub fn open(path: &Path) -> Result<QueuedMessage, RcptResult> {
-        if !path.exists() {
-            return Err(RcptResult::defer(
-                "4.3.0",
-                "queue file is gone (held or deleted by the operator?)",
-            ));
-        }
-        match spool::open_message(path) {
-            Ok((envelope, take)) => Ok(QueuedMessage {
-                file: take.into_inner(),
-                envelope,
-            }),
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(RcptResult::defer(
+                    "4.3.0",
+                    "queue file is gone (held or deleted by the operator?)",
+                ))
+            }
+            Err(e) => {
+                return Err(RcptResult::defer(
+                    "4.3.0",
+                    format!("cannot read queue file: {}: {e}", path.display()),
+                ))
+            }
+        };
+        // Every later read is positioned (`read_at`), so the offset the envelope
+        // reader leaves does not matter.
+        match Envelope::read_from(&mut file) {
+            Ok(envelope) => Ok(QueuedMessage { file, envelope }),
             Err(e) => Err(RcptResult::defer(
                 "4.3.0",
                 format!("cannot read queue file: {e}"),
@@ -74,6 +83,16 @@ impl QueuedMessage {
         let end = header_end(&buf).unwrap_or(buf.len());
         buf.truncate(end);
         Ok(buf)
+    }
+
+    /// [`uses_crlf`](Self::uses_crlf) answered from `header` (what
+    /// [`header_bytes`](Self::header_bytes) returned) when it holds the first line's
+    /// end, without reading the file again.
+    pub fn uses_crlf_given(&self, header: &[u8]) -> bool {
+        match header.iter().position(|&b| b == b'\n') {
+            Some(i) => i > 0 && header[i - 1] == b'\r',
+            None => self.uses_crlf(),
+        }
     }
 
     /// True when the message's first line ends in CRLF (so added headers do too).
@@ -144,5 +163,44 @@ mod tests {
         assert_eq!(header_end(b"A: b\nC: d\n\nbody"), Some(10));
         assert_eq!(header_end(b"\r\nbody"), Some(0));
         assert_eq!(header_end(b"A: b\r\nno end"), None);
+    }
+
+    /// A queue file holding `body` and an envelope trailer, opened.
+    fn queued(name: &str, body: &[u8]) -> QueuedMessage {
+        let path = std::env::temp_dir().join(format!("sloop-msg-{name}-{}", std::process::id()));
+        let mut env = Envelope::new(
+            "s@x.test",
+            vec![sloop_common::spool::Recipient::new("u@x.test")],
+        );
+        env.id = "0123456789ABCDEF012345".into();
+        env.size = body.len() as u64;
+        let mut bytes = body.to_vec();
+        bytes.extend_from_slice(&env.to_trailer());
+        std::fs::write(&path, bytes).unwrap();
+        let msg = QueuedMessage::open(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        msg
+    }
+
+    #[test]
+    fn line_ends_come_from_the_header_read_or_from_the_file() {
+        for (name, body, crlf) in [
+            ("crlf", &b"A: b\r\n\r\nhi\r\n"[..], true),
+            ("lf", &b"A: b\n\nhi\n"[..], false),
+            // No header section: the first line is read from the file.
+            ("bodyonly", &b"\nhi\r\n"[..], false),
+        ] {
+            let msg = queued(name, body);
+            let header = msg.header_bytes().unwrap();
+            assert_eq!(msg.uses_crlf_given(&header), crlf, "{name}");
+            assert_eq!(msg.uses_crlf_given(&header), msg.uses_crlf(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_vanished_queue_file_defers_as_gone() {
+        let path = std::env::temp_dir().join(format!("sloop-msg-none-{}", std::process::id()));
+        let err = QueuedMessage::open(&path).unwrap_err();
+        assert!(format!("{err:?}").contains("queue file is gone"), "{err:?}");
     }
 }

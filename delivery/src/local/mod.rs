@@ -383,7 +383,7 @@ impl Agent for LocalAgent {
                 return vec![r; job.recipients.len()];
             }
         };
-        let crlf = msg.uses_crlf();
+        let crlf = msg.uses_crlf_given(&header);
         job.recipients
             .iter()
             .enumerate()
