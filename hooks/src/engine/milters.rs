@@ -20,10 +20,7 @@ impl Engine {
         facts: &Facts,
         deadline: Instant,
     ) -> Said {
-        let Some(slot) = sess.milters.get_mut(i) else {
-            return Said::Dunno;
-        };
-        let Some(hook) = self.cfg.milters.get(slot.index) else {
+        let Some((slot, hook)) = slot_and_hook(sess, &self.cfg.milters, i) else {
             return Said::Dunno;
         };
         if stage == HookStage::Connect && matches!(slot.state, MilterState::Idle) {
@@ -88,10 +85,7 @@ impl Engine {
         work: &mut Option<(Vec<u8>, Envelope)>,
         deadline: Instant,
     ) -> Said {
-        let Some(slot) = sess.milters.get_mut(i) else {
-            return Said::Dunno;
-        };
-        let Some(hook) = self.cfg.milters.get(slot.index) else {
+        let Some((slot, hook)) = slot_and_hook(sess, &self.cfg.milters, i) else {
             return Said::Dunno;
         };
         let session = match &mut slot.state {
@@ -153,6 +147,18 @@ impl Engine {
         }
         sess.in_message = false;
     }
+}
+
+/// Milter `i` of the session and its table (`None`: no such milter; the caller says
+/// DUNNO).
+fn slot_and_hook<'a>(
+    sess: &'a mut SessionHooks,
+    milters: &'a [MilterHook],
+    i: usize,
+) -> Option<(&'a mut MilterSlot, &'a MilterHook)> {
+    let slot = sess.milters.get_mut(i)?;
+    let hook = milters.get(slot.index)?;
+    Some((slot, hook))
 }
 
 /// The connect event of a milter not connected yet: on a connection kept from an
