@@ -6,7 +6,8 @@
 //! - `stderr`: `<timestamp> <program>[<pid>]: <level>: <message>`. Under systemd,
 //!   stderr goes to the journal; `sloopd`'s children inherit its stderr.
 //! - `syslog`: each line is one RFC 3164 datagram to `log.syslog_socket` (`/dev/log`),
-//!   `<PRI>sloop/<name>[<pid>]: <message>`, with facility `log.facility` and the
+//!   `<PRI>sloop/<name>[<pid>]: <message>` (`log.syslog_name` replaces `sloop`, as
+//!   Postfix's `syslog_name`), with facility `log.facility` and the
 //!   severity of the level; as in Postfix, informational lines carry no level word and
 //!   the others start with `warning: `, `error: ` or `debug: `. The timestamp is left
 //!   to the syslog daemon (it stamps what it receives in local time). When the socket
@@ -40,8 +41,8 @@ pub fn init(program: &'static str, level: log::LevelFilter) {
 }
 
 /// Initialises logging as `log` says: on stderr as `program`, or to syslog as
-/// `sloop/<syslog_name>` (Postfix's names: `smtpd`, `qmgr`, `local`, `smtp`, `pickup`,
-/// `master`, ...).
+/// `<log.syslog_name>/<syslog_name>` (Postfix's names: `smtpd`, `qmgr`, `local`,
+/// `smtp`, `pickup`, `master`, ...).
 pub fn init_with(program: &'static str, syslog_name: &str, log: &LogConfig) {
     if log.target == LogTarget::Stderr {
         return init(program, log.level);
@@ -53,7 +54,7 @@ pub fn init_with(program: &'static str, syslog_name: &str, log: &LogConfig) {
         }
     }
     let logger = SyslogLogger {
-        ident: format!("sloop/{syslog_name}"),
+        ident: syslog_ident(&log.syslog_name, syslog_name),
         pid: std::process::id(),
         facility: log.facility.code(),
         level,
@@ -63,6 +64,13 @@ pub fn init_with(program: &'static str, syslog_name: &str, log: &LogConfig) {
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
     }
+}
+
+/// A program's syslog name: `sloop/smtpd`, or `<prefix>/smtpd` with `log.syslog_name`
+/// (an empty prefix, as in a `LogConfig` built by hand, stands for `sloop`).
+pub fn syslog_ident(prefix: &str, program: &str) -> String {
+    let prefix = if prefix.is_empty() { "sloop" } else { prefix };
+    format!("{prefix}/{program}")
 }
 
 /// One syslog datagram (RFC 3164 without a timestamp) for a record.
@@ -230,6 +238,13 @@ mod tests {
         let w = syslog_line(2, "sloop/qmgr", 7, log::Level::Warn, "a\nb");
         assert_eq!(w, "<20>sloop/qmgr[7]: warning: a b");
         assert!(syslog_line(3, "x", 1, log::Level::Error, "e").starts_with("<27>x[1]: error: "));
+    }
+
+    #[test]
+    fn the_syslog_name_prefixes_every_program() {
+        assert_eq!(syslog_ident("sloop", "smtpd"), "sloop/smtpd");
+        assert_eq!(syslog_ident("postfix", "qmgr"), "postfix/qmgr");
+        assert_eq!(syslog_ident("", "local"), "sloop/local");
     }
 
     #[test]

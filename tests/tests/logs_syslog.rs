@@ -1,7 +1,9 @@
 //! `log.target = "syslog"`: every program sends its lines to `log.syslog_socket` as
 //! `sloop/<name>[pid]`, facility mail; a tiny datagram listener (Python) writes them as
 //! a syslog daemon writes /var/log/mail.log, and Debian's `pflogsumm` counts what this
-//! test did: received, delivered, deferred, bounced, rejected.
+//! test did: received, delivered, deferred, bounced, rejected. With
+//! `log.syslog_name = "postfix"` the lines say `postfix/<name>` and pflogsumm reads
+//! them without options.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use sloop_tests::{bin, free_port, wait_until, Daemon, Smtp, TestDir};
@@ -178,4 +180,52 @@ fn pflogsumm_counts_what_happened() {
     let probes = text.matches("reject: early talker").count() as u32;
     assert_eq!(total(&report, "rejected"), 1 + probes, "{report}\n{text}");
     println!("pflogsumm report:\n{report}");
+}
+
+/// `log.syslog_name = "postfix"`: the lines carry `postfix/<name>`, so a log tool that
+/// knows only Postfix (pflogsumm without `--syslog-name`) counts Sloop's mail as is.
+#[test]
+fn a_postfix_syslog_name_is_read_by_postfix_tools_unchanged() {
+    if Command::new("pflogsumm").arg("--help").output().is_err() {
+        assert!(
+            std::env::var("SLOOP_REQUIRE_PEERS").as_deref() != Ok("1"),
+            "pflogsumm not installed"
+        );
+        println!("SKIP: a_postfix_syslog_name_is_read_by_postfix_tools_unchanged: pflogsumm not installed");
+        return;
+    }
+    let dir = TestDir::new("logs-syslog-name");
+    let socket = dir.path.join("log.sock");
+    let maillog = dir.path.join("mail.log");
+    let _listener = Listener::start(&socket, &maillog);
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let port = free_port();
+    let config = dir.write_config(
+        port,
+        &[
+            ("log.target", "\"syslog\""),
+            ("log.syslog_socket", &q(&socket)),
+            ("log.syslog_name", "\"postfix\""),
+        ],
+        "",
+    );
+    let d = Daemon::start(&config, port);
+    let log = || std::fs::read_to_string(&maillog).unwrap_or_default();
+    transaction(port, "alice@far.test", "bob@localhost.test", true);
+    let settled = wait_until(Duration::from_secs(60), || log().contains("status=sent"));
+    assert!(settled, "{}\n{}", log(), d.log_text());
+    drop(d);
+    let text = log();
+    for ident in ["postfix/master[", "postfix/smtpd[", "postfix/qmgr["] {
+        assert!(text.contains(ident), "no {ident} line in:\n{text}");
+    }
+    assert!(
+        !text.contains(" testhost sloop/"),
+        "a line kept the default name:\n{text}"
+    );
+    let out = Command::new("pflogsumm").arg(&maillog).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{report}");
+    assert_eq!(total(&report, "received"), 1, "{report}\n{text}");
+    assert_eq!(total(&report, "delivered"), 1, "{report}\n{text}");
 }

@@ -78,6 +78,8 @@ pub enum Kind {
     TlsPolicyTable,
     /// The name of a `[[policy]]` or `[[milter]]` table: letters, digits, `_`, `.`, `-`.
     HookName,
+    /// A program name for log lines (`log.syslog_name`): letters, digits, `_`, `.`, `-`.
+    LogName,
     /// Where a hook service listens: `unix:/path` or `inet:host:port`.
     HookSocket,
     /// A list of listeners a hook sees: `smtpd`, `submission`, `submissions`, and
@@ -588,7 +590,7 @@ pub const PARAMS: &[Param] = &[
             c.log_level = c.log.level;
         }) },
     Param { key: "log.target", kind: Kind::Choice(LogTarget::WORDS), default: "\"stderr\"",
-        doc: "stderr: one line per event on standard error (the journal under systemd); syslog: to log.syslog_socket as sloop/<program>[pid] with facility log.facility.",
+        doc: "stderr: one line per event on standard error (the journal under systemd); syslog: to log.syslog_socket as <log.syslog_name>/<program>[pid] with facility log.facility.",
         fill: set!(choice => log.target) },
     Param { key: "log.facility", kind: Kind::Choice(Facility::WORDS), default: "\"mail\"",
         doc: "Syslog facility (log.target = \"syslog\"); mail lands in /var/log/mail.log on Debian.",
@@ -596,6 +598,9 @@ pub const PARAMS: &[Param] = &[
     Param { key: "log.syslog_socket", kind: Kind::Path { must_exist: false }, default: "\"/dev/log\"",
         doc: "The syslog daemon's datagram socket (log.target = \"syslog\").",
         fill: set!(path => log.syslog_socket) },
+    Param { key: "log.syslog_name", kind: Kind::LogName, default: "\"sloop\"",
+        doc: "First part of each program's syslog name, <name>/smtpd, as Postfix's syslog_name (log.target = \"syslog\"); \"postfix\" lets log tools that look for postfix/... read Sloop's lines unchanged.",
+        fill: set!(log_name => log.syslog_name) },
 ];
 
 /// The declaration of `key`, if there is one.

@@ -60,6 +60,33 @@ impl Reader<'_> {
         }
     }
 
+    /// A `Kind::LogName` key: 1 to 64 letters, digits, `_`, `.`, `-` (a `/`, space or
+    /// `[` would break the `name/program[pid]:` tag log readers parse).
+    pub(super) fn log_name(&mut self, p: &'static Param) -> String {
+        if p.kind != Kind::LogName {
+            self.mismatch(p, "a log name");
+            return default_str(p);
+        }
+        let value = self.raw(p);
+        let Some(s) = self.str_of(p.key, &value) else {
+            return default_str(p);
+        };
+        let fits = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if fits {
+            s
+        } else {
+            self.bad(
+                p.key,
+                &value,
+                "a name of 1 to 64 letters, digits, _ - . such as \"sloop\" or \"postfix\"",
+            );
+            default_str(p)
+        }
+    }
+
     /// A `Kind::Choice` key, as the enum whose words the table declares for it.
     pub(super) fn choice<T: Choice>(&mut self, p: &'static Param) -> T {
         let fallback = |p: &Param| T::from_word(&default_str(p)).unwrap_or(T::FIRST);

@@ -266,6 +266,7 @@ pub(super) fn kind_name(kind: Kind) -> String {
         Kind::SendersTable => "table user = list of addresses".into(),
         Kind::TlsPolicyTable => format!("table domain = {}", TlsLevel::WORDS.join(" \\| ")),
         Kind::HookName => "name".into(),
+        Kind::LogName => "name (letters, digits, _ . -)".into(),
         Kind::HookSocket => "unix:/path \\| inet:host:port".into(),
         Kind::HookListeners { .. } => "list of listeners".into(),
         Kind::AccessRules => "list of \"PATTERN ACTION [TEXT]\"".into(),

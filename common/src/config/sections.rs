@@ -179,6 +179,8 @@ pub struct LogConfig {
     pub target: LogTarget,
     pub facility: Facility,
     pub syslog_socket: PathBuf,
+    /// The first part of each program's syslog name (`sloop` in `sloop/smtpd`).
+    pub syslog_name: String,
 }
 
 impl Default for LogConfig {
@@ -188,6 +190,7 @@ impl Default for LogConfig {
             target: LogTarget::default(),
             facility: Facility::Mail,
             syslog_socket: PathBuf::new(),
+            syslog_name: String::new(),
         }
     }
 }

@@ -265,6 +265,7 @@ fn other_value(p: &params::Param) -> String {
         Kind::TlsPolicyTable => "{ \"example.test\" = \"verify\" }".into(),
         Kind::AccessRules => "[\".example.test reject\"]".into(),
         Kind::HookName => "\"b\"".into(),
+        Kind::LogName => "\"postfix\"".into(),
         Kind::HookSocket => "\"inet:127.0.0.1:10023\"".into(),
         Kind::HookListeners { .. } => "[\"submission\"]".into(),
     }
@@ -455,4 +456,18 @@ fn choice_keys_read_into_their_enums() {
     assert_eq!(defaults.auth.backend, AuthBackend::None);
     assert_eq!(defaults.log.target, LogTarget::Stderr);
     assert_eq!(defaults.log.facility.code(), 2);
+}
+
+#[test]
+fn a_syslog_name_that_would_break_the_log_tag_is_refused() {
+    let cfg = parse("[log]\nsyslog_name = \"postfix\"\n").expect("a plain name is valid");
+    assert_eq!(cfg.log.syslog_name, "postfix");
+    assert_eq!(parse("").expect("defaults").log.syslog_name, "sloop");
+    for bad in ["a/b", "x y", "", "p[1]", &"n".repeat(65)] {
+        let found = issues(&format!("[log]\nsyslog_name = {bad:?}\n"));
+        assert!(
+            found.iter().any(|i| i.key == "log.syslog_name"),
+            "{bad:?}: {found:?}"
+        );
+    }
 }
