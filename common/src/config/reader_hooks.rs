@@ -8,12 +8,9 @@ use super::hooks::{
 };
 use super::params::{self, Fill, Kind, Param};
 use super::reader::{default_str, default_value, locate, show, show_key, FromInt, Reader};
-use super::values::{self, Expected};
+use super::values::{self, Expected, NAME_MAX};
 use std::path::PathBuf;
 use std::time::Duration;
-
-/// Longest hook name.
-const NAME_MAX: usize = 64;
 
 /// Longest `unix:` socket path (`sun_path` is 108 octets with its NUL).
 const SUN_PATH_MAX: usize = 107;
@@ -249,7 +246,7 @@ impl Reader<'_> {
         let Some((value, s)) = self.entry_str(e, p) else {
             return String::new();
         };
-        if valid_name(&s) {
+        if values::is_name(&s) {
             s
         } else {
             self.entry_issue(
@@ -479,7 +476,7 @@ impl Reader<'_> {
             .iter()
             .filter_map(|e| {
                 let name = e.table.get("name")?.as_str()?;
-                valid_name(name).then_some((e.n, name))
+                values::is_name(name).then_some((e.n, name))
             })
             .collect();
         let mut dups = Vec::new();
@@ -510,13 +507,6 @@ impl Reader<'_> {
 /// A key as written inside its table (`stage` for `policy.stage`).
 fn short(p: &Param) -> &'static str {
     p.key.split_once('.').map_or(p.key, |(_, k)| k)
-}
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= NAME_MAX
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// `unix:/path` (a relative path is left for the reader to resolve), `inet:host:port`,

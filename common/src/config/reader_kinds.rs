@@ -71,11 +71,7 @@ impl Reader<'_> {
         let Some(s) = self.str_of(p.key, &value) else {
             return default_str(p);
         };
-        let fits = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-        if fits {
+        if values::is_name(&s) {
             s
         } else {
             self.bad(

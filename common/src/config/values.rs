@@ -69,6 +69,18 @@ impl From<Expected> for String {
 }
 
 /// Parses `25M`, `10K`, `1G`, `512` (bytes). Units are binary (K = 1024).
+/// Most octets in a name (`Kind::HookName`, `Kind::LogName`).
+pub const NAME_MAX: usize = 64;
+
+/// A name for a hook table or for log lines: 1 to [`NAME_MAX`] letters, digits, `_`,
+/// `.`, `-` (nothing that could break a log tag or a path).
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= NAME_MAX
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 pub fn parse_size(s: &str) -> Result<u64, Expected> {
     let s = s.trim();
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
