@@ -19,7 +19,7 @@ min/median/max and the Sloop/Postfix ratio, and `uptime`.
 Both start with an empty Maildir: the old --work and Postfix's old Maildir are moved
 aside and deleted only after the last run. Once OpenDKIM and both MTAs are up it
 settles before the first warm-up run (bench/common.py settle(): sync, wait 65 s or until 370 s after the previous benchmark's clean-up, then
-until I/O pressure "full avg10" is below 1.0, at most 120 s in all), and it prints
+until I/O pressure "full avg10" is below 1.0, giving up on the pressure after 120 s), and it prints
 `uptime` and the CPU and I/O pressure before and after the runs.
 
 As root, from a checkout beside shared/ (or SLOOP_BENCH_SHARED=.../shared/bench):

@@ -14,7 +14,7 @@ Sloop/Postfix ratio. As root:  bench/tls-bench.py [--reps 3] [--sessions 20]
 Both start with an empty Maildir: the old --work and Postfix's old Maildir are moved
 aside and deleted only after the last run. Once both servers are up it settles before
 the first warm-up run (bench/common.py settle(): sync, wait 65 s or until 370 s after the previous benchmark's clean-up, then until I/O
-pressure "full avg10" is below 1.0, at most 120 s in all), and it prints `uptime` and the
+pressure "full avg10" is below 1.0, giving up on the pressure after 120 s), and it prints `uptime` and the
 CPU and I/O pressure before and after the runs.
 """
 import argparse, os, statistics, subprocess, sys, time
