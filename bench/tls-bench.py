@@ -24,7 +24,7 @@ from common import (benchload_maildir, configure_postfix, empty_trash, machine_s
                     settle, sh, stop_postfix, wait_port)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("SLOOP_BENCH_SHARED", os.path.join(ROOT, "..", "shared", "bench"))
+SHARED = os.environ.get("SLOOP_BENCH_SHARED") or os.path.join(os.path.dirname(ROOT), "shared", "bench")
 
 
 def make_cert(work):
