@@ -8,7 +8,7 @@
 
 use sloop_tests::{bin, free_port, wait_until, Daemon, Smtp, TestDir};
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -106,30 +106,57 @@ fn pflogsumm_installed(test: &str) -> bool {
     false
 }
 
+/// A test directory with a syslog listener writing `mail.log` in it.
+struct SyslogRun {
+    dir: TestDir,
+    maillog: PathBuf,
+    port: u16,
+    _listener: Listener,
+}
+
+impl SyslogRun {
+    fn start(name: &str) -> SyslogRun {
+        let dir = TestDir::new(name);
+        let maillog = dir.path.join("mail.log");
+        let listener = Listener::start(&dir.path.join("log.sock"), &maillog);
+        SyslogRun {
+            dir,
+            maillog,
+            port: free_port(),
+            _listener: listener,
+        }
+    }
+
+    /// A config logging to the listener, with `more` keys.
+    fn config(&self, more: &[(&str, &str)]) -> PathBuf {
+        let socket = quoted(&self.dir.path.join("log.sock"));
+        let mut keys = vec![("log.target", "\"syslog\""), ("log.syslog_socket", &socket)];
+        keys.extend_from_slice(more);
+        self.dir.write_config(self.port, &keys, "")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.maillog).unwrap_or_default()
+    }
+}
+
+/// A path as a TOML string.
+fn quoted(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
 #[test]
 fn pflogsumm_counts_what_happened() {
     if !pflogsumm_installed("pflogsumm_counts_what_happened") {
         return;
     }
-    let dir = TestDir::new("logs-syslog");
-    let socket = dir.path.join("log.sock");
-    let maillog = dir.path.join("mail.log");
-    let _listener = Listener::start(&socket, &maillog);
-    let aliases = dir.path.join("aliases");
+    let run = SyslogRun::start("logs-syslog");
+    let aliases = run.dir.path.join("aliases");
     std::fs::write(&aliases, "fail: \"|exit 67\"\nlater: \"|exit 75\"\n").unwrap();
-    let q = |p: &Path| format!("{:?}", p.display().to_string());
-    let port = free_port();
-    let config = dir.write_config(
-        port,
-        &[
-            ("log.target", "\"syslog\""),
-            ("log.syslog_socket", &q(&socket)),
-            ("local.aliases", &q(&aliases)),
-        ],
-        "",
-    );
+    let config = run.config(&[("local.aliases", &quoted(&aliases))]);
+    let (port, maillog) = (run.port, &run.maillog);
     let d = Daemon::start(&config, port);
-    let log = || std::fs::read_to_string(&maillog).unwrap_or_default();
+    let log = || run.log();
     let count = |s: &str| log().matches(s).count();
     // Received by SMTP: 2 delivered, 1 bounced, 1 deferred (null senders, so no DSN
     // and no delay warning; the bounce of a message from <> goes to postmaster, and
@@ -167,14 +194,14 @@ fn pflogsumm_counts_what_happened() {
     ] {
         assert!(text.contains(ident), "no {ident} line in:\n{text}");
     }
-    let pri = std::fs::read_to_string(dir.path.join("mail.log.pri")).unwrap();
+    let pri = std::fs::read_to_string(run.dir.path.join("mail.log.pri")).unwrap();
     assert!(
         pri.lines().all(|l| l.starts_with("2 ")),
         "facility mail:\n{pri}"
     );
     let out = Command::new("pflogsumm")
         .arg("--syslog-name=sloop")
-        .arg(&maillog)
+        .arg(maillog)
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout).to_string();
@@ -198,23 +225,11 @@ fn a_postfix_syslog_name_is_read_by_postfix_tools_unchanged() {
     if !pflogsumm_installed("a_postfix_syslog_name_is_read_by_postfix_tools_unchanged") {
         return;
     }
-    let dir = TestDir::new("logs-syslog-name");
-    let socket = dir.path.join("log.sock");
-    let maillog = dir.path.join("mail.log");
-    let _listener = Listener::start(&socket, &maillog);
-    let q = |p: &Path| format!("{:?}", p.display().to_string());
-    let port = free_port();
-    let config = dir.write_config(
-        port,
-        &[
-            ("log.target", "\"syslog\""),
-            ("log.syslog_socket", &q(&socket)),
-            ("log.syslog_name", "\"postfix\""),
-        ],
-        "",
-    );
+    let run = SyslogRun::start("logs-syslog-name");
+    let config = run.config(&[("log.syslog_name", "\"postfix\"")]);
+    let (port, maillog) = (run.port, &run.maillog);
     let d = Daemon::start(&config, port);
-    let log = || std::fs::read_to_string(&maillog).unwrap_or_default();
+    let log = || run.log();
     transaction(port, "alice@far.test", "bob@localhost.test", true);
     let settled = wait_until(Duration::from_secs(60), || log().contains("status=sent"));
     assert!(settled, "{}\n{}", log(), d.log_text());
@@ -227,7 +242,7 @@ fn a_postfix_syslog_name_is_read_by_postfix_tools_unchanged() {
         !text.contains(" testhost sloop/"),
         "a line kept the default name:\n{text}"
     );
-    let out = Command::new("pflogsumm").arg(&maillog).output().unwrap();
+    let out = Command::new("pflogsumm").arg(maillog).output().unwrap();
     let report = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{report}");
     assert_eq!(total(&report, "received"), 1, "{report}\n{text}");
