@@ -353,11 +353,9 @@ fn local_mail_goes_through_local_milters() {
     );
     let server = Server::start("filters-local", &toml);
     let spool = sloop_common::spool::Spool::new(server.dir.spool());
-    let drop = |to: &str, body: &str| {
-        let env = sloop_common::spool::Envelope::new(
-            "user@sloop.test",
-            vec![sloop_common::spool::Recipient::new(to)],
-        );
+    let drop_from = |from: &str, to: &str, body: &str| {
+        let env =
+            sloop_common::spool::Envelope::new(from, vec![sloop_common::spool::Recipient::new(to)]);
         let msg = format!("Subject: local\r\n\r\n{body}\r\n");
         sloop_common::spool::maildrop::drop_message(
             &spool,
@@ -368,6 +366,7 @@ fn local_mail_goes_through_local_milters() {
         )
         .unwrap()
     };
+    let drop = |to: &str, body: &str| drop_from("user@sloop.test", to, body);
     drop("alice@localhost.test", "from cron");
     let msg = server.wait_delivered("alice");
     assert!(msg.contains("X-Milter: seen"), "{msg}");
@@ -389,15 +388,41 @@ fn local_mail_goes_through_local_milters() {
     assert!(sendmail.wait().unwrap().success());
     let msg = server.wait_delivered("dave");
     assert!(msg.contains("X-Milter: seen"), "{msg}");
-    // Rejected local mail is kept for the postmaster in hold/, never lost.
-    let id = drop("bob@localhost.test", "REJECTME");
-    let ok = wait_until(Duration::from_secs(20), || {
-        server.dir.spool().join("hold").join(&id).exists()
-    });
-    assert!(ok, "log:\n{}", server.log());
-    assert!(server
-        .log()
-        .contains(&format!("{id}: milter-reject: local mail from uid=")));
+    // Rejected local mail goes back to its sender, as Postfix bounces it; the message
+    // itself is neither delivered nor kept.
+    let id = drop_from("eve@localhost.test", "bob@localhost.test", "REJECTME");
+    let notice = server.wait_delivered("eve");
+    assert!(
+        notice.contains("Subject: Undelivered Mail Returned to Sender"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains("<bob@localhost.test>: 554 5.7.1 Rejected by the fake milter"),
+        "{notice}"
+    );
+    assert!(
+        notice.contains(&format!("X-Sloop-Queue-ID: {id}")),
+        "{notice}"
+    );
+    let log = server.log();
+    assert!(
+        log.contains(&format!("{id}: milter-reject: local mail from uid=")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(
+            |l| l.contains(&format!("{id}: to=<bob@localhost.test>, relay=none, "))
+                && l.contains("dsn=5.7.1, status=bounced (554 5.7.1 Rejected by the fake milter)")
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{id}: sender non-delivery notification: ")),
+        "{log}"
+    );
+    let spool = server.dir.spool();
+    assert!(!spool.join("hold").join(&id).exists());
+    assert!(!spool.join("maildrop").join(&id).exists());
     // SMTP sessions do not see a local-only milter.
     let (r, d, _) = server.send("carol@localhost.test", "REJECTME");
     assert_eq!((r, d), (250, 250));

@@ -12,15 +12,15 @@
 //! message ([`Verdict`]):
 //! - accept: committed (into `hold/` if a milter quarantined it);
 //! - discard: not committed, logged `QID: discard: ...`, the maildrop file removed;
-//! - reject (5xx, or a failed milter whose `on_error` is `reject`): **committed into
-//!   `hold/`** with the reply as the reason, logged `QID: milter-reject: ...`, so the
-//!   postmaster sees it (`sloop queue list`) and can release or delete it: a local
-//!   sender has no SMTP client to tell, and nothing is lost;
+//! - reject (5xx, or a failed milter whose `on_error` is `reject`): logged
+//!   `QID: milter-reject: ...` and **returned to the sender** (`returned.rs`), as
+//!   Postfix bounces rejected local mail: a local sender has no SMTP client to tell;
 //! - tempfail (4xx, or a failed milter whose `on_error` is `tempfail` or `shutdown`):
 //!   left in `maildrop/` and tried again at the next scan.
 //!
 //! Access rules and policy services never see local mail (they check SMTP clients).
 
+use super::returned::Returner;
 use sloop_common::config::hooks::{HookListener, HookStage, HooksConfig};
 use sloop_common::spool::Envelope;
 use sloop_hooks::engine::{Decision, Engine, Facts, Message};
@@ -34,7 +34,7 @@ const MESSAGE_BUDGET: Duration = Duration::from_secs(600);
 /// The local milters of the pickup process; `None` when there are none.
 pub struct LocalFilters {
     engine: Engine,
-    hostname: String,
+    returner: Returner,
 }
 
 /// What the milters decided about one message.
@@ -45,20 +45,26 @@ pub enum Verdict {
     Commit,
     /// Drop it: a milter discarded it.
     Discard(String),
-    /// Commit it into `hold/`: a milter rejected it (the reply).
+    /// Return it to its sender: a milter rejected it (the reply).
     Reject(String),
     /// Leave it in `maildrop/` for the next scan (the reply).
     Defer(String),
 }
 
 impl LocalFilters {
-    /// The local milters of `hooks`, or `None` when no `[[milter]]` lists `local`.
-    pub fn new(hooks: &HooksConfig, hostname: &str) -> Option<LocalFilters> {
+    /// The local milters of `hooks`, or `None` when no `[[milter]]` lists `local`;
+    /// `returner` says who reports their rejections to whom.
+    pub fn new(hooks: &HooksConfig, returner: Returner) -> Option<LocalFilters> {
         hooks.milters_for(HookListener::Local).next()?;
         Some(LocalFilters {
             engine: Engine::new(hooks),
-            hostname: hostname.to_string(),
+            returner,
         })
+    }
+
+    /// Who returns a rejected message to its sender.
+    pub fn returner(&self) -> &Returner {
+        &self.returner
     }
 
     /// Closes the milter connections kept from one message to the next (after a scan
@@ -77,7 +83,7 @@ impl LocalFilters {
     ) -> Verdict {
         let mut sess = self.engine.session(HookListener::Local);
         let mut facts = Facts::new(HookListener::Local, None, "localhost");
-        facts.hostname = self.hostname.clone();
+        facts.hostname = self.returner.hostname.clone();
         facts.helo = "localhost".into();
         facts.queue_id = id.to_string();
         facts.sender = env.sender.clone();
@@ -95,8 +101,7 @@ impl LocalFilters {
                 )
             }
             Verdict::Reject(why) => log::info!(
-                "{id}: milter-reject: local mail from uid={uid}: {why}; from=<{}>; \
-                 committed into hold/ for the postmaster",
+                "{id}: milter-reject: local mail from uid={uid}: {why}; from=<{}>",
                 env.sender
             ),
         }
@@ -214,6 +219,10 @@ mod tests {
 
     #[test]
     fn no_local_milter_no_filters() {
-        assert!(LocalFilters::new(&HooksConfig::default(), "h").is_none());
+        let r = Returner {
+            hostname: "h".into(),
+            postmaster: "postmaster@h".into(),
+        };
+        assert!(LocalFilters::new(&HooksConfig::default(), r).is_none());
     }
 }

@@ -16,6 +16,7 @@
 //! `listeners` include `local` see each message before its commit (filter.rs).
 
 pub mod filter;
+pub mod returned;
 mod showq;
 pub mod take;
 
@@ -91,7 +92,11 @@ fn serve(cfg: &Config) -> io::Result<()> {
     log::info!("started: maildrop {}", spool.maildrop_dir().display());
     let interval = cfg.queue.scan_interval;
     let max_size = cfg.smtpd.max_message_size;
-    let mut filters = filter::LocalFilters::new(&cfg.hooks, &cfg.server.hostname);
+    let returner = returned::Returner {
+        hostname: cfg.server.hostname.clone(),
+        postmaster: crate::qmgr::bounce::postmaster_address(&cfg.local_domains),
+    };
+    let mut filters = filter::LocalFilters::new(&cfg.hooks, returner);
     let mut events = Events::with_capacity(16);
     let mut next_scan = Instant::now();
     loop {

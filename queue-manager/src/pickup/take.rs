@@ -257,7 +257,20 @@ fn commit_filtered(
             remove(spool, name);
             return Outcome::Removed;
         }
-        filter::Verdict::Reject(why) => env.hold = Some(format!("milter-reject: {why}")),
+        filter::Verdict::Reject(why) => {
+            return match filters.returner().reject(spool, name, &env, &message, &why) {
+                Ok(_) => {
+                    remove(spool, name);
+                    Outcome::Removed
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{name}: uid={uid}: cannot return the rejected message: {e}; will retry"
+                    );
+                    Outcome::Deferred
+                }
+            };
+        }
         filter::Verdict::Defer(why) => {
             log::warn!("{name}: uid={uid}: not queued yet: milter: {why}; will retry");
             return Outcome::Deferred;

@@ -100,6 +100,15 @@ impl sloop_common::spool::writer::Notice for Notice {
     }
 }
 
+/// Where a notice about a message from `<>` goes: `postmaster@` the first local domain
+/// (`postmaster` alone when there is none).
+pub fn postmaster_address(local_domains: &[String]) -> String {
+    match local_domains.first() {
+        Some(d) => format!("postmaster@{d}"),
+        None => "postmaster".to_string(),
+    }
+}
+
 /// One recipient reported in a DSN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DsnRecipient {

@@ -78,10 +78,7 @@ impl Policy {
 
     /// Where a failed message from `<>` goes.
     fn postmaster(&self) -> String {
-        match self.local_domains.first() {
-            Some(d) => format!("postmaster@{d}"),
-            None => "postmaster".to_string(),
-        }
+        super::bounce::postmaster_address(&self.local_domains)
     }
 
     fn notice(

@@ -18,7 +18,7 @@
 //! A message is never removed unless every recipient is final (recorded in its status
 //! log, or all delivered so that the removal is the record) and any bounce is committed.
 
-mod bounce;
+pub(crate) mod bounce;
 mod core;
 mod dispatch;
 mod events;
