@@ -59,13 +59,17 @@ impl Returner {
             original.arrival = now;
         }
         let status = enhanced_status(reply);
-        for r in &original.recipients {
-            log::info!(
-                "{name}: to=<{}>, relay=none, delay={}, dsn={status}, status=bounced ({reply})",
-                r.address,
-                now.saturating_sub(original.arrival)
-            );
-        }
+        // Logged once the outcome is sure: a notice that cannot be committed now is
+        // tried again at the next scan.
+        let log_results = || {
+            for r in &original.recipients {
+                log::info!(
+                    "{name}: to=<{}>, relay=none, delay={}, dsn={status}, status=bounced ({reply})",
+                    r.address,
+                    now.saturating_sub(original.arrival)
+                );
+            }
+        };
         let recipients: Vec<DsnRecipient> = original
             .recipients
             .iter()
@@ -78,6 +82,7 @@ impl Returner {
             })
             .collect();
         if recipients.is_empty() {
+            log_results();
             log::info!("{name}: no notice: every recipient has NOTIFY=NEVER");
             return Ok(Returned::NoNotice);
         }
@@ -108,6 +113,7 @@ impl Returner {
         };
         let notice = Envelope::new("", vec![Recipient::new(to)]);
         let id = commit_bytes(spool, &text, notice, 0, None)?;
+        log_results();
         log::info!("{name}: {describe}: {id}");
         Ok(Returned::Notice(id))
     }
