@@ -43,6 +43,13 @@ loop=
 mounted=()
 cleanup() {
     postfix stop >/dev/null 2>&1 || true
+    # A benchmark killed by a signal leaves its Sloop running on the image: only the
+    # benchmark uses this scratch mount, so whatever still does is stopped.
+    if [ -n "$loop" ] && mountpoint -q "$mnt"; then
+        fuser -k -TERM -m "$mnt" >/dev/null 2>&1 || true
+        sleep 2
+        fuser -k -KILL -m "$mnt" >/dev/null 2>&1 || true
+    fi
     local i
     for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do
         umount "${mounted[i]}" || echo "journaled.sh: cannot unmount ${mounted[i]}" >&2
