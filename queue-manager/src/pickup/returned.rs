@@ -134,15 +134,8 @@ fn enhanced_status(reply: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use crate::pickup::take::tests::spool;
     use sloop_common::spool::QueueState;
-
-    fn spool(name: &str) -> Spool {
-        let d = std::env::temp_dir().join(format!("sloop-returned-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        let s = Spool::new(d);
-        s.ensure_layout().unwrap();
-        s
-    }
 
     fn returner() -> Returner {
         Returner {

@@ -329,13 +329,14 @@ fn remove(spool: &Spool, name: &str) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use sloop_common::spool::{QueueState, Recipient};
     use std::os::unix::fs::PermissionsExt;
 
-    fn spool(name: &str) -> Spool {
+    /// A fresh spool in the temporary directory (shared with returned.rs's tests).
+    pub(in crate::pickup) fn spool(name: &str) -> Spool {
         let d = std::env::temp_dir().join(format!("sloop-pickup-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         let s = Spool::new(d);
