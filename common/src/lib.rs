@@ -16,6 +16,7 @@
 //! - [`header`]: a message's header fields, read in place (`Received` counting, the
 //!   `message-id=` log line).
 //! - [`logging`]: one line per event, program name and pid first.
+//! - [`priority`]: the delivery side's CPU priority (`queue.nice`).
 //! - [`secure_fs`]: umask, and owner/mode changes that never follow a symlink.
 //! - [`passwd`], [`pool_state`], [`tls_material`]: the AUTH password file, the pool's
 //!   shared state files, and the checked certificates and keys.
@@ -31,6 +32,7 @@ pub mod logging;
 pub mod passwd;
 pub mod pool_proto;
 pub mod pool_state;
+pub mod priority;
 pub mod secure_fs;
 pub mod spool;
 pub mod tls_material;

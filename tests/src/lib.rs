@@ -324,6 +324,40 @@ impl Smtp {
     }
 }
 
+/// Pids of the processes whose parent is `ppid`, with their real uid.
+pub fn children_of(ppid: u32) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        if field("PPid:") == Some(ppid) {
+            out.push((pid, field("Uid:").unwrap_or(u32::MAX)));
+        }
+    }
+    out
+}
+
+/// The nice value of process `pid` (proc(5): field 19 of `/proc/PID/stat`, counted
+/// after the command name, which may hold spaces), or `None` once it is gone or a zombie.
+pub fn nice_of(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // fields[0] is the state (field 3), so field 19 is fields[16].
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(16)?.parse().ok()
+}
+
 /// Runs a Python 3 script with arguments; returns (exit code, stdout, stderr).
 pub fn python(script: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new("python3")

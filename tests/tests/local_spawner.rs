@@ -1,15 +1,15 @@
 //! The local spawner and the unprivileged fallback: the spawner's socket belongs to
 //! `server.user` (0600), a stand-in's end ends its root worker and vice versa, another
 //! user gets no root worker; an agent that is not root never runs another account's
-//! `.forward`; `newaliases` works for any user.
+//! `.forward`; `newaliases` works for any user. The root workers run at `queue.nice`.
 //!
 //! Needs root (CI runs the tests as root); prints SKIP otherwise.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod local_support;
 
-use local_support::{children_of, read, send, uid_of, Account, KillOnDrop};
-use sloop_tests::{free_port, wait_until, TestDir};
+use local_support::{read, send, uid_of, Account, KillOnDrop};
+use sloop_tests::{children_of, free_port, nice_of, wait_until, TestDir};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
@@ -31,6 +31,7 @@ fn the_spawner_runs_root_workers_only_for_the_server_user_and_ties_their_lives()
         &[
             ("server.user", &server_user),
             ("local.system_users", "true"),
+            ("queue.nice", "4"),
         ],
         "",
     );
@@ -85,6 +86,16 @@ fn the_spawner_runs_root_workers_only_for_the_server_user_and_ties_their_lives()
     // EOF on the worker's stdin: the root worker exits 0, and so does the stand-in.
     let mut a = stand_in(daemon_user.uid);
     assert!(wait_until(Duration::from_secs(10), || root_workers() == 1));
+    // The root worker runs at the queue manager's priority, as the spawner does.
+    let own = nice_of(std::process::id()).unwrap();
+    let root_nice: Vec<Option<i32>> = children_of(spawner_pid)
+        .into_iter()
+        .filter(|&(_, uid)| uid == 0)
+        .map(|(pid, _)| nice_of(pid))
+        .collect();
+    let want = (own + 4).min(19);
+    assert_eq!(root_nice, vec![Some(want)], "{}", read(&log));
+    assert_eq!(nice_of(spawner_pid), Some(want));
     drop(a.stdin.take());
     let status = wait_exit(&mut a).expect("stand-in exits");
     assert_eq!(status.code(), Some(0));

@@ -7,7 +7,7 @@ mod qmgr_support;
 use nix::sys::signal::Signal;
 use qmgr_support::{python_report, tail, Setup, ALL_OK};
 use sloop_common::spool::QueueState;
-use sloop_tests::wait_until;
+use sloop_tests::{children_of, nice_of, wait_until};
 use std::time::Duration;
 
 #[test]
@@ -326,5 +326,41 @@ fn invalid_config_exits_78() {
         q.log_text().contains("queue.max_active"),
         "{}",
         q.log_text()
+    );
+}
+
+#[test]
+fn queue_nice_lowers_the_priority_of_the_qmgr_and_its_workers_and_reload_changes_it() {
+    let own = nice_of(std::process::id()).unwrap();
+    let s = Setup::new("qmgr-nice", ALL_OK, &[("queue.nice", "3")]);
+    let q = s.start();
+    let qmgr = q.pid() as u32;
+    // The live children of the queue manager (its workers) are all at `want`.
+    let workers_at = |want: i32| {
+        let live: Vec<i32> = children_of(qmgr)
+            .into_iter()
+            .filter_map(|(pid, _)| nice_of(pid))
+            .collect();
+        !live.is_empty() && live.iter().all(|n| *n == want)
+    };
+    let id = s.inject("a@localhost.test", &["b@example.net"], "nice");
+    q.wait_log(&format!("{id}: removed"), 10);
+    let want = (own + 3).min(19);
+    assert_eq!(nice_of(qmgr), Some(want), "{}", q.log_text());
+    assert!(workers_at(want), "workers: {:?}", children_of(qmgr));
+
+    // A reload moves the queue manager, and the workers that replace the old ones.
+    s.dir
+        .write_config(sloop_tests::free_port(), &[("queue.nice", "6")], "");
+    q.signal(Signal::SIGHUP);
+    q.wait_log("reloaded configuration", 10);
+    let want = (own + 6).min(19);
+    assert_eq!(nice_of(qmgr), Some(want), "{}", q.log_text());
+    let id = s.inject("a@localhost.test", &["b@example.net"], "nicer");
+    q.wait_log(&format!("{id}: removed"), 10);
+    assert!(
+        wait_until(Duration::from_secs(10), || workers_at(want)),
+        "workers still at the old priority: {:?}",
+        children_of(qmgr)
     );
 }

@@ -113,6 +113,8 @@ pub struct QueueConfig {
     pub remote_concurrency: usize,
     pub destination_concurrency: usize,
     pub delivery_timeout: Duration,
+    /// Added to the nice value of `sloop-qmgr` (and so of its workers) at its start.
+    pub nice: u32,
     /// Free octets the spool's file system must keep (0 in the file: resolved at load
     /// to 1.5 times `smtpd.max_message_size`).
     pub min_free: u64,

@@ -35,6 +35,7 @@ use nix::sys::socket::{
     MsgFlags,
 };
 use sloop_common::delivery_proto::ENV_LOCAL_SPAWNER;
+use sloop_common::priority::Priority;
 use sloop_common::Config;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -75,6 +76,9 @@ impl std::error::Error for SpawnerError {}
 /// longer loads, the previous one stays).
 pub fn serve(cfg: &Config, program: &Path) -> Result<(), SpawnerError> {
     let err = |what: String| move |source| SpawnerError { what, source };
+    // The root workers run at the queue manager's priority (`queue.nice`): set in this
+    // thread before any other starts, so the threads and workers started after inherit it.
+    let priority = Priority::start(cfg.queue.nice);
     let reload = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .map_err(err("cannot catch SIGHUP".to_string()))?;
@@ -87,7 +91,10 @@ pub fn serve(cfg: &Config, program: &Path) -> Result<(), SpawnerError> {
     for conn in listener.incoming() {
         if reload.swap(false, std::sync::atomic::Ordering::Relaxed) {
             match Config::load(&cfg.file) {
-                Ok(c) => cfg = c,
+                Ok(c) => {
+                    priority.apply(c.queue.nice);
+                    cfg = c;
+                }
                 Err(e) => log::warn!("local spawner: keeping the previous configuration: {e}"),
             }
         }

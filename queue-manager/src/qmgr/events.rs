@@ -18,6 +18,7 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use sloop_common::config::Config;
+use sloop_common::priority::Priority;
 use sloop_common::spool::Spool;
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -88,7 +89,7 @@ impl Trigger {
 }
 
 /// Runs the loop until SIGTERM and the end of the running jobs.
-pub fn run(cfg: Config, spool: Spool) -> Result<(), LoopError> {
+pub fn run(cfg: Config, spool: Spool, priority: Priority) -> Result<(), LoopError> {
     let mut poll = ctx(Poll::new(), "create poll")?;
     let mut signals = ctx(
         Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD]),
@@ -106,7 +107,7 @@ pub fn run(cfg: Config, spool: Spool) -> Result<(), LoopError> {
         "register trigger FIFO",
     )?;
     let registry = ctx(registry.try_clone(), "clone poll registry")?;
-    let mut q = Qmgr::new(cfg, spool, registry);
+    let mut q = Qmgr::new(cfg, spool, registry, priority);
     let mut events = Events::with_capacity(256);
     loop {
         let timeout = q.timeout(Instant::now());

@@ -33,6 +33,7 @@ use mio::Registry;
 use scheduler::Scheduler;
 use sloop_common::config::{resolve_path, Config};
 use sloop_common::exitcode;
+use sloop_common::priority::Priority;
 use sloop_common::spool::writer::Writer;
 use sloop_common::spool::{QueueId, QueueState, Spool};
 use std::collections::VecDeque;
@@ -57,6 +58,8 @@ pub fn run(config: Option<&Path>) -> i32 {
         }
     };
     sloop_common::logging::init_with("sloop-qmgr", "qmgr", &cfg.log);
+    // Before any worker or thread starts, so that they inherit it.
+    let priority = Priority::start(cfg.queue.nice);
     let spool = Spool::new(&cfg.server.spool_dir);
     match recovery::recover(&spool) {
         Ok(r) => log::info!(
@@ -71,7 +74,7 @@ pub fn run(config: Option<&Path>) -> i32 {
             return exitcode::EX_TEMPFAIL;
         }
     }
-    match events::run(cfg, spool) {
+    match events::run(cfg, spool, priority) {
         Ok(()) => {
             log::info!("stopped");
             exitcode::EX_OK
@@ -106,11 +109,13 @@ pub(crate) struct Qmgr {
     deliver_program: std::path::PathBuf,
     /// Alternates loads between `incoming/` and due `deferred/` messages.
     prefer_deferred: bool,
+    /// The CPU priority `queue.nice` set at start, changed on reload.
+    priority: Priority,
     stopping: Option<Instant>,
 }
 
 impl Qmgr {
-    fn new(cfg: Config, spool: Spool, registry: Registry) -> Qmgr {
+    fn new(cfg: Config, spool: Spool, registry: Registry, priority: Priority) -> Qmgr {
         let q = &cfg.queue;
         let sched = Scheduler::new(q.destination_concurrency, q.retry_min, q.retry_max);
         let pools = Pools::new(q.local_concurrency, q.remote_concurrency);
@@ -131,6 +136,7 @@ impl Qmgr {
             next_deferred_scan: now,
             next_job_id: 1,
             prefer_deferred: false,
+            priority,
             stopping: None,
         }
     }
@@ -144,6 +150,8 @@ impl Qmgr {
                     .set_limits(q.destination_concurrency, q.retry_min, q.retry_max);
                 self.pools
                     .set_limits(q.local_concurrency, q.remote_concurrency);
+                // Before the workers are replaced, so that the new ones inherit it.
+                self.priority.apply(q.nice);
                 self.pools.retire_all();
                 self.deliver_program = cfg.program("sloop-deliver");
                 self.core.set_policy(Policy::from_config(&cfg));
@@ -305,7 +313,11 @@ mod tests {
         let cfg = Config::parse(Path::new("test.toml"), &text).unwrap();
         let poll = mio::Poll::new().unwrap();
         let registry = poll.registry().try_clone().unwrap();
-        (Qmgr::new(cfg, Spool::new("/nonexistent"), registry), poll)
+        let priority = Priority::at(0);
+        (
+            Qmgr::new(cfg, Spool::new("/nonexistent"), registry, priority),
+            poll,
+        )
     }
 
     /// Puts one message with one pending recipient into the active set.

@@ -79,28 +79,6 @@ pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-/// Pids of the processes whose parent is `ppid`, with their real uid.
-pub fn children_of(ppid: u32) -> Vec<(u32, u32)> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u32>().ok())
-        };
-        if field("PPid:") == Some(ppid) {
-            out.push((pid, field("Uid:").unwrap_or(u32::MAX)));
-        }
-    }
-    out
-}
-
 /// A child killed when the test ends, even by a panic.
 pub struct KillOnDrop(pub std::process::Child);
 
