@@ -10,10 +10,16 @@
 # and each fsync is a journal commit instead. docs/benchmarks.md, "On a journaled
 # file system", has the figures.
 #
-# As root, on a machine where nothing else uses Postfix: makes a sparse image
-# (JFS_IMAGE, default /var/tmp/sloop-jfs.img, 20 GiB), formats it with mkfs.ext4's
-# defaults (journal, data=ordered), attaches it with direct I/O (so its writes and
-# flushes reach the disk as a partition's would, not through a second page cache),
+# As root, on a machine where nothing else uses Postfix: makes an image (JFS_IMAGE,
+# default /var/tmp/sloop-jfs.img, JFS_SIZE_MIB, default 4096) written out in full
+# first, so that no write of the benchmark has to allocate blocks of the image in the
+# file system beneath it (each cache flush of the loop device is an fsync of the image
+# file: on a sparse image every flush also commits those allocations, which charges
+# the side that flushes more), formats it with mkfs.ext4's defaults (journal,
+# data=ordered) but with the inode tables and the journal initialized at once (else
+# ext4lazyinit zeroes them in the background for minutes, during the runs), attaches it
+# with direct I/O (so its writes and flushes reach the disk as a partition's would,
+# not through a second page cache),
 # mounts it on JFS_MOUNT (default /mnt/sloop-jfs), bind-mounts a copy of Postfix's
 # queue directory over /var/spool/postfix and an empty directory over the benchload
 # user's home (its Maildir), runs bench/$1 with --work on the image, and undoes all
@@ -61,8 +67,9 @@ trap cleanup EXIT
 
 postfix stop >/dev/null 2>&1 || true
 rm -f "$image"
-truncate -s 20G "$image"
-mkfs.ext4 -q -F "$image"
+size_mib=${JFS_SIZE_MIB:-4096}
+dd if=/dev/zero of="$image" bs=1M count="$size_mib" conv=fsync status=none
+mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$image"
 loop=$(losetup --find --show --direct-io=on "$image")
 mkdir -p "$mnt"
 mount "$loop" "$mnt"
