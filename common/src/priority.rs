@@ -67,7 +67,7 @@ impl Priority {
             Ok(v) => v,
             Err(e) => {
                 log::warn!("cannot read the CPU priority (queue.nice ignored): {e}");
-                return Priority { base: 0 };
+                return Priority::at(0);
             }
         };
         let p = Priority::at(base);
@@ -89,7 +89,7 @@ impl Priority {
             Ok(now) => match set(want) {
                 Ok(()) => log::info!("CPU priority: nice {want} (queue.nice = {by})"),
                 Err(e) if want < now => log::warn!(
-                    "queue.nice = {by} (nice {want}) takes effect when sloop-qmgr next starts: \
+                    "queue.nice = {by} (nice {want}) takes effect when this process next starts: \
                      cannot raise the priority back from nice {now}: {e}"
                 ),
                 Err(e) => log::warn!("cannot set the CPU priority to nice {want}: {e}"),
