@@ -81,3 +81,25 @@ fn a_context_builds_from_a_bundle_with_both_key_types() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn the_server_prefers_aes_128_then_aes_256_then_chacha_and_tls13_first() {
+    use rustls::CipherSuite as C;
+    let mut suites = rustls::crypto::aws_lc_rs::default_provider().cipher_suites;
+    server_cipher_order(&mut suites);
+    let order: Vec<C> = suites.iter().map(|s| s.suite()).collect();
+    assert_eq!(
+        order,
+        [
+            C::TLS13_AES_128_GCM_SHA256,
+            C::TLS13_AES_256_GCM_SHA384,
+            C::TLS13_CHACHA20_POLY1305_SHA256,
+            C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+            C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+            C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+            C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ]
+    );
+}
