@@ -30,14 +30,49 @@ pub fn init(program: &'static str, level: log::LevelFilter) {
     }
     builder.format(move |buf, record| {
         let ts = chrono_like_now();
-        writeln!(
+        write!(
             buf,
-            "{ts} {program}[{pid}]: {}: {}",
-            record.level().as_str().to_ascii_lowercase(),
-            record.args()
-        )
+            "{ts} {program}[{pid}]: {}: ",
+            record.level().as_str().to_ascii_lowercase()
+        )?;
+        write_one_line(buf, *record.args())?;
+        buf.write_all(b"\n")
     });
     let _ = builder.try_init();
+}
+
+/// Writes `args` with every control character as a space, as `syslog_line` does: one
+/// event stays one line, and no escape sequence a client sent reaches a terminal.
+/// (env_logger is built without its colour support, which stripped escapes only when
+/// stderr was not a terminal, and cost a parser pass over every line.)
+pub fn write_one_line(out: &mut impl Write, args: std::fmt::Arguments<'_>) -> std::io::Result<()> {
+    struct OneLine<'a, W: Write> {
+        out: &'a mut W,
+        err: Option<std::io::Error>,
+    }
+    impl<W: Write> std::fmt::Write for OneLine<'_, W> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let r = if s.chars().any(char::is_control) {
+                s.chars().try_for_each(|c| {
+                    let c = if c.is_control() { ' ' } else { c };
+                    self.out.write_all(c.encode_utf8(&mut [0; 4]).as_bytes())
+                })
+            } else {
+                self.out.write_all(s.as_bytes())
+            };
+            r.map_err(|e| {
+                self.err = Some(e);
+                std::fmt::Error
+            })
+        }
+    }
+    let mut w = OneLine { out, err: None };
+    match std::fmt::write(&mut w, args) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(w
+            .err
+            .unwrap_or_else(|| std::io::Error::other("formatting a log line failed"))),
+    }
 }
 
 /// Initialises logging as `log` says: on stderr as `program`, or to syslog as
@@ -238,6 +273,20 @@ mod tests {
         let w = syslog_line(2, "sloop/qmgr", 7, log::Level::Warn, "a\nb");
         assert_eq!(w, "<20>sloop/qmgr[7]: warning: a b");
         assert!(syslog_line(3, "x", 1, log::Level::Error, "e").starts_with("<27>x[1]: error: "));
+    }
+
+    #[test]
+    fn stderr_lines_stay_one_line_without_escapes() {
+        let mut out = Vec::new();
+        let helo = "evil\x1b[2J\r\nfake: line\u{85}";
+        write_one_line(&mut out, format_args!("ABC: helo=<{helo}> ok")).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "ABC: helo=<evil [2J  fake: line > ok"
+        );
+        let mut out = Vec::new();
+        write_one_line(&mut out, format_args!("plain {} é", 42)).unwrap();
+        assert_eq!(out, "plain 42 é".as_bytes());
     }
 
     #[test]
