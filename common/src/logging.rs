@@ -41,7 +41,17 @@ pub fn init(program: &'static str, level: log::LevelFilter) {
     let _ = builder.try_init();
 }
 
-/// Writes `args` with every control character as a space, as `syslog_line` does: one
+/// The one-line rule both targets apply: a control character (C0, DEL, C1) becomes a
+/// space, so one event stays one line and no escape sequence reaches a terminal.
+fn flatten(c: char) -> char {
+    if c.is_control() {
+        ' '
+    } else {
+        c
+    }
+}
+
+/// Writes `args` with every control character as a space (`flatten`, as `syslog_line` does): one
 /// event stays one line, and no escape sequence a client sent reaches a terminal.
 /// (env_logger is built without its colour support, which stripped escapes only when
 /// stderr was not a terminal, and cost a parser pass over every line.)
@@ -54,7 +64,7 @@ pub fn write_one_line(out: &mut impl Write, args: std::fmt::Arguments<'_>) -> st
         fn write_str(&mut self, s: &str) -> std::fmt::Result {
             let r = if s.chars().any(char::is_control) {
                 s.chars().try_for_each(|c| {
-                    let c = if c.is_control() { ' ' } else { c };
+                    let c = flatten(c);
                     self.out.write_all(c.encode_utf8(&mut [0; 4]).as_bytes())
                 })
             } else {
@@ -117,10 +127,7 @@ pub fn syslog_line(facility: u8, ident: &str, pid: u32, level: log::Level, msg: 
         log::Level::Debug | log::Level::Trace => (7, "debug: "),
     };
     let pri = u32::from(facility) * 8 + severity;
-    let text: String = msg
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
+    let text: String = msg.chars().map(flatten).collect();
     format!("<{pri}>{ident}[{pid}]: {word}{text}")
 }
 
