@@ -165,8 +165,8 @@ def stop_postfix(shared):
 def configure_postfix(shared, settings, secs=30):
     """Starts Postfix with `settings` (main.cf name -> value) over Debian's defaults;
     returns the values they replace, for restore_postfix()."""
+    run_postfix(shared)  # first: on a fresh machine it installs Postfix (and postconf)
     saved = {k: sh("postconf", "-h", k, check=False) for k in settings}
-    run_postfix(shared)
     sh("postconf", "-e", *[f"{k} = {v}" for k, v in settings.items()])
     sh("postfix", "reload", check=False)
     time.sleep(2)
