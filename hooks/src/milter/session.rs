@@ -400,6 +400,7 @@ impl MilterSession {
             if let Some(decision) = self.decision(reply, event, timer)? {
                 return Ok(decision);
             }
+            self.wire.expect_more();
         }
     }
 
@@ -506,8 +507,11 @@ impl MilterSession {
         loop {
             let reply = self.wire.read_reply("EOM", &mut timer)?;
             match fold.take(reply)? {
-                EomStep::More => {}
-                EomStep::Progress => timer.restart(),
+                EomStep::More => self.wire.expect_more(),
+                EomStep::Progress => {
+                    timer.restart();
+                    self.wire.expect_more();
+                }
                 EomStep::Done {
                     reply,
                     edits,

@@ -30,6 +30,9 @@ pub(crate) struct Wire {
     out: Vec<u8>,
     /// `write(2)` calls that carried queued packets (for the tests of coalescing).
     writes: u64,
+    /// Immediate ACKs asked for (for the tests of [`Wire::expect_more`]).
+    #[cfg(test)]
+    acks: u64,
 }
 
 impl Wire {
@@ -39,6 +42,8 @@ impl Wire {
             inbuf: Vec::new(),
             out: Vec::new(),
             writes: 0,
+            #[cfg(test)]
+            acks: 0,
         }
     }
 
@@ -50,6 +55,12 @@ impl Wire {
     /// Octets queued and not yet written.
     pub(crate) fn queued(&self) -> usize {
         self.out.len()
+    }
+
+    /// The number of immediate ACKs asked for so far.
+    #[cfg(test)]
+    pub(crate) fn acks(&self) -> u64 {
+        self.acks
     }
 
     /// The number of writes so far.
@@ -123,6 +134,27 @@ impl Wire {
                     ) => {}
                 Err(e) => return Err(io_err(e)),
             }
+        }
+    }
+
+    /// The filter has more to send before the reply it owes (an edit or a progress
+    /// report came first): unless that is already here, acknowledge what was read at
+    /// once, so that a filter using Nagle's algorithm is not held up waiting for our
+    /// delayed ACK (see [`Conn::ack_now`]).
+    pub(crate) fn expect_more(&mut self) {
+        let whole = match self.inbuf.get(..4) {
+            Some(head) => {
+                let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                self.inbuf.len() - 4 >= len
+            }
+            None => false,
+        };
+        if !whole {
+            #[cfg(test)]
+            {
+                self.acks += 1;
+            }
+            self.conn.ack_now();
         }
     }
 
@@ -235,5 +267,43 @@ mod tests {
         assert!(w.quiet());
         drop(b);
         assert!(!w.quiet(), "the filter closed the connection");
+    }
+
+    #[test]
+    fn an_edit_read_alone_is_acknowledged_at_once_but_not_when_the_reply_is_here() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mta = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut filter, _) = listener.accept().unwrap();
+        let mut w = Wire::new(Conn::Tcp(mta));
+        let end = Instant::now() + Duration::from_secs(5);
+        // An edit (SMFIR_ADDHEADER) alone, as libmilter writes it: the final reply is
+        // not here yet, so what was read is acknowledged now.
+        let add = b"\0\0\0\x07hX\0yes\0";
+        filter.write_all(add).unwrap();
+        let mut t = Timer::new(Duration::from_secs(5), end);
+        assert!(matches!(
+            w.read_reply("EOM", &mut t).unwrap(),
+            Reply::AddHeader { .. }
+        ));
+        w.expect_more();
+        assert_eq!(w.acks(), 1);
+        filter.write_all(b"\0\0\0\x01a").unwrap();
+        assert_eq!(w.read_reply("EOM", &mut t).unwrap(), Reply::Accept);
+        // The edit and the reply in one write: the reply is already read, no ACK asked.
+        let mut both = add.to_vec();
+        both.extend_from_slice(b"\0\0\0\x01a");
+        filter.write_all(&both).unwrap();
+        assert!(matches!(
+            w.read_reply("EOM", &mut t).unwrap(),
+            Reply::AddHeader { .. }
+        ));
+        w.expect_more();
+        assert_eq!(w.acks(), 1, "the reply was already buffered");
+        assert_eq!(w.read_reply("EOM", &mut t).unwrap(), Reply::Accept);
+        // A local socket has no ACKs; asking is harmless.
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut w = Wire::new(Conn::Unix(a));
+        w.expect_more();
+        assert_eq!(w.acks(), 1);
     }
 }
