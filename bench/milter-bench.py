@@ -27,6 +27,13 @@ As root, from a checkout beside shared/ (or SLOOP_BENCH_SHARED=.../shared/bench)
     bench/milter-bench.py --without-milter   # the same runs with no milter: the baseline
     bench/milter-bench.py --no-build --sloop-bin DIR   # Sloop's programs from DIR (another build)
     bench/milter-bench.py --milter-reuse false # `reuse = false` in the [[milter]] table
+    bench/milter-bench.py --socket unix        # OpenDKIM on a Unix socket (Debian's default)
+
+--socket unix puts OpenDKIM's socket in /var/spool/postfix/sloop-bench-opendkim/ (inside
+Postfix's chroot, as Debian's README for OpenDKIM with Postfix advises): Postfix asks for
+unix:/sloop-bench-opendkim/opendkim.sock, Sloop for the whole path. On a Unix socket there
+are no ACKs, so neither MTA can be held up by libmilter's Nagle algorithm (see
+docs/benchmarks.md, "The 40 ms stall").
 """
 import argparse
 import glob
@@ -45,6 +52,10 @@ from common import (POSTFIX_PORT, benchload_maildir, configure_postfix, empty_tr
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("SLOOP_BENCH_SHARED") or os.path.join(os.path.dirname(ROOT), "shared", "bench")
 DKIM_PORT = 23160
+# --socket unix: a directory inside Postfix's chroot (its smtpd runs chrooted).
+UNIX_DIR = "/var/spool/postfix/sloop-bench-opendkim"
+UNIX_SOCKET = UNIX_DIR + "/opendkim.sock"
+POSTFIX_UNIX = "unix:/sloop-bench-opendkim/opendkim.sock"
 SLOOP_PORT = 2556
 SYSTEM_PYTHON = "/usr/bin/python3"  # has Debian's python3-dkim
 
@@ -57,7 +68,7 @@ sys.exit(0 if ok else 1)
 '''
 
 
-def start_opendkim(work):
+def start_opendkim(work, unix=False):
     keys = os.path.join(work, "dkim")
     os.makedirs(keys)
     sh("opendkim-genkey", "-d", "bench.test", "-s", "bench", "-D", keys)
@@ -70,31 +81,42 @@ Mode s
 Domain bench.test
 Selector bench
 KeyFile {keys}/bench.private
-Socket inet:{DKIM_PORT}@127.0.0.1
+Socket {"local:" + UNIX_SOCKET if unix else f"inet:{DKIM_PORT}@127.0.0.1"}
+UMask 000
 InternalHosts 127.0.0.1
 Canonicalization relaxed/simple
 UserID opendkim
 RequireSafeKeys false
 """)
+    if unix:
+        shutil.rmtree(UNIX_DIR, ignore_errors=True)
+        os.makedirs(UNIX_DIR)
+        sh("chown", "opendkim:opendkim", UNIX_DIR)
+        os.chmod(UNIX_DIR, 0o755)
     log = open(os.path.join(work, "opendkim.log"), "w")
     proc = subprocess.Popen(["opendkim", "-f", "-x", conf], stdout=log, stderr=log, start_new_session=True)
-    if not wait_port(DKIM_PORT, 60):
+    deadline = time.time() + 60
+    while unix and not os.path.exists(UNIX_SOCKET) and time.time() < deadline:
+        time.sleep(0.1)
+    if not (os.path.exists(UNIX_SOCKET) if unix else wait_port(DKIM_PORT, 60)):
         sys.exit("opendkim did not start; see " + work)
     return proc, os.path.join(keys, "bench.txt")
 
 
-def start_postfix(milter=True):
+def start_postfix(milter=True, unix=False):
     """Returns the milter settings it replaced (for restore_postfix()) and the Maildir's new/."""
-    saved = configure_postfix(SHARED, {"smtpd_milters": f"inet:127.0.0.1:{DKIM_PORT}" if milter else "",
+    socket = POSTFIX_UNIX if unix else f"inet:127.0.0.1:{DKIM_PORT}"
+    saved = configure_postfix(SHARED, {"smtpd_milters": socket if milter else "",
                                        "non_smtpd_milters": "", "milter_default_action": "tempfail"}, secs=60)
     return saved, os.path.join(benchload_maildir(), "new")
 
 
-def start_sloop(work, milter=True, bindir=None, reuse=None):
+def start_sloop(work, milter=True, bindir=None, reuse=None, unix=False):
+    socket = "unix:" + UNIX_SOCKET if unix else f"inet:127.0.0.1:{DKIM_PORT}"
     table = f"""
 [[milter]]
 name = "opendkim"
-socket = "inet:127.0.0.1:{DKIM_PORT}"
+socket = "{socket}"
 """ if milter else ""
     if milter and reuse is not None:
         table += f"reuse = {reuse}\n"
@@ -173,6 +195,8 @@ def main():
     ap.add_argument("--sloop-bin", help="directory of Sloop's programs (default target/release)")
     ap.add_argument("--milter-reuse", choices=["true", "false"],
                     help="set `reuse` in Sloop's [[milter]] table (default: not written)")
+    ap.add_argument("--socket", choices=["inet", "unix"], default="inet",
+                    help="OpenDKIM's socket: inet:127.0.0.1:23160 (default) or a Unix socket")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("milter-bench.py: run as root (Postfix, OpenDKIM's user)")
@@ -185,12 +209,13 @@ def main():
     # common.py): deleting them just before measuring would slow every file creation.
     set_aside(args.work)
     os.makedirs(args.work)
-    dkim, public = start_opendkim(args.work)
+    unix = args.socket == "unix"
+    dkim, public = start_opendkim(args.work, unix)
     milter = not args.without_milter
-    saved, postfix_maildir = start_postfix(milter)
+    saved, postfix_maildir = start_postfix(milter, unix)
     # Both start with an empty Maildir, as Sloop's under the new --work does.
     set_aside(benchload_maildir())
-    sloop, sloop_maildir = start_sloop(args.work, milter, args.sloop_bin, args.milter_reuse)
+    sloop, sloop_maildir = start_sloop(args.work, milter, args.sloop_bin, args.milter_reuse, unix)
     targets = [("sloop", SLOOP_PORT, sloop_maildir, lambda: sloop.pid),
                ("postfix", POSTFIX_PORT, postfix_maildir, postfix_master_pid)]
     res = {"sloop": [], "postfix": []}
@@ -220,6 +245,8 @@ def main():
         stop_postfix(SHARED)
         os.killpg(dkim.pid, 15)
         dkim.wait()
+        if unix:
+            shutil.rmtree(UNIX_DIR, ignore_errors=True)
         empty_trash()
     f = lambda v: f"{min(v):.1f} / {statistics.median(v):.1f} / {max(v):.1f}"
     s = [r[0] for r in res["sloop"]]
@@ -228,6 +255,7 @@ def main():
     print(f"\nRun {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {'with' if milter else 'WITHOUT'} the milter, "
           f"Sloop from {args.sloop_bin or 'target/release'}"
           f"{', reuse = ' + args.milter_reuse if args.milter_reuse else ''}, "
+          f"OpenDKIM on {'a Unix socket' if unix else 'inet:127.0.0.1:' + str(DKIM_PORT)}, "
           f"{args.reps} interleaved repetitions, "
           f"{args.sessions} sessions, 4 KiB, {args.messages} messages per run, one per connection.\n")
     med = lambda name, i: statistics.median(r[2][i] for r in res[name])
