@@ -302,6 +302,16 @@ impl Stream {
             Stream::Tcp(s) => (&*s).read(buf),
         }
     }
+
+    /// Part of a reply has come and the rest has not: acknowledge it at once. A server
+    /// that writes its reply in pieces with Nagle's algorithm on would otherwise hold
+    /// the rest until our ACK, which Linux delays (up to 40 ms) while we have nothing
+    /// to send; the milter client does the same (docs/milter.md, "Reads"). Best effort.
+    fn ack_now(&self) {
+        if let Stream::Tcp(s) = self {
+            let _ = socket2::SockRef::from(s).set_tcp_quickack(true);
+        }
+    }
 }
 
 /// The strerror text of an I/O error, without Rust's "(os error N)".
@@ -410,6 +420,7 @@ fn read_reply(stream: &Stream, deadline: Instant) -> Result<Action, Fail> {
                 if reader.feed(&buf[..n]).map_err(Fail::Proto)? {
                     return reader.action().map_err(Fail::Proto);
                 }
+                stream.ack_now();
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

@@ -21,6 +21,9 @@ enum Step {
     /// Wait until the test calls `Fake::go`, then write these bytes without waiting
     /// for a request.
     SendOnGo(Vec<u8>),
+    /// Read a request, write each of these in a `write(2)` of its own (on TCP with
+    /// Nagle's algorithm on, as a server that does not set TCP_NODELAY).
+    Pieces(Vec<Vec<u8>>),
     /// Read a request, then close.
     ReadThenClose,
     /// Close now.
@@ -122,6 +125,16 @@ fn run_conn<S: io::Read + io::Write>(stream: S, steps: Vec<Step>, seen: &Mutex<S
                 }
                 let _ = r.get_mut().write_all(&bytes);
                 seen.lock().unwrap().sent += 1;
+            }
+            Step::Pieces(pieces) => {
+                if !read_request(&mut r) {
+                    break;
+                }
+                for piece in pieces {
+                    if r.get_mut().write_all(&piece).is_err() {
+                        break;
+                    }
+                }
             }
             Step::ReadThenClose => {
                 read_request(&mut r);
@@ -260,6 +273,29 @@ fn reuses_one_tcp_connection_and_sends_the_request_as_is() {
         "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.1\n\
          sender=a@example.org\nrecipient=r@x\n\n"
     );
+}
+
+#[test]
+fn a_reply_written_in_pieces_over_tcp_is_read_whole() {
+    // The client acknowledges each piece at once (TCP_QUICKACK), so the next piece,
+    // held back by the server's Nagle algorithm until that ACK, follows without the
+    // kernel's delayed-ACK wait; either way the reply must come out whole.
+    let pieces = || {
+        Step::Pieces(vec![
+            b"action=".to_vec(),
+            b"DEFER_IF_PERMIT Greylisted\n".to_vec(),
+            b"\n".to_vec(),
+        ])
+    };
+    let fake = fake_tcp(move |_| vec![pieces(), pieces()]);
+    let mut c = client(&fake.socket, 5000, 1);
+    for _ in 0..2 {
+        assert_eq!(
+            c.query(&request("r@x"), soon()),
+            Ok(Action::DeferIfPermit(Some("Greylisted".into())))
+        );
+    }
+    assert_eq!(fake.conns(), 1);
 }
 
 #[test]
