@@ -595,6 +595,9 @@ impl Session {
             if let Some(reply) = done {
                 return Ok(reply);
             }
+            if self.conn.buffer().is_empty() {
+                self.conn.get_ref().ack_now();
+            }
         }
     }
 

@@ -24,6 +24,16 @@ impl Stream {
         }
     }
 
+    /// Part of a reply has been read and the rest has not come: acknowledge it at once.
+    /// A server that writes a multi-line reply line by line with Nagle's algorithm on
+    /// would otherwise hold the next line until our ACK, which Linux delays (up to
+    /// 40 ms) while we have nothing to send. `TCP_QUICKACK` is not sticky. Best effort.
+    pub fn ack_now(&self) {
+        if let Some(tcp) = self.tcp() {
+            let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }

@@ -73,6 +73,13 @@ fn one_session_greeting(
                     b"354 go\r\n"
                 }
                 _ if l.starts_with("QUIT") => b"221 bye\r\n",
+                // A multi-line reply written line by line (Nagle on, as a server that
+                // does not set TCP_NODELAY): the client reads it whole, acknowledging
+                // the first line at once (Stream::ack_now).
+                _ if l.starts_with("EHLO") => {
+                    out.write_all(b"250-sink\r\n").unwrap();
+                    b"250 8BITMIME\r\n"
+                }
                 _ => b"250 ok\r\n",
             };
             lines.push(l);
