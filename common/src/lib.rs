@@ -17,6 +17,8 @@
 //!   `message-id=` log line).
 //! - [`logging`]: one line per event, program name and pid first.
 //! - [`priority`]: the delivery side's CPU priority (`queue.nice`).
+//! - [`quickack`]: immediate ACKs for a reply read in pieces (a peer's Nagle against
+//!   our delayed ACK).
 //! - [`secure_fs`]: umask, and owner/mode changes that never follow a symlink.
 //! - [`passwd`], [`pool_state`], [`tls_material`]: the AUTH password file, the pool's
 //!   shared state files, and the checked certificates and keys.
@@ -33,6 +35,7 @@ pub mod passwd;
 pub mod pool_proto;
 pub mod pool_state;
 pub mod priority;
+pub mod quickack;
 pub mod secure_fs;
 pub mod spool;
 pub mod tls_material;

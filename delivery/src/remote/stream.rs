@@ -24,13 +24,12 @@ impl Stream {
         }
     }
 
-    /// Part of a reply has been read and the rest has not come: acknowledge it at once.
-    /// A server that writes a multi-line reply line by line with Nagle's algorithm on
-    /// would otherwise hold the next line until our ACK, which Linux delays (up to
-    /// 40 ms) while we have nothing to send. `TCP_QUICKACK` is not sticky. Best effort.
+    /// Part of a reply has been read and the rest has not come: acknowledge it at once
+    /// ([`sloop_common::quickack`]), for a server that writes a multi-line reply line
+    /// by line.
     pub fn ack_now(&self) {
         if let Some(tcp) = self.tcp() {
-            let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
+            sloop_common::quickack::ack_now(tcp);
         }
     }
 

@@ -85,17 +85,12 @@ impl Conn {
 }
 
 impl Conn {
-    /// Acknowledges at once what has been read, instead of letting the kernel delay
-    /// the ACK in the hope that data of ours will carry it. A filter built on libmilter
-    /// writes each reply packet on its own with Nagle's algorithm on, so when it has two
-    /// in a row (an edit, then the final reply) the second waits for the ACK of the
-    /// first: up to 40 ms of Linux's delayed ACK, per message, while this end waits for
-    /// the reply and sends nothing. `TCP_QUICKACK` sends the pending ACK now; it is not
-    /// sticky, so the kernel goes back to delaying ACKs by itself. Local sockets have no
-    /// ACKs. Best effort: a failure only costs the delay.
+    /// Acknowledges at once what has been read ([`sloop_common::quickack`]): a filter
+    /// built on libmilter writes each reply packet on its own with Nagle's algorithm
+    /// on. Local sockets have no ACKs.
     pub(crate) fn ack_now(&self) {
         if let Conn::Tcp(s) = self {
-            let _ = socket2::SockRef::from(s).set_tcp_quickack(true);
+            sloop_common::quickack::ack_now(s);
         }
     }
 }

@@ -303,13 +303,11 @@ impl Stream {
         }
     }
 
-    /// Part of a reply has come and the rest has not: acknowledge it at once. A server
-    /// that writes its reply in pieces with Nagle's algorithm on would otherwise hold
-    /// the rest until our ACK, which Linux delays (up to 40 ms) while we have nothing
-    /// to send; the milter client does the same (docs/milter.md, "Reads"). Best effort.
+    /// Part of a reply has come and the rest has not: acknowledge it at once
+    /// ([`sloop_common::quickack`]), for a service that writes its reply in pieces.
     fn ack_now(&self) {
         if let Stream::Tcp(s) = self {
-            let _ = socket2::SockRef::from(s).set_tcp_quickack(true);
+            sloop_common::quickack::ack_now(s);
         }
     }
 }
