@@ -71,10 +71,9 @@ pub struct Packet {
 /// Reads one packet from the front of `buf`: `Ok(None)` when more octets are needed,
 /// else the packet and the number of octets it took.
 pub fn read_packet(buf: &[u8]) -> Result<Option<(Packet, usize)>, MilterError> {
-    let Some(head) = buf.get(..4) else {
+    let Some(len) = declared_len(buf) else {
         return Ok(None);
     };
-    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
     if len == 0 {
         return Err(MilterError::Protocol("packet of length 0".into()));
     }
@@ -91,6 +90,19 @@ pub fn read_packet(buf: &[u8]) -> Result<Option<(Packet, usize)>, MilterError> {
         data: body[1..].to_vec(),
     };
     Ok(Some((packet, 4 + len)))
+}
+
+/// True when the front of `buf` holds as many octets as its packet declares (the length
+/// itself is checked by [`read_packet`]).
+pub fn holds_whole_packet(buf: &[u8]) -> bool {
+    declared_len(buf).is_some_and(|len| buf.len() - 4 >= len)
+}
+
+/// The length the packet at the front of `buf` declares (command and data), once its
+/// four length octets are there.
+fn declared_len(buf: &[u8]) -> Option<usize> {
+    let head = buf.get(..4)?;
+    Some(u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize)
 }
 
 /// A command the MTA sends.

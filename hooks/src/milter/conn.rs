@@ -82,9 +82,7 @@ impl Conn {
             Conn::Tcp(s) => s.set_write_timeout(t),
         }
     }
-}
 
-impl Conn {
     /// Acknowledges at once what has been read ([`sloop_common::quickack`]): a filter
     /// built on libmilter writes each reply packet on its own with Nagle's algorithm
     /// on. Local sockets have no ACKs.

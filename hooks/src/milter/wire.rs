@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::codec::{encode_command_into, read_packet, Command, Reply};
+use super::codec::{encode_command_into, holds_whole_packet, read_packet, Command, Reply};
 use super::conn::Conn;
 use super::{os_reason, MilterError};
 
@@ -142,14 +142,7 @@ impl Wire {
     /// once, so that a filter using Nagle's algorithm is not held up waiting for our
     /// delayed ACK (see [`Conn::ack_now`]).
     pub(crate) fn expect_more(&mut self) {
-        let whole = match self.inbuf.get(..4) {
-            Some(head) => {
-                let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-                self.inbuf.len() - 4 >= len
-            }
-            None => false,
-        };
-        if !whole {
+        if !holds_whole_packet(&self.inbuf) {
             #[cfg(test)]
             {
                 self.acks += 1;
